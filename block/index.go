@@ -1,0 +1,157 @@
+package block
+
+import (
+	"context"
+	"io"
+	"path"
+
+	"github.com/efficientgo/core/errcapture"
+	"github.com/efficientgo/core/errors"
+	"github.com/oklog/ulid/v2"
+	"github.com/prometheus/prometheus/tsdb/index"
+	"github.com/thanos-io/objstore"
+)
+
+// pageSize is the unit of ranged reads of an index. Neighbouring missing pages are fetched in one
+// request.
+const pageSize = 64 << 10
+
+// rangedIndex is an index.ByteSlice over an object, fetched page by page on demand, as Thanos'
+// store gateway reads index parts instead of whole indexes. ByteSlice cannot return errors, so the
+// first one is kept and the caller must check Err after every use of the reader: until then a
+// failed range reads as zeros, which the index decoder rejects.
+type rangedIndex struct {
+	ctx   context.Context
+	bkt   objstore.BucketReader
+	name  string
+	size  int
+	pages map[int][]byte
+	err   error
+	// fetched counts bytes downloaded, for tests and logs.
+	fetched int64
+}
+
+func (r *rangedIndex) Len() int { return r.size }
+
+func (r *rangedIndex) Range(start, end int) []byte {
+	if start < 0 || end > r.size || start > end {
+		r.setErr(errors.Newf("%s: range [%d, %d) outside object of %d bytes", r.name, start, end, r.size))
+		return make([]byte, max(end-start, 0))
+	}
+	first, last := start/pageSize, (end-1)/pageSize
+	if end == start {
+		return nil
+	}
+	r.fetch(first, last)
+	if first == last {
+		p := r.pages[first]
+		off := first * pageSize
+		if p == nil {
+			return make([]byte, end-start)
+		}
+		return p[start-off : end-off]
+	}
+	out := make([]byte, 0, end-start)
+	for pg := first; pg <= last; pg++ {
+		p := r.pages[pg]
+		off := pg * pageSize
+		lo, hi := max(start, off)-off, min(end, off+pageSize)-off
+		if p == nil {
+			out = append(out, make([]byte, hi-lo)...)
+			continue
+		}
+		out = append(out, p[lo:hi]...)
+	}
+	return out
+}
+
+// fetch downloads the missing pages in [first, last], a run of neighbours per request.
+func (r *rangedIndex) fetch(first, last int) {
+	for pg := first; pg <= last; pg++ {
+		if _, ok := r.pages[pg]; ok || r.err != nil {
+			continue
+		}
+		runEnd := pg
+		for runEnd+1 <= last {
+			if _, ok := r.pages[runEnd+1]; ok {
+				break
+			}
+			runEnd++
+		}
+		off := pg * pageSize
+		length := min((runEnd+1)*pageSize, r.size) - off
+		b, err := r.getRange(off, length)
+		if err != nil {
+			r.setErr(err)
+			return
+		}
+		for p := pg; p <= runEnd; p++ {
+			lo := (p - pg) * pageSize
+			r.pages[p] = b[lo:min(lo+pageSize, len(b))]
+		}
+		pg = runEnd
+	}
+}
+
+func (r *rangedIndex) getRange(off, length int) (_ []byte, err error) {
+	rc, err := r.bkt.GetRange(r.ctx, r.name, int64(off), int64(length))
+	if err != nil {
+		return nil, errors.Wrapf(err, "get range of %s", r.name)
+	}
+	defer errcapture.Do(&err, rc.Close, "close range of %s", r.name)
+	b := make([]byte, length)
+	if _, err := io.ReadFull(rc, b); err != nil {
+		return nil, errors.Wrapf(err, "read range [%d, %d) of %s", off, off+length, r.name)
+	}
+	r.fetched += int64(length)
+	return b, nil
+}
+
+func (r *rangedIndex) setErr(err error) {
+	if r.err == nil {
+		r.err = err
+	}
+}
+
+// Index is a block's index read from the bucket by ranged reads.
+type Index struct {
+	*index.Reader
+	src *rangedIndex
+}
+
+// Err returns the first read error. Check it after using the reader: a decoding error that
+// follows a read error is a consequence of it.
+func (ix *Index) Err() error { return ix.src.err }
+
+// BytesFetched returns how many bytes of the index were downloaded so far.
+func (ix *Index) BytesFetched() int64 { return ix.src.fetched }
+
+// OpenIndex opens a block's index for ranged reads. Opening reads the table of contents, the symbol
+// table and the postings offset table, as Thanos' index header does; postings and series are read
+// when used. The context bounds every later read.
+func OpenIndex(ctx context.Context, bkt objstore.BucketReader, id ulid.ULID) (*Index, error) {
+	name := path.Join(id.String(), IndexFilename)
+	attrs, err := bkt.Attributes(ctx, name)
+	if err != nil {
+		return nil, errors.Wrapf(err, "block %s: stat index", id)
+	}
+	src := &rangedIndex{ctx: ctx, bkt: bkt, name: name, size: int(attrs.Size), pages: map[int][]byte{}}
+	r, err := newReader(src)
+	if src.err != nil {
+		return nil, errors.Wrapf(src.err, "block %s: read index", id)
+	}
+	if err != nil {
+		return nil, errors.Wrapf(err, "block %s: open index", id)
+	}
+	return &Index{Reader: r, src: src}, nil
+}
+
+// newReader opens an index reader, turning a decoder panic on corrupt bytes into an error.
+func newReader(src *rangedIndex) (r *index.Reader, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = errors.Newf("corrupt index: %v", p)
+		}
+	}()
+	return index.NewReader(src, index.DecodePostingsRaw)
+}
