@@ -144,7 +144,7 @@ func (t *Tombstone) validate() error {
 // least one matcher that does not match the empty string, as Prometheus demands of match[].
 func ParseSelectors(selectors []string) ([][]*labels.Matcher, error) {
 	if len(selectors) == 0 {
-		return nil, errors.New("no selector given")
+		return nil, errors.New("no selector given (--match)")
 	}
 	p := parser.NewParser(parser.Options{})
 	out := make([][]*labels.Matcher, 0, len(selectors))
@@ -253,11 +253,18 @@ func isNumber(s string) bool {
 	return true
 }
 
-// selectorString renders matchers as a canonical series selector.
+// selectorString renders matchers as a series selector, metric name first.
 func selectorString(ms []*labels.Matcher) string {
 	parts := make([]string, 0, len(ms))
 	for _, m := range ms {
-		parts = append(parts, m.String())
+		if m.Name == labels.MetricName {
+			parts = append(parts, m.String())
+		}
+	}
+	for _, m := range ms {
+		if m.Name != labels.MetricName {
+			parts = append(parts, m.String())
+		}
 	}
 	return "{" + strings.Join(parts, ", ") + "}"
 }

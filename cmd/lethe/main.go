@@ -30,7 +30,7 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := newApp(os.Stdout, os.Stderr).RunContext(ctx, os.Args); err != nil {
+	if err := newApp(os.Stdout, os.Stderr).RunContext(ctx, flagsFirst(os.Args)); err != nil {
 		fmt.Fprintln(os.Stderr, "lethe: "+oneLine(err))
 		stop()
 		os.Exit(1)
@@ -39,6 +39,41 @@ func main() {
 
 // oneLine keeps an error to one line on stderr, as operators' scripts expect.
 func oneLine(err error) string { return strings.Join(strings.Fields(err.Error()), " ") }
+
+// valueFlags are the flags of "show" and "cancel" that take a value.
+var valueFlags = map[string]bool{"output": true, "o": true, "reason": true, "author": true}
+
+// flagsFirst lets operators write flags after the id ("lethe tombstone cancel ID --reason x"):
+// the CLI library stops reading flags at the first argument, so the id is moved behind them.
+func flagsFirst(args []string) []string {
+	for i := 1; i+1 < len(args); i++ {
+		if args[i] != "tombstone" || (args[i+1] != "show" && args[i+1] != "cancel") {
+			continue
+		}
+		head := append([]string(nil), args[:i+2]...)
+		var flags, positional []string
+		rest := args[i+2:]
+		for j := 0; j < len(rest); j++ {
+			a := rest[j]
+			switch {
+			case a == "--":
+				positional = append(positional, rest[j+1:]...)
+				j = len(rest)
+			case strings.HasPrefix(a, "-") && len(a) > 1:
+				flags = append(flags, a)
+				name := strings.TrimLeft(a, "-")
+				if !strings.Contains(name, "=") && valueFlags[name] && j+1 < len(rest) {
+					flags = append(flags, rest[j+1])
+					j++
+				}
+			default:
+				positional = append(positional, a)
+			}
+		}
+		return append(append(head, flags...), positional...)
+	}
+	return args
+}
 
 func newApp(stdout, stderr io.Writer) *cli.App {
 	outputFlag := &cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "table", Usage: "Output format: table or json."}
@@ -49,6 +84,8 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		ErrWriter:      stderr,
 		Flags:          append(bucketcfg.Flags(), &cli.StringFlag{Name: "log.level", Value: "warn", Usage: "Log level: debug, info, warn or error. Logs go to stderr."}),
 		ExitErrHandler: func(*cli.Context, error) {},
+		// Selectors hold commas: never split flag values on them.
+		DisableSliceFlagSeparator: true,
 		Commands: []*cli.Command{{
 			Name:  "tombstone",
 			Usage: "add, list, show and cancel tombstones",
@@ -63,7 +100,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 						"The selectors are checked against the stored data first: a tombstone that matches no series is\n" +
 						"refused unless --force.",
 					Flags: []cli.Flag{
-						&cli.StringSliceFlag{Name: "match", Required: true, Usage: "PromQL series selector, e.g. '{job=\"api\",user_id=\"42\"}'. Repeat for several; a series is deleted if any matches. Selectors may name the blocks' external labels."},
+						&cli.StringSliceFlag{Name: "match", Usage: "PromQL series selector, e.g. '{job=\"api\",user_id=\"42\"}'. Repeat for several; a series is deleted if any matches. Selectors may name the blocks' external labels."},
 						&cli.StringFlag{Name: "start", Usage: "Delete samples from this time on (inclusive). RFC 3339 or Unix seconds. Default: the beginning of time."},
 						&cli.StringFlag{Name: "end", Usage: "Delete samples up to this time (inclusive). RFC 3339 or Unix seconds. Default: now, i.e. everything stored so far; a later end also covers samples written until then."},
 						&cli.StringFlag{Name: "undelete-window", Value: "24h", Usage: "How long the tombstone can be cancelled; the rewriter waits this long before applying it. Prometheus durations (30m, 24h, 7d)."},
@@ -190,15 +227,13 @@ func add(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	var opts []tombstones.Option
-	if spec.Redact {
-		key, err := redactionKey(c, e.bkt)
-		if err != nil {
-			return err
-		}
-		opts = append(opts, tombstones.WithRedactionKey(key))
+	// A bucket without a redaction key gets one only when a redacted tombstone is really written:
+	// until then a throwaway key validates and shows the result.
+	key, keyMissing, err := redactionKey(c, e.bkt, spec.Redact)
+	if err != nil {
+		return err
 	}
-	store := tombstones.NewStore(e.bkt, nil, append(opts, tombstones.WithLogger(e.logger))...)
+	store := tombstones.NewStore(e.bkt, nil, tombstones.WithLogger(e.logger), tombstones.WithRedactionKey(key))
 	t, err := store.Build(spec)
 	if err != nil {
 		return err
@@ -217,6 +252,15 @@ func add(c *cli.Context) error {
 		fmt.Fprintln(c.App.ErrWriter, "dry run: nothing written")
 		return printEntries(c.App.Writer, format, []*tombstones.Entry{{Tombstone: t}}, nil, store.Now(), true)
 	}
+	if keyMissing {
+		if key, err = tombstones.LoadOrCreateBucketKey(c.Context, e.bkt); err != nil {
+			return err
+		}
+		store = tombstones.NewStore(e.bkt, nil, tombstones.WithLogger(e.logger), tombstones.WithRedactionKey(key))
+		if t, err = store.Build(spec); err != nil {
+			return err
+		}
+	}
 	if err := store.Put(c.Context, t); err != nil {
 		return err
 	}
@@ -224,20 +268,23 @@ func add(c *cli.Context) error {
 	return nil
 }
 
-// redactionKey returns the key from --redact.key-file, or else the bucket's key, creating it
-// unless this is a dry run (which must write nothing; then a throwaway key shows the result).
-func redactionKey(c *cli.Context, bkt objstore.Bucket) (*tombstones.RedactionKey, error) {
+// redactionKey returns the key from --redact.key-file, or else the bucket's key. If the bucket has
+// none yet, it returns a throwaway key and reports it missing, so that nothing is written before the
+// tombstone itself is.
+func redactionKey(c *cli.Context, bkt objstore.Bucket, redact bool) (*tombstones.RedactionKey, bool, error) {
+	if !redact {
+		return nil, false, nil
+	}
 	if f := c.String("redact.key-file"); f != "" {
-		return tombstones.ReadRedactionKeyFile(f)
+		key, err := tombstones.ReadRedactionKeyFile(f)
+		return key, false, err
 	}
-	if c.Bool("dry-run") {
-		key, err := tombstones.LoadBucketKey(c.Context, bkt)
-		if err == nil || !bkt.IsObjNotFoundErr(errors.Cause(err)) {
-			return key, err
-		}
-		return tombstones.NewRedactionKey([]byte(ulid.Make().String()))
+	key, err := tombstones.LoadBucketKey(c.Context, bkt)
+	if err == nil || !bkt.IsObjNotFoundErr(errors.Cause(err)) {
+		return key, false, err
 	}
-	return tombstones.LoadOrCreateBucketKey(c.Context, bkt)
+	key, err = tombstones.NewRedactionKey([]byte(ulid.Make().String()))
+	return key, true, err
 }
 
 func countMatches(c *cli.Context, e *env, sels [][]*labels.Matcher, t *tombstones.Tombstone) (int, string, error) {
