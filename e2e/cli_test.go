@@ -101,7 +101,7 @@ func runLethe(t *testing.T, args ...string) result {
 }
 
 type listing struct {
-	Tombstones []tombstones.View  `json:"tombstones"`
+	Tombstones []tombstones.View   `json:"tombstones"`
 	Broken     []tombstones.Broken `json:"broken"`
 }
 
