@@ -27,6 +27,11 @@ type rangedIndex struct {
 	size  int
 	pages map[int][]byte
 	err   error
+	// symbols is the index from its start to the end of the symbol table. Prometheus' symbol
+	// lookups ask for the whole object (Range(0, Len())) and then only read the symbol table, so
+	// those requests are answered from this copy instead of downloading the whole index.
+	symbolsEnd int
+	symbols    []byte
 	// fetched counts bytes downloaded, for tests and logs.
 	fetched int64
 }
@@ -34,6 +39,12 @@ type rangedIndex struct {
 func (r *rangedIndex) Len() int { return r.size }
 
 func (r *rangedIndex) Range(start, end int) []byte {
+	if start == 0 && end == r.size && r.symbolsEnd > 0 {
+		if r.symbols == nil {
+			r.symbols = r.Range(0, r.symbolsEnd)
+		}
+		return r.symbols
+	}
 	if start < 0 || end > r.size || start > end {
 		r.setErr(errors.Newf("%s: range [%d, %d) outside object of %d bytes", r.name, start, end, r.size))
 		return make([]byte, max(end-start, 0))
@@ -136,6 +147,14 @@ func OpenIndex(ctx context.Context, bkt objstore.BucketReader, id ulid.ULID) (*I
 		return nil, errors.Wrapf(err, "block %s: stat index", id)
 	}
 	src := &rangedIndex{ctx: ctx, bkt: bkt, name: name, size: int(attrs.Size), pages: map[int][]byte{}}
+	// Index format v2 (every Prometheus since 2.x) addresses symbols by number, so its symbol
+	// lookups never look past the symbol table. Version 1 computes offsets from the object's
+	// length and keeps whole-object reads.
+	if src.size > 5 && src.Range(4, 5)[0] == index.FormatV2 {
+		if toc, err := index.NewTOCFromByteSlice(src); err == nil && toc.Series > toc.Symbols && toc.Series <= uint64(src.size) {
+			src.symbolsEnd = int(toc.Series)
+		}
+	}
 	r, err := newReader(src)
 	if src.err != nil {
 		return nil, errors.Wrapf(src.err, "block %s: read index", id)
