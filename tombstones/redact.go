@@ -31,7 +31,14 @@ const minKeyLen = 16
 // protects low-entropy values such as user ids from a brute-force search by whoever reads the bucket.
 type RedactionKey struct {
 	id   string
-	pool sync.Pool
+	pool sync.Pool // of *hasher
+}
+
+// hasher is one HMAC with the buffers a digest needs, so hashing allocates nothing.
+type hasher struct {
+	mac hash.Hash
+	in  []byte
+	out [sha256.Size]byte
 }
 
 // NewRedactionKey builds a key from raw key material (at least 16 bytes).
@@ -43,7 +50,7 @@ func NewRedactionKey(material []byte) (*RedactionKey, error) {
 	key := append([]byte(nil), material...)
 	idSum := sha256.Sum256(append([]byte("lethe key id\x00"), key...))
 	k := &RedactionKey{id: hex.EncodeToString(idSum[:8])}
-	k.pool.New = func() any { return hmac.New(sha256.New, key) }
+	k.pool.New = func() any { return &hasher{mac: hmac.New(sha256.New, key)} }
 	return k, nil
 }
 
@@ -69,14 +76,13 @@ func (k *RedactionKey) Digest(name, value string) string {
 	return hex.EncodeToString(k.sum(name, value, buf[:0]))
 }
 
-// sum appends the raw digest to dst.
+// sum appends the raw digest of the label name and value to dst.
 func (k *RedactionKey) sum(name, value string, dst []byte) []byte {
-	h := k.pool.Get().(hash.Hash)
-	h.Reset()
-	_, _ = io.WriteString(h, name)
-	_, _ = h.Write([]byte{0xff})
-	_, _ = io.WriteString(h, value)
-	dst = h.Sum(dst)
+	h := k.pool.Get().(*hasher)
+	h.mac.Reset()
+	h.in = append(append(append(h.in[:0], name...), 0xff), value...)
+	_, _ = h.mac.Write(h.in)
+	dst = append(dst, h.mac.Sum(h.out[:0])...)
 	k.pool.Put(h)
 	return dst
 }
@@ -93,18 +99,18 @@ func isRedactable(m *labels.Matcher) bool {
 func redactSelectors(sels [][]*labels.Matcher, key *RedactionKey) ([]string, error) {
 	out := make([]string, 0, len(sels))
 	for _, sel := range sels {
-		parts := make([]string, 0, len(sel))
+		ms := make([]*labels.Matcher, 0, len(sel))
 		for _, m := range sel {
 			switch {
 			case isRedactable(m):
-				parts = append(parts, labels.MustNewMatcher(labels.MatchEqual, m.Name, key.Digest(m.Name, m.Value)).String())
+				ms = append(ms, labels.MustNewMatcher(labels.MatchEqual, m.Name, key.Digest(m.Name, m.Value)))
 			case m.Name == labels.MetricName || m.Value == "":
-				parts = append(parts, m.String())
+				ms = append(ms, m)
 			default:
 				return nil, errors.Newf("--redact supports only equality matchers (and any matcher on __name__): %s would store its value in plain text", m.Name+m.Type.String()+"<value>")
 			}
 		}
-		out = append(out, "{"+strings.Join(parts, ", ")+"}")
+		out = append(out, selectorString(ms))
 	}
 	return out, nil
 }

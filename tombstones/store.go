@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	stderrors "errors"
 	"io"
 	"log/slog"
 	"regexp"
@@ -23,7 +24,7 @@ import (
 )
 
 // ErrNotFound is returned for an id no tombstone has.
-var ErrNotFound = errors.New("tombstone not found")
+var ErrNotFound = stderrors.New("tombstone not found")
 
 // syncConcurrency bounds parallel downloads of new objects during a sync.
 const syncConcurrency = 16

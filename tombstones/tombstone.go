@@ -189,17 +189,18 @@ func MatchesEverySeries(ms []*labels.Matcher) bool {
 	return true
 }
 
+// probeNames are valid metric names of many shapes. A matcher on __name__ that accepts all of them
+// is taken to accept every name, whatever its spelling (".+", ".{1,}", "..*", !~"^$", ...).
+var probeNames = []string{"a", "up", "_", "x9", "ZZ:x_1", "http_requests_total", "node_cpu_seconds_total",
+	"lethe_probe_5f3a_q", "A:b:c", "go_gc_duration_seconds_bucket"}
+
 func acceptsAnyNonEmpty(m *labels.Matcher) bool {
-	switch m.Type {
-	case labels.MatchNotEqual, labels.MatchNotRegexp:
-		return m.Value == ""
-	case labels.MatchRegexp:
-		switch m.Value {
-		case ".+", ".*", "(.+)", "(.*)", ".+?", ".*?":
-			return true
+	for _, n := range probeNames {
+		if !m.Matches(n) {
+			return false
 		}
 	}
-	return false
+	return true
 }
 
 // FormatMillis renders a millisecond timestamp for people, with the open ends spelled out.
@@ -225,8 +226,11 @@ func ParseTime(s string) (time.Time, error) {
 		if err != nil || math.Abs(secs) > 9.2e9*1e3 {
 			return time.Time{}, errors.Newf("time %q is out of range", s)
 		}
+		// Round to the millisecond as Prometheus does: a float's fraction is inexact, and a
+		// timestamp one millisecond short would leave the sample at the inclusive end undeleted.
 		whole, frac := math.Modf(secs)
-		return time.Unix(int64(whole), int64(math.Round(frac*1e9))).UTC(), nil
+		ms := math.Round(frac*1000) / 1000
+		return time.Unix(int64(whole), int64(ms*float64(time.Second))).UTC(), nil
 	}
 	t, err := time.Parse(time.RFC3339Nano, s)
 	if err != nil {
