@@ -13,22 +13,32 @@ all: build
 
 build:
 	$(GO) build -o $(BIN)/lethe ./cmd/lethe
+	$(GO) build -o $(BIN)/lethe-proxy ./cmd/lethe-proxy
 	$(GO) build -o $(BIN)/lethe-demo ./cmd/lethe-demo
 
+# The end-to-end tests run a real Prometheus, built once from the module proxy (tools/).
 test:
 	$(GO) vet ./...
-	$(GO) test -count=1 -timeout 20m ./...
+	LETHE_PROMETHEUS=$$(tools/build.sh prometheus) $(GO) test -count=1 -timeout 20m ./...
 
 # The newcomer's demo: a local bucket of real TSDB blocks, a tombstone registered on the series
-# that leaked a secret token, and the tombstone listed.
+# that leaked a secret token, and the proxy serving the bucket on :9095 with it masked.
 demo: build
-	rm -rf $(DEMO_DIR)
+	rm -rf $(DEMO_DIR) ./data/proxy
 	$(BIN)/lethe-demo --dir $(DEMO_DIR)
 	printf '$(DEMO_CONF)\n' > ./data/demo-bucket.yml
 	$(BIN)/lethe --objstore.config-file=./data/demo-bucket.yml tombstone add \
 		--match '{token="s3cr3t-demo-token"}' --redact --undelete-window 1h \
 		--reason "demo: a token leaked into a label" --author demo
 	$(BIN)/lethe --objstore.config-file=./data/demo-bucket.yml tombstone list
+	@echo
+	@echo "Point Grafana's Prometheus data source at http://localhost:9095, or try:"
+	@echo "  curl -s 'http://localhost:9095/api/v1/label/token/values'          # the leaked token is gone"
+	@echo "  curl -s 'http://localhost:9095/api/v1/query?query=count(last_over_time(http_requests_total[1d]))'"
+	@echo "  bin/lethe --objstore.config-file=./data/demo-bucket.yml tombstone add --match '{user_id=\"7\"}'"
+	@echo "                                                                     # masked within 10s"
+	@echo
+	$(BIN)/lethe-proxy --objstore.config-file=./data/demo-bucket.yml --data-dir ./data/proxy --web.listen-address :9095
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./tombstones/ ./block/

@@ -265,3 +265,12 @@ func (ix *Index) visit(series, ext labels.Labels, fn func(*Tombstone)) {
 		}
 	}
 }
+
+// MatcherMatches reports whether matcher m of tombstone t accepts value, comparing digests when the
+// matcher is redacted.
+func (ix *Index) MatcherMatches(t *Tombstone, m *labels.Matcher, value string) bool {
+	if t.Redacted() && isRedactable(m) {
+		return value != "" && ix.key != nil && ix.key.Digest(m.Name, value) == m.Value
+	}
+	return m.Matches(value)
+}

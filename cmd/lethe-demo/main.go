@@ -24,7 +24,7 @@ func main() {
 		Usage: "write a demo bucket of Thanos blocks with generated series",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "dir", Value: "./data/demo", Usage: "Directory of the FILESYSTEM bucket to fill. Existing blocks are kept."},
-			&cli.IntFlag{Name: "blocks", Value: 3, Usage: "How many consecutive 2h blocks to write, ending at the last full 2h boundary."},
+			&cli.IntFlag{Name: "blocks", Value: 3, Usage: "How many consecutive 2h blocks to write, the last one ending now."},
 			&cli.IntFlag{Name: "users", Value: 50, Usage: "How many user_id values the generated series carry."},
 		},
 		Action: run,
@@ -52,7 +52,7 @@ func run(c *cli.Context) error {
 
 	series := demoSeries(c.Int("users"))
 	const blockRange = int64(2 * time.Hour / time.Millisecond)
-	end := time.Now().UnixMilli() / blockRange * blockRange
+	end := time.Now().UnixMilli() / 60_000 * 60_000
 	ctx := context.Background()
 	for i := c.Int("blocks"); i > 0; i-- {
 		mint := end - int64(i)*blockRange

@@ -1,0 +1,171 @@
+// Package proxy serves the Prometheus HTTP API with every sample a live tombstone covers removed:
+// PromQL is evaluated by Prometheus' own engine over a storage.Queryable that drops deleted
+// samples, fed by an upstream Prometheus-compatible server or by the bucket's blocks.
+package proxy
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/efficientgo/core/errors"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+	"github.com/prometheus/prometheus/model/labels"
+
+	"github.com/lethe-project/lethe/tombstones"
+)
+
+// ErrStale is returned while the tombstones could not be refreshed for longer than the bound: the
+// proxy fails closed rather than serve data that may have been deleted since.
+var ErrStale = errors.New("tombstones are stale: cannot refresh them from the bucket, refusing to serve possibly deleted data")
+
+// Mask holds the live tombstones, refreshed from the bucket, and answers which samples to hide.
+type Mask struct {
+	store        *tombstones.Store
+	logger       *slog.Logger
+	now          func() time.Time
+	maxStaleness time.Duration
+
+	mu       sync.RWMutex
+	index    *tombstones.Index
+	live     []*tombstones.Tombstone
+	lastSync time.Time
+	lastErr  error
+
+	loaded  prometheus.Gauge
+	age     prometheus.GaugeFunc
+	metrics *maskMetrics
+}
+
+// NewMask returns a mask over the store's tombstones. It holds nothing until the first Refresh.
+func NewMask(store *tombstones.Store, logger *slog.Logger, reg prometheus.Registerer, maxStaleness time.Duration) *Mask {
+	m := &Mask{store: store, logger: logger, now: store.Now, maxStaleness: maxStaleness}
+	f := promauto.With(reg)
+	m.loaded = f.NewGauge(prometheus.GaugeOpts{Name: "lethe_proxy_tombstones_loaded", Help: "Tombstones the proxy masks (all but cancelled ones)."})
+	m.metrics = &maskMetrics{
+		seriesMasked: f.NewCounter(prometheus.CounterOpts{Name: "lethe_proxy_series_masked_total", Help: "Series read through the proxy that a tombstone covers in part or whole."}),
+		seriesHidden: f.NewCounter(prometheus.CounterOpts{Name: "lethe_proxy_series_hidden_total", Help: "Series left out of series and label look-ups because tombstones cover all their samples in the range."}),
+	}
+	m.age = f.NewGaugeFunc(prometheus.GaugeOpts{Name: "lethe_proxy_tombstones_refresh_age_seconds", Help: "Seconds since the tombstones were last refreshed from the bucket."}, func() float64 {
+		m.mu.RLock()
+		defer m.mu.RUnlock()
+		if m.lastSync.IsZero() {
+			return -1
+		}
+		return m.now().Sub(m.lastSync).Seconds()
+	})
+	return m
+}
+
+// Refresh syncs the tombstones from the bucket and swaps in a new index. On failure the previous
+// index stays in force until it is older than the staleness bound.
+func (m *Mask) Refresh(ctx context.Context) error {
+	set, err := m.store.Sync(ctx)
+	if err == nil {
+		var ix *tombstones.Index
+		live := set.Masking()
+		if ix, err = tombstones.NewIndex(live, m.store.RedactionKey()); err == nil {
+			m.mu.Lock()
+			m.index, m.live, m.lastSync, m.lastErr = ix, live, set.At, nil
+			m.mu.Unlock()
+			m.loaded.Set(float64(len(live)))
+			return nil
+		}
+	}
+	m.mu.Lock()
+	m.lastErr = err
+	m.mu.Unlock()
+	m.logger.Error("refresh tombstones", "err", err)
+	return err
+}
+
+// Run refreshes every interval until ctx ends.
+func (m *Mask) Run(ctx context.Context, interval time.Duration) error {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			_ = m.Refresh(ctx) // Logged; staleness is judged at query time.
+		}
+	}
+}
+
+// Snapshot is the index in force for one query.
+type Snapshot struct {
+	index   *tombstones.Index
+	live    []*tombstones.Tombstone
+	metrics *maskMetrics
+}
+
+// Current returns the index in force, or ErrStale (wrapped with the last refresh error) once the
+// last successful refresh is older than the staleness bound.
+func (m *Mask) Current() (*Snapshot, error) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	if m.index == nil {
+		if m.lastErr != nil {
+			return nil, errors.Wrap(ErrStale, m.lastErr.Error())
+		}
+		return nil, ErrStale
+	}
+	if age := m.now().Sub(m.lastSync); age > m.maxStaleness {
+		msg := "last refresh " + age.Round(time.Second).String() + " ago"
+		if m.lastErr != nil {
+			msg += ": " + m.lastErr.Error()
+		}
+		return nil, errors.Wrap(ErrStale, msg)
+	}
+	return &Snapshot{index: m.index, live: m.live, metrics: m.metrics}, nil
+}
+
+// Intervals returns the deleted intervals of a series with the given labels and external labels.
+func (s *Snapshot) Intervals(series, ext labels.Labels, dst tombstones.Intervals) tombstones.Intervals {
+	return s.index.Intervals(series, ext, dst)
+}
+
+// MayMatch reports whether a series selected by matchers, with samples in [mint, maxt], might be
+// covered by a live tombstone. False is certain; true may be a false alarm.
+func (s *Snapshot) MayMatch(matchers []*labels.Matcher, ext labels.Labels, mint, maxt int64) bool {
+	for _, t := range s.live {
+		if !t.Overlaps(mint, maxt) {
+			continue
+		}
+		for _, sel := range t.Selectors() {
+			if !disjoint(matchers, sel, t, ext, s.index) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// disjoint reports whether no series can satisfy both the query's matchers and a tombstone
+// selector: some label's value is pinned by an equality matcher on one side and refused by the
+// other, or decided by the external labels.
+func disjoint(query, sel []*labels.Matcher, t *tombstones.Tombstone, ext labels.Labels, ix *tombstones.Index) bool {
+	for _, tm := range sel {
+		if v := ext.Get(tm.Name); v != "" {
+			if !ix.MatcherMatches(t, tm, v) {
+				return true
+			}
+			continue
+		}
+		for _, qm := range query {
+			if qm.Name != tm.Name {
+				continue
+			}
+			if qm.Type == labels.MatchEqual && !ix.MatcherMatches(t, tm, qm.Value) {
+				return true
+			}
+			if tm.Type == labels.MatchEqual && !t.Redacted() && !qm.Matches(tm.Value) {
+				return true
+			}
+		}
+	}
+	return false
+}

@@ -1,0 +1,213 @@
+package proxy
+
+import (
+	"context"
+	"encoding/json"
+	"github.com/grafana/regexp"
+	"log/slog"
+	"net/http"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/efficientgo/core/errors"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/prometheus/common/route"
+	"github.com/prometheus/prometheus/config"
+	"github.com/prometheus/prometheus/model/exemplar"
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/promql"
+	"github.com/prometheus/prometheus/promql/parser"
+	"github.com/prometheus/prometheus/storage"
+	v1 "github.com/prometheus/prometheus/web/api/v1"
+)
+
+// Source is where the proxy reads series from: the bucket's blocks or an upstream server.
+type Source interface {
+	// Querier returns a querier over [mint, maxt] that masks with snap.
+	Querier(snap *Snapshot, mint, maxt int64) (storage.Querier, error)
+}
+
+// Config holds the proxy's limits and settings; zero values take Prometheus' defaults.
+type Config struct {
+	// QueryTimeout, MaxSamples and MaxConcurrency are Prometheus' --query.timeout,
+	// --query.max-samples and --query.max-concurrency.
+	QueryTimeout   time.Duration
+	MaxSamples     int
+	MaxConcurrency int
+	LookbackDelta  time.Duration
+}
+
+func (c Config) withDefaults() Config {
+	if c.QueryTimeout == 0 {
+		c.QueryTimeout = 2 * time.Minute
+	}
+	if c.MaxSamples == 0 {
+		c.MaxSamples = 50_000_000
+	}
+	if c.MaxConcurrency == 0 {
+		c.MaxConcurrency = 20
+	}
+	if c.LookbackDelta == 0 {
+		c.LookbackDelta = 5 * time.Minute
+	}
+	return c
+}
+
+// Proxy is the HTTP handler Grafana talks to.
+type Proxy struct {
+	mask   *Mask
+	source Source
+	logger *slog.Logger
+	cfg    Config
+	reg    *prometheus.Registry
+	mux    *http.ServeMux
+
+	requests *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+	slots    chan struct{}
+}
+
+// New builds the proxy. reg receives the proxy's metrics and is served on /metrics.
+func New(mask *Mask, source Source, logger *slog.Logger, reg *prometheus.Registry, cfg Config) *Proxy {
+	cfg = cfg.withDefaults()
+	f := promauto.With(reg)
+	p := &Proxy{
+		mask: mask, source: source, logger: logger, cfg: cfg, reg: reg, mux: http.NewServeMux(),
+		requests: f.NewCounterVec(prometheus.CounterOpts{Name: "lethe_proxy_requests_total", Help: "API requests by path and outcome."}, []string{"path", "code"}),
+		duration: f.NewHistogramVec(prometheus.HistogramOpts{Name: "lethe_proxy_request_duration_seconds", Help: "API request latency by path.", Buckets: prometheus.DefBuckets}, []string{"path"}),
+		slots:    make(chan struct{}, cfg.MaxConcurrency),
+	}
+	engine := promql.NewEngine(promql.EngineOpts{
+		Logger:               logger,
+		Reg:                  reg,
+		MaxSamples:           cfg.MaxSamples,
+		Timeout:              cfg.QueryTimeout,
+		LookbackDelta:        cfg.LookbackDelta,
+		EnableAtModifier:     true,
+		EnableNegativeOffset: true,
+	})
+	api := v1.NewAPI(engine, &queryable{p: p}, nil, emptyExemplars{},
+		nil, nil, nil,
+		func() config.Config { return config.Config{} },
+		map[string]string{},
+		v1.GlobalURLOptions{},
+		func(f http.HandlerFunc) http.HandlerFunc { return f },
+		nil, "", false, false, 0, logger, nil, 0, 0, 0, false,
+		regexp.MustCompile(".*"),
+		nil,
+		&v1.PrometheusVersion{Version: "3.16.0", Revision: "lethe-proxy", Branch: "lethe", GoVersion: goVersion()},
+		nil, nil, reg, reg, nil, false, nil, false, false, false,
+		cfg.LookbackDelta, false, false, nil, nil, v1.OpenAPIOptions{}, parser.NewParser(parser.Options{}), false, cfg.QueryTimeout,
+	)
+	router := route.New()
+	api.Register(router.WithPrefix("/api/v1"))
+
+	// Only these endpoints exist; everything else is 404, so nothing reaches the data around the mask.
+	for _, path := range []string{"/api/v1/query", "/api/v1/query_range", "/api/v1/series", "/api/v1/labels", "/api/v1/query_exemplars"} {
+		p.handle(path, p.guard(router), http.MethodGet, http.MethodPost)
+	}
+	p.handle("/api/v1/label/{name}/values", p.guard(router), http.MethodGet)
+	p.handle("/api/v1/format_query", router, http.MethodGet, http.MethodPost)
+	p.handle("/api/v1/status/buildinfo", router, http.MethodGet)
+	p.handle("/api/v1/metadata", http.HandlerFunc(emptyMetadata), http.MethodGet)
+	p.mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	p.mux.HandleFunc("/-/healthy", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte("lethe-proxy is Healthy.\n"))
+	})
+	p.mux.HandleFunc("/-/ready", func(w http.ResponseWriter, _ *http.Request) {
+		if _, err := p.mask.Current(); err != nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = w.Write([]byte("lethe-proxy is not ready: " + err.Error() + "\n"))
+			return
+		}
+		_, _ = w.Write([]byte("lethe-proxy is Ready.\n"))
+	})
+	return p
+}
+
+func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) { p.mux.ServeHTTP(w, r) }
+
+// handle registers h on path for the given methods, with metrics.
+func (p *Proxy) handle(path string, h http.Handler, methods ...string) {
+	label := path
+	for _, m := range methods {
+		p.mux.Handle(m+" "+path, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			start := time.Now()
+			rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
+			h.ServeHTTP(rec, r)
+			p.requests.WithLabelValues(label, http.StatusText(rec.code)).Inc()
+			p.duration.WithLabelValues(label).Observe(time.Since(start).Seconds())
+		}))
+	}
+}
+
+// guard fails closed while tombstones are stale and bounds concurrent data requests.
+func (p *Proxy) guard(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, err := p.mask.Current(); err != nil {
+			writeError(w, http.StatusServiceUnavailable, "unavailable", err.Error())
+			return
+		}
+		select {
+		case p.slots <- struct{}{}:
+			defer func() { <-p.slots }()
+		case <-r.Context().Done():
+			writeError(w, http.StatusServiceUnavailable, "unavailable", "too many concurrent queries")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// writeError answers in Prometheus' error envelope.
+func writeError(w http.ResponseWriter, code int, typ, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(map[string]string{"status": "error", "errorType": typ, "error": msg})
+}
+
+func emptyMetadata(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write([]byte(`{"status":"success","data":{}}`))
+}
+
+type statusRecorder struct {
+	http.ResponseWriter
+	code int
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	s.code = code
+	s.ResponseWriter.WriteHeader(code)
+}
+
+// queryable takes one tombstone snapshot per querier, so a query sees one consistent set.
+type queryable struct{ p *Proxy }
+
+func (q *queryable) Querier(mint, maxt int64) (storage.Querier, error) {
+	snap, err := q.p.mask.Current()
+	if err != nil {
+		return nil, err
+	}
+	return q.p.source.Querier(snap, mint, maxt)
+}
+
+func (q *queryable) ChunkQuerier(int64, int64) (storage.ChunkQuerier, error) {
+	return nil, errors.New("lethe-proxy serves no remote read")
+}
+
+// emptyExemplars answers exemplar queries with none: blocks in the bucket hold no exemplars.
+type emptyExemplars struct{}
+
+func (emptyExemplars) ExemplarQuerier(context.Context) (storage.ExemplarQuerier, error) {
+	return emptyExemplars{}, nil
+}
+
+func (emptyExemplars) Select(int64, int64, ...[]*labels.Matcher) ([]exemplar.QueryResult, error) {
+	return nil, nil
+}
+
+func goVersion() string { return strings.TrimPrefix(runtime.Version(), "go") }

@@ -1,0 +1,184 @@
+package proxy
+
+import (
+	"context"
+	"slices"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/storage"
+	"github.com/prometheus/prometheus/tsdb"
+	"github.com/prometheus/prometheus/tsdb/chunkenc"
+	promtombstones "github.com/prometheus/prometheus/tsdb/tombstones"
+	"github.com/prometheus/prometheus/util/annotations"
+
+	"github.com/lethe-project/lethe/tombstones"
+)
+
+// maskMetrics count what masking hides.
+type maskMetrics struct {
+	seriesMasked prometheus.Counter
+	seriesHidden prometheus.Counter
+}
+
+// maskedQuerier hides from an inner querier every sample that a tombstone covers. ext are the
+// external labels of the inner querier's series: tombstones match them too (overriding series
+// labels of the same name, as in Thanos), whether or not the series carry them.
+type maskedQuerier struct {
+	inner      storage.Querier
+	snap       *Snapshot
+	ext        labels.Labels
+	mint, maxt int64
+}
+
+func newMaskedQuerier(inner storage.Querier, snap *Snapshot, ext labels.Labels, mint, maxt int64) *maskedQuerier {
+	return &maskedQuerier{inner: inner, snap: snap, ext: ext, mint: mint, maxt: maxt}
+}
+
+func (q *maskedQuerier) Select(ctx context.Context, sortSeries bool, hints *storage.SelectHints, ms ...*labels.Matcher) storage.SeriesSet {
+	mint, maxt := q.mint, q.maxt
+	if hints != nil {
+		mint, maxt = hints.Start, hints.End
+	}
+	if !q.snap.MayMatch(ms, q.ext, mint, maxt) {
+		return q.inner.Select(ctx, sortSeries, hints, ms...)
+	}
+	// Series lookups carry no samples, so a series' survival must be decided on its samples.
+	var inner storage.SeriesSet
+	dropEmpty := hints != nil && hints.Func == "series"
+	if dropEmpty {
+		h := *hints
+		h.Func = ""
+		inner = q.inner.Select(ctx, sortSeries, &h, ms...)
+	} else {
+		inner = q.inner.Select(ctx, sortSeries, hints, ms...)
+	}
+	return &maskedSeriesSet{SeriesSet: inner, q: q, mint: mint, maxt: maxt, dropEmpty: dropEmpty}
+}
+
+// LabelValues answers from the inner querier when no tombstone can touch the selection, and
+// otherwise from the series that keep a sample in the range: a value carried only by deleted
+// samples never appears.
+func (q *maskedQuerier) LabelValues(ctx context.Context, name string, hints *storage.LabelHints, ms ...*labels.Matcher) ([]string, annotations.Annotations, error) {
+	sel := append(slices.Clone(ms), labels.MustNewMatcher(labels.MatchNotEqual, name, ""))
+	if !q.snap.MayMatch(sel, q.ext, q.mint, q.maxt) {
+		return q.inner.LabelValues(ctx, name, hints, ms...)
+	}
+	seen := map[string]struct{}{}
+	ws, err := q.surviving(ctx, sel, func(ls labels.Labels) { seen[ls.Get(name)] = struct{}{} })
+	if err != nil {
+		return nil, ws, err
+	}
+	return limit(sortedKeys(seen), hints), ws, nil
+}
+
+// LabelNames works as LabelValues.
+func (q *maskedQuerier) LabelNames(ctx context.Context, hints *storage.LabelHints, ms ...*labels.Matcher) ([]string, annotations.Annotations, error) {
+	sel := ms
+	if len(sel) == 0 {
+		sel = []*labels.Matcher{labels.MustNewMatcher(labels.MatchRegexp, labels.MetricName, ".+")}
+	}
+	if !q.snap.MayMatch(sel, q.ext, q.mint, q.maxt) {
+		return q.inner.LabelNames(ctx, hints, ms...)
+	}
+	seen := map[string]struct{}{}
+	ws, err := q.surviving(ctx, sel, func(ls labels.Labels) {
+		ls.Range(func(l labels.Label) { seen[l.Name] = struct{}{} })
+	})
+	if err != nil {
+		return nil, ws, err
+	}
+	return limit(sortedKeys(seen), hints), ws, nil
+}
+
+// surviving calls fn with the labels of every selected series that keeps a sample in the range.
+func (q *maskedQuerier) surviving(ctx context.Context, ms []*labels.Matcher, fn func(labels.Labels)) (annotations.Annotations, error) {
+	ss := q.Select(ctx, false, &storage.SelectHints{Start: q.mint, End: q.maxt, Func: "series"}, ms...)
+	for ss.Next() {
+		fn(ss.At().Labels())
+	}
+	return ss.Warnings(), ss.Err()
+}
+
+func (q *maskedQuerier) Close() error { return q.inner.Close() }
+
+func sortedKeys(m map[string]struct{}) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}
+
+func limit(vals []string, hints *storage.LabelHints) []string {
+	if hints != nil && hints.Limit > 0 && len(vals) > hints.Limit {
+		return vals[:hints.Limit]
+	}
+	return vals
+}
+
+// maskedSeriesSet wraps the series that tombstones cover; with dropEmpty it also leaves out series
+// that keep no sample in [mint, maxt].
+type maskedSeriesSet struct {
+	storage.SeriesSet
+	q          *maskedQuerier
+	mint, maxt int64
+	dropEmpty  bool
+	cur        storage.Series
+	ivs        tombstones.Intervals
+}
+
+func (s *maskedSeriesSet) Next() bool {
+	for s.SeriesSet.Next() {
+		series := s.SeriesSet.At()
+		s.ivs = s.q.snap.Intervals(series.Labels(), s.q.ext, s.ivs[:0])
+		if !s.ivs.Overlaps(s.mint, s.maxt) {
+			s.cur = series
+			return true
+		}
+		masked := &maskedSeries{Series: series, ivs: toPrometheus(s.ivs)}
+		s.q.snap.metrics.seriesMasked.Inc()
+		if s.dropEmpty && !masked.hasSampleIn(s.mint, s.maxt) {
+			s.q.snap.metrics.seriesHidden.Inc()
+			continue
+		}
+		s.cur = masked
+		return true
+	}
+	return false
+}
+
+func (s *maskedSeriesSet) At() storage.Series { return s.cur }
+
+// maskedSeries iterates its samples through Prometheus' own DeletedIterator.
+type maskedSeries struct {
+	storage.Series
+	ivs promtombstones.Intervals
+}
+
+func (s *maskedSeries) Iterator(it chunkenc.Iterator) chunkenc.Iterator {
+	if d, ok := it.(*tsdb.DeletedIterator); ok {
+		d.Iter = s.Series.Iterator(d.Iter)
+		d.Intervals = s.ivs
+		return d
+	}
+	return &tsdb.DeletedIterator{Iter: s.Series.Iterator(nil), Intervals: s.ivs}
+}
+
+func (s *maskedSeries) hasSampleIn(mint, maxt int64) bool {
+	it := s.Iterator(nil)
+	if it.Seek(mint) == chunkenc.ValNone {
+		return false
+	}
+	return it.AtT() <= maxt
+}
+
+// toPrometheus copies intervals into Prometheus' type, which DeletedIterator reads (and consumes).
+func toPrometheus(ivs tombstones.Intervals) promtombstones.Intervals {
+	out := make(promtombstones.Intervals, len(ivs))
+	for i, iv := range ivs {
+		out[i] = promtombstones.Interval{Mint: iv.Mint, Maxt: iv.Maxt}
+	}
+	return out
+}

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Builds the pinned third-party binaries lethe's end-to-end tests run, from the Go module proxy,
+# into a cache under $HOME/.cache/lethe/bin. Each binary's version is the one its module under
+# tools/ pins; a binary already built for that version is kept.
+#
+#   tools/build.sh prometheus     prints the path of the prometheus binary
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+cache="${LETHE_CACHE:-$HOME/.cache/lethe}/bin"
+mkdir -p "$cache"
+
+name="${1:?usage: tools/build.sh prometheus}"
+case "$name" in
+prometheus)
+  module=github.com/prometheus/prometheus
+  pkg=$module/cmd/prometheus
+  tags=remove_all_sd
+  ;;
+*)
+  echo "tools/build.sh: unknown tool $name" >&2
+  exit 2
+  ;;
+esac
+
+dir="$here/$name"
+version="$(cd "$dir" && go list -m -f '{{.Version}}' "$module")"
+out="$cache/$name-$version"
+if [ ! -x "$out" ]; then
+  echo "building $name $version (once; cached in $cache)" >&2
+  (cd "$dir" && go build -tags "$tags" -o "$out.tmp" "$pkg")
+  mv "$out.tmp" "$out"
+fi
+echo "$out"
