@@ -6,10 +6,12 @@ package proxy
 import (
 	"context"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/efficientgo/core/errors"
+	"github.com/oklog/ulid/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 	"github.com/prometheus/prometheus/model/labels"
@@ -33,6 +35,9 @@ type Mask struct {
 	live     []*tombstones.Tombstone
 	lastSync time.Time
 	lastErr  error
+	// local are tombstones this process wrote that no refresh has listed yet; a refresh that began
+	// before the write must not unmask them.
+	local map[ulid.ULID]*tombstones.Tombstone
 
 	loaded  prometheus.Gauge
 	age     prometheus.GaugeFunc
@@ -41,7 +46,7 @@ type Mask struct {
 
 // NewMask returns a mask over the store's tombstones. It holds nothing until the first Refresh.
 func NewMask(store *tombstones.Store, logger *slog.Logger, reg prometheus.Registerer, maxStaleness time.Duration) *Mask {
-	m := &Mask{store: store, logger: logger, now: store.Now, maxStaleness: maxStaleness}
+	m := &Mask{store: store, logger: logger, now: store.Now, maxStaleness: maxStaleness, local: map[ulid.ULID]*tombstones.Tombstone{}}
 	f := promauto.With(reg)
 	m.loaded = f.NewGauge(prometheus.GaugeOpts{Name: "lethe_proxy_tombstones_loaded", Help: "Tombstones the proxy masks (all but cancelled ones)."})
 	m.metrics = &maskMetrics{
@@ -63,20 +68,25 @@ func NewMask(store *tombstones.Store, logger *slog.Logger, reg prometheus.Regist
 // index stays in force until it is older than the staleness bound.
 func (m *Mask) Refresh(ctx context.Context) error {
 	set, err := m.store.Sync(ctx)
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	if err == nil {
 		var ix *tombstones.Index
 		live := set.Masking()
+		for id, t := range m.local {
+			if _, listed := set.Get(id); listed {
+				delete(m.local, id)
+				continue
+			}
+			live = append(live, t)
+		}
 		if ix, err = tombstones.NewIndex(live, m.store.RedactionKey()); err == nil {
-			m.mu.Lock()
 			m.index, m.live, m.lastSync, m.lastErr = ix, live, set.At, nil
-			m.mu.Unlock()
 			m.loaded.Set(float64(len(live)))
 			return nil
 		}
 	}
-	m.mu.Lock()
 	m.lastErr = err
-	m.mu.Unlock()
 	m.logger.Error("refresh tombstones", "err", err)
 	return err
 }
@@ -168,4 +178,19 @@ func disjoint(query, sel []*labels.Matcher, t *tombstones.Tombstone, ext labels.
 		}
 	}
 	return false
+}
+
+// add masks a tombstone written by this process at once, before the next refresh lists it.
+func (m *Mask) add(t *tombstones.Tombstone) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	live := append(slices.Clone(m.live), t)
+	ix, err := tombstones.NewIndex(live, m.store.RedactionKey())
+	if err != nil {
+		return err
+	}
+	m.index, m.live = ix, live
+	m.local[t.ID] = t
+	m.loaded.Set(float64(len(live)))
+	return nil
 }

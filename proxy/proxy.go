@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"runtime"
+	"strconv"
 	"strings"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/prometheus/common/model"
 	"github.com/prometheus/common/route"
 	"github.com/prometheus/prometheus/config"
 	"github.com/prometheus/prometheus/model/exemplar"
@@ -38,6 +40,8 @@ type Config struct {
 	MaxSamples     int
 	MaxConcurrency int
 	LookbackDelta  time.Duration
+	// AdminToken is the bearer token the deletion API demands; empty disables that API.
+	AdminToken string
 }
 
 func (c Config) withDefaults() Config {
@@ -65,6 +69,7 @@ type Proxy struct {
 	reg    *prometheus.Registry
 	mux    *http.ServeMux
 
+	fastPath prometheus.Counter
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
 	slots    chan struct{}
@@ -76,6 +81,7 @@ func New(mask *Mask, source Source, logger *slog.Logger, reg *prometheus.Registr
 	f := promauto.With(reg)
 	p := &Proxy{
 		mask: mask, source: source, logger: logger, cfg: cfg, reg: reg, mux: http.NewServeMux(),
+		fastPath: f.NewCounter(prometheus.CounterOpts{Name: "lethe_proxy_fast_path_requests_total", Help: "Requests no tombstone could touch, answered by the upstream untouched."}),
 		requests: f.NewCounterVec(prometheus.CounterOpts{Name: "lethe_proxy_requests_total", Help: "API requests by path and outcome."}, []string{"path", "code"}),
 		duration: f.NewHistogramVec(prometheus.HistogramOpts{Name: "lethe_proxy_request_duration_seconds", Help: "API request latency by path.", Buckets: prometheus.DefBuckets}, []string{"path"}),
 		slots:    make(chan struct{}, cfg.MaxConcurrency),
@@ -107,12 +113,13 @@ func New(mask *Mask, source Source, logger *slog.Logger, reg *prometheus.Registr
 
 	// Only these endpoints exist; everything else is 404, so nothing reaches the data around the mask.
 	for _, path := range []string{"/api/v1/query", "/api/v1/query_range", "/api/v1/series", "/api/v1/labels", "/api/v1/query_exemplars"} {
-		p.handle(path, p.guard(router), http.MethodGet, http.MethodPost)
+		p.handle(path, p.guard(path, router), http.MethodGet, http.MethodPost)
 	}
-	p.handle("/api/v1/label/{name}/values", p.guard(router), http.MethodGet)
+	p.handle("/api/v1/label/{name}/values", p.guard("/api/v1/label/{name}/values", router), http.MethodGet)
 	p.handle("/api/v1/format_query", router, http.MethodGet, http.MethodPost)
 	p.handle("/api/v1/status/buildinfo", router, http.MethodGet)
 	p.handle("/api/v1/metadata", http.HandlerFunc(emptyMetadata), http.MethodGet)
+	p.registerAdmin()
 	p.mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	p.mux.HandleFunc("/-/healthy", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = w.Write([]byte("lethe-proxy is Healthy.\n"))
@@ -138,19 +145,26 @@ func (p *Proxy) handle(path string, h http.Handler, methods ...string) {
 			start := time.Now()
 			rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
 			h.ServeHTTP(rec, r)
-			p.requests.WithLabelValues(label, http.StatusText(rec.code)).Inc()
+			p.requests.WithLabelValues(label, strconv.Itoa(rec.code)).Inc()
 			p.duration.WithLabelValues(label).Observe(time.Since(start).Seconds())
 		}))
 	}
 }
 
-// guard fails closed while tombstones are stale and bounds concurrent data requests.
-func (p *Proxy) guard(next http.Handler) http.Handler {
+// guard fails closed while tombstones are stale, bounds concurrent data requests, and sends a
+// request that no tombstone can touch to the upstream untouched.
+func (p *Proxy) guard(route string, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if _, err := p.mask.Current(); err != nil {
+		snap, err := p.mask.Current()
+		if err != nil {
 			writeError(w, http.StatusServiceUnavailable, "unavailable", err.Error())
 			return
 		}
+		if err := r.ParseForm(); err != nil {
+			writeError(w, http.StatusBadRequest, "bad_data", err.Error())
+			return
+		}
+		r = r.WithContext(withPassThrough(r.Context(), r))
 		select {
 		case p.slots <- struct{}{}:
 			defer func() { <-p.slots }()
@@ -158,15 +172,37 @@ func (p *Proxy) guard(next http.Handler) http.Handler {
 			writeError(w, http.StatusServiceUnavailable, "unavailable", "too many concurrent queries")
 			return
 		}
+		if up, ok := p.source.(*Upstream); ok && route != "/api/v1/query_exemplars" {
+			target := route
+			if name := r.PathValue("name"); name != "" {
+				if !model.LabelName(name).IsValid() {
+					writeError(w, http.StatusBadRequest, "bad_data", "invalid label name: "+strconv.Quote(name))
+					return
+				}
+				target = "/api/v1/label/" + name + "/values"
+			}
+			if p.untouched(r, route, snap, up.ExternalLabels()) {
+				p.fastPath.Inc()
+				if err := up.forward(w, r, target); err != nil {
+					p.logger.Warn("fast path", "route", route, "err", err)
+				}
+				return
+			}
+		}
 		next.ServeHTTP(w, r)
 	})
 }
 
-// writeError answers in Prometheus' error envelope.
+// writeError answers in Prometheus' error envelope, byte for byte as its API does.
 func writeError(w http.ResponseWriter, code int, typ, msg string) {
+	b, err := json.Marshal(&v1.Response{Status: "error", ErrorType: typ, Error: msg})
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
-	_ = json.NewEncoder(w).Encode(map[string]string{"status": "error", "errorType": typ, "error": msg})
+	_, _ = w.Write(b)
 }
 
 func emptyMetadata(w http.ResponseWriter, _ *http.Request) {

@@ -26,6 +26,8 @@ import (
 	"github.com/lethe-project/lethe/tombstones"
 )
 
+const adminToken = "test-admin-token-0123456789"
+
 // t0 is the start of the test data: 2026-11-01T00:00:00Z. Two 2h blocks follow it.
 const t0 = int64(1793491200000)
 
@@ -80,7 +82,7 @@ func newFixture(t *testing.T, ext map[string]string) *fixture {
 	f.blocks = NewBucketBlocks(f.bkt, t.TempDir(), slog.New(slog.DiscardHandler), reg)
 	testutil.Ok(t, f.blocks.Sync(ctx))
 	t.Cleanup(func() { testutil.Ok(t, f.blocks.Close()) })
-	f.srv = httptest.NewServer(New(f.mask, f.blocks, slog.New(slog.DiscardHandler), reg, Config{}))
+	f.srv = httptest.NewServer(New(f.mask, f.blocks, slog.New(slog.DiscardHandler), reg, Config{AdminToken: adminToken}))
 	t.Cleanup(f.srv.Close)
 	return f
 }
@@ -257,4 +259,101 @@ func TestProxyFollowsBlocksInTheBucket(t *testing.T) {
 	testutil.Ok(t, err)
 	testutil.Ok(t, f.blocks.Sync(context.Background()))
 	testutil.Equals(t, map[string]string{"{}": "1"}, f.instant(t, `count(late_metric)`, in))
+}
+
+func (f *fixture) admin(t *testing.T, method, p string, form url.Values, token string) (int, http.Header, apiResponse) {
+	t.Helper()
+	req, err := http.NewRequest(method, f.srv.URL+p, strings.NewReader(form.Encode()))
+	testutil.Ok(t, err)
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	testutil.Ok(t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	testutil.Ok(t, err)
+	var r apiResponse
+	if len(b) > 0 {
+		testutil.Ok(t, json.Unmarshal(b, &r), string(b))
+	}
+	return resp.StatusCode, resp.Header, r
+}
+
+func TestProxyDeleteSeriesMasksAtOnce(t *testing.T) {
+	f := newFixture(t, nil)
+	in := t0 + 3_600_000
+	testutil.Equals(t, map[string]string{"{}": "4"}, f.instant(t, `count(http_requests_total{user_id!=""})`, in))
+	form := url.Values{"match[]": {`{user_id="2"}`}, "start": {fmt.Sprint(t0 / 1000)}, "end": {fmt.Sprint((t0 + 7_200_000) / 1000)}}
+
+	// Refused without the token, and with a wrong one; nothing is written.
+	code, hdr, r := f.admin(t, http.MethodPost, "/api/v1/admin/tsdb/delete_series", form, "")
+	testutil.Equals(t, http.StatusUnauthorized, code)
+	testutil.Equals(t, "unauthorized", r.ErrorType)
+	testutil.Assert(t, strings.HasPrefix(hdr.Get("WWW-Authenticate"), "Bearer"))
+	code, _, _ = f.admin(t, http.MethodPost, "/api/v1/admin/tsdb/delete_series", form, "wrong-token-0123456789")
+	testutil.Equals(t, http.StatusUnauthorized, code)
+	set, err := f.store.Sync(context.Background())
+	testutil.Ok(t, err)
+	testutil.Equals(t, 0, len(set.Entries))
+
+	code, hdr, _ = f.admin(t, http.MethodPost, "/api/v1/admin/tsdb/delete_series", form, adminToken)
+	testutil.Equals(t, http.StatusNoContent, code)
+	id := hdr.Get("X-Lethe-Tombstone-Id")
+	testutil.Equals(t, 26, len(id))
+	// Masked at once, without a refresh.
+	testutil.Equals(t, map[string]string{"{}": "3"}, f.instant(t, `count(http_requests_total{user_id!=""})`, in))
+
+	// A selector matching nothing stored is an error (Thanos' proposal), unless forced.
+	code, _, r = f.admin(t, http.MethodPost, "/api/v1/admin/tsdb/delete_series", url.Values{"match[]": {`{user_id="nobody"}`}}, adminToken)
+	testutil.Equals(t, http.StatusBadRequest, code)
+	testutil.Equals(t, "bad_data", r.ErrorType)
+	testutil.Assert(t, strings.Contains(r.Error, "match no stored series"), r.Error)
+	code, _, r = f.admin(t, http.MethodPost, "/api/v1/admin/tsdb/delete_series", url.Values{"match[]": {`up{`}}, adminToken)
+	testutil.Equals(t, http.StatusBadRequest, code, r.Error)
+	code, _, _ = f.admin(t, http.MethodPost, "/api/v1/admin/tsdb/delete_series", url.Values{}, adminToken)
+	testutil.Equals(t, http.StatusBadRequest, code)
+
+	// The tombstones API lists, shows and cancels; cancelling unmasks.
+	code, _, r = f.admin(t, http.MethodGet, "/api/v1/tombstones", nil, adminToken)
+	testutil.Equals(t, http.StatusOK, code)
+	var list struct {
+		Tombstones []tombstones.View `json:"tombstones"`
+	}
+	testutil.Ok(t, json.Unmarshal(r.Data, &list))
+	testutil.Equals(t, 1, len(list.Tombstones))
+	testutil.Equals(t, id, list.Tombstones[0].ID)
+	testutil.Equals(t, tombstones.StatePending, list.Tombstones[0].State)
+
+	code, _, r = f.admin(t, http.MethodPost, "/api/v1/tombstones/"+id+"/cancel", url.Values{"reason": {"wrong user"}}, adminToken)
+	testutil.Equals(t, http.StatusOK, code, r.Error)
+	var v tombstones.View
+	testutil.Ok(t, json.Unmarshal(r.Data, &v))
+	testutil.Equals(t, tombstones.StateCancelled, v.State)
+	testutil.Equals(t, map[string]string{"{}": "4"}, f.instant(t, `count(http_requests_total{user_id!=""})`, in))
+
+	code, _, r = f.admin(t, http.MethodGet, "/api/v1/tombstones/01M86065CWNBFDYWAT4K034EY4", nil, adminToken)
+	testutil.Equals(t, http.StatusNotFound, code)
+	testutil.Equals(t, "not_found", r.ErrorType)
+
+	// POST /api/v1/tombstones adds with lethe's own fields and answers with the tombstone.
+	code, _, r = f.admin(t, http.MethodPost, "/api/v1/tombstones", url.Values{"match[]": {`{user_id="3"}`}, "reason": {"GDPR"}, "undelete_window": {"1h"}}, adminToken)
+	testutil.Equals(t, http.StatusOK, code, r.Error)
+	testutil.Ok(t, json.Unmarshal(r.Data, &v))
+	testutil.Equals(t, "GDPR", v.Reason)
+	testutil.Equals(t, time.Hour, v.UndeleteUntil.Sub(v.CreatedAt))
+	testutil.Equals(t, map[string]string{}, f.instant(t, `http_requests_total{user_id="3"}`, in))
+}
+
+func TestProxyAdminDisabledWithoutToken(t *testing.T) {
+	f := newFixture(t, nil)
+	srv := httptest.NewServer(New(f.mask, f.blocks, slog.New(slog.DiscardHandler), prometheus.NewRegistry(), Config{}))
+	defer srv.Close()
+	resp, err := http.Post(srv.URL+"/api/v1/admin/tsdb/delete_series?match[]=up", "", nil)
+	testutil.Ok(t, err)
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	testutil.Equals(t, http.StatusForbidden, resp.StatusCode)
+	testutil.Equals(t, `{"status":"error","errorType":"unavailable","error":"the deletion API is disabled: start lethe-proxy with --web.admin-token-file"}`, string(b))
 }

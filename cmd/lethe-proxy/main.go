@@ -8,7 +8,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
+	"strings"
 	"syscall"
 	"time"
 
@@ -18,6 +20,9 @@ import (
 	"github.com/oklog/run"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	config_util "github.com/prometheus/common/config"
+	"github.com/prometheus/exporter-toolkit/web"
+	"github.com/prometheus/prometheus/model/labels"
 	"github.com/urfave/cli/v2"
 
 	"github.com/lethe-project/lethe/internal/bucketcfg"
@@ -34,6 +39,14 @@ func main() {
 			"for longer than --tombstones.max-staleness, queries fail with 503 rather than serve deleted data.",
 		Flags: append(bucketcfg.Flags(),
 			&cli.StringFlag{Name: "web.listen-address", Value: ":9095", Usage: "Address to serve the API, /metrics, /-/healthy and /-/ready on."},
+			&cli.StringFlag{Name: "upstream.url", Usage: "Prometheus-compatible server to answer in front of (Prometheus, Thanos Query, Mimir, VictoriaMetrics), e.g. http://prometheus:9090 or http://mimir/prometheus. Without it, the bucket's blocks are served."},
+			&cli.StringFlag{Name: "upstream.read", Value: proxy.ReadAuto, Usage: "How to read raw series from the upstream: auto (remote read where offered, else the query API), remote-read or query-api."},
+			&cli.StringFlag{Name: "upstream.external-labels", Usage: "The upstream's external labels as name=value,... ('' for none). By default they are read from the upstream's /api/v1/status/config."},
+			&cli.StringFlag{Name: "upstream.http-config-file", Usage: "Prometheus HTTP client configuration (tls_config, basic_auth, authorization, oauth2, ...) for requests to the upstream."},
+			&cli.StringSliceFlag{Name: "upstream.header", Usage: "Header sent with every upstream request, as 'Name: value' (repeatable), e.g. 'X-Scope-OrgID: tenant-1' for Mimir."},
+			&cli.DurationFlag{Name: "upstream.timeout", Value: 2 * time.Minute, Usage: "Timeout of one upstream request."},
+			&cli.StringFlag{Name: "web.admin-token-file", Usage: "File holding the bearer token the deletion API (delete_series, /api/v1/tombstones) demands. Without it that API is disabled."},
+			&cli.StringFlag{Name: "web.config.file", Usage: "Prometheus exporter-toolkit web configuration (TLS, basic auth) for every endpoint."},
 			&cli.StringFlag{Name: "data-dir", Value: "./data/proxy", Usage: "Where the bucket's blocks are copied to be served (bucket mode)."},
 			&cli.DurationFlag{Name: "blocks.sync-interval", Value: 30 * time.Second, Usage: "How often to look for new and deleted blocks in the bucket (bucket mode)."},
 			&cli.DurationFlag{Name: "tombstones.refresh-interval", Value: 10 * time.Second, Usage: "How often to refresh tombstones from the bucket. A tombstone added elsewhere masks here within this interval."},
@@ -85,20 +98,61 @@ func serve(c *cli.Context) error {
 		logger.Error("initial tombstone refresh failed; queries fail until one succeeds", "err", err)
 	}
 
-	blocks := proxy.NewBucketBlocks(bkt, c.String("data-dir"), logger, reg)
-	if err := os.MkdirAll(c.String("data-dir"), 0o755); err != nil {
-		return errors.Wrap(err, "create --data-dir")
-	}
-	if err := blocks.Sync(c.Context); err != nil {
-		return errors.Wrap(err, "initial block sync")
-	}
-	defer func() {
-		if err := blocks.Close(); err != nil {
-			logger.Error("close blocks", "err", err)
+	var source proxy.Source
+	var g run.Group
+	if raw := c.String("upstream.url"); raw != "" {
+		cfg, err := upstreamConfig(c, raw)
+		if err != nil {
+			return err
 		}
-	}()
+		up, err := proxy.NewUpstream(c.Context, cfg, logger)
+		if err != nil {
+			return err
+		}
+		source = up
+	} else {
+		blocks := proxy.NewBucketBlocks(bkt, c.String("data-dir"), logger, reg)
+		if err := os.MkdirAll(c.String("data-dir"), 0o755); err != nil {
+			return errors.Wrap(err, "create --data-dir")
+		}
+		if err := blocks.Sync(c.Context); err != nil {
+			return errors.Wrap(err, "initial block sync")
+		}
+		defer func() {
+			if err := blocks.Close(); err != nil {
+				logger.Error("close blocks", "err", err)
+			}
+		}()
+		bctx, bcancel := context.WithCancel(c.Context)
+		g.Add(func() error {
+			t := time.NewTicker(c.Duration("blocks.sync-interval"))
+			defer t.Stop()
+			for {
+				select {
+				case <-bctx.Done():
+					return nil
+				case <-t.C:
+					if err := blocks.Sync(bctx); err != nil && bctx.Err() == nil {
+						logger.Error("block sync", "err", err)
+					}
+				}
+			}
+		}, func(error) { bcancel() })
+		source = blocks
+	}
 
-	p := proxy.New(mask, blocks, logger, reg, proxy.Config{
+	var token string
+	if f := c.String("web.admin-token-file"); f != "" {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return errors.Wrap(err, "--web.admin-token-file")
+		}
+		if token = strings.TrimSpace(string(b)); len(token) < 16 {
+			return errors.New("--web.admin-token-file: the token must be at least 16 characters")
+		}
+	}
+	p := proxy.New(mask, source, logger, reg, proxy.Config{
+		AdminToken:     token,
 		QueryTimeout:   c.Duration("query.timeout"),
 		MaxSamples:     c.Int("query.max-samples"),
 		MaxConcurrency: c.Int("query.max-concurrency"),
@@ -110,31 +164,18 @@ func serve(c *cli.Context) error {
 		return errors.Wrap(err, "listen")
 	}
 	srv := &http.Server{Handler: p, ReadHeaderTimeout: 30 * time.Second}
-	logger.Info("lethe-proxy serving", "address", l.Addr().String(), "grafana_url", "http://"+l.Addr().String())
+	logger.Info("lethe-proxy serving", "address", l.Addr().String(), "grafana_url", grafanaURL(l.Addr()))
 
-	var g run.Group
-	g.Add(func() error { return srv.Serve(l) }, func(error) {
+	webConfig := c.String("web.config.file")
+	g.Add(func() error {
+		return web.Serve(l, srv, &web.FlagConfig{WebConfigFile: &webConfig}, logger)
+	}, func(error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		_ = srv.Shutdown(ctx)
 	})
 	ctx, cancel := context.WithCancel(c.Context)
 	g.Add(func() error { return mask.Run(ctx, c.Duration("tombstones.refresh-interval")) }, func(error) { cancel() })
-	bctx, bcancel := context.WithCancel(c.Context)
-	g.Add(func() error {
-		t := time.NewTicker(c.Duration("blocks.sync-interval"))
-		defer t.Stop()
-		for {
-			select {
-			case <-bctx.Done():
-				return nil
-			case <-t.C:
-				if err := blocks.Sync(bctx); err != nil && bctx.Err() == nil {
-					logger.Error("block sync", "err", err)
-				}
-			}
-		}
-	}, func(error) { bcancel() })
 	g.Add(run.SignalHandler(c.Context, os.Interrupt, syscall.SIGTERM))
 	err = g.Run()
 	var sig run.SignalError
@@ -143,4 +184,55 @@ func serve(c *cli.Context) error {
 		return nil
 	}
 	return err
+}
+
+// grafanaURL is the address to give Grafana's data source.
+func grafanaURL(a net.Addr) string {
+	tcp, ok := a.(*net.TCPAddr)
+	if !ok || tcp.IP.IsUnspecified() {
+		_, port, _ := net.SplitHostPort(a.String())
+		return "http://localhost:" + port
+	}
+	return "http://" + a.String()
+}
+
+func upstreamConfig(c *cli.Context, raw string) (proxy.UpstreamConfig, error) {
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return proxy.UpstreamConfig{}, errors.Newf("--upstream.url %q: want http(s)://host[:port][/prefix]", raw)
+	}
+	cfg := proxy.UpstreamConfig{URL: u, Read: c.String("upstream.read"), Timeout: c.Duration("upstream.timeout"), HTTP: config_util.DefaultHTTPClientConfig}
+	if f := c.String("upstream.http-config-file"); f != "" {
+		hc, _, err := config_util.LoadHTTPConfigFile(f)
+		if err != nil {
+			return cfg, errors.Wrap(err, "--upstream.http-config-file")
+		}
+		cfg.HTTP = *hc
+	}
+	for _, h := range c.StringSlice("upstream.header") {
+		name, value, ok := strings.Cut(h, ":")
+		if !ok || strings.TrimSpace(name) == "" {
+			return cfg, errors.Newf("--upstream.header %q: want 'Name: value'", h)
+		}
+		if cfg.Headers == nil {
+			cfg.Headers = map[string]string{}
+		}
+		cfg.Headers[strings.TrimSpace(name)] = strings.TrimSpace(value)
+	}
+	if c.IsSet("upstream.external-labels") {
+		ls := labels.EmptyLabels()
+		if v := c.String("upstream.external-labels"); v != "" {
+			m := map[string]string{}
+			for _, kv := range strings.Split(v, ",") {
+				k, val, ok := strings.Cut(kv, "=")
+				if !ok || k == "" {
+					return cfg, errors.Newf("--upstream.external-labels %q: want name=value,...", v)
+				}
+				m[strings.TrimSpace(k)] = strings.TrimSpace(val)
+			}
+			ls = labels.FromMap(m)
+		}
+		cfg.ExternalLabels = &ls
+	}
+	return cfg, nil
 }

@@ -1,0 +1,147 @@
+package proxy
+
+import (
+	"io"
+	"math"
+	"net/http"
+	"net/url"
+	"path"
+	"strings"
+	"time"
+
+	"github.com/efficientgo/core/errcapture"
+	"github.com/efficientgo/core/errors"
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/promql"
+	"github.com/prometheus/prometheus/promql/parser"
+
+	"github.com/lethe-project/lethe/tombstones"
+)
+
+// forwardParams are the only request parameters passed to the upstream on the fast path.
+var forwardParams = append([]string{"query", "time", "start", "end", "step", "timeout", "match[]", "limit", "stats", "lookback_delta"}, passThroughParams...)
+
+// untouched reports whether no selector of the request can meet a live tombstone, by matchers and
+// time, so that the upstream's own answer is the masked answer. Anything it cannot parse is
+// touched: the engine then answers it (or refuses it as bad_data) itself.
+func (p *Proxy) untouched(r *http.Request, route string, snap *Snapshot, ext labels.Labels) bool {
+	now := time.Now()
+	switch route {
+	case "/api/v1/query", "/api/v1/query_range":
+		expr, err := parser.NewParser(parser.Options{}).ParseExpr(r.Form.Get("query"))
+		if err != nil {
+			return false
+		}
+		start, end, step := now, now, time.Duration(0)
+		if route == "/api/v1/query" {
+			if t := r.Form.Get("time"); t != "" {
+				if start, err = tombstones.ParseTime(t); err != nil {
+					return false
+				}
+				end = start
+			}
+		} else {
+			if start, err = tombstones.ParseTime(r.Form.Get("start")); err != nil {
+				return false
+			}
+			if end, err = tombstones.ParseTime(r.Form.Get("end")); err != nil {
+				return false
+			}
+			secs, err := parseDurationParam(r.Form.Get("step"))
+			if err != nil || secs <= 0 {
+				return false
+			}
+			step = secs
+		}
+		if expr, err = promql.PreprocessExpr(expr, start, end, step); err != nil {
+			return false
+		}
+		mint, maxt := promql.FindMinMaxTime(&parser.EvalStmt{Expr: expr, Start: start, End: end, Interval: step, LookbackDelta: p.cfg.LookbackDelta})
+		touched := false
+		parser.Inspect(expr, func(n parser.Node, _ []parser.Node) error {
+			if vs, ok := n.(*parser.VectorSelector); ok && snap.MayMatch(vs.LabelMatchers, ext, mint, maxt) {
+				touched = true
+			}
+			return nil
+		})
+		return !touched
+	default:
+		mint, maxt := int64(math.MinInt64), int64(math.MaxInt64)
+		if s := r.Form.Get("start"); s != "" {
+			t, err := tombstones.ParseTime(s)
+			if err != nil {
+				return false
+			}
+			mint = t.UnixMilli()
+		}
+		if s := r.Form.Get("end"); s != "" {
+			t, err := tombstones.ParseTime(s)
+			if err != nil {
+				return false
+			}
+			maxt = t.UnixMilli()
+		}
+		sels := r.Form["match[]"]
+		if len(sels) == 0 {
+			sels = []string{`{__name__=~".+"}`}
+		}
+		for _, s := range sels {
+			ms, err := parser.NewParser(parser.Options{}).ParseMetricSelector(s)
+			if err != nil || snap.MayMatch(ms, ext, mint, maxt) {
+				return false
+			}
+		}
+		return true
+	}
+}
+
+func parseDurationParam(s string) (time.Duration, error) {
+	if t, err := tombstones.ParseTime(s); err == nil && !strings.ContainsAny(s, "-:") {
+		return time.Duration(t.UnixNano()), nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, errors.Newf("cannot parse %q as a duration", s)
+	}
+	return d, nil
+}
+
+// forward sends the request to the upstream's own endpoint of the same route, with only the
+// allowed parameters, and copies its answer.
+func (u *Upstream) forward(w http.ResponseWriter, r *http.Request, route string) (err error) {
+	params := url.Values{}
+	for _, k := range forwardParams {
+		if v, ok := r.Form[k]; ok {
+			params[k] = v
+		}
+	}
+	target := *u.base
+	target.Path = path.Join(target.Path, route)
+	var req *http.Request
+	if r.Method == http.MethodPost {
+		req, err = http.NewRequestWithContext(r.Context(), http.MethodPost, target.String(), strings.NewReader(params.Encode()))
+		if err == nil {
+			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		}
+	} else {
+		target.RawQuery = params.Encode()
+		req, err = http.NewRequestWithContext(r.Context(), http.MethodGet, target.String(), nil)
+	}
+	if err != nil {
+		return err
+	}
+	resp, err := u.client.Do(req)
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, "unavailable", "upstream unreachable: "+err.Error())
+		return nil
+	}
+	defer errcapture.Do(&err, resp.Body.Close, "close upstream answer")
+	for _, h := range []string{"Content-Type", "Content-Encoding"} {
+		if v := resp.Header.Get(h); v != "" {
+			w.Header().Set(h, v)
+		}
+	}
+	w.WriteHeader(resp.StatusCode)
+	_, err = io.Copy(w, resp.Body)
+	return err
+}
