@@ -240,8 +240,10 @@ func errorType(code int) string {
 	return "internal"
 }
 
-func writeData(w http.ResponseWriter, data any) {
-	b, err := json.Marshal(&v1.Response{Status: "success", Data: data})
+func writeData(w http.ResponseWriter, data any) { writeDataWarnings(w, data, nil) }
+
+func writeDataWarnings(w http.ResponseWriter, data any, warnings []string) {
+	b, err := json.Marshal(&v1.Response{Status: "success", Data: data, Warnings: warnings})
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, "internal", err.Error())
 		return

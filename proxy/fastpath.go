@@ -130,6 +130,8 @@ func (u *Upstream) forward(w http.ResponseWriter, r *http.Request, route string)
 	if err != nil {
 		return err
 	}
+	start := time.Now()
+	defer func() { u.latency.WithLabelValues("forward").Observe(time.Since(start).Seconds()) }()
 	resp, err := u.client.Do(req)
 	if err != nil {
 		writeError(w, http.StatusServiceUnavailable, "unavailable", "upstream unreachable: "+err.Error())

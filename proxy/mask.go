@@ -110,6 +110,44 @@ type Snapshot struct {
 	index   *tombstones.Index
 	live    []*tombstones.Tombstone
 	metrics *maskMetrics
+	// hits records which tombstones masked something in this query, for its log line.
+	hits *hits
+}
+
+// hits is the set of tombstones that masked series in one query.
+type hits struct {
+	mu     sync.Mutex
+	ids    map[ulid.ULID]struct{}
+	series int
+}
+
+func (h *hits) add(series labels.Labels, ext labels.Labels, ix *tombstones.Index) {
+	if h == nil {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.series++
+	ix.Matching(series, ext, func(t *tombstones.Tombstone) { h.ids[t.ID] = struct{}{} })
+}
+
+// summary returns the tombstone ids and the number of series masked.
+func (h *hits) summary() ([]string, int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	ids := make([]string, 0, len(h.ids))
+	for id := range h.ids {
+		ids = append(ids, id.String())
+	}
+	slices.Sort(ids)
+	return ids, h.series
+}
+
+// forQuery returns a copy of the snapshot that records what it masks.
+func (s *Snapshot) forQuery() *Snapshot {
+	c := *s
+	c.hits = &hits{ids: map[ulid.ULID]struct{}{}}
+	return &c
 }
 
 // Current returns the index in force, or ErrStale (wrapped with the last refresh error) once the

@@ -112,8 +112,14 @@ func New(mask *Mask, source Source, logger *slog.Logger, reg *prometheus.Registr
 	api.Register(router.WithPrefix("/api/v1"))
 
 	// Only these endpoints exist; everything else is 404, so nothing reaches the data around the mask.
-	for _, path := range []string{"/api/v1/query", "/api/v1/query_range", "/api/v1/series", "/api/v1/labels", "/api/v1/query_exemplars"} {
+	for _, path := range []string{"/api/v1/query", "/api/v1/query_range", "/api/v1/series", "/api/v1/labels"} {
 		p.handle(path, p.guard(path, router), http.MethodGet, http.MethodPost)
+	}
+	if _, upstream := source.(*Upstream); upstream {
+		p.registerFiltered()
+	} else {
+		// The bucket's blocks hold no exemplars; Prometheus' API answers with none.
+		p.handle("/api/v1/query_exemplars", p.guard("/api/v1/query_exemplars", router), http.MethodGet, http.MethodPost)
 	}
 	p.handle("/api/v1/label/{name}/values", p.guard("/api/v1/label/{name}/values", router), http.MethodGet)
 	p.handle("/api/v1/format_query", router, http.MethodGet, http.MethodPost)
@@ -172,7 +178,7 @@ func (p *Proxy) guard(route string, next http.Handler) http.Handler {
 			writeError(w, http.StatusServiceUnavailable, "unavailable", "too many concurrent queries")
 			return
 		}
-		if up, ok := p.source.(*Upstream); ok && route != "/api/v1/query_exemplars" {
+		if up, ok := p.source.(*Upstream); ok {
 			target := route
 			if name := r.PathValue("name"); name != "" {
 				if !model.LabelName(name).IsValid() {
@@ -228,7 +234,27 @@ func (q *queryable) Querier(mint, maxt int64) (storage.Querier, error) {
 	if err != nil {
 		return nil, err
 	}
-	return q.p.source.Querier(snap, mint, maxt)
+	snap = snap.forQuery()
+	inner, err := q.p.source.Querier(snap, mint, maxt)
+	if err != nil {
+		return nil, err
+	}
+	return &loggingQuerier{Querier: inner, snap: snap, logger: q.p.logger, mint: mint, maxt: maxt}, nil
+}
+
+// loggingQuerier logs, when the query is done, which tombstones masked how many series.
+type loggingQuerier struct {
+	storage.Querier
+	snap       *Snapshot
+	logger     *slog.Logger
+	mint, maxt int64
+}
+
+func (q *loggingQuerier) Close() error {
+	if ids, n := q.snap.hits.summary(); n > 0 {
+		q.logger.Info("masked series", "tombstones", ids, "series", n, "mint", q.mint, "maxt", q.maxt)
+	}
+	return q.Querier.Close()
 }
 
 func (q *queryable) ChunkQuerier(int64, int64) (storage.ChunkQuerier, error) {

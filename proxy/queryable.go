@@ -139,6 +139,7 @@ func (s *maskedSeriesSet) Next() bool {
 		}
 		masked := &maskedSeries{Series: series, ivs: toPrometheus(s.ivs)}
 		s.q.snap.metrics.seriesMasked.Inc()
+		s.q.snap.hits.add(series.Labels(), s.q.ext, s.q.snap.index)
 		if s.dropEmpty && !masked.hasSampleIn(s.mint, s.maxt) {
 			s.q.snap.metrics.seriesHidden.Inc()
 			continue

@@ -16,6 +16,8 @@ import (
 
 	"github.com/efficientgo/core/errcapture"
 	"github.com/efficientgo/core/errors"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
 	config_util "github.com/prometheus/common/config"
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/histogram"
@@ -61,10 +63,11 @@ type Upstream struct {
 	remoteRead bool
 	ext        labels.Labels
 	logger     *slog.Logger
+	latency    *prometheus.HistogramVec
 }
 
 // NewUpstream connects to the upstream, learns its external labels and picks the read mode.
-func NewUpstream(ctx context.Context, cfg UpstreamConfig, logger *slog.Logger) (*Upstream, error) {
+func NewUpstream(ctx context.Context, cfg UpstreamConfig, logger *slog.Logger, reg prometheus.Registerer) (*Upstream, error) {
 	if cfg.Timeout == 0 {
 		cfg.Timeout = 2 * time.Minute
 	}
@@ -75,7 +78,12 @@ func NewUpstream(ctx context.Context, cfg UpstreamConfig, logger *slog.Logger) (
 	if len(cfg.Headers) > 0 {
 		client.Transport = &headerTransport{next: client.Transport, headers: cfg.Headers}
 	}
-	u := &Upstream{base: cfg.URL, client: client, logger: logger}
+	u := &Upstream{base: cfg.URL, client: client, logger: logger,
+		latency: promauto.With(reg).NewHistogramVec(prometheus.HistogramOpts{
+			Name: "lethe_proxy_upstream_request_duration_seconds", Help: "Latency of requests to the upstream by kind: remote_read, api, forward (the fast path).",
+			Buckets: prometheus.DefBuckets,
+		}, []string{"kind"}),
+	}
 
 	readURL := *cfg.URL
 	readURL.Path = path.Join(readURL.Path, "/api/v1/read")
@@ -193,6 +201,7 @@ func (q *upstreamQuerier) remoteSelect(ctx context.Context, sortSeries bool, hin
 	if err != nil {
 		return storage.ErrSeriesSet(errors.Wrap(err, "remote-read query"))
 	}
+	start := time.Now()
 	ss, err := q.u.rr.Read(ctx, pq, false)
 	if err != nil {
 		return storage.ErrSeriesSet(errors.Wrap(err, "upstream remote read"))
@@ -205,6 +214,7 @@ func (q *upstreamQuerier) remoteSelect(ctx context.Context, sortSeries bool, hin
 	if err := ss.Err(); err != nil {
 		return storage.ErrSeriesSet(errors.Wrap(err, "upstream remote read"))
 	}
+	q.u.latency.WithLabelValues("remote_read").Observe(time.Since(start).Seconds())
 	if sortSeries {
 		slices.SortFunc(series, func(a, b storage.Series) int { return labels.Compare(a.Labels(), b.Labels()) })
 	}
@@ -318,10 +328,12 @@ func (u *Upstream) apiGet(ctx context.Context, p string, params url.Values) (_ j
 	if err != nil {
 		return nil, nil, err
 	}
+	start := time.Now()
 	resp, err := u.client.Do(req)
 	if err != nil {
 		return nil, nil, errors.Wrap(err, "upstream unreachable")
 	}
+	defer func() { u.latency.WithLabelValues("api").Observe(time.Since(start).Seconds()) }()
 	defer errcapture.Do(&err, resp.Body.Close, "close upstream answer")
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {

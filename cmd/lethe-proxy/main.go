@@ -105,7 +105,7 @@ func serve(c *cli.Context) error {
 		if err != nil {
 			return err
 		}
-		up, err := proxy.NewUpstream(c.Context, cfg, logger)
+		up, err := proxy.NewUpstream(c.Context, cfg, logger, reg)
 		if err != nil {
 			return err
 		}
