@@ -269,7 +269,7 @@ func (emptyExemplars) ExemplarQuerier(context.Context) (storage.ExemplarQuerier,
 }
 
 func (emptyExemplars) Select(int64, int64, ...[]*labels.Matcher) ([]exemplar.QueryResult, error) {
-	return nil, nil
+	return []exemplar.QueryResult{}, nil // Prometheus answers [] rather than null.
 }
 
 func goVersion() string { return strings.TrimPrefix(runtime.Version(), "go") }
