@@ -3,15 +3,12 @@ package proxy
 import (
 	"context"
 	stderrors "errors"
-	"io"
 	"log/slog"
 	"os"
-	"path"
 	"path/filepath"
 	"slices"
 	"sync"
 
-	"github.com/efficientgo/core/errcapture"
 	"github.com/efficientgo/core/errors"
 	"github.com/oklog/ulid/v2"
 	"github.com/prometheus/client_golang/prometheus"
@@ -126,7 +123,7 @@ func (s *BucketBlocks) Sync(ctx context.Context) error {
 func (s *BucketBlocks) open(ctx context.Context, m *block.Meta) (*localBlock, error) {
 	dst := filepath.Join(s.dir, m.ULID.String())
 	if _, err := os.Stat(filepath.Join(dst, block.MetaFilename)); err != nil {
-		if err := s.download(ctx, m.ULID, dst); err != nil {
+		if err := block.Download(ctx, s.bkt, m.ULID, dst); err != nil {
 			return nil, err
 		}
 	}
@@ -135,66 +132,6 @@ func (s *BucketBlocks) open(ctx context.Context, m *block.Meta) (*localBlock, er
 		return nil, errors.Wrapf(err, "open block %s", m.ULID)
 	}
 	return &localBlock{b: b, ext: m.ExternalLabels()}, nil
-}
-
-// download copies a block into a temporary directory and renames it into place, meta.json last, so
-// that a crash never leaves a local copy that looks complete and is not.
-func (s *BucketBlocks) download(ctx context.Context, id ulid.ULID, dst string) error {
-	tmp := dst + ".tmp"
-	if err := os.RemoveAll(tmp); err != nil {
-		return err
-	}
-	var names []string
-	if err := s.bkt.Iter(ctx, id.String(), func(name string) error {
-		names = append(names, name)
-		return nil
-	}, objstore.WithRecursiveIter()); err != nil {
-		return errors.Wrapf(err, "list block %s", id)
-	}
-	slices.SortFunc(names, func(a, b string) int {
-		// meta.json last.
-		am, bm := path.Base(a) == block.MetaFilename, path.Base(b) == block.MetaFilename
-		switch {
-		case am && !bm:
-			return 1
-		case bm && !am:
-			return -1
-		}
-		return 0
-	})
-	for _, n := range names {
-		rel := n[len(id.String())+1:]
-		if rel == block.DeletionMarkFilename || rel == block.NoCompactMarkFilename {
-			continue
-		}
-		if err := s.copyObject(ctx, n, filepath.Join(tmp, filepath.FromSlash(rel))); err != nil {
-			return err
-		}
-	}
-	if err := os.RemoveAll(dst); err != nil {
-		return err
-	}
-	return errors.Wrapf(os.Rename(tmp, dst), "place block %s", id)
-}
-
-func (s *BucketBlocks) copyObject(ctx context.Context, name, dst string) (err error) {
-	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-		return err
-	}
-	rc, err := s.bkt.Get(ctx, name)
-	if err != nil {
-		return errors.Wrapf(err, "get %s", name)
-	}
-	defer errcapture.Do(&err, rc.Close, "close %s", name)
-	f, err := os.Create(dst)
-	if err != nil {
-		return err
-	}
-	defer errcapture.Do(&err, f.Close, "close %s", dst)
-	if _, err := io.Copy(f, rc); err != nil {
-		return errors.Wrapf(err, "download %s", name)
-	}
-	return nil
 }
 
 // Close closes every block.

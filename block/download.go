@@ -1,0 +1,77 @@
+package block
+
+import (
+	"context"
+	"io"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+
+	"github.com/efficientgo/core/errcapture"
+	"github.com/efficientgo/core/errors"
+	"github.com/oklog/ulid/v2"
+	"github.com/thanos-io/objstore"
+)
+
+// Download copies a block's index, chunks and meta.json into dst, through a temporary directory
+// renamed into place at the end, so that a crash never leaves a local copy that looks complete and
+// is not. Markers are not copied.
+func Download(ctx context.Context, bkt objstore.BucketReader, id ulid.ULID, dst string) error {
+	tmp := dst + ".tmp"
+	if err := os.RemoveAll(tmp); err != nil {
+		return err
+	}
+	var names []string
+	if err := bkt.Iter(ctx, id.String(), func(name string) error {
+		names = append(names, name)
+		return nil
+	}, objstore.WithRecursiveIter()); err != nil {
+		return errors.Wrapf(err, "list block %s", id)
+	}
+	var meta bool
+	for _, n := range names {
+		rel := strings.TrimPrefix(n, id.String()+"/")
+		switch {
+		case rel == MetaFilename:
+			meta = true
+			continue // Last.
+		case rel == IndexFilename, strings.HasPrefix(rel, ChunksDirname+"/"):
+		default:
+			continue
+		}
+		if err := copyObject(ctx, bkt, n, filepath.Join(tmp, filepath.FromSlash(rel))); err != nil {
+			return err
+		}
+	}
+	if !meta {
+		return errors.Newf("block %s has no meta.json", id)
+	}
+	if err := copyObject(ctx, bkt, path.Join(id.String(), MetaFilename), filepath.Join(tmp, MetaFilename)); err != nil {
+		return err
+	}
+	if err := os.RemoveAll(dst); err != nil {
+		return err
+	}
+	return errors.Wrapf(os.Rename(tmp, dst), "place block %s", id)
+}
+
+func copyObject(ctx context.Context, bkt objstore.BucketReader, name, dst string) (err error) {
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return err
+	}
+	rc, err := bkt.Get(ctx, name)
+	if err != nil {
+		return errors.Wrapf(err, "get %s", name)
+	}
+	defer errcapture.Do(&err, rc.Close, "close %s", name)
+	f, err := os.Create(dst)
+	if err != nil {
+		return err
+	}
+	defer errcapture.Do(&err, f.Close, "close %s", dst)
+	if _, err := io.Copy(f, rc); err != nil {
+		return errors.Wrapf(err, "download %s", name)
+	}
+	return nil
+}

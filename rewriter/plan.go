@@ -1,0 +1,290 @@
+// Package rewriter removes tombstoned samples from the bucket's blocks for good: a planner cuts
+// the work into one job per affected block, and a deleter streams each block in batches of series
+// at a bounded rate, writes it again without the deleted samples, uploads it and marks the old one
+// for deletion.
+package rewriter
+
+import (
+	"context"
+	"log/slog"
+	"math"
+	"slices"
+	"time"
+
+	"github.com/efficientgo/core/errcapture"
+	"github.com/efficientgo/core/errors"
+	"github.com/oklog/ulid/v2"
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/storage"
+	"github.com/prometheus/prometheus/tsdb"
+	"github.com/prometheus/prometheus/tsdb/chunks"
+	"github.com/prometheus/prometheus/tsdb/index"
+	"github.com/thanos-io/objstore"
+
+	"github.com/lethe-project/lethe/block"
+	"github.com/lethe-project/lethe/tombstones"
+)
+
+// Decisions of the planner.
+const (
+	DecisionRewrite = "rewrite"
+	DecisionSkip    = "skip"
+)
+
+// Job is the work on one block: apply every due tombstone that covers some of its data, at once.
+type Job struct {
+	Block      ulid.ULID `json:"block"`
+	MinTime    int64     `json:"min_time"`
+	MaxTime    int64     `json:"max_time"`
+	Resolution int64     `json:"resolution"`
+	// Tombstones are the due tombstones with data in the block, sorted.
+	Tombstones []ulid.ULID `json:"tombstones"`
+	// Series is the job's size: the series the rewrite streams.
+	Series uint64 `json:"series"`
+	// SeriesAffected have samples under a tombstone.
+	SeriesAffected int `json:"series_affected"`
+	// DeletedShare estimates the samples under tombstones over all samples, from chunk metadata.
+	DeletedShare float64 `json:"deleted_share"`
+	// Overdue is set when a tombstone's deadline has passed.
+	Overdue  bool   `json:"overdue"`
+	Decision string `json:"decision"`
+	Reason   string `json:"reason"`
+
+	meta *block.Meta
+}
+
+// Plan is what a run would do.
+type Plan struct {
+	Jobs []*Job `json:"jobs"`
+	// Problems are blocks that could not be planned (unreadable index, partial upload).
+	Problems []string `json:"problems"`
+	// Due are the tombstones the plan applies.
+	Due []ulid.ULID `json:"due"`
+}
+
+// Planner plans jobs from the bucket's blocks and tombstones.
+type Planner struct {
+	bkt       objstore.BucketReader
+	logger    *slog.Logger
+	threshold float64
+	key       *tombstones.RedactionKey
+}
+
+// NewPlanner returns a planner; threshold is the deleted share from which a block is rewritten
+// before any deadline (Prometheus' 5% is 0.05).
+func NewPlanner(bkt objstore.BucketReader, logger *slog.Logger, threshold float64, key *tombstones.RedactionKey) *Planner {
+	return &Planner{bkt: bkt, logger: logger, threshold: threshold, key: key}
+}
+
+// Plan reads every block's meta.json and the index of each block that a due tombstone may cover.
+func (p *Planner) Plan(ctx context.Context, set *tombstones.Set) (*Plan, error) {
+	plan := &Plan{Jobs: []*Job{}, Problems: []string{}, Due: []ulid.ULID{}}
+	var due []*tombstones.Tombstone
+	overdue := map[ulid.ULID]bool{}
+	for _, e := range set.Entries {
+		if e.State(set.At) == tombstones.StateDue {
+			due = append(due, e.Tombstone)
+			plan.Due = append(plan.Due, e.ID)
+			overdue[e.ID] = e.Overdue(set.At)
+		}
+	}
+	if len(due) == 0 {
+		return plan, nil
+	}
+	ix, err := tombstones.NewIndex(due, p.key)
+	if err != nil {
+		return nil, err
+	}
+	listing, err := block.List(ctx, p.bkt)
+	if err != nil {
+		return nil, err
+	}
+	for _, pr := range listing.Problems {
+		plan.Problems = append(plan.Problems, pr.Err.Error())
+	}
+	for _, meta := range listing.Blocks {
+		cands := candidates(due, meta, ix)
+		if len(cands) == 0 {
+			continue
+		}
+		job, err := p.planBlock(ctx, meta, cands, ix)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			plan.Problems = append(plan.Problems, err.Error())
+			p.logger.Warn("cannot plan block", "block", meta.ULID.String(), "err", err)
+			continue
+		}
+		if job == nil {
+			continue
+		}
+		for _, id := range job.Tombstones {
+			job.Overdue = job.Overdue || overdue[id]
+		}
+		switch {
+		case job.Overdue:
+			job.Decision, job.Reason = DecisionRewrite, "a tombstone's deadline has passed"
+		case job.DeletedShare >= p.threshold:
+			job.Decision, job.Reason = DecisionRewrite, "deleted share reaches the threshold"
+		default:
+			job.Decision, job.Reason = DecisionSkip, "deleted share below the threshold and no deadline passed"
+		}
+		plan.Jobs = append(plan.Jobs, job)
+	}
+	return plan, nil
+}
+
+// candidates are the due tombstones whose time range meets the block and whose selectors the
+// block's external labels do not rule out.
+func candidates(due []*tombstones.Tombstone, meta *block.Meta, ix *tombstones.Index) []*tombstones.Tombstone {
+	ext := meta.ExternalLabels()
+	var out []*tombstones.Tombstone
+	for _, t := range due {
+		if !t.Overlaps(meta.MinTime, meta.MaxTime-1) {
+			continue
+		}
+		for _, sel := range t.Selectors() {
+			if extAllows(t, sel, ext, ix) {
+				out = append(out, t)
+				break
+			}
+		}
+	}
+	return out
+}
+
+func extAllows(t *tombstones.Tombstone, sel []*labels.Matcher, ext labels.Labels, ix *tombstones.Index) bool {
+	for _, m := range sel {
+		if ext.Has(m.Name) && !ix.MatcherMatches(t, m, ext.Get(m.Name)) {
+			return false
+		}
+	}
+	return true
+}
+
+// postingMatchers are the matchers of a selector that the block's postings can answer: not those
+// on external labels (decided by meta.json) and not redacted ones (digests, checked per series).
+func postingMatchers(t *tombstones.Tombstone, sel []*labels.Matcher, ext labels.Labels) []*labels.Matcher {
+	var out []*labels.Matcher
+	for _, m := range sel {
+		if ext.Has(m.Name) || (t.Redacted() && m.Type == labels.MatchEqual && m.Name != labels.MetricName && m.Value != "") {
+			continue
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+// selectPostings returns the postings of every series that any candidate selector may match.
+func selectPostings(ctx context.Context, ir tsdb.IndexReader, cands []*tombstones.Tombstone, ext labels.Labels) (index.Postings, error) {
+	var its []index.Postings
+	for _, t := range cands {
+		for _, sel := range t.Selectors() {
+			ms := postingMatchers(t, sel, ext)
+			if len(ms) == 0 {
+				k, v := index.AllPostingsKey()
+				p, err := ir.Postings(ctx, k, v)
+				if err != nil {
+					return nil, err
+				}
+				its = append(its, p)
+				continue
+			}
+			p, err := tsdb.PostingsForMatchers(ctx, ir, ms...)
+			if err != nil {
+				return nil, err
+			}
+			its = append(its, p)
+		}
+	}
+	return index.Merge(ctx, its...), nil
+}
+
+func (p *Planner) planBlock(ctx context.Context, meta *block.Meta, cands []*tombstones.Tombstone, ix *tombstones.Index) (_ *Job, err error) {
+	ir, err := block.OpenIndex(ctx, p.bkt, meta.ULID)
+	if err != nil {
+		return nil, err
+	}
+	defer errcapture.Do(&err, ir.Close, "close index of %s", meta.ULID)
+	defer func() {
+		if r := recover(); r != nil {
+			err = errors.Newf("block %s: corrupt index: %v", meta.ULID, r)
+		}
+		if ir.Err() != nil {
+			err = errors.Wrapf(ir.Err(), "block %s", meta.ULID)
+		}
+	}()
+	ext := meta.ExternalLabels()
+	postings, err := selectPostings(ctx, ir.Reader, cands, ext)
+	if err != nil {
+		return nil, errors.Wrapf(err, "block %s: postings", meta.ULID)
+	}
+	perChunk := 0.0
+	if meta.Stats.NumChunks > 0 {
+		perChunk = float64(meta.Stats.NumSamples) / float64(meta.Stats.NumChunks)
+	}
+	var (
+		builder labels.ScratchBuilder
+		chks    []chunks.Meta
+		ivs     tombstones.Intervals
+		deleted float64
+		hit     = map[ulid.ULID]struct{}{}
+		job     = &Job{Block: meta.ULID, MinTime: meta.MinTime, MaxTime: meta.MaxTime, Resolution: meta.Resolution(), Series: meta.Stats.NumSeries, meta: meta}
+	)
+	for postings.Next() {
+		if err := ir.Series(storage.SeriesRef(postings.At()), &builder, &chks); err != nil {
+			return nil, errors.Wrapf(err, "block %s: series", meta.ULID)
+		}
+		lset := builder.Labels()
+		ivs = ix.Intervals(lset, ext, ivs[:0])
+		var share float64
+		for _, c := range chks {
+			share += coveredFraction(ivs, c.MinTime, c.MaxTime)
+		}
+		if share == 0 {
+			continue
+		}
+		job.SeriesAffected++
+		deleted += share * perChunk
+		ix.Matching(lset, ext, func(t *tombstones.Tombstone) {
+			if t.Overlaps(meta.MinTime, meta.MaxTime-1) {
+				hit[t.ID] = struct{}{}
+			}
+		})
+	}
+	if err := postings.Err(); err != nil {
+		return nil, errors.Wrapf(err, "block %s: postings", meta.ULID)
+	}
+	if job.SeriesAffected == 0 {
+		return nil, nil
+	}
+	for id := range hit {
+		job.Tombstones = append(job.Tombstones, id)
+	}
+	slices.SortFunc(job.Tombstones, func(a, b ulid.ULID) int { return a.Compare(b) })
+	if meta.Stats.NumSamples > 0 {
+		job.DeletedShare = min(deleted/float64(meta.Stats.NumSamples), 1)
+	}
+	return job, nil
+}
+
+// coveredFraction estimates the share of a chunk's samples in [mint, maxt] that the intervals
+// cover, assuming samples spread evenly over the chunk's time range.
+func coveredFraction(ivs tombstones.Intervals, mint, maxt int64) float64 {
+	if len(ivs) == 0 {
+		return 0
+	}
+	span := float64(maxt-mint) + 1
+	var covered float64
+	for _, iv := range ivs {
+		lo, hi := max(iv.Mint, mint), min(iv.Maxt, maxt)
+		if lo <= hi {
+			covered += float64(hi-lo) + 1
+		}
+	}
+	return math.Min(covered/span, 1)
+}
+
+// sinceStart is a helper for progress logs.
+func sinceStart(start time.Time) float64 { return time.Since(start).Seconds() }
