@@ -1,0 +1,337 @@
+package rewriter
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"path"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/efficientgo/core/testutil"
+	"github.com/oklog/ulid/v2"
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/tsdb"
+	"github.com/prometheus/prometheus/tsdb/chunkenc"
+	"github.com/thanos-io/objstore"
+	"github.com/thanos-io/objstore/providers/filesystem"
+
+	"github.com/lethe-project/lethe/block"
+	"github.com/lethe-project/lethe/internal/synth"
+	"github.com/lethe-project/lethe/tombstones"
+)
+
+// t0 is 2026-11-01T00:00:00Z; the test blocks are 2h long from there.
+const t0 = int64(1793491200000)
+
+type fixture struct {
+	bkt   objstore.Bucket
+	store *tombstones.Store
+	now   time.Time
+	ids   []ulid.ULID
+}
+
+func newFixture(t *testing.T, users int) *fixture {
+	t.Helper()
+	bkt, err := filesystem.NewBucket(t.TempDir())
+	testutil.Ok(t, err)
+	f := &fixture{bkt: bkt, now: time.UnixMilli(t0 + 30*24*3_600_000)}
+	f.store = tombstones.NewStore(bkt, nil, tombstones.WithClock(func() time.Time { return f.now }))
+	var series []labels.Labels
+	for u := 0; u < users; u++ {
+		series = append(series, labels.FromStrings("__name__", "http_requests_total", "job", "api", "user_id", fmt.Sprint(u)))
+	}
+	series = append(series, labels.FromStrings("__name__", "http_requests_total", "job", "api", "token", "s3cr3t-leaked"))
+	for i := int64(0); i < 2; i++ {
+		id, err := synth.Upload(context.Background(), bkt, t.TempDir(), synth.Block{
+			Series: series, MinTime: t0 + i*7_200_000, MaxTime: t0 + (i+1)*7_200_000, Step: 60_000,
+			External: map[string]string{"cluster": "eu1"},
+		})
+		testutil.Ok(t, err)
+		f.ids = append(f.ids, id)
+	}
+	return f
+}
+
+// tombstone registers a tombstone created a day before now: past its undelete window, before
+// its deadline unless overdue is set.
+func (f *fixture) tombstone(t *testing.T, sel string, start, end int64, overdue bool) *tombstones.Tombstone {
+	t.Helper()
+	created := f.now.Add(-24 * time.Hour)
+	store := tombstones.NewStore(f.bkt, nil, tombstones.WithClock(func() time.Time { return created }))
+	undelete, wait := time.Hour, 14*24*time.Hour
+	if overdue {
+		wait = 2 * time.Hour
+	}
+	tb, err := store.Add(context.Background(), tombstones.Spec{Selectors: []string{sel}, Start: &start, End: &end, UndeleteWindow: &undelete, MaxWait: &wait})
+	testutil.Ok(t, err)
+	return tb
+}
+
+func (f *fixture) runner(t *testing.T, cfg Config) *Runner {
+	t.Helper()
+	if cfg.TmpDir == "" {
+		cfg.TmpDir = t.TempDir()
+	}
+	if cfg.Owner == "" {
+		cfg.Owner = "test"
+	}
+	return NewRunner(f.bkt, f.store, slog.New(slog.DiscardHandler), nil, cfg)
+}
+
+// samples reads every live block of the bucket with Prometheus' tsdb package and returns, per
+// series, its sample timestamps.
+func samples(t *testing.T, bkt objstore.Bucket) map[string][]int64 {
+	t.Helper()
+	l, err := block.List(context.Background(), bkt)
+	testutil.Ok(t, err)
+	out := map[string][]int64{}
+	for _, m := range l.Blocks {
+		dir := filepath.Join(t.TempDir(), m.ULID.String())
+		testutil.Ok(t, block.Download(context.Background(), bkt, m.ULID, dir))
+		b, err := tsdb.OpenBlock(slog.New(slog.DiscardHandler), dir, nil, nil)
+		testutil.Ok(t, err)
+		q, err := tsdb.NewBlockQuerier(b, math.MinInt64, math.MaxInt64)
+		testutil.Ok(t, err)
+		ss := q.Select(context.Background(), false, nil, labels.MustNewMatcher(labels.MatchRegexp, "__name__", ".+"))
+		var it chunkenc.Iterator
+		for ss.Next() {
+			s := ss.At()
+			it = s.Iterator(it)
+			for it.Next() != chunkenc.ValNone {
+				out[s.Labels().String()] = append(out[s.Labels().String()], it.AtT())
+			}
+			testutil.Ok(t, it.Err())
+		}
+		testutil.Ok(t, ss.Err())
+		testutil.Ok(t, q.Close())
+		testutil.Ok(t, b.Close())
+	}
+	return out
+}
+
+func TestPlanDecisions(t *testing.T) {
+	f := newFixture(t, 40)
+	ctx := context.Background()
+	// 1 user of 41 series over one hour of the first block: about 1.2% of it.
+	small := f.tombstone(t, `{user_id="1"}`, t0, t0+3_600_000-1, false)
+	p, err := f.runner(t, Config{Threshold: 0.05}).PlanOnly(ctx)
+	testutil.Ok(t, err)
+	testutil.Equals(t, 1, len(p.Jobs))
+	j := p.Jobs[0]
+	testutil.Equals(t, f.ids[0], j.Block)
+	testutil.Equals(t, DecisionSkip, j.Decision)
+	testutil.Equals(t, []ulid.ULID{small.ID}, j.Tombstones)
+	testutil.Equals(t, 1, j.SeriesAffected)
+	testutil.Equals(t, uint64(41), j.Series)
+	testutil.Assert(t, j.DeletedShare > 0.011 && j.DeletedShare < 0.013, "share %v", j.DeletedShare)
+
+	// With a lower threshold it is rewritten.
+	p, err = f.runner(t, Config{Threshold: 0.01}).PlanOnly(ctx)
+	testutil.Ok(t, err)
+	testutil.Equals(t, DecisionRewrite, p.Jobs[0].Decision)
+
+	// An overdue tombstone forces the rewrite of every block it has data in.
+	over := f.tombstone(t, `{user_id="2"}`, tombstones.BeginningOfTime, t0+10*3_600_000, true)
+	p, err = f.runner(t, Config{Threshold: 0.05}).PlanOnly(ctx)
+	testutil.Ok(t, err)
+	testutil.Equals(t, 2, len(p.Jobs))
+	for _, j := range p.Jobs {
+		testutil.Equals(t, DecisionRewrite, j.Decision, j.Reason)
+		testutil.Assert(t, j.Overdue)
+	}
+	testutil.Equals(t, []ulid.ULID{small.ID, over.ID}, p.Jobs[0].Tombstones)
+	testutil.Equals(t, []ulid.ULID{over.ID}, p.Jobs[1].Tombstones)
+
+	// Pending tombstones, cancelled ones and ones whose external labels rule the blocks out plan
+	// nothing.
+	g := newFixture(t, 4)
+	undelete := 48 * time.Hour
+	start, end := tombstones.BeginningOfTime, t0+10*3_600_000
+	_, err = g.store.Add(ctx, tombstones.Spec{Selectors: []string{`{user_id="1"}`}, Start: &start, End: &end, UndeleteWindow: &undelete})
+	testutil.Ok(t, err)
+	g.tombstone(t, `{cluster="us1", user_id="2"}`, start, end, true)
+	p, err = g.runner(t, Config{Threshold: 0}).PlanOnly(ctx)
+	testutil.Ok(t, err)
+	testutil.Equals(t, 0, len(p.Jobs))
+	testutil.Equals(t, 1, len(p.Due))
+}
+
+func TestRunRemovesDeletedSamplesOnly(t *testing.T) {
+	f := newFixture(t, 8)
+	ctx := context.Background()
+	before := samples(t, f.bkt)
+	// User 3 from 01:00 to 02:59:59.999 (across the block boundary); the token series entirely.
+	f.tombstone(t, `{user_id="3"}`, t0+3_600_000, t0+3*3_600_000-1, true)
+	f.tombstone(t, `{token="s3cr3t-leaked"}`, tombstones.BeginningOfTime, t0+10*3_600_000, true)
+
+	rep, err := f.runner(t, Config{Threshold: 0.05, Limits: Limits{BatchSeries: 3}}).Run(ctx)
+	testutil.Ok(t, err)
+	testutil.Equals(t, 2, len(rep.Rewritten))
+	testutil.Equals(t, 0, len(rep.Bad))
+	testutil.Assert(t, !rep.Stopped)
+
+	// Exactly the deleted samples are gone: compare with the samples before, filtered by hand.
+	want := map[string][]int64{}
+	for s, ts := range before {
+		if strings.Contains(s, "s3cr3t") {
+			continue
+		}
+		for _, x := range ts {
+			if strings.Contains(s, `user_id="3"`) && x >= t0+3_600_000 && x <= t0+3*3_600_000-1 {
+				continue
+			}
+			want[s] = append(want[s], x)
+		}
+	}
+	testutil.Equals(t, want, samples(t, f.bkt))
+
+	// The replaced blocks are marked; the new ones carry the contract's meta.json.
+	l, err := block.List(ctx, f.bkt)
+	testutil.Ok(t, err)
+	testutil.Equals(t, f.ids, l.Marked)
+	testutil.Equals(t, 2, len(l.Blocks))
+	for i, m := range l.Blocks {
+		src := f.ids[i]
+		testutil.Equals(t, map[string]string{"cluster": "eu1"}, m.Thanos.Labels)
+		testutil.Equals(t, int64(0), m.Resolution())
+		testutil.Equals(t, []ulid.ULID{src, m.ULID}, m.Compaction.Sources)
+		testutil.Equals(t, src, m.Compaction.Parents[0].ULID)
+		testutil.Equals(t, rep.Rewritten[i].Block, m.ULID)
+		rw := string(m.Thanos.Rewrites)
+		testutil.Assert(t, strings.Contains(rw, src.String()) && strings.Contains(rw, "lethe-tombstone-"), rw)
+		testutil.Assert(t, !strings.Contains(rw, "user_id") && !strings.Contains(rw, "s3cr3t"), "matchers leaked into meta.json: %s", rw)
+		testutil.Equals(t, uint64(8), m.Stats.NumSeries)
+
+		// No byte of the deleted label value survives in any object of the new block.
+		testutil.Ok(t, f.bkt.Iter(ctx, m.ULID.String(), func(name string) error {
+			rc, err := f.bkt.Get(ctx, name)
+			testutil.Ok(t, err)
+			b, err := io.ReadAll(rc)
+			testutil.Ok(t, err)
+			testutil.Ok(t, rc.Close())
+			testutil.Assert(t, !bytes.Contains(b, []byte("s3cr3t-leaked")), "%s holds the deleted value", name)
+			return nil
+		}, objstore.WithRecursiveIter()))
+	}
+
+	// A second run has nothing to do; once the delete delay passed, the replaced blocks go and
+	// the tombstones are recorded as applied.
+	rep, err = f.runner(t, Config{Threshold: 0.05}).Run(ctx)
+	testutil.Ok(t, err)
+	testutil.Equals(t, 0, len(rep.Plan.Jobs))
+	testutil.Equals(t, 0, len(rep.Applied), "replaced blocks still exist")
+	f.now = f.now.Add(49 * time.Hour)
+	rep, err = f.runner(t, Config{Threshold: 0.05, DeleteDelay: 48 * time.Hour}).Run(ctx)
+	testutil.Ok(t, err)
+	testutil.Equals(t, f.ids, rep.Deleted)
+	testutil.Equals(t, 2, len(rep.Applied))
+	set, err := f.store.Sync(ctx)
+	testutil.Ok(t, err)
+	for _, e := range set.Entries {
+		testutil.Equals(t, tombstones.StateApplied, e.State(f.now))
+	}
+	testutil.Equals(t, want, samples(t, f.bkt))
+}
+
+func TestRunIsIdempotentAndResumes(t *testing.T) {
+	f := newFixture(t, 4)
+	ctx := context.Background()
+	tb := f.tombstone(t, `{user_id="1"}`, tombstones.BeginningOfTime, t0+10*3_600_000, true)
+	child := ChildID(f.ids[0], []ulid.ULID{tb.ID})
+	testutil.Equals(t, child, ChildID(f.ids[0], []ulid.ULID{tb.ID}))
+	testutil.Assert(t, child != ChildID(f.ids[1], []ulid.ULID{tb.ID}))
+
+	// A crash after the upload, before the mark: the child exists, the source is unmarked. The
+	// next run finds the child and only marks the source.
+	r := f.runner(t, Config{Threshold: 0.05})
+	testutil.Ok(t, r.bkt.Upload(ctx, leaseName(f.ids[1]), strings.NewReader(`{"owner":"other","expires":"2099-01-01T00:00:00Z"}`)))
+	rep, err := r.Run(ctx)
+	testutil.Ok(t, err)
+	// The second block was leased by another live worker and left alone.
+	testutil.Equals(t, 1, len(rep.Rewritten))
+	testutil.Ok(t, f.bkt.Delete(ctx, path.Join(f.ids[0].String(), block.DeletionMarkFilename)))
+	testutil.Ok(t, f.bkt.Delete(ctx, leaseName(f.ids[1])))
+	metaBefore := readObject(t, f.bkt, path.Join(child.String(), block.MetaFilename))
+
+	rep, err = f.runner(t, Config{Threshold: 0.05}).Run(ctx)
+	testutil.Ok(t, err)
+	testutil.Equals(t, 2, len(rep.Rewritten))
+	testutil.Equals(t, metaBefore, readObject(t, f.bkt, path.Join(child.String(), block.MetaFilename)))
+	l, err := block.List(ctx, f.bkt)
+	testutil.Ok(t, err)
+	testutil.Equals(t, 2, len(l.Blocks))
+	testutil.Equals(t, 2, len(l.Marked))
+
+	// A half-uploaded child (no meta.json) of a failed earlier attempt is overwritten, not
+	// duplicated, and an expired lease does not stop the work.
+	g := newFixture(t, 4)
+	tb = g.tombstone(t, `{user_id="1"}`, tombstones.BeginningOfTime, t0+10*3_600_000, true)
+	child = ChildID(g.ids[0], []ulid.ULID{tb.ID})
+	testutil.Ok(t, g.bkt.Upload(ctx, path.Join(child.String(), "index"), strings.NewReader("partial")))
+	testutil.Ok(t, g.bkt.Upload(ctx, leaseName(g.ids[0]), strings.NewReader(`{"owner":"dead","expires":"2020-01-01T00:00:00Z"}`)))
+	rep, err = g.runner(t, Config{Threshold: 0.05}).Run(ctx)
+	testutil.Ok(t, err)
+	testutil.Equals(t, 2, len(rep.Rewritten))
+	got := samples(t, g.bkt)
+	testutil.Equals(t, 4, len(got)) // Users 0, 2, 3 and the token series; user 1 is gone.
+	for s := range got {
+		testutil.Assert(t, !strings.Contains(s, `user_id="1"`), s)
+	}
+	l, err = block.List(ctx, g.bkt)
+	testutil.Ok(t, err)
+	testutil.Equals(t, 2, len(l.Blocks))
+	testutil.Equals(t, 0, len(l.Problems))
+}
+
+func readObject(t *testing.T, bkt objstore.Bucket, name string) string {
+	t.Helper()
+	rc, err := bkt.Get(context.Background(), name)
+	testutil.Ok(t, err)
+	defer rc.Close()
+	b, err := io.ReadAll(rc)
+	testutil.Ok(t, err)
+	return string(b)
+}
+
+func TestRunStopsAtTheTimeBudget(t *testing.T) {
+	f := newFixture(t, 4)
+	f.tombstone(t, `{user_id="1"}`, tombstones.BeginningOfTime, t0+10*3_600_000, true)
+	rep, err := f.runner(t, Config{Threshold: 0.05, Limits: Limits{Deadline: time.Now().Add(-time.Second)}}).Run(context.Background())
+	testutil.Ok(t, err)
+	testutil.Assert(t, rep.Stopped)
+	testutil.Equals(t, 0, len(rep.Rewritten))
+	// Nothing was touched.
+	l, err := block.List(context.Background(), f.bkt)
+	testutil.Ok(t, err)
+	testutil.Equals(t, 0, len(l.Marked))
+
+	// Rate limits slow the stream: 5 series at 50 series/s take about 0.1s.
+	rep, err = f.runner(t, Config{Threshold: 0.05, Limits: Limits{BatchSeries: 1, SeriesPerSecond: 50}}).Run(context.Background())
+	testutil.Ok(t, err)
+	testutil.Equals(t, 2, len(rep.Rewritten))
+	testutil.Assert(t, rep.Rewritten[0].Seconds >= 0.08, "rewrite took %vs", rep.Rewritten[0].Seconds)
+}
+
+func TestRunSkipsBadBlocks(t *testing.T) {
+	f := newFixture(t, 4)
+	ctx := context.Background()
+	f.tombstone(t, `{user_id="1"}`, tombstones.BeginningOfTime, t0+10*3_600_000, true)
+	// Corrupt the first block's index; the second is rewritten, the first left as it was.
+	idx := path.Join(f.ids[0].String(), block.IndexFilename)
+	testutil.Ok(t, f.bkt.Upload(ctx, idx, strings.NewReader("garbage")))
+	rep, err := f.runner(t, Config{Threshold: 0.05}).Run(ctx)
+	testutil.Ok(t, err)
+	testutil.Equals(t, 1, len(rep.Rewritten))
+	testutil.Equals(t, 1, len(rep.Bad))
+	testutil.Assert(t, strings.Contains(rep.Bad[0], f.ids[0].String()), rep.Bad[0])
+	testutil.Equals(t, "garbage", readObject(t, f.bkt, idx))
+	exists, err := f.bkt.Exists(ctx, path.Join(f.ids[0].String(), block.DeletionMarkFilename))
+	testutil.Ok(t, err)
+	testutil.Assert(t, !exists)
+}
