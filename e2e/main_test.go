@@ -12,6 +12,7 @@ import (
 
 var binaries struct {
 	lethe string
+	proxy string
 }
 
 func TestMain(m *testing.M) {
@@ -21,11 +22,18 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	binaries.lethe = filepath.Join(dir, "lethe")
-	build := exec.Command("go", "build", "-o", binaries.lethe, "github.com/lethe-project/lethe/cmd/lethe")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build lethe:", err)
-		os.Exit(1)
+	binaries.proxy = filepath.Join(dir, "lethe-proxy")
+	for _, b := range []struct{ out, pkg string }{
+		{binaries.lethe, "github.com/lethe-project/lethe/cmd/lethe"},
+		{binaries.proxy, "github.com/lethe-project/lethe/cmd/lethe-proxy"},
+	} {
+		build := exec.Command("go", "build", "-o", b.out, b.pkg)
+		build.Stdout, build.Stderr = os.Stderr, os.Stderr
+		if err := build.Run(); err != nil {
+			fmt.Fprintf(os.Stderr, "build %s: %v\n", filepath.Base(b.out), err)
+			os.RemoveAll(dir)
+			os.Exit(1)
+		}
 	}
 	code := m.Run()
 	os.RemoveAll(dir)

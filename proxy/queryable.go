@@ -7,9 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/storage"
-	"github.com/prometheus/prometheus/tsdb"
 	"github.com/prometheus/prometheus/tsdb/chunkenc"
-	promtombstones "github.com/prometheus/prometheus/tsdb/tombstones"
 	"github.com/prometheus/prometheus/util/annotations"
 
 	"github.com/lethe-project/lethe/tombstones"
@@ -137,7 +135,7 @@ func (s *maskedSeriesSet) Next() bool {
 			s.cur = series
 			return true
 		}
-		masked := &maskedSeries{Series: series, ivs: toPrometheus(s.ivs)}
+		masked := &maskedSeries{Series: series, ivs: slices.Clone(s.ivs)}
 		s.q.snap.metrics.seriesMasked.Inc()
 		s.q.snap.hits.add(series.Labels(), s.q.ext, s.q.snap.index)
 		if s.dropEmpty && !masked.hasSampleIn(s.mint, s.maxt) {
@@ -152,19 +150,18 @@ func (s *maskedSeriesSet) Next() bool {
 
 func (s *maskedSeriesSet) At() storage.Series { return s.cur }
 
-// maskedSeries iterates its samples through Prometheus' own DeletedIterator.
+// maskedSeries iterates its samples without the deleted ones.
 type maskedSeries struct {
 	storage.Series
-	ivs promtombstones.Intervals
+	ivs tombstones.Intervals
 }
 
 func (s *maskedSeries) Iterator(it chunkenc.Iterator) chunkenc.Iterator {
-	if d, ok := it.(*tsdb.DeletedIterator); ok {
-		d.Iter = s.Series.Iterator(d.Iter)
-		d.Intervals = s.ivs
+	if d, ok := it.(*tombstones.Iterator); ok {
+		d.Reset(s.Series.Iterator(d.Inner()), s.ivs)
 		return d
 	}
-	return &tsdb.DeletedIterator{Iter: s.Series.Iterator(nil), Intervals: s.ivs}
+	return tombstones.NewIterator(s.Series.Iterator(nil), s.ivs)
 }
 
 func (s *maskedSeries) hasSampleIn(mint, maxt int64) bool {
@@ -173,13 +170,4 @@ func (s *maskedSeries) hasSampleIn(mint, maxt int64) bool {
 		return false
 	}
 	return it.AtT() <= maxt
-}
-
-// toPrometheus copies intervals into Prometheus' type, which DeletedIterator reads (and consumes).
-func toPrometheus(ivs tombstones.Intervals) promtombstones.Intervals {
-	out := make(promtombstones.Intervals, len(ivs))
-	for i, iv := range ivs {
-		out[i] = promtombstones.Interval{Mint: iv.Mint, Maxt: iv.Maxt}
-	}
-	return out
 }

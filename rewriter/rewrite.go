@@ -12,11 +12,9 @@ import (
 	"github.com/oklog/ulid/v2"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/storage"
-	"github.com/prometheus/prometheus/tsdb"
 	"github.com/prometheus/prometheus/tsdb/chunkenc"
 	"github.com/prometheus/prometheus/tsdb/chunks"
 	"github.com/prometheus/prometheus/tsdb/index"
-	promtombstones "github.com/prometheus/prometheus/tsdb/tombstones"
 
 	"github.com/lethe-project/lethe/block"
 	"github.com/lethe-project/lethe/tombstones"
@@ -280,8 +278,7 @@ func (d *deleter) droppedSeries(ctx context.Context, ir *index.Reader, cr *chunk
 				if err != nil {
 					return nil, errors.Wrap(err, "read chunk")
 				}
-				it := &tsdb.DeletedIterator{Iter: chk.Iterator(nil), Intervals: toPrometheus(ivs)}
-				survives = it.Next() != chunkenc.ValNone
+				survives = tombstones.NewIterator(chk.Iterator(nil), ivs).Next() != chunkenc.ValNone
 			}
 			if survives {
 				break
@@ -397,7 +394,7 @@ func (d *deleter) rewriteChunks(cr *chunks.Reader, chks []chunks.Meta, ivs tombs
 // reencode writes the samples of a chunk that no interval covers into new chunks of the same
 // encoding.
 func reencode(chk chunkenc.Chunk, ivs tombstones.Intervals) ([]chunks.Meta, error) {
-	it := &tsdb.DeletedIterator{Iter: chk.Iterator(nil), Intervals: toPrometheus(ivs)}
+	it := tombstones.NewIterator(chk.Iterator(nil), ivs)
 	var (
 		out  []chunks.Meta
 		cur  *chunks.Meta
@@ -461,15 +458,6 @@ func reencode(chk chunkenc.Chunk, ivs tombstones.Intervals) ([]chunks.Meta, erro
 	}
 	emit()
 	return out, nil
-}
-
-// toPrometheus copies intervals into Prometheus' type for its DeletedIterator.
-func toPrometheus(ivs tombstones.Intervals) promtombstones.Intervals {
-	out := make(promtombstones.Intervals, len(ivs))
-	for i, iv := range ivs {
-		out[i] = promtombstones.Interval{Mint: iv.Mint, Maxt: iv.Maxt}
-	}
-	return out
 }
 
 // redactedLabels names a series in errors and logs by its metric name only: its other label

@@ -1,0 +1,189 @@
+package e2e
+
+// Runs the lethe-proxy binary (built by TestMain) as a process, the way an operator runs it.
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/efficientgo/core/testutil"
+)
+
+const (
+	proxyReadyTimeout = 60 * time.Second
+	proxyStopTimeout  = 10 * time.Second
+)
+
+// proxyProc is one running lethe-proxy, stopped when its test ends.
+type proxyProc struct {
+	URL     string
+	logFile string
+	cmd     *exec.Cmd
+	done    chan struct{}
+	waitErr error
+	client  *http.Client
+}
+
+// startProxy starts lethe-proxy in bucket mode (no --upstream.url) over a FILESYSTEM bucket at
+// bucketDir, on a free 127.0.0.1 port, and waits until /-/ready answers 200. extraFlags are appended
+// to the command line (e.g. --tombstones.refresh-interval).
+func startProxy(t *testing.T, bucketDir string, extraFlags ...string) *proxyProc {
+	t.Helper()
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "bucket.yml")
+	testutil.Ok(t, os.WriteFile(conf, []byte("type: FILESYSTEM\nconfig:\n  directory: "+strconv.Quote(bucketDir)+"\n"), 0o644))
+	// A free port can be taken by someone else between our probe and the proxy's bind: retry.
+	for attempt := 1; ; attempt++ {
+		p, bindFailed := launchProxy(t, dir, conf, attempt, extraFlags)
+		if p != nil {
+			return p
+		}
+		if !bindFailed || attempt == 3 {
+			t.Fatalf("lethe-proxy did not start (attempt %d); see log above", attempt)
+		}
+	}
+}
+
+func launchProxy(t *testing.T, dir, conf string, attempt int, extraFlags []string) (*proxyProc, bool) {
+	t.Helper()
+	port := freePort(t)
+	logFile := filepath.Join(dir, fmt.Sprintf("lethe-proxy-%d.log", attempt))
+	logf, err := os.Create(logFile)
+	testutil.Ok(t, err)
+	args := append([]string{
+		"--objstore.config-file=" + conf,
+		"--web.listen-address=127.0.0.1:" + strconv.Itoa(port),
+		"--data-dir=" + filepath.Join(dir, fmt.Sprintf("data-%d", attempt)),
+		"--log.level=warn",
+	}, extraFlags...)
+	cmd := exec.Command(binaries.proxy, args...)
+	cmd.Dir = dir
+	cmd.Stdout, cmd.Stderr = logf, logf
+	p := &proxyProc{
+		URL:     "http://127.0.0.1:" + strconv.Itoa(port),
+		logFile: logFile,
+		cmd:     cmd,
+		done:    make(chan struct{}),
+		client:  &http.Client{Timeout: 30 * time.Second},
+	}
+	began := time.Now()
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		t.Fatalf("start %s: %v", binaries.proxy, err)
+	}
+	go func() {
+		p.waitErr = cmd.Wait()
+		logf.Close()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		p.stop(t)
+		if t.Failed() {
+			t.Logf("lethe-proxy %s log (%s):\n%s", p.URL, p.logFile, p.logTail())
+		}
+	})
+	deadline := began.Add(proxyReadyTimeout)
+	for {
+		select {
+		case <-p.done:
+			tail := p.logTail()
+			t.Logf("lethe-proxy exited before it was ready (%v); log:\n%s", p.waitErr, tail)
+			return nil, strings.Contains(tail, "address already in use")
+		default:
+		}
+		if status, _, err := p.get("/-/ready"); err == nil && status == http.StatusOK {
+			t.Logf("lethe-proxy %s (pid %d) ready after %v", p.URL, cmd.Process.Pid, time.Since(began).Round(time.Millisecond))
+			return p, false
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("lethe-proxy %s not ready after %v; log tail:\n%s", p.URL, proxyReadyTimeout, p.logTail())
+		}
+		time.Sleep(promPollEvery)
+	}
+}
+
+func (p *proxyProc) get(path string) (int, []byte, error) {
+	resp, err := p.client.Get(p.URL + path)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, body, err
+}
+
+// metric returns the value of an unlabelled metric from /metrics, or false if it is absent.
+func (p *proxyProc) metric(t *testing.T, name string) (float64, bool) {
+	t.Helper()
+	status, body, err := p.get("/metrics")
+	testutil.Ok(t, err)
+	testutil.Equals(t, http.StatusOK, status, string(body))
+	sc := bufio.NewScanner(bytes.NewReader(body))
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) == 2 && f[0] == name {
+			v, err := strconv.ParseFloat(f[1], 64)
+			testutil.Ok(t, err, sc.Text())
+			return v, true
+		}
+	}
+	return 0, false
+}
+
+// waitMetric polls /metrics until the unlabelled metric has the value, bounded by proxyReadyTimeout.
+func (p *proxyProc) waitMetric(t *testing.T, name string, want float64) {
+	t.Helper()
+	deadline := time.Now().Add(proxyReadyTimeout)
+	for {
+		got, ok := p.metric(t, name)
+		if ok && got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("lethe-proxy %s: %s is %v (present: %v) after %v, want %v; log tail:\n%s", p.URL, name, got, ok, proxyReadyTimeout, want, p.logTail())
+		}
+		time.Sleep(promPollEvery)
+	}
+}
+
+// stop sends SIGTERM, waits up to proxyStopTimeout, then kills.
+func (p *proxyProc) stop(t *testing.T) {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(proxyStopTimeout):
+		t.Logf("lethe-proxy %s ignored SIGTERM for %v; killing it", p.URL, proxyStopTimeout)
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+func (p *proxyProc) logTail() string {
+	b, err := os.ReadFile(p.logFile)
+	if err != nil {
+		return fmt.Sprintf("(cannot read log: %v)", err)
+	}
+	if len(b) > promLogTailBytes {
+		b = append([]byte("...\n"), b[len(b)-promLogTailBytes:]...)
+	}
+	if len(b) == 0 {
+		return "(empty)"
+	}
+	return string(b)
+}
