@@ -4,18 +4,26 @@
 # tools/ pins; a binary already built for that version is kept.
 #
 #   tools/build.sh prometheus     prints the path of the prometheus binary
+#   tools/build.sh thanos         prints the path of the thanos binary (its module asks for a newer
+#                                 Go; GOTOOLCHAIN=auto fetches that toolchain from the module proxy)
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
 cache="${LETHE_CACHE:-$HOME/.cache/lethe}/bin"
 mkdir -p "$cache"
 
-name="${1:?usage: tools/build.sh prometheus}"
+name="${1:?usage: tools/build.sh prometheus|thanos}"
 case "$name" in
 prometheus)
   module=github.com/prometheus/prometheus
   pkg=$module/cmd/prometheus
   tags=remove_all_sd
+  ;;
+thanos)
+  module=github.com/thanos-io/thanos
+  pkg=$module/cmd/thanos
+  tags=""
+  export GOTOOLCHAIN=auto
   ;;
 *)
   echo "tools/build.sh: unknown tool $name" >&2
