@@ -56,6 +56,11 @@ func Download(ctx context.Context, bkt objstore.BucketReader, id ulid.ULID, dst 
 	return errors.Wrapf(os.Rename(tmp, dst), "place block %s", id)
 }
 
+// DownloadFile copies one object to a local file.
+func DownloadFile(ctx context.Context, bkt objstore.BucketReader, name, dst string) error {
+	return copyObject(ctx, bkt, name, dst)
+}
+
 func copyObject(ctx context.Context, bkt objstore.BucketReader, name, dst string) (err error) {
 	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 		return err

@@ -3,7 +3,6 @@ package rewriter
 import (
 	"context"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"time"
 
@@ -83,48 +82,163 @@ type deleter struct {
 	progress func(done int, bytes int64)
 }
 
-// rewrite writes the block in src again under dst (a new block directory named newID) without the
-// samples the index deletes, and returns the new block's stats. Unaffected chunks are copied as
-// bytes; chunks that a deleted range meets are re-encoded; chunks inside one are dropped; a series
-// with no sample left leaves the index, and so do the symbols only such series used.
-func (d *deleter) rewrite(ctx context.Context, src, dst string, newID ulid.ULID) (st stats, err error) {
+// checkpoint is where a rewrite stopped inside a block: how many series of the source it has
+// streamed, and the state of its output. With the output files, it lets a later run go on from
+// there and write the same bytes as an uninterrupted run.
+type checkpoint struct {
+	Source       ulid.ULID      `json:"source"`
+	Block        ulid.ULID      `json:"block"`
+	Tombstones   []ulid.ULID    `json:"tombstones"`
+	PostingsDone int            `json:"postings_done"`
+	Segments     []segmentState `json:"segments"`
+	LogSize      int64          `json:"log_size"`
+	Stats        statsState     `json:"stats"`
+}
+
+// statsState is stats as checkpointed.
+type statsState struct {
+	SeriesIn, SeriesOut, SeriesDropped        int
+	ChunksCopied, ChunksRewritten, ChunksGone int
+	BytesRead                                 int64
+	SamplesOut                                uint64
+}
+
+func (s stats) state() statsState {
+	return statsState{s.seriesIn, s.seriesOut, s.seriesDropped, s.chunksCopied, s.chunksRewritten, s.chunksGone, s.bytesRead, s.samplesOut}
+}
+
+func (s statsState) stats() stats {
+	return stats{s.SeriesIn, s.SeriesOut, s.SeriesDropped, s.ChunksCopied, s.ChunksRewritten, s.ChunksGone, s.BytesRead, s.SamplesOut}
+}
+
+// rewrite writes the block in src again under dst without the samples the index deletes.
+// Unaffected chunks are copied as bytes; chunks that a deleted range meets are re-encoded; chunks
+// inside one are dropped; a series with no sample left leaves the index, and so do the symbols only
+// such series used. The chunks are streamed to dst/chunks and the series to logPath; the index is
+// written from the log at the end. When the limits stop it, it returns ErrBudget and a checkpoint
+// of the state in dst and logPath; given that checkpoint, it goes on from there.
+func (d *deleter) rewrite(ctx context.Context, src, dst, logPath string, resume *checkpoint) (st stats, cp *checkpoint, err error) {
 	ir, err := index.NewFileReader(filepath.Join(src, block.IndexFilename), index.DecodePostingsRaw)
 	if err != nil {
-		return st, errors.Wrap(err, "open index")
+		return st, nil, errors.Wrap(err, "open index")
 	}
 	defer errcapture.Do(&err, ir.Close, "close index")
 	cr, err := chunks.NewDirReader(filepath.Join(src, block.ChunksDirname), rawPool{chunkenc.NewPool()})
 	if err != nil {
-		return st, errors.Wrap(err, "open chunks")
+		return st, nil, errors.Wrap(err, "open chunks")
 	}
 	defer errcapture.Do(&err, cr.Close, "close chunks")
 
 	// Pass 1: which series lose every sample.
 	dropped, err := d.droppedSeries(ctx, ir, cr)
 	if err != nil {
-		return st, err
+		return st, nil, err
+	}
+
+	// Pass 2: stream the series into the output.
+	out, err := openOutput(filepath.Join(dst, block.ChunksDirname), logPath, resume)
+	if err != nil {
+		return st, nil, err
+	}
+	defer func() {
+		if out != nil {
+			if cerr := out.close(); err == nil {
+				err = cerr
+			}
+		}
+	}()
+	skip := 0
+	if resume != nil {
+		st, skip = resume.Stats.stats(), resume.PostingsDone
+	}
+	k, v := index.AllPostingsKey()
+	all, err := ir.Postings(ctx, k, v)
+	if err != nil {
+		return st, nil, err
+	}
+	var (
+		builder labels.ScratchBuilder
+		chks    []chunks.Meta
+		ivs     tombstones.Intervals
+		batch   int
+		started = time.Now()
+		base    = st
+	)
+	for i := 0; all.Next(); i++ {
+		if i < skip {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return st, nil, err
+		}
+		if err := ir.Series(all.At(), &builder, &chks); err != nil {
+			return st, nil, errors.Wrap(err, "read series")
+		}
+		st.seriesIn++
+		if _, gone := dropped[all.At()]; !gone {
+			if err := d.streamSeries(cr, out, builder.Labels(), chks, &ivs, &st); err != nil {
+				return st, nil, err
+			}
+		} else {
+			st.seriesDropped++
+		}
+		if batch++; batch >= d.limits.BatchSeries {
+			batch = 0
+			d.progress(st.seriesIn, st.bytesRead)
+			if err := d.pace(ctx, st, base, started); err != nil {
+				if !errors.Is(err, ErrBudget) {
+					return st, nil, err
+				}
+				if serr := out.sync(); serr != nil {
+					return st, nil, serr
+				}
+				return st, &checkpoint{PostingsDone: i + 1, Segments: out.segments, LogSize: out.logSize, Stats: st.state()}, ErrBudget
+			}
+		}
+	}
+	if err := all.Err(); err != nil {
+		return st, nil, errors.Wrap(err, "postings")
+	}
+	d.progress(st.seriesIn, st.bytesRead)
+	err = out.close()
+	out = nil
+	if err != nil {
+		return st, nil, errors.Wrap(err, "close output")
 	}
 	removable, err := removableSymbols(ctx, ir, dropped)
 	if err != nil {
-		return st, err
+		return st, nil, err
 	}
+	return st, nil, writeIndex(ctx, ir, removable, logPath, filepath.Join(dst, block.IndexFilename))
+}
 
-	// Pass 2: write the new block.
-	if err := os.MkdirAll(dst, 0o755); err != nil {
-		return st, err
-	}
-	cw, err := chunks.NewWriter(filepath.Join(dst, block.ChunksDirname))
+// streamSeries writes one series' remaining chunks and logs it.
+func (d *deleter) streamSeries(cr *chunks.Reader, out *output, lset labels.Labels, chks []chunks.Meta, ivs *tombstones.Intervals, st *stats) error {
+	*ivs = d.ix.Intervals(lset, d.ext, (*ivs)[:0])
+	metas, err := d.rewriteChunks(cr, chks, *ivs, st)
 	if err != nil {
-		return st, errors.Wrap(err, "create chunk writer")
+		return errors.Wrapf(err, "series %s", redactedLabels(lset))
 	}
-	defer func() {
-		if cw != nil {
-			_ = cw.Close()
+	if len(metas) == 0 {
+		// Pass 1 found a sample; a chunk that decodes to none contradicts it.
+		return errors.Newf("series %s lost every sample in pass 2 only", redactedLabels(lset))
+	}
+	for i := range metas {
+		if metas[i].Ref, err = out.writeChunk(metas[i].Chunk); err != nil {
+			return err
 		}
-	}()
-	iw, err := index.NewWriter(ctx, filepath.Join(dst, block.IndexFilename))
+		st.samplesOut += uint64(metas[i].Chunk.NumSamples())
+	}
+	st.seriesOut++
+	return out.logSeries(lset, metas)
+}
+
+// writeIndex writes the new index: the source's symbols but the removable ones, then the series
+// from the log, in the source's (sorted) order.
+func writeIndex(ctx context.Context, ir *index.Reader, removable map[string]struct{}, logPath, dst string) (err error) {
+	iw, err := index.NewWriter(ctx, dst)
 	if err != nil {
-		return st, errors.Wrap(err, "create index writer")
+		return errors.Wrap(err, "create index writer")
 	}
 	defer func() {
 		if iw != nil {
@@ -137,94 +251,33 @@ func (d *deleter) rewrite(ctx context.Context, src, dst string, newID ulid.ULID)
 			continue
 		}
 		if err := iw.AddSymbol(syms.At()); err != nil {
-			return st, errors.Wrap(err, "add symbol")
+			return errors.Wrap(err, "add symbol")
 		}
 	}
 	if err := syms.Err(); err != nil {
-		return st, errors.Wrap(err, "read symbols")
+		return errors.Wrap(err, "read symbols")
 	}
-
-	k, v := index.AllPostingsKey()
-	all, err := ir.Postings(ctx, k, v)
-	if err != nil {
-		return st, err
-	}
-	var (
-		builder  labels.ScratchBuilder
-		chks     []chunks.Meta
-		ivs      tombstones.Intervals
-		ref      storage.SeriesRef
-		batch    int
-		started  = time.Now()
-		batchEnd = time.Now()
-	)
-	for all.Next() {
-		if err := ctx.Err(); err != nil {
-			return st, err
-		}
-		if err := ir.Series(all.At(), &builder, &chks); err != nil {
-			return st, errors.Wrap(err, "read series")
-		}
-		st.seriesIn++
-		if _, gone := dropped[all.At()]; gone {
-			st.seriesDropped++
-			continue
-		}
-		lset := builder.Labels()
-		ivs = d.ix.Intervals(lset, d.ext, ivs[:0])
-		out, err := d.rewriteChunks(cr, chks, ivs, &st)
-		if err != nil {
-			return st, errors.Wrapf(err, "series %s", redactedLabels(lset))
-		}
-		if len(out) == 0 {
-			// Pass 1 found a sample; a chunk that decodes to none contradicts it.
-			return st, errors.Newf("series %s lost every sample in pass 2 only", redactedLabels(lset))
-		}
-		if err := cw.WriteChunks(out...); err != nil {
-			return st, errors.Wrap(err, "write chunks")
-		}
-		if err := iw.AddSeries(ref, lset, out...); err != nil {
-			return st, errors.Wrap(err, "add series")
-		}
+	var ref storage.SeriesRef
+	if err := replaySeries(logPath, func(lset labels.Labels, metas []chunks.Meta) error {
 		ref++
-		st.seriesOut++
-		for _, c := range out {
-			st.samplesOut += uint64(c.Chunk.NumSamples())
-		}
-		if batch++; batch >= d.limits.BatchSeries {
-			batch = 0
-			d.progress(st.seriesIn, st.bytesRead)
-			if err := d.pace(ctx, st, started, &batchEnd); err != nil {
-				return st, err
-			}
-		}
-	}
-	if err := all.Err(); err != nil {
-		return st, errors.Wrap(err, "postings")
-	}
-	d.progress(st.seriesIn, st.bytesRead)
-	err = cw.Close()
-	cw = nil
-	if err != nil {
-		return st, errors.Wrap(err, "close chunk writer")
+		return errors.Wrap(iw.AddSeries(ref, lset, metas...), "add series")
+	}); err != nil {
+		return err
 	}
 	err = iw.Close()
 	iw = nil
-	if err != nil {
-		return st, errors.Wrap(err, "close index writer")
-	}
-	return st, nil
+	return errors.Wrap(err, "close index writer")
 }
 
-// pace sleeps so that the series and byte rates stay under their limits, and stops at the
-// deadline.
-func (d *deleter) pace(ctx context.Context, st stats, started time.Time, _ *time.Time) error {
+// pace sleeps so that the series and byte rates of this run (st less what a checkpoint brought in
+// base) stay under their limits, and stops at the deadline.
+func (d *deleter) pace(ctx context.Context, st, base stats, started time.Time) error {
 	var wait time.Duration
 	if d.limits.SeriesPerSecond > 0 {
-		wait = max(wait, time.Duration(float64(st.seriesIn)/d.limits.SeriesPerSecond*float64(time.Second))-time.Since(started))
+		wait = max(wait, time.Duration(float64(st.seriesIn-base.seriesIn)/d.limits.SeriesPerSecond*float64(time.Second))-time.Since(started))
 	}
 	if d.limits.BytesPerSecond > 0 {
-		wait = max(wait, time.Duration(float64(st.bytesRead)/d.limits.BytesPerSecond*float64(time.Second))-time.Since(started))
+		wait = max(wait, time.Duration(float64(st.bytesRead-base.bytesRead)/d.limits.BytesPerSecond*float64(time.Second))-time.Since(started))
 	}
 	if !d.limits.Deadline.IsZero() && time.Now().Add(wait).After(d.limits.Deadline) {
 		return ErrBudget

@@ -335,3 +335,60 @@ func TestRunSkipsBadBlocks(t *testing.T) {
 	testutil.Ok(t, err)
 	testutil.Assert(t, !exists)
 }
+
+// copyBucket copies a FILESYSTEM bucket's directory, so that two runs start from the same bytes.
+func copyBucket(t *testing.T, from objstore.Bucket) objstore.Bucket {
+	t.Helper()
+	to, err := filesystem.NewBucket(t.TempDir())
+	testutil.Ok(t, err)
+	testutil.Ok(t, from.Iter(context.Background(), "", func(name string) error {
+		return to.Upload(context.Background(), name, strings.NewReader(readObject(t, from, name)))
+	}, objstore.WithRecursiveIter()))
+	return to
+}
+
+func TestRunResumesInsideABlock(t *testing.T) {
+	f := newFixture(t, 60)
+	ctx := context.Background()
+	f.tombstone(t, `{user_id=~"1.*"}`, t0+1_800_000, t0+3*3_600_000, true)
+	g := &fixture{bkt: copyBucket(t, f.bkt), now: f.now, ids: f.ids}
+	g.store = tombstones.NewStore(g.bkt, nil, tombstones.WithClock(func() time.Time { return g.now }))
+
+	whole, err := f.runner(t, Config{Threshold: 0.05, Limits: Limits{BatchSeries: 4}}).Run(ctx)
+	testutil.Ok(t, err)
+	testutil.Equals(t, 2, len(whole.Rewritten))
+
+	// Runs with a budget far shorter than one block: each stops inside it and checkpoints.
+	var runs, stops int
+	for runs = 1; runs <= 60; runs++ {
+		rep, err := g.runner(t, Config{Threshold: 0.05, Limits: Limits{BatchSeries: 4, SeriesPerSecond: 200, Deadline: time.Now().Add(60 * time.Millisecond)}}).Run(ctx)
+		testutil.Ok(t, err)
+		if !rep.Stopped {
+			break
+		}
+		stops++
+	}
+	testutil.Assert(t, stops >= 2, "only %d runs stopped inside a block", stops)
+	testutil.Assert(t, runs <= 60, "did not finish in 60 runs")
+
+	// The resumed rewrite wrote the same bytes as the uninterrupted one.
+	for _, r := range whole.Rewritten {
+		var names []string
+		testutil.Ok(t, f.bkt.Iter(ctx, r.Block.String(), func(n string) error {
+			names = append(names, n)
+			return nil
+		}, objstore.WithRecursiveIter()))
+		testutil.Assert(t, len(names) >= 3)
+		for _, n := range names {
+			testutil.Equals(t, readObject(t, f.bkt, n), readObject(t, g.bkt, n), "object %s differs", n)
+		}
+	}
+	testutil.Equals(t, samples(t, f.bkt), samples(t, g.bkt))
+	// Checkpoints are gone once the jobs are done.
+	var state []string
+	testutil.Ok(t, g.bkt.Iter(ctx, StatePrefix, func(n string) error {
+		state = append(state, n)
+		return nil
+	}, objstore.WithRecursiveIter()))
+	testutil.Equals(t, []string(nil), state)
+}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/json"
+	stderrors "errors"
 	"fmt"
 	"hash/fnv"
 	"log/slog"
@@ -331,6 +332,9 @@ func (r *Runner) runJob(ctx context.Context, j *Job) (*Rewritten, error) {
 		}
 	}
 	r.exitAt("upload-meta")
+	if err := r.dropCheckpoint(ctx, childID); err != nil {
+		log.Warn("remove checkpoint", "err", err)
+	}
 
 	// Two workers that planned different tombstone sets for one block must not leave two
 	// children: the one that finds another child withdraws its own.
@@ -374,10 +378,18 @@ func (r *Runner) rewriteJob(ctx context.Context, j *Job, childID ulid.ULID, log 
 	}
 	dst := filepath.Join(work, childID.String())
 	src := filepath.Join(work, j.Block.String())
+	logPath := filepath.Join(work, seriesLogName)
 	if err := block.Download(ctx, r.bkt, j.Block, src); err != nil {
 		return stats{}, nil, dst, err
 	}
 	r.exitAt("download")
+	resume, err := r.loadCheckpoint(ctx, j, childID, dst, logPath)
+	if err != nil {
+		return stats{}, nil, dst, err
+	}
+	if resume != nil {
+		log.Info("resuming from a checkpoint", "series_done", resume.PostingsDone, "series_total", j.Series)
+	}
 	set, err := r.store.Sync(ctx)
 	if err != nil {
 		return stats{}, nil, dst, err
@@ -399,14 +411,23 @@ func (r *Runner) rewriteJob(ctx context.Context, j *Job, childID ulid.ULID, log 
 	var lastBytes int64
 	begin := time.Now()
 	d.progress = func(series int, bytes int64) {
-		r.seriesDone.Add(float64(series - lastSeries))
-		r.bytesDone.Add(float64(bytes - lastBytes))
+		r.seriesDone.Add(float64(max(series-lastSeries, 0)))
+		r.bytesDone.Add(float64(max(bytes-lastBytes, 0)))
 		lastSeries, lastBytes = series, bytes
 		secs := time.Since(begin).Seconds()
 		log.Info("streaming", "series_done", series, "series_total", j.Series, "series_per_second", int(float64(series)/max(secs, 1e-3)),
 			"bytes_per_second", int(float64(bytes)/max(secs, 1e-3)))
 	}
-	st, err := d.rewrite(ctx, src, dst, childID)
+	st, cp, err := d.rewrite(ctx, src, dst, logPath, resume)
+	if errors.Is(err, ErrBudget) && cp != nil {
+		cp.Source, cp.Block, cp.Tombstones = j.Block, childID, j.Tombstones
+		if serr := r.saveCheckpoint(ctx, cp, resume, dst, logPath); serr != nil {
+			return st, nil, dst, serr
+		}
+		log.Info("time budget reached; checkpoint saved for the next run", "series_done", cp.PostingsDone, "series_total", j.Series)
+		r.exitAt("checkpoint")
+		return st, nil, dst, ErrBudget
+	}
 	if err != nil {
 		return st, nil, dst, err
 	}
@@ -648,4 +669,73 @@ func (r *Runner) deleteMarked(ctx context.Context) ([]ulid.ULID, error) {
 		deleted = append(deleted, id)
 	}
 	return deleted, nil
+}
+
+func checkpointPrefix(child ulid.ULID) string { return StatePrefix + "jobs/" + child.String() + "/" }
+
+// loadCheckpoint fetches the checkpoint of the job and its output files, if a run left one.
+func (r *Runner) loadCheckpoint(ctx context.Context, j *Job, child ulid.ULID, dst, logPath string) (*checkpoint, error) {
+	rc, err := r.bkt.Get(ctx, checkpointPrefix(child)+"checkpoint.json")
+	if r.bkt.IsObjNotFoundErr(errors.Cause(err)) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, errors.Wrap(err, "read checkpoint")
+	}
+	cp := &checkpoint{}
+	derr := json.NewDecoder(rc).Decode(cp)
+	if err := stderrors.Join(derr, rc.Close()); err != nil {
+		return nil, errors.Wrap(err, "decode checkpoint")
+	}
+	if cp.Source != j.Block || cp.Block != child || !slices.Equal(cp.Tombstones, j.Tombstones) {
+		r.logger.Warn("ignoring a checkpoint of another job", "block", j.Block.String())
+		return nil, nil
+	}
+	for _, s := range cp.Segments {
+		if err := block.DownloadFile(ctx, r.bkt, checkpointPrefix(child)+"chunks/"+s.Name, filepath.Join(dst, block.ChunksDirname, s.Name)); err != nil {
+			return nil, err
+		}
+	}
+	if err := block.DownloadFile(ctx, r.bkt, checkpointPrefix(child)+seriesLogName, logPath); err != nil {
+		return nil, err
+	}
+	return cp, nil
+}
+
+// saveCheckpoint uploads the output files that changed since the previous checkpoint, then the
+// checkpoint itself, last.
+func (r *Runner) saveCheckpoint(ctx context.Context, cp, prev *checkpoint, dst, logPath string) error {
+	unchanged := map[segmentState]bool{}
+	if prev != nil {
+		for _, s := range prev.Segments {
+			unchanged[s] = true
+		}
+	}
+	for _, s := range cp.Segments {
+		if unchanged[s] {
+			continue
+		}
+		if err := block.UploadFile(ctx, r.bkt, filepath.Join(dst, block.ChunksDirname, s.Name), checkpointPrefix(cp.Block)+"chunks/"+s.Name); err != nil {
+			return err
+		}
+	}
+	if err := block.UploadFile(ctx, r.bkt, logPath, checkpointPrefix(cp.Block)+seriesLogName); err != nil {
+		return err
+	}
+	b, err := json.Marshal(cp)
+	if err != nil {
+		return err
+	}
+	return errors.Wrap(r.bkt.Upload(ctx, checkpointPrefix(cp.Block)+"checkpoint.json", bytes.NewReader(b)), "upload checkpoint")
+}
+
+// dropCheckpoint removes a finished job's checkpoint, the checkpoint object first.
+func (r *Runner) dropCheckpoint(ctx context.Context, child ulid.ULID) error {
+	p := checkpointPrefix(child)
+	if err := r.bkt.Delete(ctx, p+"checkpoint.json"); err != nil && !r.bkt.IsObjNotFoundErr(errors.Cause(err)) {
+		return err
+	}
+	return r.bkt.Iter(ctx, p, func(name string) error {
+		return r.bkt.Delete(ctx, name)
+	}, objstore.WithRecursiveIter())
 }
