@@ -14,6 +14,7 @@ all: build
 build:
 	$(GO) build -o $(BIN)/lethe ./cmd/lethe
 	$(GO) build -o $(BIN)/lethe-proxy ./cmd/lethe-proxy
+	$(GO) build -o $(BIN)/lethe-rewriter ./cmd/lethe-rewriter
 	$(GO) build -o $(BIN)/lethe-demo ./cmd/lethe-demo
 
 # The end-to-end tests run a real Prometheus, built once from the module proxy (tools/).
