@@ -6,6 +6,7 @@ BIN       := bin
 DEMO_DIR  := ./data/demo
 DEMO_CONF := type: FILESYSTEM\nconfig: {directory: $(DEMO_DIR)}
 BENCHTIME ?= 1s
+DASHBOARD_RUNS ?= 20
 
 .PHONY: all build test demo bench lint clean
 
@@ -41,8 +42,12 @@ demo: build
 	@echo
 	$(BIN)/lethe-proxy --objstore.config-file=./data/demo-bucket.yml --data-dir ./data/proxy --web.listen-address :9095
 
+# Go benchmarks of the matcher index, then the dashboard side by side: lethe-proxy against the
+# upstream Prometheus asked directly and against Prometheus after its own delete_series, printed
+# as a table of ratios.
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./tombstones/ ./block/
+	LETHE_PROMETHEUS=$$(tools/build.sh prometheus) $(GO) test -run '^$$' -bench Dashboard -benchtime $(DASHBOARD_RUNS)x -timeout 20m ./e2e/ | tee bench.out | $(GO) run ./tools/benchtable
 
 lint:
 	$(GO) vet -stdmethods=false ./...
