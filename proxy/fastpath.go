@@ -130,6 +130,11 @@ func (u *Upstream) forward(w http.ResponseWriter, r *http.Request, route string)
 	if err != nil {
 		return err
 	}
+	// Pass the client's compression wish on, so the upstream's compressed answer is copied as it
+	// is (set by hand, Go's client leaves the body compressed).
+	if ae := r.Header.Get("Accept-Encoding"); ae != "" {
+		req.Header.Set("Accept-Encoding", ae)
+	}
 	start := time.Now()
 	defer func() { u.latency.WithLabelValues("forward").Observe(time.Since(start).Seconds()) }()
 	resp, err := u.client.Do(req)
