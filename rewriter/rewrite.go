@@ -72,6 +72,11 @@ func (c *rawChunk) Appender() (chunkenc.Appender, error) {
 	return nil, errors.Newf("chunk encoding %d cannot be appended to", c.enc)
 }
 
+func isRaw(c chunkenc.Chunk) bool {
+	_, ok := c.(*rawChunk)
+	return ok
+}
+
 // deleter rewrites one downloaded block.
 type deleter struct {
 	logger *slog.Logger
@@ -319,18 +324,24 @@ func (d *deleter) droppedSeries(ctx context.Context, ir *index.Reader, cr *chunk
 		}
 		survives := false
 		for _, c := range chks {
-			switch {
-			case !ivs.Overlaps(c.MinTime, c.MaxTime):
+			if !ivs.Overlaps(c.MinTime, c.MaxTime) {
 				survives = true
-			case covers(ivs, c.MinTime, c.MaxTime):
+				break
+			}
+			if covers(ivs, c.MinTime, c.MaxTime) {
+				continue
+			}
+			chk, _, err := cr.ChunkOrIterable(c)
+			if err != nil {
+				return nil, errors.Wrap(err, "read chunk")
+			}
+			switch {
+			case isRaw(chk):
+				// An aggregate chunk a deleted range meets is dropped whole (rewriteChunks).
 			case !ivs.Covers(c.MinTime) || !ivs.Covers(c.MaxTime):
 				// The first or last sample is outside every deleted range.
 				survives = true
 			default:
-				chk, _, err := cr.ChunkOrIterable(c)
-				if err != nil {
-					return nil, errors.Wrap(err, "read chunk")
-				}
 				survives = tombstones.NewIterator(chk.Iterator(nil), ivs).Next() != chunkenc.ValNone
 			}
 			if survives {
@@ -427,7 +438,7 @@ func (d *deleter) rewriteChunks(cr *chunks.Reader, chks []chunks.Meta, ivs tombs
 		case covers(ivs, c.MinTime, c.MaxTime):
 			st.chunksGone++
 		default:
-			if _, raw := chk.(*rawChunk); raw {
+			if isRaw(chk) {
 				// An aggregate chunk whose window meets a deleted range is dropped whole: deleted
 				// data never survives in an aggregate.
 				st.chunksGone++
