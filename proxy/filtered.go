@@ -19,7 +19,12 @@ func (p *Proxy) registerFiltered() {
 	p.handle("/api/v1/rules", p.filtered(up, "/api/v1/rules", []string{"type", "rule_name[]", "rule_group[]", "file[]", "exclude_alerts", "match[]", "group_limit", "group_next_token"}, filterRules), http.MethodGet)
 	p.handle("/api/v1/alerts", p.filtered(up, "/api/v1/alerts", nil, filterAlerts), http.MethodGet)
 	p.handle("/api/v1/query_exemplars", p.filtered(up, "/api/v1/query_exemplars", []string{"query", "start", "end"}, filterExemplars), http.MethodGet, http.MethodPost)
+	// Metric metadata (type, help, unit per metric name) describes metric families, not series,
+	// and carries no label values: it is passed on as the upstream gives it.
+	p.handle("/api/v1/metadata", p.filtered(up, "/api/v1/metadata", []string{"metric", "limit", "limit_per_metric"}, keepAll), http.MethodGet)
 }
+
+func keepAll(data json.RawMessage, _ *Snapshot, _ labels.Labels) (any, error) { return data, nil }
 
 // filterFunc drops from an upstream answer's data what the snapshot masks.
 type filterFunc func(data json.RawMessage, snap *Snapshot, ext labels.Labels) (any, error)

@@ -118,13 +118,13 @@ func New(mask *Mask, source Source, logger *slog.Logger, reg *prometheus.Registr
 	if _, upstream := source.(*Upstream); upstream {
 		p.registerFiltered()
 	} else {
-		// The bucket's blocks hold no exemplars; Prometheus' API answers with none.
+		// The bucket's blocks hold no exemplars and no metadata; Prometheus' API answers with none.
 		p.handle("/api/v1/query_exemplars", p.guard("/api/v1/query_exemplars", router), http.MethodGet, http.MethodPost)
+		p.handle("/api/v1/metadata", http.HandlerFunc(emptyMetadata), http.MethodGet)
 	}
 	p.handle("/api/v1/label/{name}/values", p.guard("/api/v1/label/{name}/values", router), http.MethodGet)
 	p.handle("/api/v1/format_query", router, http.MethodGet, http.MethodPost)
 	p.handle("/api/v1/status/buildinfo", router, http.MethodGet)
-	p.handle("/api/v1/metadata", http.HandlerFunc(emptyMetadata), http.MethodGet)
 	p.registerAdmin()
 	p.mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	p.mux.HandleFunc("/-/healthy", func(w http.ResponseWriter, _ *http.Request) {
