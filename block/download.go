@@ -22,12 +22,9 @@ func Download(ctx context.Context, bkt objstore.BucketReader, id ulid.ULID, dst 
 	if err := os.RemoveAll(tmp); err != nil {
 		return err
 	}
-	var names []string
-	if err := bkt.Iter(ctx, id.String(), func(name string) error {
-		names = append(names, name)
-		return nil
-	}, objstore.WithRecursiveIter()); err != nil {
-		return errors.Wrapf(err, "list block %s", id)
+	names, err := objects(ctx, bkt, id)
+	if err != nil {
+		return err
 	}
 	var meta bool
 	for _, n := range names {
@@ -54,6 +51,18 @@ func Download(ctx context.Context, bkt objstore.BucketReader, id ulid.ULID, dst 
 		return err
 	}
 	return errors.Wrapf(os.Rename(tmp, dst), "place block %s", id)
+}
+
+// objects lists every object of a block.
+func objects(ctx context.Context, bkt objstore.BucketReader, id ulid.ULID) ([]string, error) {
+	var names []string
+	if err := bkt.Iter(ctx, id.String(), func(name string) error {
+		names = append(names, name)
+		return nil
+	}, objstore.WithRecursiveIter()); err != nil {
+		return nil, errors.Wrapf(err, "list block %s", id)
+	}
+	return names, nil
 }
 
 // DownloadFile copies one object to a local file.

@@ -83,12 +83,9 @@ func Delete(ctx context.Context, bkt objstore.Bucket, id ulid.ULID) error {
 	if err := bkt.Delete(ctx, path.Join(id.String(), MetaFilename)); err != nil && !bkt.IsObjNotFoundErr(errors.Cause(err)) {
 		return errors.Wrapf(err, "delete meta.json of %s", id)
 	}
-	var names []string
-	if err := bkt.Iter(ctx, id.String(), func(name string) error {
-		names = append(names, name)
-		return nil
-	}, objstore.WithRecursiveIter()); err != nil {
-		return errors.Wrapf(err, "list block %s", id)
+	names, err := objects(ctx, bkt, id)
+	if err != nil {
+		return err
 	}
 	mark := path.Join(id.String(), DeletionMarkFilename)
 	for _, n := range append(slices.DeleteFunc(names, func(n string) bool { return n == mark }), mark) {

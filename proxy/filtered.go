@@ -31,13 +31,8 @@ type filterFunc func(data json.RawMessage, snap *Snapshot, ext labels.Labels) (a
 
 func (p *Proxy) filtered(up *Upstream, route string, params []string, filter filterFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		snap, err := p.mask.Current()
-		if err != nil {
-			writeError(w, http.StatusServiceUnavailable, "unavailable", err.Error())
-			return
-		}
-		if err := r.ParseForm(); err != nil {
-			writeError(w, http.StatusBadRequest, "bad_data", err.Error())
+		snap, ok := p.admit(w, r)
+		if !ok {
 			return
 		}
 		q := url.Values{}

@@ -157,17 +157,27 @@ func (p *Proxy) handle(path string, h http.Handler, methods ...string) {
 	}
 }
 
+// admit takes the tombstone snapshot for a data request and parses its form; it answers the
+// request itself (503 while tombstones are stale, 400 on a bad form) when it returns false.
+func (p *Proxy) admit(w http.ResponseWriter, r *http.Request) (*Snapshot, bool) {
+	snap, err := p.mask.Current()
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, "unavailable", err.Error())
+		return nil, false
+	}
+	if err := r.ParseForm(); err != nil {
+		writeError(w, http.StatusBadRequest, "bad_data", err.Error())
+		return nil, false
+	}
+	return snap, true
+}
+
 // guard fails closed while tombstones are stale, bounds concurrent data requests, and sends a
 // request that no tombstone can touch to the upstream untouched.
 func (p *Proxy) guard(route string, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		snap, err := p.mask.Current()
-		if err != nil {
-			writeError(w, http.StatusServiceUnavailable, "unavailable", err.Error())
-			return
-		}
-		if err := r.ParseForm(); err != nil {
-			writeError(w, http.StatusBadRequest, "bad_data", err.Error())
+		snap, ok := p.admit(w, r)
+		if !ok {
 			return
 		}
 		r = r.WithContext(withPassThrough(r.Context(), r))
