@@ -357,3 +357,35 @@ func TestProxyAdminDisabledWithoutToken(t *testing.T) {
 	testutil.Equals(t, http.StatusForbidden, resp.StatusCode)
 	testutil.Equals(t, `{"status":"error","errorType":"unavailable","error":"the deletion API is disabled: start lethe-proxy with --web.admin-token-file"}`, string(b))
 }
+
+func TestProxyLimits(t *testing.T) {
+	f := newFixture(t, nil)
+	reg := prometheus.NewRegistry()
+	srv := httptest.NewServer(New(f.mask, f.blocks, slog.New(slog.DiscardHandler), reg, Config{MaxSamples: 100, QueryTimeout: time.Minute}))
+	defer srv.Close()
+	at := fmt.Sprint((t0 + 3_600_000) / 1000)
+	resp, err := http.Get(srv.URL + "/api/v1/query?" + url.Values{"query": {`http_requests_total[1h]`}, "time": {at}}.Encode())
+	testutil.Ok(t, err)
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	// Prometheus' own answer to a query over --query.max-samples.
+	testutil.Equals(t, http.StatusUnprocessableEntity, resp.StatusCode)
+	testutil.Assert(t, strings.Contains(string(b), `"errorType":"execution","error":"query processing would load too many samples into memory in query execution"`), string(b))
+
+	// A query under the limit goes through.
+	resp, err = http.Get(srv.URL + "/api/v1/query?" + url.Values{"query": {`count(http_requests_total)`}, "time": {at}}.Encode())
+	testutil.Ok(t, err)
+	resp.Body.Close()
+	testutil.Equals(t, http.StatusOK, resp.StatusCode)
+
+	// With every query slot taken, a request whose client gives up gets 503, not a hang.
+	srv2 := New(f.mask, f.blocks, slog.New(slog.DiscardHandler), prometheus.NewRegistry(), Config{MaxConcurrency: 1})
+	srv2.slots <- struct{}{}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	req := httptest.NewRequest(http.MethodGet, "/api/v1/query?query=up", nil).WithContext(ctx)
+	rec := httptest.NewRecorder()
+	srv2.ServeHTTP(rec, req)
+	testutil.Equals(t, http.StatusServiceUnavailable, rec.Code)
+	testutil.Assert(t, strings.Contains(rec.Body.String(), "too many concurrent queries"), rec.Body.String())
+}
