@@ -102,7 +102,8 @@ func launchProxy(t *testing.T, dir, conf string, attempt int, extraFlags []strin
 			return nil, strings.Contains(tail, "address already in use")
 		default:
 		}
-		if status, _, err := p.get("/-/ready"); err == nil && status == http.StatusOK {
+		// 401: up, behind the basic auth of a --web.config.file.
+		if status, _, err := p.get("/-/ready"); err == nil && (status == http.StatusOK || status == http.StatusUnauthorized) {
 			t.Logf("lethe-proxy %s (pid %d) ready after %v", p.URL, cmd.Process.Pid, time.Since(began).Round(time.Millisecond))
 			return p, false
 		}
