@@ -4,6 +4,7 @@
 # tools/ pins; a binary already built for that version is kept.
 #
 #   tools/build.sh prometheus     prints the path of the prometheus binary
+#   tools/build.sh promtool       prints the path of promtool (same module)
 #   tools/build.sh thanos         prints the path of the thanos binary (its module asks for a newer
 #                                 Go; GOTOOLCHAIN=auto fetches that toolchain from the module proxy)
 set -euo pipefail
@@ -12,12 +13,18 @@ here="$(cd "$(dirname "$0")" && pwd)"
 cache="${LETHE_CACHE:-$HOME/.cache/lethe}/bin"
 mkdir -p "$cache"
 
-name="${1:?usage: tools/build.sh prometheus|thanos}"
+name="${1:?usage: tools/build.sh prometheus|promtool|thanos}"
 case "$name" in
 prometheus)
   module=github.com/prometheus/prometheus
   pkg=$module/cmd/prometheus
   tags=remove_all_sd
+  ;;
+promtool)
+  module=github.com/prometheus/prometheus
+  pkg=$module/cmd/promtool
+  tags=remove_all_sd
+  dir_name=prometheus
   ;;
 thanos)
   module=github.com/thanos-io/thanos
@@ -31,7 +38,7 @@ thanos)
   ;;
 esac
 
-dir="$here/$name"
+dir="$here/${dir_name:-$name}"
 version="$(cd "$dir" && go list -m -f '{{.Version}}' "$module")"
 out="$cache/$name-$version"
 if [ ! -x "$out" ]; then

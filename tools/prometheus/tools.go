@@ -1,6 +1,9 @@
 //go:build tools
 
-// Package tools records the Prometheus command this module builds.
+// Package tools records the Prometheus commands this module builds.
 package tools
 
-import _ "github.com/prometheus/prometheus/cmd/prometheus"
+import (
+	_ "github.com/prometheus/prometheus/cmd/prometheus"
+	_ "github.com/prometheus/prometheus/cmd/promtool"
+)
