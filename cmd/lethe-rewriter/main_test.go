@@ -1,0 +1,81 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/efficientgo/core/testutil"
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/thanos-io/objstore/providers/filesystem"
+
+	"github.com/lethe-project/lethe/internal/synth"
+	"github.com/lethe-project/lethe/tombstones"
+)
+
+// TestRunPushesMetrics: a cron run pushes its metrics to the Pushgateway when done.
+func TestRunPushesMetrics(t *testing.T) {
+	dir := t.TempDir()
+	bkt, err := filesystem.NewBucket(dir)
+	testutil.Ok(t, err)
+	start := time.Now().Add(-48 * time.Hour).UnixMilli()
+	var series []labels.Labels
+	for u := 0; u < 4; u++ {
+		series = append(series, labels.FromStrings("__name__", "x", "user_id", fmt.Sprint(u)))
+	}
+	_, err = synth.Upload(context.Background(), bkt, t.TempDir(), synth.Block{Series: series, MinTime: start, MaxTime: start + 7_200_000, Step: 60_000})
+	testutil.Ok(t, err)
+	zero := time.Duration(0)
+	_, err = tombstones.NewStore(bkt, nil).Add(context.Background(), tombstones.Spec{Selectors: []string{`{user_id="1"}`}, UndeleteWindow: &zero, MaxWait: &zero})
+	testutil.Ok(t, err)
+
+	var (
+		mu     sync.Mutex
+		pushed []string
+	)
+	gw := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		pushed = append(pushed, r.Method+" "+r.URL.Path+" "+string(b))
+		mu.Unlock()
+	}))
+	defer gw.Close()
+
+	var stdout, stderr bytes.Buffer
+	code := run(context.Background(), []string{"lethe-rewriter", "--objstore.config=type: FILESYSTEM\nconfig: {directory: " + dir + "}",
+		"run", "--tmp.dir", t.TempDir(), "--pushgateway.url", gw.URL, "--nice=false"}, &stdout, &stderr)
+	testutil.Equals(t, 0, code, stderr.String())
+	mu.Lock()
+	defer mu.Unlock()
+	testutil.Equals(t, 1, len(pushed))
+	testutil.Assert(t, strings.HasPrefix(pushed[0], "PUT /metrics/job/lethe-rewriter "), pushed[0])
+	// The body is the protobuf exposition format: the metric names are in it as strings.
+	testutil.Assert(t, strings.Contains(pushed[0], "lethe_rewriter_blocks_rewritten_total"), "pushed: %q", pushed[0])
+	testutil.Assert(t, strings.Contains(stderr.String(), `"msg":"run done","rewritten":1`), stderr.String())
+}
+
+func TestBadInput(t *testing.T) {
+	dir := t.TempDir()
+	conf := "--objstore.config=type: FILESYSTEM\nconfig: {directory: " + dir + "}"
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"lethe-rewriter", conf, "run", "--shard", "3/2"}, "want i/n with 0 <= i < n"},
+		{[]string{"lethe-rewriter", conf, "run", "--threshold", "2"}, "want a share between 0 and 1"},
+		{[]string{"lethe-rewriter", conf, "plan", "--output", "yaml"}, "want table or json"},
+		{[]string{"lethe-rewriter", "plan"}, "no bucket configured"},
+	} {
+		var stdout, stderr bytes.Buffer
+		code := run(context.Background(), tc.args, &stdout, &stderr)
+		testutil.Equals(t, 1, code, tc.args)
+		testutil.Assert(t, strings.Contains(stderr.String(), tc.want), "want %q in %q", tc.want, stderr.String())
+	}
+}
