@@ -23,7 +23,11 @@ type Listing struct {
 	Blocks []*Meta
 	// Marked are blocks with a deletion mark; queries must not see them.
 	Marked []ulid.ULID
-	// Problems are blocks whose meta.json is missing (a partial upload) or unreadable.
+	// Partial are folders with no meta.json: uploads in progress, or left by a crash. They are
+	// not blocks yet and not errors: Thanos' compactor cleans old ones, and so does lethe's
+	// rewriter for its own.
+	Partial []ulid.ULID
+	// Problems are blocks whose meta.json is unreadable.
 	Problems []Problem
 }
 
@@ -57,7 +61,8 @@ func List(ctx context.Context, bkt objstore.BucketReader) (*Listing, error) {
 				return nil, ctx.Err()
 			}
 			if bkt.IsObjNotFoundErr(errors.Cause(err)) {
-				err = errors.Newf("block %s has no meta.json (partial upload, or being uploaded)", id)
+				l.Partial = append(l.Partial, id)
+				continue
 			}
 			l.Problems = append(l.Problems, Problem{Block: id, Err: err})
 			continue

@@ -11,8 +11,9 @@ import (
 )
 
 var binaries struct {
-	lethe string
-	proxy string
+	lethe    string
+	proxy    string
+	rewriter string
 }
 
 func TestMain(m *testing.M) {
@@ -23,9 +24,11 @@ func TestMain(m *testing.M) {
 	}
 	binaries.lethe = filepath.Join(dir, "lethe")
 	binaries.proxy = filepath.Join(dir, "lethe-proxy")
+	binaries.rewriter = filepath.Join(dir, "lethe-rewriter")
 	for _, b := range []struct{ out, pkg string }{
 		{binaries.lethe, "github.com/lethe-project/lethe/cmd/lethe"},
 		{binaries.proxy, "github.com/lethe-project/lethe/cmd/lethe-proxy"},
+		{binaries.rewriter, "github.com/lethe-project/lethe/cmd/lethe-rewriter"},
 	} {
 		build := exec.Command("go", "build", "-o", b.out, b.pkg)
 		build.Stdout, build.Stderr = os.Stderr, os.Stderr

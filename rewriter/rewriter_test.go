@@ -395,3 +395,36 @@ func TestRunResumesInsideABlock(t *testing.T) {
 	}, objstore.WithRecursiveIter()))
 	testutil.Equals(t, []string(nil), state)
 }
+
+func TestRunCleansPartialUploadsAndDeadLeases(t *testing.T) {
+	f := newFixture(t, 4)
+	ctx := context.Background()
+	f.tombstone(t, `{user_id="1"}`, tombstones.BeginningOfTime, t0+10*3_600_000, true)
+	// A crashed run of another tombstone set left a half-uploaded child and its record, and a
+	// lease of a process that is gone.
+	orphan := ChildID(f.ids[0], []ulid.ULID{ulid.MustParse("01M86065CWNBFDYWAT4K034EY4")})
+	testutil.Ok(t, f.bkt.Upload(ctx, path.Join(orphan.String(), "index"), strings.NewReader("half")))
+	testutil.Ok(t, f.bkt.Upload(ctx, path.Join(orphan.String(), "chunks", "000001"), strings.NewReader("half")))
+	testutil.Ok(t, f.bkt.Upload(ctx, uploadRecord(orphan), strings.NewReader(`{}`)))
+	testutil.Ok(t, f.bkt.Upload(ctx, leaseName(f.ids[0]), strings.NewReader(`{"owner":"dead-host/42","expires":"2099-01-01T00:00:00Z"}`)))
+
+	l, err := block.List(ctx, f.bkt)
+	testutil.Ok(t, err)
+	testutil.Equals(t, []ulid.ULID{orphan}, l.Partial)
+
+	r := f.runner(t, Config{Threshold: 0.05, OwnerGone: func(owner string) bool { return owner == "dead-host/42" }})
+	rep, err := r.Run(ctx)
+	testutil.Ok(t, err)
+	testutil.Equals(t, 2, len(rep.Rewritten))
+	testutil.Equals(t, 0, len(rep.Bad))
+	testutil.Equals(t, 0, len(rep.Leased))
+	l, err = block.List(ctx, f.bkt)
+	testutil.Ok(t, err)
+	testutil.Equals(t, 0, len(l.Partial))
+	var state []string
+	testutil.Ok(t, f.bkt.Iter(ctx, StatePrefix, func(n string) error {
+		state = append(state, n)
+		return nil
+	}, objstore.WithRecursiveIter()))
+	testutil.Equals(t, []string(nil), state)
+}

@@ -45,10 +45,14 @@ type Config struct {
 	// Shard and Shards split the jobs between workers: this one takes the blocks whose hash
 	// modulo Shards is Shard.
 	Shard, Shards int
-	// LeaseTTL is how long a job's lease keeps other workers off its block.
+	// LeaseTTL is how long a job's lease keeps other workers off its block; a running job renews
+	// it every third of that.
 	LeaseTTL time.Duration
 	// Owner names this worker in leases.
 	Owner string
+	// OwnerGone reports whether the worker named in a lease is known to have died (for instance, a
+	// process of this host that no longer runs), so that its lease need not be waited out.
+	OwnerGone func(owner string) bool
 	// ExitAt, when set, makes the run exit the process right after the named phase: a test hook
 	// for crash tests (download, rewrite, upload-chunks, upload-meta, mark).
 	ExitAt string
@@ -64,6 +68,8 @@ type Report struct {
 	Bad     []string    `json:"bad"`
 	Applied []ulid.ULID `json:"applied"`
 	Deleted []ulid.ULID `json:"deleted"`
+	// Leased are jobs left to other live workers.
+	Leased []ulid.ULID `json:"leased"`
 }
 
 // Rewritten is one finished job.
@@ -106,7 +112,10 @@ func NewRunner(bkt objstore.Bucket, store *tombstones.Store, logger *slog.Logger
 		cfg.Shards = 1
 	}
 	if cfg.LeaseTTL <= 0 {
-		cfg.LeaseTTL = time.Hour
+		cfg.LeaseTTL = 10 * time.Minute
+	}
+	if cfg.OwnerGone == nil {
+		cfg.OwnerGone = func(string) bool { return false }
 	}
 	f := promauto.With(reg)
 	return &Runner{
@@ -154,6 +163,9 @@ func (r *Runner) Run(ctx context.Context) (*Report, error) {
 	if r.cfg.DryRun {
 		return rep, nil
 	}
+	if err := r.cleanUploads(ctx, todo); err != nil {
+		return rep, err
+	}
 	// Raw blocks with an overdue tombstone must not be downsampled before they are rewritten.
 	for _, j := range todo {
 		if j.Overdue && j.Resolution == 0 {
@@ -189,6 +201,9 @@ func (r *Runner) Run(ctx context.Context) (*Report, error) {
 			switch {
 			case errors.Is(err, ErrBudget):
 				rep.Stopped = true
+				return nil
+			case errors.Is(err, errLeased):
+				rep.Leased = append(rep.Leased, j.Block)
 				return nil
 			case err != nil && gctx.Err() != nil:
 				return gctx.Err()
@@ -249,6 +264,9 @@ func ChildID(source ulid.ULID, applied []ulid.ULID) ulid.ULID {
 	return id
 }
 
+// errLeased is a job left to the live worker that holds its lease.
+var errLeased = errors.New("leased by another worker")
+
 // lease keeps other workers off a block; objstore has no conditional writes, so two workers may
 // still meet, which the rewrite's idempotence makes harmless.
 type lease struct {
@@ -264,7 +282,7 @@ func (r *Runner) takeLease(ctx context.Context, id ulid.ULID) (bool, error) {
 		var l lease
 		derr := json.NewDecoder(rc).Decode(&l)
 		_ = rc.Close()
-		if derr == nil && l.Owner != r.cfg.Owner && r.now().Before(l.Expires) {
+		if derr == nil && l.Owner != r.cfg.Owner && r.now().Before(l.Expires) && !r.cfg.OwnerGone(l.Owner) {
 			return false, nil
 		}
 	} else if !r.bkt.IsObjNotFoundErr(errors.Cause(err)) {
@@ -292,10 +310,29 @@ func (r *Runner) runJob(ctx context.Context, j *Job) (*Rewritten, error) {
 		return nil, err
 	}
 	if !ok {
-		log.Info("block is leased by another worker; skipping")
-		return nil, nil
+		log.Warn("block is leased by another live worker; leaving it to that one")
+		return nil, errLeased
 	}
+	renewCtx, stopRenew := context.WithCancel(ctx)
+	renewed := make(chan struct{})
+	go func() {
+		defer close(renewed)
+		t := time.NewTicker(r.cfg.LeaseTTL / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-renewCtx.Done():
+				return
+			case <-t.C:
+				if _, err := r.takeLease(renewCtx, j.Block); err != nil && renewCtx.Err() == nil {
+					log.Warn("renew lease", "err", err)
+				}
+			}
+		}
+	}()
 	defer func() {
+		stopRenew()
+		<-renewed
 		if err := r.bkt.Delete(context.WithoutCancel(ctx), leaseName(j.Block)); err != nil && !r.bkt.IsObjNotFoundErr(errors.Cause(err)) {
 			log.Warn("release lease", "err", err)
 		}
@@ -327,11 +364,10 @@ func (r *Runner) runJob(ctx context.Context, j *Job) (*Rewritten, error) {
 		}
 		done.SeriesIn, done.SeriesOut = st.seriesIn, st.seriesOut
 		done.ChunksCopied, done.ChunksRecoded, done.ChunksDropped = st.chunksCopied, st.chunksRewritten, st.chunksGone
-		if err := r.upload(ctx, dir, meta); err != nil {
+		if err := r.upload(ctx, dir, meta, j.Block); err != nil {
 			return nil, err
 		}
 	}
-	r.exitAt("upload-meta")
 	if err := r.dropCheckpoint(ctx, childID); err != nil {
 		log.Warn("remove checkpoint", "err", err)
 	}
@@ -539,14 +575,64 @@ func fileList(dir string) (json.RawMessage, error) {
 	return json.Marshal(files)
 }
 
-// upload sends the new block, meta.json last.
-func (r *Runner) upload(ctx context.Context, dir string, meta *block.Meta) error {
+func uploadRecord(child ulid.ULID) string { return StatePrefix + "uploads/" + child.String() + ".json" }
+
+// upload sends the new block, meta.json last. A record in lethe/uploads/ names the block while
+// it is incomplete, so that a later run can clean what a crash left half uploaded.
+func (r *Runner) upload(ctx context.Context, dir string, meta *block.Meta, source ulid.ULID) error {
+	rec, err := json.Marshal(map[string]any{"block": meta.ULID, "source": source, "started": r.now()})
+	if err != nil {
+		return err
+	}
+	if err := r.bkt.Upload(ctx, uploadRecord(meta.ULID), bytes.NewReader(rec)); err != nil {
+		return errors.Wrap(err, "record upload")
+	}
 	if err := block.Upload(ctx, r.bkt, dir, meta); err != nil {
 		// Leave no half block behind: without meta.json it is invisible, but it is garbage.
 		if derr := block.Delete(context.WithoutCancel(ctx), r.bkt, meta.ULID); derr != nil {
-			r.logger.Warn("clean partial upload", "block", meta.ULID.String(), "err", derr)
+			r.logger.Warn("clean partial upload; the next run retries", "block", meta.ULID.String(), "err", derr)
 		}
 		return err
+	}
+	r.exitAt("upload-meta")
+	return errors.Wrap(r.bkt.Delete(ctx, uploadRecord(meta.ULID)), "remove upload record")
+}
+
+// cleanUploads removes what crashed runs left half uploaded: blocks named in lethe/uploads/ that
+// never got their meta.json and that no job of this run will complete.
+func (r *Runner) cleanUploads(ctx context.Context, todo []*Job) error {
+	current := map[ulid.ULID]bool{}
+	for _, j := range todo {
+		current[ChildID(j.Block, j.Tombstones)] = true
+	}
+	var recs []string
+	if err := r.bkt.Iter(ctx, StatePrefix+"uploads/", func(name string) error {
+		recs = append(recs, name)
+		return nil
+	}); err != nil {
+		return errors.Wrap(err, "list upload records")
+	}
+	for _, name := range recs {
+		child, err := ulid.ParseStrict(strings.TrimSuffix(path.Base(name), ".json"))
+		if err != nil {
+			continue
+		}
+		done, err := r.bkt.Exists(ctx, path.Join(child.String(), block.MetaFilename))
+		if err != nil {
+			return err
+		}
+		if !done && current[child] {
+			continue // This run's job overwrites it.
+		}
+		if !done {
+			if err := block.Delete(ctx, r.bkt, child); err != nil {
+				return err
+			}
+			r.logger.Info("removed a partial upload left by an earlier run", "block", child.String())
+		}
+		if err := r.bkt.Delete(ctx, name); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -87,6 +87,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 					&cli.DurationFlag{Name: "delete-delay", Value: 48 * time.Hour, Usage: "Delete the blocks this rewriter replaced once their deletion mark is this old (Thanos' default). 0 leaves deletion to a Thanos compactor."},
 					&cli.StringFlag{Name: "shard", Usage: "i/n: take only the blocks of shard i of n (0-based), for several workers on one bucket (e.g. a Kubernetes indexed Job)."},
 					&cli.BoolFlag{Name: "nice", Value: true, Usage: "Run at the lowest CPU and idle IO priority where the OS allows."},
+					&cli.DurationFlag{Name: "lease.ttl", Value: 10 * time.Minute, Usage: "How long a block's lease keeps other workers off it; renewed while the job runs. A lease of a crashed process of this host is taken over at once."},
 					&cli.StringFlag{Name: "pushgateway.url", Usage: "Push the run's metrics to this Pushgateway when done (job lethe-rewriter)."},
 					&cli.StringFlag{Name: "web.listen-address", Usage: "Serve /metrics here while running (e.g. :9096); off by default."},
 					&cli.StringFlag{Name: "debug.exit-at", Hidden: true, Usage: "Test hook: exit right after a phase (download, rewrite, upload-meta, mark)."},
@@ -218,6 +219,8 @@ func runJobs(c *cli.Context) error {
 		Shard:       shard,
 		Shards:      shards,
 		Owner:       fmt.Sprintf("%s/%d", host, os.Getpid()),
+		OwnerGone:   processGone(host),
+		LeaseTTL:    c.Duration("lease.ttl"),
 		ExitAt:      c.String("debug.exit-at"),
 	}
 	if b := c.Duration("time-budget"); b > 0 {
@@ -233,7 +236,7 @@ func runJobs(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	logger.Info("run done", "rewritten", len(rep.Rewritten), "applied", len(rep.Applied), "deleted", len(rep.Deleted),
+	logger.Info("run done", "rewritten", len(rep.Rewritten), "left_to_other_workers", len(rep.Leased), "applied", len(rep.Applied), "deleted", len(rep.Deleted),
 		"stopped_by_budget", rep.Stopped, "bad_blocks", len(rep.Bad), "dry_run", cfg.DryRun)
 	switch {
 	case rep.Stopped:
@@ -269,5 +272,18 @@ func lowerPriority(logger *slog.Logger) {
 	const ioprioWhoProcess, ioprioClassIdle, ioprioClassShift = 1, 3, 13
 	if _, _, errno := syscall.Syscall(syscall.SYS_IOPRIO_SET, ioprioWhoProcess, 0, ioprioClassIdle<<ioprioClassShift); errno != 0 {
 		logger.Debug("lower IO priority", "err", errno.Error())
+	}
+}
+
+// processGone recognizes a lease owner ("host/pid") that was a process of this host and no longer
+// runs: a crashed earlier run, whose lease need not be waited out.
+func processGone(host string) func(owner string) bool {
+	return func(owner string) bool {
+		h, p, ok := strings.Cut(owner, "/")
+		pid, err := strconv.Atoi(p)
+		if !ok || err != nil || h != host || pid <= 0 {
+			return false
+		}
+		return syscall.Kill(pid, 0) == syscall.ESRCH
 	}
 }
