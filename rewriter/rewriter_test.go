@@ -428,3 +428,28 @@ func TestRunCleansPartialUploadsAndDeadLeases(t *testing.T) {
 	}, objstore.WithRecursiveIter()))
 	testutil.Equals(t, []string(nil), state)
 }
+
+func TestRunBlockLeftEmpty(t *testing.T) {
+	f := newFixture(t, 2)
+	ctx := context.Background()
+	// Everything in the first block goes; the second keeps its samples after 02:00.
+	created := f.now.Add(-24 * time.Hour)
+	store := tombstones.NewStore(f.bkt, nil, tombstones.WithClock(func() time.Time { return created }))
+	zero := time.Duration(0)
+	start, end := tombstones.BeginningOfTime, t0+7_200_000-1
+	_, err := store.Add(ctx, tombstones.Spec{Selectors: []string{`{__name__=~".+"}`}, Force: true, Start: &start, End: &end, UndeleteWindow: &zero, MaxWait: &zero})
+	testutil.Ok(t, err)
+	rep, err := f.runner(t, Config{Threshold: 0.05}).Run(ctx)
+	testutil.Ok(t, err)
+	testutil.Equals(t, 1, len(rep.Rewritten))
+	testutil.Equals(t, 0, rep.Rewritten[0].SeriesOut)
+	l, err := block.List(ctx, f.bkt)
+	testutil.Ok(t, err)
+	// No empty block is uploaded: the source is only marked.
+	testutil.Equals(t, []ulid.ULID{f.ids[1]}, []ulid.ULID{l.Blocks[0].ULID})
+	testutil.Equals(t, 1, len(l.Blocks))
+	testutil.Equals(t, []ulid.ULID{f.ids[0]}, l.Marked)
+	for s, ts := range samples(t, f.bkt) {
+		testutil.Assert(t, ts[0] >= t0+7_200_000, "%s kept a sample at %d", s, ts[0])
+	}
+}

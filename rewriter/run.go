@@ -364,6 +364,19 @@ func (r *Runner) runJob(ctx context.Context, j *Job) (*Rewritten, error) {
 		}
 		done.SeriesIn, done.SeriesOut = st.seriesIn, st.seriesOut
 		done.ChunksCopied, done.ChunksRecoded, done.ChunksDropped = st.chunksCopied, st.chunksRewritten, st.chunksGone
+		if st.seriesOut == 0 {
+			// Every sample is deleted: no empty block is uploaded, the source only goes.
+			if err := r.dropCheckpoint(ctx, childID); err != nil {
+				log.Warn("remove checkpoint", "err", err)
+			}
+			if err := block.MarkForDeletion(ctx, r.bkt, j.Block, r.now(), markDetails("nothing (every sample deleted)", j.Tombstones)); err != nil {
+				return nil, err
+			}
+			r.blocksDone.Inc()
+			done.Seconds = time.Since(started).Seconds()
+			log.Info("block deleted whole: no sample survives", "series_in", done.SeriesIn, "seconds", done.Seconds)
+			return done, nil
+		}
 		if err := r.upload(ctx, dir, meta, j.Block); err != nil {
 			return nil, err
 		}
@@ -382,7 +395,7 @@ func (r *Runner) runJob(ctx context.Context, j *Job) (*Rewritten, error) {
 		log.Warn("another rewrite of this block exists; withdrawing this one", "other", ulidStrings(others))
 		return nil, block.MarkForDeletion(ctx, r.bkt, childID, r.now(), "lethe-rewriter: duplicate child of "+j.Block.String())
 	}
-	if err := block.MarkForDeletion(ctx, r.bkt, j.Block, r.now(), markDetails(childID, j.Tombstones)); err != nil {
+	if err := block.MarkForDeletion(ctx, r.bkt, j.Block, r.now(), markDetails(childID.String(), j.Tombstones)); err != nil {
 		return nil, err
 	}
 	r.exitAt("mark")
@@ -394,8 +407,8 @@ func (r *Runner) runJob(ctx context.Context, j *Job) (*Rewritten, error) {
 }
 
 // markDetails records in the deletion mark what replaced the block and why.
-func markDetails(child ulid.ULID, applied []ulid.ULID) string {
-	return "lethe-rewriter: replaced by " + child.String() + " applying " + strings.Join(ulidStrings(applied), ",")
+func markDetails(replacement string, applied []ulid.ULID) string {
+	return "lethe-rewriter: replaced by " + replacement + " applying " + strings.Join(ulidStrings(applied), ",")
 }
 
 func ulidStrings(ids []ulid.ULID) []string {
