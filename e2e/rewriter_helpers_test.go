@@ -25,6 +25,7 @@ import (
 
 	"github.com/efficientgo/core/testutil"
 	"github.com/oklog/ulid/v2"
+	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/promql/parser"
 	"github.com/prometheus/prometheus/tsdb"
@@ -200,7 +201,7 @@ func rwReadBlockSamples(t *testing.T, dir string, into rwSamples) (dups int) {
 	q, err := tsdb.NewBlockQuerier(b, math.MinInt64, math.MaxInt64)
 	testutil.Ok(t, err)
 	defer func() { testutil.Ok(t, q.Close()) }()
-	ss := q.Select(context.Background(), false, nil, labels.MustNewMatcher(labels.MatchRegexp, labels.MetricName, ".+"))
+	ss := q.Select(context.Background(), false, nil, labels.MustNewMatcher(labels.MatchRegexp, model.MetricNameLabel, ".+"))
 	var it chunkenc.Iterator
 	for ss.Next() {
 		s := ss.At()

@@ -14,6 +14,7 @@ import (
 	"github.com/oklog/ulid/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
+	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/labels"
 
 	"github.com/lethe-project/lethe/tombstones"
@@ -213,10 +214,10 @@ func newSelectorIndex(live []*tombstones.Tombstone) *selectorIndex {
 			ref := selectorRef{t: t, sel: sel}
 			key := -1
 			for i, m := range sel {
-				if m.Type != labels.MatchEqual || m.Value == "" || (t.Redacted() && m.Name != labels.MetricName) {
+				if m.Type != labels.MatchEqual || m.Value == "" || (t.Redacted() && m.Name != model.MetricNameLabel) {
 					continue
 				}
-				if key < 0 || m.Name == labels.MetricName {
+				if key < 0 || m.Name == model.MetricNameLabel {
 					key = i
 				}
 			}

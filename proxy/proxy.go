@@ -191,7 +191,7 @@ func (p *Proxy) guard(route string, next http.Handler) http.Handler {
 		if up, ok := p.source.(*Upstream); ok {
 			target := route
 			if name := r.PathValue("name"); name != "" {
-				if !model.LabelName(name).IsValid() {
+				if !model.UTF8Validation.IsValidLabelName(name) {
 					writeError(w, http.StatusBadRequest, "bad_data", "invalid label name: "+strconv.Quote(name))
 					return
 				}

@@ -5,6 +5,7 @@ import (
 	"slices"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/storage"
 	"github.com/prometheus/prometheus/tsdb/chunkenc"
@@ -74,7 +75,7 @@ func (q *maskedQuerier) LabelValues(ctx context.Context, name string, hints *sto
 func (q *maskedQuerier) LabelNames(ctx context.Context, hints *storage.LabelHints, ms ...*labels.Matcher) ([]string, annotations.Annotations, error) {
 	sel := ms
 	if len(sel) == 0 {
-		sel = []*labels.Matcher{labels.MustNewMatcher(labels.MatchRegexp, labels.MetricName, ".+")}
+		sel = []*labels.Matcher{labels.MustNewMatcher(labels.MatchRegexp, model.MetricNameLabel, ".+")}
 	}
 	if !q.snap.MayMatch(sel, q.ext, q.mint, q.maxt) {
 		return q.inner.LabelNames(ctx, hints, ms...)

@@ -110,7 +110,7 @@ func NewUpstream(ctx context.Context, cfg UpstreamConfig, logger *slog.Logger, r
 	case ReadQueryAPI:
 	case ReadAuto, "":
 		now := time.Now().UnixMilli()
-		q, err := remote.ToQuery(now-1, now, []*labels.Matcher{labels.MustNewMatcher(labels.MatchEqual, labels.MetricName, "lethe_remote_read_probe")}, nil)
+		q, err := remote.ToQuery(now-1, now, []*labels.Matcher{labels.MustNewMatcher(labels.MatchEqual, model.MetricNameLabel, "lethe_remote_read_probe")}, nil)
 		if err != nil {
 			return nil, err
 		}

@@ -9,11 +9,11 @@ import (
 	"log/slog"
 	"math"
 	"slices"
-	"time"
 
 	"github.com/efficientgo/core/errcapture"
 	"github.com/efficientgo/core/errors"
 	"github.com/oklog/ulid/v2"
+	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/storage"
 	"github.com/prometheus/prometheus/tsdb"
@@ -168,7 +168,7 @@ func extAllows(t *tombstones.Tombstone, sel []*labels.Matcher, ext labels.Labels
 func postingMatchers(t *tombstones.Tombstone, sel []*labels.Matcher, ext labels.Labels) []*labels.Matcher {
 	var out []*labels.Matcher
 	for _, m := range sel {
-		if ext.Has(m.Name) || (t.Redacted() && m.Type == labels.MatchEqual && m.Name != labels.MetricName && m.Value != "") {
+		if ext.Has(m.Name) || (t.Redacted() && m.Type == labels.MatchEqual && m.Name != model.MetricNameLabel && m.Value != "") {
 			continue
 		}
 		out = append(out, m)
@@ -285,6 +285,3 @@ func coveredFraction(ivs tombstones.Intervals, mint, maxt int64) float64 {
 	}
 	return math.Min(covered/span, 1)
 }
-
-// sinceStart is a helper for progress logs.
-func sinceStart(start time.Time) float64 { return time.Since(start).Seconds() }

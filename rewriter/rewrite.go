@@ -9,6 +9,7 @@ import (
 	"github.com/efficientgo/core/errcapture"
 	"github.com/efficientgo/core/errors"
 	"github.com/oklog/ulid/v2"
+	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/storage"
 	"github.com/prometheus/prometheus/tsdb/chunkenc"
@@ -527,5 +528,5 @@ func reencode(chk chunkenc.Chunk, ivs tombstones.Intervals) ([]chunks.Meta, erro
 // redactedLabels names a series in errors and logs by its metric name only: its other label
 // values may be what is being deleted.
 func redactedLabels(ls labels.Labels) string {
-	return ls.Get(labels.MetricName) + "{...}"
+	return ls.Get(model.MetricNameLabel) + "{...}"
 }

@@ -14,6 +14,7 @@ import (
 	"sync"
 
 	"github.com/efficientgo/core/errors"
+	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/thanos-io/objstore"
 )
@@ -90,7 +91,7 @@ func (k *RedactionKey) sum(name, value string, dst []byte) []byte {
 // isRedactable reports whether --redact replaces the matcher's value by a digest: equality matchers
 // on any label but the metric name.
 func isRedactable(m *labels.Matcher) bool {
-	return m.Type == labels.MatchEqual && m.Name != labels.MetricName && m.Value != ""
+	return m.Type == labels.MatchEqual && m.Name != model.MetricNameLabel && m.Value != ""
 }
 
 // redactSelectors rewrites selectors so that the values of equality matchers become digests. It
@@ -104,7 +105,7 @@ func redactSelectors(sels [][]*labels.Matcher, key *RedactionKey) ([]string, err
 			switch {
 			case isRedactable(m):
 				ms = append(ms, labels.MustNewMatcher(labels.MatchEqual, m.Name, key.Digest(m.Name, m.Value)))
-			case m.Name == labels.MetricName || m.Value == "":
+			case m.Name == model.MetricNameLabel || m.Value == "":
 				ms = append(ms, m)
 			default:
 				return nil, errors.Newf("--redact supports only equality matchers (and any matcher on __name__): %s would store its value in plain text", m.Name+m.Type.String()+"<value>")

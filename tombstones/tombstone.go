@@ -21,6 +21,7 @@ import (
 
 	"github.com/efficientgo/core/errors"
 	"github.com/oklog/ulid/v2"
+	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/promql/parser"
 )
@@ -181,7 +182,7 @@ func MatchesEverySeries(ms []*labels.Matcher) bool {
 		if m.Matches("") {
 			continue
 		}
-		if m.Name == labels.MetricName && acceptsAnyNonEmpty(m) {
+		if m.Name == model.MetricNameLabel && acceptsAnyNonEmpty(m) {
 			continue
 		}
 		return false
@@ -261,12 +262,12 @@ func isNumber(s string) bool {
 func selectorString(ms []*labels.Matcher) string {
 	parts := make([]string, 0, len(ms))
 	for _, m := range ms {
-		if m.Name == labels.MetricName {
+		if m.Name == model.MetricNameLabel {
 			parts = append(parts, m.String())
 		}
 	}
 	for _, m := range ms {
-		if m.Name != labels.MetricName {
+		if m.Name != model.MetricNameLabel {
 			parts = append(parts, m.String())
 		}
 	}
