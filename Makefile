@@ -7,6 +7,7 @@ DEMO_DIR  := ./data/demo
 DEMO_CONF := type: FILESYSTEM\nconfig: {directory: $(DEMO_DIR)}
 BENCHTIME ?= 1s
 DASHBOARD_RUNS ?= 20
+REWRITE_RUNS ?= 3
 
 .PHONY: all build test demo bench lint clean
 
@@ -44,12 +45,13 @@ demo: build
 	@echo
 	$(BIN)/lethe-proxy --objstore.config-file=./data/demo-bucket.yml --data-dir ./data/proxy --web.listen-address :9095
 
-# Go benchmarks of the matcher index, then the dashboard side by side: lethe-proxy against the
-# upstream Prometheus asked directly and against Prometheus after its own delete_series, printed
-# as a table of ratios.
+# Go benchmarks of the matcher index; the dashboard side by side (lethe-proxy against the upstream
+# Prometheus asked directly and against Prometheus after its own delete_series); the rewriter
+# against thanos tools bucket rewrite and a plain copy of the block: tables of ratios.
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./tombstones/ ./block/
 	LETHE_PROMETHEUS=$$(tools/build.sh prometheus) $(GO) test -run '^$$' -bench Dashboard -benchtime $(DASHBOARD_RUNS)x -timeout 20m ./e2e/ | tee bench.out | $(GO) run ./tools/benchtable
+	LETHE_THANOS=$$(tools/build.sh thanos) $(GO) test -run '^$$' -bench Rewrite -benchtime $(REWRITE_RUNS)x -timeout 20m ./e2e/ | tee bench-rewrite.out | $(GO) run ./tools/benchtable
 
 lint:
 	$(GO) vet -stdmethods=false ./...

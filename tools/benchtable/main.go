@@ -1,10 +1,13 @@
-// Command benchtable reads `go test -bench` output on stdin and prints the markdown table of
-// `make bench`: for every benchmark that reports lethe-ms, baseline-ms and lethe/baseline (the
-// e2e BenchmarkDashboard comparisons), lethe's time beside the baseline's, the ratio and its
-// target, and the peak RSS of both sides and of the upstream. With -count > 1 each figure is the
-// median of the runs. It exits 1 if the input holds a failure or no comparison at all.
+// Command benchtable reads `go test -bench` output on stdin and prints the markdown tables of
+// `make bench`: for every benchmark that reports lethe-ms, baseline-ms and lethe/baseline, lethe's
+// time beside the baseline's, the ratio and its target, and peak memory. One table per benchmark:
+// BenchmarkDashboard (lethe-proxy; the peak RSS of both sides and of the upstream) and
+// BenchmarkRewrite (lethe-rewriter; the peak RSS and peak anonymous RSS of both sides, their
+// ratios and the memory target). With -count > 1 each figure is the median of the runs. It exits 1
+// if the input holds a failure or no comparison at all.
 //
 //	go test -run '^$' -bench Dashboard -benchtime 20x ./e2e/ | go run ./tools/benchtable
+//	go test -run '^$' -bench Rewrite -benchtime 3x ./e2e/ | go run ./tools/benchtable
 package main
 
 import (
@@ -19,22 +22,39 @@ import (
 	"strings"
 )
 
-// targets are the issue's bounds on lethe/baseline, by comparison group.
-var targets = map[string]struct {
+// target is a bound on a ratio lethe / baseline.
+type target struct {
 	what  string
 	bound float64
 	le    bool // the bound is inclusive
-}{
+}
+
+// targets are the issue's bounds on lethe/baseline, by comparison group.
+var targets = map[string]target{
 	"untouched":            {"untouched queries: lethe-proxy vs the upstream Prometheus asked directly", 1.05, true},
 	"masked":               {"masked queries: lethe-proxy vs Prometheus after its own delete_series + clean_tombstones", 1.5, true},
 	"tombstones10k":        {"untouched queries: lethe-proxy with 10,000 tombstones they do not touch vs with none", 1.10, false},
 	"tombstones10k-masked": {"masked queries: lethe-proxy with 10,000 more tombstones they do not touch vs without", 1.10, false},
 }
 
+// rewriteTargets are the issue's bounds for BenchmarkRewrite, by comparison (group/lethe-vs-base):
+// on the time ratio (bound 0: none, the ratio is only stated) and on the peak RSS ratio.
+var rewriteTargets = map[string]struct {
+	what         string
+	time, memory target
+}{
+	"rewrite/lethe-vs-thanos": {"lethe-rewriter vs `thanos tools bucket rewrite`, same block, same deletions",
+		target{bound: 1}, target{bound: 1}},
+	"rewrite4x/lethe-vs-thanos": {"the same on the 4x block (4x the series)", target{bound: 1}, target{bound: 1}},
+	"rewrite/lethe-vs-copy":     {"lethe-rewriter vs copying the block's objects (the physical limit)", target{}, target{}},
+	"memory/lethe4x-vs-lethe1x": {"lethe-rewriter on 4x the series vs 1x, same --batch.series: peak memory flat",
+		target{}, target{bound: 1.25, le: true}},
+}
+
 // row is one comparison: its metrics, one value per run.
 type row struct {
-	group, lethe, base string
-	metrics            map[string][]float64
+	bench, group, lethe, base string
+	metrics                   map[string][]float64
 }
 
 var procsSuffix = regexp.MustCompile(`-\d+$`)
@@ -46,7 +66,7 @@ func main() {
 		os.Exit(1)
 	}
 	if len(rows) > 0 {
-		printTable(os.Stdout, rows, header)
+		printTables(os.Stdout, rows, header)
 	}
 	switch {
 	case failed:
@@ -91,7 +111,7 @@ func parse(r io.Reader) (rows []*row, header []string, failed bool, err error) {
 			rw := byName[name]
 			if rw == nil {
 				parts := strings.Split(name, "/")
-				rw = &row{group: name, lethe: "lethe", base: "baseline", metrics: map[string][]float64{}}
+				rw = &row{bench: parts[0], group: name, lethe: "lethe", base: "baseline", metrics: map[string][]float64{}}
 				if len(parts) >= 3 {
 					rw.group = parts[len(parts)-2]
 					if l, b, ok := strings.Cut(parts[len(parts)-1], "-vs-"); ok {
@@ -109,10 +129,32 @@ func parse(r io.Reader) (rows []*row, header []string, failed bool, err error) {
 	return rows, header, failed, sc.Err()
 }
 
-func printTable(w io.Writer, rows []*row, header []string) {
+// printTables prints the header and one table per benchmark, in the order they came.
+func printTables(w io.Writer, rows []*row, header []string) {
 	if len(header) > 0 {
 		fmt.Fprintf(w, "%s\n\n", strings.Join(header, ", "))
 	}
+	var benches []string
+	byBench := map[string][]*row{}
+	for _, r := range rows {
+		if _, ok := byBench[r.bench]; !ok {
+			benches = append(benches, r.bench)
+		}
+		byBench[r.bench] = append(byBench[r.bench], r)
+	}
+	for i, b := range benches {
+		if i > 0 {
+			fmt.Fprintln(w)
+		}
+		if b == "Rewrite" {
+			printRewriteTable(w, byBench[b])
+		} else {
+			printTable(w, byBench[b])
+		}
+	}
+}
+
+func printTable(w io.Writer, rows []*row) {
 	fmt.Fprintln(w, "| comparison | lethe | baseline | lethe / baseline | target | met | peak RSS lethe | peak RSS baseline | peak RSS upstream |")
 	fmt.Fprintln(w, "| --- | --- | --- | ---: | --- | --- | --- | --- | --- |")
 	for _, r := range rows {
@@ -135,6 +177,59 @@ func printTable(w io.Writer, rows []*row, header []string) {
 	fmt.Fprintln(w, "Times: median of one dashboard refresh (its panels one after another); ratio: median of the")
 	fmt.Fprintln(w, "paired refreshes, the two sides run alternately. Peak RSS: each process' VmHWM over the")
 	fmt.Fprintln(w, "comparison; the upstream Prometheus is the one lethe-proxy reads from (and the direct baseline).")
+}
+
+// printRewriteTable prints the BenchmarkRewrite comparisons: times and their ratio, peak RSS
+// (VmHWM) and peak anonymous RSS of each side and their ratios, and the targets.
+func printRewriteTable(w io.Writer, rows []*row) {
+	fmt.Fprintln(w, "| comparison | lethe | baseline | time lethe / baseline | target | met | peak RSS (anon) lethe | peak RSS (anon) baseline | RSS (anon) lethe / baseline | target | met |")
+	fmt.Fprintln(w, "| --- | --- | --- | ---: | --- | --- | --- | --- | ---: | --- | --- |")
+	for _, r := range rows {
+		key := r.group + "/" + r.lethe + "-vs-" + r.base
+		t, ok := rewriteTargets[key]
+		what := key
+		if ok {
+			what = t.what + " (`" + key + "`)"
+		}
+		ratio, rss, anon := median(r.metrics["lethe/baseline"]), median(r.metrics["RSS-lethe/baseline"]), median(r.metrics["anon-lethe/baseline"])
+		timeTarget, timeMet := check(t.time, ratio)
+		memTarget, memMet := check(t.memory, rss)
+		memRatio := "-"
+		if len(r.metrics["RSS-lethe/baseline"]) > 0 {
+			memRatio = fmt.Sprintf("%.2fx (%.2fx)", rss, anon)
+		}
+		fmt.Fprintf(w, "| %s | %s %s | %s %s | %.3fx | %s | %s | %s | %s | %s | %s | %s |\n", what,
+			r.lethe, ms(r.metrics["lethe-ms"]), r.base, ms(r.metrics["baseline-ms"]), ratio, timeTarget, timeMet,
+			mibAnon(r.metrics["lethe-peak-RSS-MiB"], r.metrics["lethe-peak-anon-MiB"]),
+			mibAnon(r.metrics["baseline-peak-RSS-MiB"], r.metrics["baseline-peak-anon-MiB"]), memRatio, memTarget, memMet)
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Times: median wall time of one run of each side (each on a fresh copy of the bucket); ratios:")
+	fmt.Fprintln(w, "median of the paired runs, the two sides run alternately. Peak RSS: each process' VmHWM, which")
+	fmt.Fprintln(w, "counts the pages of mmapped block files it touched; anon: its peak RssAnon (heap and stacks).")
+	fmt.Fprintln(w, "The memory target is on peak RSS. The copy runs in the benchmark's process: no memory figures.")
+}
+
+// check returns the target cell and whether ratio meets t; "-" for no target.
+func check(t target, ratio float64) (string, string) {
+	if t.bound == 0 {
+		return "-", "-"
+	}
+	op, ok := "<", ratio < t.bound
+	if t.le {
+		op, ok = "≤", ratio <= t.bound
+	}
+	return fmt.Sprintf("%s %.2fx", op, t.bound), map[bool]string{true: "yes", false: "**no**"}[ok]
+}
+
+func mibAnon(rss, anon []float64) string {
+	if len(rss) == 0 {
+		return "-"
+	}
+	if len(anon) == 0 {
+		return mib(rss)
+	}
+	return fmt.Sprintf("%s (%s)", mib(rss), mib(anon))
 }
 
 func ms(v []float64) string {
