@@ -2,7 +2,9 @@ package block
 
 import (
 	"context"
+	stderrors "errors"
 	"io"
+	"os"
 	"path"
 
 	"github.com/efficientgo/core/errcapture"
@@ -16,17 +18,23 @@ import (
 // request.
 const pageSize = 64 << 10
 
+// maxCachedPages bounds the pages kept: 64 MiB.
+const maxCachedPages = 1024
+
 // rangedIndex is an index.ByteSlice over an object, fetched page by page on demand, as Thanos'
 // store gateway reads index parts instead of whole indexes. ByteSlice cannot return errors, so the
 // first one is kept and the caller must check Err after every use of the reader: until then a
 // failed range reads as zeros, which the index decoder rejects.
 type rangedIndex struct {
-	ctx   context.Context
-	bkt   objstore.BucketReader
-	name  string
-	size  int
-	pages map[int][]byte
-	err   error
+	read func(off, length int) ([]byte, error)
+	name string
+	size int
+	// pages holds at most maxPages pages; the oldest go first, so memory stays bounded however
+	// large the index.
+	pages    map[int][]byte
+	order    []int
+	maxPages int
+	err      error
 	// symbols is the index from its start to the end of the symbol table. Prometheus' symbol
 	// lookups ask for the whole object (Range(0, Len())) and then only read the symbol table, so
 	// those requests are answered from this copy instead of downloading the whole index.
@@ -54,6 +62,7 @@ func (r *rangedIndex) Range(start, end int) []byte {
 		return nil
 	}
 	r.fetch(first, last)
+	defer r.trim(first, last)
 	if first == last {
 		p := r.pages[first]
 		off := first * pageSize
@@ -76,6 +85,24 @@ func (r *rangedIndex) Range(start, end int) []byte {
 	return out
 }
 
+// trim drops the oldest pages beyond the bound, never those of the range just read.
+func (r *rangedIndex) trim(first, last int) {
+	if len(r.pages) <= r.maxPages {
+		return
+	}
+	var keep []int
+	for len(r.pages) > r.maxPages && len(r.order) > 0 {
+		pg := r.order[0]
+		r.order = r.order[1:]
+		if pg >= first && pg <= last {
+			keep = append(keep, pg)
+			continue
+		}
+		delete(r.pages, pg)
+	}
+	r.order = append(r.order, keep...)
+}
+
 // fetch downloads the missing pages in [first, last], a run of neighbours per request.
 func (r *rangedIndex) fetch(first, last int) {
 	for pg := first; pg <= last; pg++ {
@@ -91,31 +118,35 @@ func (r *rangedIndex) fetch(first, last int) {
 		}
 		off := pg * pageSize
 		length := min((runEnd+1)*pageSize, r.size) - off
-		b, err := r.getRange(off, length)
+		b, err := r.read(off, length)
 		if err != nil {
 			r.setErr(err)
 			return
 		}
+		r.fetched += int64(length)
 		for p := pg; p <= runEnd; p++ {
 			lo := (p - pg) * pageSize
 			r.pages[p] = b[lo:min(lo+pageSize, len(b))]
+			r.order = append(r.order, p)
 		}
 		pg = runEnd
 	}
 }
 
-func (r *rangedIndex) getRange(off, length int) (_ []byte, err error) {
-	rc, err := r.bkt.GetRange(r.ctx, r.name, int64(off), int64(length))
-	if err != nil {
-		return nil, errors.Wrapf(err, "get range of %s", r.name)
+// bucketRange reads a range of an object.
+func bucketRange(ctx context.Context, bkt objstore.BucketReader, name string) func(off, length int) ([]byte, error) {
+	return func(off, length int) (_ []byte, err error) {
+		rc, err := bkt.GetRange(ctx, name, int64(off), int64(length))
+		if err != nil {
+			return nil, errors.Wrapf(err, "get range of %s", name)
+		}
+		defer errcapture.Do(&err, rc.Close, "close range of %s", name)
+		b := make([]byte, length)
+		if _, err := io.ReadFull(rc, b); err != nil {
+			return nil, errors.Wrapf(err, "read range [%d, %d) of %s", off, off+length, name)
+		}
+		return b, nil
 	}
-	defer errcapture.Do(&err, rc.Close, "close range of %s", r.name)
-	b := make([]byte, length)
-	if _, err := io.ReadFull(rc, b); err != nil {
-		return nil, errors.Wrapf(err, "read range [%d, %d) of %s", off, off+length, r.name)
-	}
-	r.fetched += int64(length)
-	return b, nil
 }
 
 func (r *rangedIndex) setErr(err error) {
@@ -127,7 +158,8 @@ func (r *rangedIndex) setErr(err error) {
 // Index is a block's index read from the bucket by ranged reads.
 type Index struct {
 	*index.Reader
-	src *rangedIndex
+	src    *rangedIndex
+	closer io.Closer
 }
 
 // Err returns the first read error. Check it after using the reader: a decoding error that
@@ -146,7 +178,40 @@ func OpenIndex(ctx context.Context, bkt objstore.BucketReader, id ulid.ULID) (*I
 	if err != nil {
 		return nil, errors.Wrapf(err, "block %s: stat index", id)
 	}
-	src := &rangedIndex{ctx: ctx, bkt: bkt, name: name, size: int(attrs.Size), pages: map[int][]byte{}}
+	ix, err := openRanged(bucketRange(ctx, bkt, name), name, int(attrs.Size), nil)
+	if err != nil {
+		return nil, errors.Wrapf(err, "block %s", id)
+	}
+	return ix, nil
+}
+
+// OpenIndexFile opens a local index file with reads of its pages into a bounded cache rather
+// than a memory map, so that streaming a large block does not keep the whole index resident.
+func OpenIndexFile(path string) (*Index, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, errors.Wrap(err, "open index")
+	}
+	info, err := f.Stat()
+	if err != nil {
+		return nil, stderrors.Join(err, f.Close())
+	}
+	read := func(off, length int) ([]byte, error) {
+		b := make([]byte, length)
+		if _, err := f.ReadAt(b, int64(off)); err != nil {
+			return nil, errors.Wrapf(err, "read range [%d, %d) of %s", off, off+length, path)
+		}
+		return b, nil
+	}
+	ix, err := openRanged(read, path, int(info.Size()), f)
+	if err != nil {
+		return nil, stderrors.Join(err, f.Close())
+	}
+	return ix, nil
+}
+
+func openRanged(read func(off, length int) ([]byte, error), name string, size int, closer io.Closer) (*Index, error) {
+	src := &rangedIndex{read: read, name: name, size: size, pages: map[int][]byte{}, maxPages: maxCachedPages}
 	// Index format v2 (every Prometheus since 2.x) addresses symbols by number, so its symbol
 	// lookups never look past the symbol table. Version 1 computes offsets from the object's
 	// length and keeps whole-object reads.
@@ -157,12 +222,21 @@ func OpenIndex(ctx context.Context, bkt objstore.BucketReader, id ulid.ULID) (*I
 	}
 	r, err := newReader(src)
 	if src.err != nil {
-		return nil, errors.Wrapf(src.err, "block %s: read index", id)
+		return nil, errors.Wrap(src.err, "read index")
 	}
 	if err != nil {
-		return nil, errors.Wrapf(err, "block %s: open index", id)
+		return nil, errors.Wrap(err, "open index")
 	}
-	return &Index{Reader: r, src: src}, nil
+	return &Index{Reader: r, src: src, closer: closer}, nil
+}
+
+// Close closes the reader and the file under it.
+func (ix *Index) Close() error {
+	err := ix.Reader.Close()
+	if ix.closer != nil {
+		err = stderrors.Join(err, ix.closer.Close())
+	}
+	return err
 }
 
 // newReader opens an index reader, turning a decoder panic on corrupt bytes into an error.

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"unsafe"
 
 	"github.com/efficientgo/core/errors"
 	"github.com/prometheus/prometheus/model/labels"
@@ -18,6 +19,9 @@ import (
 
 // segmentSize is where a chunk segment file is cut, as Prometheus does.
 const segmentSize = chunks.DefaultChunkSegmentSize
+
+// segmentBuffer batches chunk writes into few system calls.
+const segmentBuffer = 1 << 20
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
@@ -29,6 +33,7 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 type output struct {
 	chunksDir string
 	seg       *os.File
+	segW      *bufio.Writer
 	segSeq    int // 0-based; the file is named seq+1.
 	segSize   int64
 	log       *os.File
@@ -75,6 +80,7 @@ func openOutput(chunksDir, logPath string, resume *checkpoint) (*output, error) 
 			return nil, err
 		}
 		o.segSeq, o.segSize = n-1, last.Size
+		o.segW = bufio.NewWriterSize(o.seg, segmentBuffer)
 	}
 	return o, nil
 }
@@ -97,6 +103,9 @@ func truncated(path string, size int64) (*os.File, error) {
 // cut starts the next segment file.
 func (o *output) cut() error {
 	if o.seg != nil {
+		if err := o.segW.Flush(); err != nil {
+			return err
+		}
 		if err := o.seg.Close(); err != nil {
 			return err
 		}
@@ -110,10 +119,10 @@ func (o *output) cut() error {
 	header := make([]byte, chunks.SegmentHeaderSize)
 	binary.BigEndian.PutUint32(header, chunks.MagicChunks)
 	header[chunks.MagicChunksSize] = 1 // Chunks format v1.
-	if _, err := f.Write(header); err != nil {
+	o.seg, o.segW, o.segSize = f, bufio.NewWriterSize(f, segmentBuffer), int64(len(header))
+	if _, err := o.segW.Write(header); err != nil {
 		return err
 	}
-	o.seg, o.segSize = f, int64(len(header))
 	o.segments = append(o.segments, segmentState{Name: name, Size: o.segSize})
 	return nil
 }
@@ -133,7 +142,7 @@ func (o *output) writeChunk(c chunkenc.Chunk) (chunks.ChunkRef, error) {
 	o.buf = append(o.buf, data...)
 	crc := crc32.Checksum(o.buf[len(o.buf)-len(data)-1:], castagnoli)
 	o.buf = binary.BigEndian.AppendUint32(o.buf, crc)
-	if _, err := o.seg.Write(o.buf); err != nil {
+	if _, err := o.segW.Write(o.buf); err != nil {
 		return 0, errors.Wrap(err, "write chunk")
 	}
 	o.segSize += int64(len(o.buf))
@@ -171,6 +180,9 @@ func (o *output) sync() error {
 		return err
 	}
 	if o.seg != nil {
+		if err := o.segW.Flush(); err != nil {
+			return err
+		}
 		return o.seg.Sync()
 	}
 	return nil
@@ -206,20 +218,21 @@ func replaySeries(path string, fn func(lset labels.Labels, metas []chunks.Meta) 
 		metas []chunks.Meta
 		buf   []byte
 	)
-	readString := func() (string, error) {
+	// Names and values are read into one buffer and handed to the builder unsafely: Labels()
+	// copies them before the buffer is reused.
+	readBytes := func(from int) (int, error) {
 		n, err := binary.ReadUvarint(r)
 		if err != nil {
-			return "", err
+			return 0, err
 		}
-		if cap(buf) < int(n) {
-			buf = make([]byte, n)
+		if cap(buf) < from+int(n) {
+			buf = append(buf[:from], make([]byte, int(n))...)
 		}
-		buf = buf[:n]
-		if _, err := io.ReadFull(r, buf); err != nil {
-			return "", err
-		}
-		return string(buf), nil
+		buf = buf[:from+int(n)]
+		_, err = io.ReadFull(r, buf[from:])
+		return from + int(n), err
 	}
+	var spans [][2]int
 	for {
 		n, err := binary.ReadUvarint(r)
 		if err == io.EOF {
@@ -229,16 +242,18 @@ func replaySeries(path string, fn func(lset labels.Labels, metas []chunks.Meta) 
 			return errors.Wrap(err, "read series log")
 		}
 		b.Reset()
-		for i := uint64(0); i < n; i++ {
-			name, err := readString()
+		buf, spans = buf[:0], spans[:0]
+		end := 0
+		for i := uint64(0); i < 2*n; i++ {
+			next, err := readBytes(end)
 			if err != nil {
 				return errors.Wrap(err, "read series log")
 			}
-			value, err := readString()
-			if err != nil {
-				return errors.Wrap(err, "read series log")
-			}
-			b.Add(name, value)
+			spans = append(spans, [2]int{end, next})
+			end = next
+		}
+		for i := 0; i < len(spans); i += 2 {
+			b.Add(unsafeString(buf, spans[i]), unsafeString(buf, spans[i+1]))
 		}
 		nc, err := binary.ReadUvarint(r)
 		if err != nil {
@@ -258,4 +273,13 @@ func replaySeries(path string, fn func(lset labels.Labels, metas []chunks.Meta) 
 			return err
 		}
 	}
+}
+
+// unsafeString views buf[span[0]:span[1]] as a string without copying; the builder copies it in
+// Labels(), before buf changes.
+func unsafeString(buf []byte, span [2]int) string {
+	if span[0] == span[1] {
+		return ""
+	}
+	return unsafe.String(&buf[span[0]], span[1]-span[0])
 }

@@ -83,7 +83,9 @@ type deleter struct {
 	logger *slog.Logger
 	limits Limits
 	ix     *tombstones.Index
-	ext    labels.Labels
+	// applied are the tombstones in ix; pass 1 reads only the series their selectors may match.
+	applied []*tombstones.Tombstone
+	ext     labels.Labels
 	// progress is called after every batch with the series done so far.
 	progress func(done int, bytes int64)
 }
@@ -124,14 +126,21 @@ func (s statsState) stats() stats {
 // written from the log at the end. When the limits stop it, it returns ErrBudget and a checkpoint
 // of the state in dst and logPath; given that checkpoint, it goes on from there.
 func (d *deleter) rewrite(ctx context.Context, src, dst, logPath string, resume *checkpoint) (st stats, cp *checkpoint, err error) {
-	ir, err := index.NewFileReader(filepath.Join(src, block.IndexFilename), index.DecodePostingsRaw)
+	bix, err := block.OpenIndexFile(filepath.Join(src, block.IndexFilename))
 	if err != nil {
-		return st, nil, errors.Wrap(err, "open index")
+		return st, nil, err
 	}
-	defer errcapture.Do(&err, ir.Close, "close index")
-	cr, err := chunks.NewDirReader(filepath.Join(src, block.ChunksDirname), rawPool{chunkenc.NewPool()})
+	defer errcapture.Do(&err, bix.Close, "close index")
+	defer func() {
+		// A read error explains whatever decoding error followed it.
+		if bix.Err() != nil {
+			err = errors.Wrap(bix.Err(), "read index")
+		}
+	}()
+	ir := bix.Reader
+	cr, err := openChunkFiles(filepath.Join(src, block.ChunksDirname), rawPool{chunkenc.NewPool()})
 	if err != nil {
-		return st, nil, errors.Wrap(err, "open chunks")
+		return st, nil, err
 	}
 	defer errcapture.Do(&err, cr.Close, "close chunks")
 
@@ -219,7 +228,7 @@ func (d *deleter) rewrite(ctx context.Context, src, dst, logPath string, resume 
 }
 
 // streamSeries writes one series' remaining chunks and logs it.
-func (d *deleter) streamSeries(cr *chunks.Reader, out *output, lset labels.Labels, chks []chunks.Meta, ivs *tombstones.Intervals, st *stats) error {
+func (d *deleter) streamSeries(cr *chunkFiles, out *output, lset labels.Labels, chks []chunks.Meta, ivs *tombstones.Intervals, st *stats) error {
 	*ivs = d.ix.Intervals(lset, d.ext, (*ivs)[:0])
 	metas, err := d.rewriteChunks(cr, chks, *ivs, st)
 	if err != nil {
@@ -303,12 +312,11 @@ func (d *deleter) pace(ctx context.Context, st, base stats, started time.Time) e
 
 // droppedSeries returns the series that keep no sample. Only series a tombstone covers are looked
 // at, and only their chunks that a deleted range meets without covering are decoded.
-func (d *deleter) droppedSeries(ctx context.Context, ir *index.Reader, cr *chunks.Reader) (map[storage.SeriesRef]struct{}, error) {
+func (d *deleter) droppedSeries(ctx context.Context, ir *index.Reader, cr *chunkFiles) (map[storage.SeriesRef]struct{}, error) {
 	dropped := map[storage.SeriesRef]struct{}{}
-	k, v := index.AllPostingsKey()
-	all, err := ir.Postings(ctx, k, v)
+	all, err := selectPostings(ctx, ir, d.applied, d.ext)
 	if err != nil {
-		return nil, err
+		return nil, errors.Wrap(err, "postings")
 	}
 	var (
 		builder labels.ScratchBuilder
@@ -332,7 +340,7 @@ func (d *deleter) droppedSeries(ctx context.Context, ir *index.Reader, cr *chunk
 			if covers(ivs, c.MinTime, c.MaxTime) {
 				continue
 			}
-			chk, _, err := cr.ChunkOrIterable(c)
+			chk, err := cr.chunk(c)
 			if err != nil {
 				return nil, errors.Wrap(err, "read chunk")
 			}
@@ -424,10 +432,10 @@ func removableSymbols(ctx context.Context, ir *index.Reader, dropped map[storage
 }
 
 // rewriteChunks returns the series' chunks without the deleted samples.
-func (d *deleter) rewriteChunks(cr *chunks.Reader, chks []chunks.Meta, ivs tombstones.Intervals, st *stats) ([]chunks.Meta, error) {
+func (d *deleter) rewriteChunks(cr *chunkFiles, chks []chunks.Meta, ivs tombstones.Intervals, st *stats) ([]chunks.Meta, error) {
 	out := make([]chunks.Meta, 0, len(chks))
 	for _, c := range chks {
-		chk, _, err := cr.ChunkOrIterable(c)
+		chk, err := cr.chunk(c)
 		if err != nil {
 			return nil, errors.Wrap(err, "read chunk")
 		}

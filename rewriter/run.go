@@ -455,7 +455,7 @@ func (r *Runner) rewriteJob(ctx context.Context, j *Job, childID ulid.ULID, log 
 	if err != nil {
 		return stats{}, nil, dst, err
 	}
-	d := &deleter{logger: log, limits: r.cfg.Limits, ix: ix, ext: j.meta.ExternalLabels()}
+	d := &deleter{logger: log, limits: r.cfg.Limits, ix: ix, applied: applied, ext: j.meta.ExternalLabels()}
 	var lastSeries int
 	var lastBytes int64
 	begin := time.Now()
