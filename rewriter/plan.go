@@ -240,7 +240,7 @@ func (p *Planner) planBlock(ctx context.Context, meta *block.Meta, cands []*tomb
 		ivs = ix.Intervals(lset, ext, ivs[:0])
 		var share float64
 		for _, c := range chks {
-			share += coveredFraction(ivs, c.MinTime, c.MaxTime)
+			share += coveredFraction(ivs, windowStart(c.MinTime, meta.Resolution()), c.MaxTime)
 		}
 		if share == 0 {
 			continue

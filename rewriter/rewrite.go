@@ -86,6 +86,8 @@ type deleter struct {
 	// applied are the tombstones in ix; pass 1 reads only the series their selectors may match.
 	applied []*tombstones.Tombstone
 	ext     labels.Labels
+	// resolution of a downsampled block: its aggregates summarise windows before their timestamps.
+	resolution int64
 	// progress is called after every batch with the series done so far.
 	progress func(done int, bytes int64)
 }
@@ -333,7 +335,7 @@ func (d *deleter) droppedSeries(ctx context.Context, ir *index.Reader, cr *chunk
 		}
 		survives := false
 		for _, c := range chks {
-			if !ivs.Overlaps(c.MinTime, c.MaxTime) {
+			if mint := windowStart(c.MinTime, d.resolution); !ivs.Overlaps(mint, c.MaxTime) {
 				survives = true
 				break
 			}
@@ -362,6 +364,20 @@ func (d *deleter) droppedSeries(ctx context.Context, ir *index.Reader, cr *chunk
 		}
 	}
 	return dropped, all.Err()
+}
+
+// windowStart is where the raw samples behind a chunk begin. Thanos stamps a downsampled
+// aggregate with the end of its window, so an aggregate chunk starting at t also summarises raw
+// samples from the start of t's window on; a raw chunk (resolution 0) starts where it says.
+func windowStart(t, resolution int64) int64 {
+	if resolution <= 0 {
+		return t
+	}
+	w := t % resolution
+	if w < 0 {
+		w += resolution
+	}
+	return t - w
 }
 
 // covers reports whether one interval covers all of [mint, maxt].
@@ -441,7 +457,7 @@ func (d *deleter) rewriteChunks(cr *chunkFiles, chks []chunks.Meta, ivs tombston
 		}
 		st.bytesRead += int64(len(chk.Bytes()))
 		switch {
-		case !ivs.Overlaps(c.MinTime, c.MaxTime):
+		case !ivs.Overlaps(windowStart(c.MinTime, d.resolution), c.MaxTime):
 			st.chunksCopied++
 			out = append(out, chunks.Meta{Chunk: chk, MinTime: c.MinTime, MaxTime: c.MaxTime})
 		case covers(ivs, c.MinTime, c.MaxTime):

@@ -203,7 +203,9 @@ func TestRunRemovesDeletedSamplesOnly(t *testing.T) {
 		src := f.ids[i]
 		testutil.Equals(t, map[string]string{"cluster": "eu1"}, m.Thanos.Labels)
 		testutil.Equals(t, int64(0), m.Resolution())
-		testutil.Equals(t, []ulid.ULID{src, m.ULID}, m.Compaction.Sources)
+		testutil.Equals(t, RewrittenSources([]ulid.ULID{src}), m.Compaction.Sources)
+		testutil.Equals(t, 2, len(m.Compaction.Sources))
+		testutil.Equals(t, src, m.Compaction.Sources[0])
 		testutil.Equals(t, src, m.Compaction.Parents[0].ULID)
 		testutil.Equals(t, rep.Rewritten[i].Block, m.ULID)
 		rw := string(m.Thanos.Rewrites)

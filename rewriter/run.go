@@ -267,6 +267,33 @@ func ChildID(source ulid.ULID, applied []ulid.ULID) ulid.ULID {
 // errLeased is a job left to the live worker that holds its lease.
 var errLeased = errors.New("leased by another worker")
 
+// RewrittenSources are the compaction sources of a rewritten block: the source's, plus one ID
+// derived from them. Thanos' deduplication then sees the source as covered (its sources are a
+// strict subset), as it would with the new block's own ULID. But a raw block and the blocks
+// downsampled from it share their sources, so their rewrites add the same ID: Thanos' downsampler,
+// which downsamples a raw block unless every one of its sources appears in some 5m block, leaves the
+// rewritten raw block alone beside the rewritten 5m block. With the new block's own ULID it
+// downsampled the raw block again, and the compactor halted on the overlap.
+func RewrittenSources(sources []ulid.ULID) []ulid.ULID {
+	sorted := slices.Clone(sources)
+	slices.SortFunc(sorted, func(a, b ulid.ULID) int { return a.Compare(b) })
+	sorted = slices.Compact(sorted)
+	h := sha256.New()
+	_, _ = h.Write([]byte("lethe rewrite of"))
+	for _, id := range sorted {
+		_, _ = h.Write(id[:])
+	}
+	var ms uint64
+	if len(sorted) > 0 {
+		ms = sorted[len(sorted)-1].Time()
+	}
+	id, err := ulid.New(ms, bytes.NewReader(h.Sum(nil)))
+	if err != nil {
+		return append(sorted, ulid.ULID{}) // Not reached: 32 bytes of entropy are plenty.
+	}
+	return append(sorted, id)
+}
+
 // lease keeps other workers off a block; objstore has no conditional writes, so two workers may
 // still meet, which the rewrite's idempotence makes harmless.
 type lease struct {
@@ -455,7 +482,7 @@ func (r *Runner) rewriteJob(ctx context.Context, j *Job, childID ulid.ULID, log 
 	if err != nil {
 		return stats{}, nil, dst, err
 	}
-	d := &deleter{logger: log, limits: r.cfg.Limits, ix: ix, applied: applied, ext: j.meta.ExternalLabels()}
+	d := &deleter{logger: log, limits: r.cfg.Limits, ix: ix, applied: applied, ext: j.meta.ExternalLabels(), resolution: j.Resolution}
 	var lastSeries int
 	var lastBytes int64
 	begin := time.Now()
@@ -516,8 +543,8 @@ type deletionsApplied struct {
 }
 
 // childMeta is the source's meta.json for the new block: same range, resolution, external labels
-// and source; compaction sources are the source's plus the new ULID, so that Thanos' dedup filter
-// sees the source as covered; the rewrite is recorded in thanos.rewrites.
+// and source; compaction sources are RewrittenSources, so that Thanos' dedup filter sees the
+// source as covered; the rewrite is recorded in thanos.rewrites.
 func (r *Runner) childMeta(j *Job, childID ulid.ULID, st stats, dir string) (*block.Meta, error) {
 	raw, err := block.EncodeMeta(j.meta)
 	if err != nil {
@@ -533,9 +560,7 @@ func (r *Runner) childMeta(j *Job, childID ulid.ULID, st stats, dir string) (*bl
 	m.Stats.NumChunks = uint64(st.chunksCopied + st.chunksRewritten)
 	m.Stats.NumFloatSamples, m.Stats.NumHistogramSamples = 0, 0
 	m.Stats.NumTombstones = 0
-	if !slices.Contains(m.Compaction.Sources, childID) {
-		m.Compaction.Sources = append(slices.Clone(m.Compaction.Sources), childID)
-	}
+	m.Compaction.Sources = RewrittenSources(m.Compaction.Sources)
 	m.Compaction.Parents = []tsdb.BlockDesc{{ULID: j.Block, MinTime: j.MinTime, MaxTime: j.MaxTime}}
 	if m.Thanos != nil {
 		var rewrites []json.RawMessage

@@ -29,7 +29,9 @@ promtool)
 thanos)
   module=github.com/thanos-io/thanos
   pkg=$module/cmd/thanos
-  tags=""
+  # Thanos' own release build uses slicelabels: its store gateway casts label sets unsafely and
+  # panics on the first query when built with the default (stringlabels).
+  tags=slicelabels
   export GOTOOLCHAIN=auto
   ;;
 *)
@@ -40,7 +42,7 @@ esac
 
 dir="$here/${dir_name:-$name}"
 version="$(cd "$dir" && go list -m -f '{{.Version}}' "$module")"
-out="$cache/$name-$version"
+out="$cache/$name-$version${tags:+-$tags}"
 if [ ! -x "$out" ]; then
   echo "building $name $version (once; cached in $cache)" >&2
   (cd "$dir" && go build -tags "$tags" -o "$out.tmp" "$pkg")
