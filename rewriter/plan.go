@@ -60,6 +60,9 @@ type Plan struct {
 	Problems []string `json:"problems"`
 	// Due are the tombstones the plan applies.
 	Due []ulid.ULID `json:"due"`
+
+	// seen are the live blocks the plan looked at.
+	seen map[ulid.ULID]bool
 }
 
 // Planner plans jobs from the bucket's blocks and tombstones.
@@ -78,7 +81,12 @@ func NewPlanner(bkt objstore.BucketReader, logger *slog.Logger, threshold float6
 
 // Plan reads every block's meta.json and the index of each block that a due tombstone may cover.
 func (p *Planner) Plan(ctx context.Context, set *tombstones.Set) (*Plan, error) {
-	plan := &Plan{Jobs: []*Job{}, Problems: []string{}, Due: []ulid.ULID{}}
+	return p.plan(ctx, set, func(*block.Meta) bool { return true })
+}
+
+// plan plans the live blocks that keep accepts.
+func (p *Planner) plan(ctx context.Context, set *tombstones.Set, keep func(*block.Meta) bool) (*Plan, error) {
+	plan := &Plan{Jobs: []*Job{}, Problems: []string{}, Due: []ulid.ULID{}, seen: map[ulid.ULID]bool{}}
 	var due []*tombstones.Tombstone
 	overdue := map[ulid.ULID]bool{}
 	for _, e := range set.Entries {
@@ -103,6 +111,10 @@ func (p *Planner) Plan(ctx context.Context, set *tombstones.Set) (*Plan, error) 
 		plan.Problems = append(plan.Problems, pr.Err.Error())
 	}
 	for _, meta := range listing.Blocks {
+		if !keep(meta) {
+			continue
+		}
+		plan.seen[meta.ULID] = true
 		cands := candidates(due, meta, ix)
 		if len(cands) == 0 {
 			continue

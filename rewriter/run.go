@@ -231,7 +231,7 @@ func (r *Runner) Run(ctx context.Context) (*Report, error) {
 		}
 	}
 	if !rep.Stopped {
-		if rep.Applied, err = r.recordApplied(ctx, set); err != nil {
+		if rep.Applied, err = r.recordApplied(ctx, set, plan, rep); err != nil {
 			return rep, err
 		}
 	}
@@ -701,20 +701,43 @@ func (r *Runner) otherChildren(ctx context.Context, source, child ulid.ULID) ([]
 
 // recordApplied writes the applied record of every due tombstone that no live block holds data of
 // any more and whose replaced blocks are gone.
-func (r *Runner) recordApplied(ctx context.Context, set *tombstones.Set) ([]ulid.ULID, error) {
-	plan, err := NewPlanner(r.bkt, r.logger, r.cfg.Threshold, r.store.RedactionKey()).Plan(ctx, set)
-	if err != nil {
-		return nil, err
-	}
-	if len(plan.Problems) > 0 {
+func (r *Runner) recordApplied(ctx context.Context, set *tombstones.Set, first *Plan, rep *Report) ([]ulid.ULID, error) {
+	if len(first.Problems) > 0 {
 		return nil, nil // A block we cannot read may hold the data.
 	}
+	// What this run did not finish still holds data.
+	done := map[ulid.ULID]bool{}
+	children := map[ulid.ULID]bool{}
+	for _, rw := range rep.Rewritten {
+		done[rw.Source] = true
+		children[rw.Block] = true
+	}
 	pending := map[ulid.ULID]bool{}
-	for _, j := range plan.Jobs {
+	for _, j := range first.Jobs {
+		if done[j.Block] {
+			continue
+		}
 		for _, id := range j.Tombstones {
 			pending[id] = true
 		}
 	}
+	// Blocks that appeared during the run (a compactor's output, say) are planned too; the
+	// blocks the first plan read and this run's own new blocks are not read again.
+	later, err := NewPlanner(r.bkt, r.logger, r.cfg.Threshold, r.store.RedactionKey()).plan(ctx, set, func(m *block.Meta) bool {
+		return !first.seen[m.ULID] && !children[m.ULID]
+	})
+	if err != nil {
+		return nil, err
+	}
+	if len(later.Problems) > 0 {
+		return nil, nil
+	}
+	for _, j := range later.Jobs {
+		for _, id := range j.Tombstones {
+			pending[id] = true
+		}
+	}
+	plan := first
 	replaced, err := r.replacedBlocks(ctx)
 	if err != nil {
 		return nil, err
