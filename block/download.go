@@ -12,6 +12,7 @@ import (
 	"github.com/efficientgo/core/errors"
 	"github.com/oklog/ulid/v2"
 	"github.com/thanos-io/objstore"
+	"golang.org/x/sync/errgroup"
 )
 
 // Download copies a block's index, chunks and meta.json into dst, through a temporary directory
@@ -27,6 +28,8 @@ func Download(ctx context.Context, bkt objstore.BucketReader, id ulid.ULID, dst 
 		return err
 	}
 	var meta bool
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(transferConcurrency)
 	for _, n := range names {
 		rel := strings.TrimPrefix(n, id.String()+"/")
 		switch {
@@ -37,9 +40,10 @@ func Download(ctx context.Context, bkt objstore.BucketReader, id ulid.ULID, dst 
 		default:
 			continue
 		}
-		if err := copyObject(ctx, bkt, n, filepath.Join(tmp, filepath.FromSlash(rel))); err != nil {
-			return err
-		}
+		g.Go(func() error { return copyObject(gctx, bkt, n, filepath.Join(tmp, filepath.FromSlash(rel))) })
+	}
+	if err := g.Wait(); err != nil {
+		return err
 	}
 	if !meta {
 		return errors.Newf("block %s has no meta.json", id)

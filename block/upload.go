@@ -11,7 +11,11 @@ import (
 	"github.com/efficientgo/core/errcapture"
 	"github.com/efficientgo/core/errors"
 	"github.com/thanos-io/objstore"
+	"golang.org/x/sync/errgroup"
 )
+
+// transferConcurrency is how many objects of a block move at once.
+const transferConcurrency = 4
 
 // Upload copies a block directory to the bucket: chunk files first, then the index, and meta.json
 // last, so that a reader that sees meta.json sees a whole block (Thanos' rule). meta is written as
@@ -28,10 +32,15 @@ func Upload(ctx context.Context, bkt objstore.Bucket, dir string, meta *Meta) er
 	}
 	sort.Strings(names)
 	names = append(names, IndexFilename)
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(transferConcurrency)
 	for _, n := range names {
-		if err := uploadFile(ctx, bkt, filepath.Join(dir, filepath.FromSlash(n)), path.Join(id, n)); err != nil {
-			return errors.Wrapf(err, "block %s", id)
-		}
+		g.Go(func() error {
+			return errors.Wrapf(uploadFile(gctx, bkt, filepath.Join(dir, filepath.FromSlash(n)), path.Join(id, n)), "block %s", id)
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
 	}
 	b, err := EncodeMeta(meta)
 	if err != nil {
