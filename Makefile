@@ -49,7 +49,7 @@ demo: build
 # Prometheus asked directly and against Prometheus after its own delete_series); the rewriter
 # against thanos tools bucket rewrite and a plain copy of the block: tables of ratios.
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./tombstones/ ./block/
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./tombstones/ ./block/ ./rewriter/
 	LETHE_PROMETHEUS=$$(tools/build.sh prometheus) $(GO) test -run '^$$' -bench Dashboard -benchtime $(DASHBOARD_RUNS)x -timeout 20m ./e2e/ | tee bench.out | $(GO) run ./tools/benchtable
 	LETHE_THANOS=$$(tools/build.sh thanos) $(GO) test -run '^$$' -bench Rewrite -benchtime $(REWRITE_RUNS)x -timeout 20m ./e2e/ | tee bench-rewrite.out | $(GO) run ./tools/benchtable
 

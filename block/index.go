@@ -178,16 +178,17 @@ func OpenIndex(ctx context.Context, bkt objstore.BucketReader, id ulid.ULID) (*I
 	if err != nil {
 		return nil, errors.Wrapf(err, "block %s: stat index", id)
 	}
-	ix, err := openRanged(bucketRange(ctx, bkt, name), name, int(attrs.Size), nil)
+	ix, err := openRanged(bucketRange(ctx, bkt, name), name, int(attrs.Size), nil, maxCachedPages)
 	if err != nil {
 		return nil, errors.Wrapf(err, "block %s", id)
 	}
 	return ix, nil
 }
 
-// OpenIndexFile opens a local index file with reads of its pages into a bounded cache rather
-// than a memory map, so that streaming a large block does not keep the whole index resident.
-func OpenIndexFile(path string) (*Index, error) {
+// OpenIndexFile opens a local index file with reads of its pages into a cache of at most
+// cacheBytes rather than a memory map, so that streaming a large block does not keep the whole
+// index resident.
+func OpenIndexFile(path string, cacheBytes int) (*Index, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, errors.Wrap(err, "open index")
@@ -203,15 +204,15 @@ func OpenIndexFile(path string) (*Index, error) {
 		}
 		return b, nil
 	}
-	ix, err := openRanged(read, path, int(info.Size()), f)
+	ix, err := openRanged(read, path, int(info.Size()), f, max(cacheBytes/pageSize, 1))
 	if err != nil {
 		return nil, stderrors.Join(err, f.Close())
 	}
 	return ix, nil
 }
 
-func openRanged(read func(off, length int) ([]byte, error), name string, size int, closer io.Closer) (*Index, error) {
-	src := &rangedIndex{read: read, name: name, size: size, pages: map[int][]byte{}, maxPages: maxCachedPages}
+func openRanged(read func(off, length int) ([]byte, error), name string, size int, closer io.Closer, maxPages int) (*Index, error) {
+	src := &rangedIndex{read: read, name: name, size: size, pages: map[int][]byte{}, maxPages: maxPages}
 	// Index format v2 (every Prometheus since 2.x) addresses symbols by number, so its symbol
 	// lookups never look past the symbol table. Version 1 computes offsets from the object's
 	// length and keeps whole-object reads.

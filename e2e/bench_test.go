@@ -40,7 +40,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -617,31 +616,10 @@ func (p *benchProc) waitReady() (ready, exited bool) {
 }
 
 func (p *benchProc) stop(tb testing.TB) {
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(promStopTimeout):
-		tb.Logf("%s ignored SIGTERM for %v; killing it", p.name, promStopTimeout)
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
+	stopProcess(tb, p.name, p.cmd, p.done, promStopTimeout)
 }
 
-func (p *benchProc) logTail() string {
-	b, err := os.ReadFile(p.logFile)
-	if err != nil {
-		return fmt.Sprintf("(cannot read log: %v)", err)
-	}
-	if len(b) > promLogTailBytes {
-		b = append([]byte("...\n"), b[len(b)-promLogTailBytes:]...)
-	}
-	return string(b)
-}
+func (p *benchProc) logTail() string { return fileTail(p.logFile) }
 
 // peakRSSMiB is the process' peak resident set size so far (VmHWM), in MiB.
 func (p *benchProc) peakRSSMiB() (float64, error) {

@@ -320,23 +320,31 @@ func freePort(t *testing.T) int {
 
 // stop sends SIGTERM, waits up to promStopTimeout, then kills.
 func (p *prometheusProc) stop(t *testing.T) {
+	stopProcess(t, "prometheus "+p.URL, p.cmd, p.done, promStopTimeout)
+}
+
+func (p *prometheusProc) logTail() string { return fileTail(p.logFile) }
+
+// stopProcess sends SIGTERM to a process whose Wait closes done, waits up to timeout, then kills.
+func stopProcess(t testing.TB, name string, cmd *exec.Cmd, done <-chan struct{}, timeout time.Duration) {
 	select {
-	case <-p.done:
+	case <-done:
 		return
 	default:
 	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	_ = cmd.Process.Signal(syscall.SIGTERM)
 	select {
-	case <-p.done:
-	case <-time.After(promStopTimeout):
-		t.Logf("prometheus %s ignored SIGTERM for %v; killing it", p.URL, promStopTimeout)
-		_ = p.cmd.Process.Kill()
-		<-p.done
+	case <-done:
+	case <-time.After(timeout):
+		t.Logf("%s ignored SIGTERM for %v; killing it", name, timeout)
+		_ = cmd.Process.Kill()
+		<-done
 	}
 }
 
-func (p *prometheusProc) logTail() string {
-	b, err := os.ReadFile(p.logFile)
+// fileTail returns the end of a log file for a failure message.
+func fileTail(path string) string {
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return fmt.Sprintf("(cannot read log: %v)", err)
 	}

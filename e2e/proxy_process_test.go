@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -160,31 +159,7 @@ func (p *proxyProc) waitMetric(t *testing.T, name string, want float64) {
 
 // stop sends SIGTERM, waits up to proxyStopTimeout, then kills.
 func (p *proxyProc) stop(t *testing.T) {
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(proxyStopTimeout):
-		t.Logf("lethe-proxy %s ignored SIGTERM for %v; killing it", p.URL, proxyStopTimeout)
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
+	stopProcess(t, "lethe-proxy "+p.URL, p.cmd, p.done, proxyStopTimeout)
 }
 
-func (p *proxyProc) logTail() string {
-	b, err := os.ReadFile(p.logFile)
-	if err != nil {
-		return fmt.Sprintf("(cannot read log: %v)", err)
-	}
-	if len(b) > promLogTailBytes {
-		b = append([]byte("...\n"), b[len(b)-promLogTailBytes:]...)
-	}
-	if len(b) == 0 {
-		return "(empty)"
-	}
-	return string(b)
-}
+func (p *proxyProc) logTail() string { return fileTail(p.logFile) }

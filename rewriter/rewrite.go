@@ -128,7 +128,8 @@ func (s statsState) stats() stats {
 // written from the log at the end. When the limits stop it, it returns ErrBudget and a checkpoint
 // of the state in dst and logPath; given that checkpoint, it goes on from there.
 func (d *deleter) rewrite(ctx context.Context, src, dst, logPath string, resume *checkpoint) (st stats, cp *checkpoint, err error) {
-	bix, err := block.OpenIndexFile(filepath.Join(src, block.IndexFilename))
+	// The series are read in order: a small page cache serves them as well as a large one.
+	bix, err := block.OpenIndexFile(filepath.Join(src, block.IndexFilename), 4<<20)
 	if err != nil {
 		return st, nil, err
 	}
