@@ -455,10 +455,12 @@ func (r *Runner) rewriteJob(ctx context.Context, j *Job, childID ulid.ULID, log 
 	dst := filepath.Join(work, childID.String())
 	src := filepath.Join(work, j.Block.String())
 	logPath := filepath.Join(work, seriesLogName)
+	phase := time.Now()
 	if err := block.Download(ctx, r.bkt, j.Block, src); err != nil {
 		return stats{}, nil, dst, err
 	}
 	r.exitAt("download")
+	log.Debug("downloaded", "seconds", time.Since(phase).Seconds())
 	resume, err := r.loadCheckpoint(ctx, j, childID, dst, logPath)
 	if err != nil {
 		return stats{}, nil, dst, err
@@ -508,6 +510,7 @@ func (r *Runner) rewriteJob(ctx context.Context, j *Job, childID ulid.ULID, log 
 		return st, nil, dst, err
 	}
 	r.exitAt("rewrite")
+	log.Debug("rewritten", "seconds", time.Since(phase).Seconds())
 	meta, err := r.childMeta(j, childID, st, dst)
 	if err != nil {
 		return st, nil, dst, err
@@ -524,6 +527,7 @@ func (r *Runner) rewriteJob(ctx context.Context, j *Job, childID ulid.ULID, log 
 	if err != nil {
 		return st, nil, dst, errors.Wrap(err, "the new block does not open")
 	}
+	log.Debug("verified with Prometheus' block reader", "seconds", time.Since(phase).Seconds())
 	if err := pb.Close(); err != nil {
 		return st, nil, dst, err
 	}
