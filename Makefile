@@ -39,7 +39,7 @@ demo: build
 	@echo
 	@echo "Point Grafana's Prometheus data source at http://localhost:9095, or try:"
 	@echo "  curl -s 'http://localhost:9095/api/v1/label/token/values'          # the leaked token is gone"
-	@echo "  curl -s 'http://localhost:9095/api/v1/query?query=count(last_over_time(http_requests_total[1d]))'"
+	@echo "  curl -sG http://localhost:9095/api/v1/query --data-urlencode 'query=count(last_over_time(http_requests_total[1d]))'"
 	@echo "  bin/lethe --objstore.config-file=./data/demo-bucket.yml tombstone add --match '{user_id=\"7\"}'"
 	@echo "                                                                     # masked within 10s"
 	@echo
