@@ -129,6 +129,10 @@ func (p *Proxy) register(r *http.Request) (*tombstones.Tombstone, int, error) {
 // countMatches counts the series the selectors select in [mint, maxt], before any mask: the
 // question is whether there is stored data to delete.
 func (p *Proxy) countMatches(ctx context.Context, sels [][]*labels.Matcher, mint, maxt int64) (int, error) {
+	if up, ok := p.source.(*Upstream); ok {
+		// The upstream's series endpoint answers with labels only; remote read would send samples.
+		return up.countSeries(ctx, sels, mint, maxt)
+	}
 	empty, err := tombstones.NewIndex(nil, nil)
 	if err != nil {
 		return 0, err

@@ -421,3 +421,29 @@ func passThrough(ctx context.Context) url.Values {
 	}
 	return out
 }
+
+// countSeries asks the upstream's series endpoint how many series the selectors match in
+// [mint, maxt], with the upstream's own client configuration.
+func (u *Upstream) countSeries(ctx context.Context, sels [][]*labels.Matcher, mint, maxt int64) (int, error) {
+	params := url.Values{}
+	for _, sel := range sels {
+		params.Add("match[]", (&parser.VectorSelector{LabelMatchers: sel}).String())
+	}
+	params.Set("start", formatTime(max(mint, minAPITime)))
+	params.Set("end", formatTime(min(maxt, maxAPITime)))
+	data, _, err := u.apiGet(ctx, "/api/v1/series", params)
+	if err != nil {
+		return 0, err
+	}
+	var series []json.RawMessage
+	if err := json.Unmarshal(data, &series); err != nil {
+		return 0, errors.Wrap(err, "decode upstream series")
+	}
+	return len(series), nil
+}
+
+// The range of times Prometheus' API accepts: years 1 to 9999.
+const (
+	minAPITime = -62135596800000
+	maxAPITime = 253402300799000
+)
