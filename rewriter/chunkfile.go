@@ -22,7 +22,13 @@ import (
 type chunkFiles struct {
 	segs []*segment
 	pool chunkenc.Pool
+	// arena holds the bytes of the chunks read since the last reset: one series' chunks share it
+	// instead of each allocating.
+	arena []byte
 }
+
+// reset lets the arena be reused; the chunks read before must no longer be used.
+func (c *chunkFiles) reset() { c.arena = c.arena[:0] }
 
 type segment struct {
 	f   *os.File
@@ -82,7 +88,13 @@ func (c *chunkFiles) chunk(m chunks.Meta) (chunkenc.Chunk, error) {
 	if err != nil {
 		return nil, errors.Wrapf(err, "read chunk header in %s at %d", s.f.Name(), off)
 	}
-	body := make([]byte, chunks.ChunkEncodingSize+int(length)+crc32.Size)
+	n := chunks.ChunkEncodingSize + int(length) + crc32.Size
+	if cap(c.arena)-len(c.arena) < n {
+		// A new arena: chunks read earlier keep the old one.
+		c.arena = make([]byte, 0, max(n, 1<<20))
+	}
+	body := c.arena[len(c.arena) : len(c.arena)+n]
+	c.arena = c.arena[:len(c.arena)+n]
 	if _, err := io.ReadFull(s.r, body); err != nil {
 		return nil, errors.Wrapf(err, "read chunk in %s at %d", s.f.Name(), off)
 	}

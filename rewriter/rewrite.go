@@ -248,7 +248,12 @@ func (d *deleter) streamSeries(cr *chunkFiles, out *output, lset labels.Labels, 
 		st.samplesOut += uint64(metas[i].Chunk.NumSamples())
 	}
 	st.seriesOut++
-	return out.logSeries(lset, metas)
+	if err := out.logSeries(lset, metas); err != nil {
+		return err
+	}
+	// The series' chunks are written: their bytes in the read arena can be reused.
+	cr.reset()
+	return nil
 }
 
 // writeIndex writes the new index: the source's symbols but the removable ones, then the series
