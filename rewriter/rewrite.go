@@ -2,6 +2,7 @@ package rewriter
 
 import (
 	"context"
+	stderrors "errors"
 	"log/slog"
 	"path/filepath"
 	"time"
@@ -153,10 +154,35 @@ func (d *deleter) rewrite(ctx context.Context, src, dst, logPath string, resume 
 		return st, nil, err
 	}
 
-	// Pass 2: stream the series into the output.
+	removable, err := removableSymbols(ctx, ir, dropped)
+	if err != nil {
+		return st, nil, err
+	}
+
+	// Pass 2: stream the series into the output. A run that cannot stop before the end of the
+	// block (no time budget, no checkpoint to go on from) writes the index as it goes; otherwise
+	// the series go to the log, which a checkpoint can carry to a later run, and the index is
+	// written from it at the end. Both write the same bytes.
 	out, err := openOutput(filepath.Join(dst, block.ChunksDirname), logPath, resume)
 	if err != nil {
 		return st, nil, err
+	}
+	sink := out.logSeries
+	var iw *index.Writer
+	if resume == nil && d.limits.Deadline.IsZero() {
+		if iw, err = startIndex(ctx, ir, removable, filepath.Join(dst, block.IndexFilename)); err != nil {
+			return st, nil, err
+		}
+		defer func() {
+			if iw != nil {
+				_ = iw.Close()
+			}
+		}()
+		var ref storage.SeriesRef
+		sink = func(lset labels.Labels, metas []chunks.Meta) error {
+			ref++
+			return errors.Wrap(iw.AddSeries(ref, lset, metas...), "add series")
+		}
 	}
 	defer func() {
 		if out != nil {
@@ -194,7 +220,7 @@ func (d *deleter) rewrite(ctx context.Context, src, dst, logPath string, resume 
 		}
 		st.seriesIn++
 		if _, gone := dropped[all.At()]; !gone {
-			if err := d.streamSeries(cr, out, builder.Labels(), chks, &ivs, &st); err != nil {
+			if err := d.streamSeries(cr, out, sink, builder.Labels(), chks, &ivs, &st); err != nil {
 				return st, nil, err
 			}
 		} else {
@@ -223,15 +249,16 @@ func (d *deleter) rewrite(ctx context.Context, src, dst, logPath string, resume 
 	if err != nil {
 		return st, nil, errors.Wrap(err, "close output")
 	}
-	removable, err := removableSymbols(ctx, ir, dropped)
-	if err != nil {
-		return st, nil, err
+	if iw != nil {
+		err = iw.Close()
+		iw = nil
+		return st, nil, errors.Wrap(err, "close index writer")
 	}
 	return st, nil, writeIndex(ctx, ir, removable, logPath, filepath.Join(dst, block.IndexFilename))
 }
 
-// streamSeries writes one series' remaining chunks and logs it.
-func (d *deleter) streamSeries(cr *chunkFiles, out *output, lset labels.Labels, chks []chunks.Meta, ivs *tombstones.Intervals, st *stats) error {
+// streamSeries writes one series' remaining chunks and hands the series to sink.
+func (d *deleter) streamSeries(cr *chunkFiles, out *output, sink func(labels.Labels, []chunks.Meta) error, lset labels.Labels, chks []chunks.Meta, ivs *tombstones.Intervals, st *stats) error {
 	*ivs = d.ix.Intervals(lset, d.ext, (*ivs)[:0])
 	metas, err := d.rewriteChunks(cr, chks, *ivs, st)
 	if err != nil {
@@ -248,7 +275,7 @@ func (d *deleter) streamSeries(cr *chunkFiles, out *output, lset labels.Labels, 
 		st.samplesOut += uint64(metas[i].Chunk.NumSamples())
 	}
 	st.seriesOut++
-	if err := out.logSeries(lset, metas); err != nil {
+	if err := sink(lset, metas); err != nil {
 		return err
 	}
 	// The series' chunks are written: their bytes in the read arena can be reused.
@@ -256,30 +283,38 @@ func (d *deleter) streamSeries(cr *chunkFiles, out *output, lset labels.Labels, 
 	return nil
 }
 
-// writeIndex writes the new index: the source's symbols but the removable ones, then the series
-// from the log, in the source's (sorted) order.
-func writeIndex(ctx context.Context, ir *index.Reader, removable map[string]struct{}, logPath, dst string) (err error) {
+// startIndex creates the new index and writes its symbols: the source's but the removable ones.
+func startIndex(ctx context.Context, ir *index.Reader, removable map[string]struct{}, dst string) (*index.Writer, error) {
 	iw, err := index.NewWriter(ctx, dst)
 	if err != nil {
-		return errors.Wrap(err, "create index writer")
+		return nil, errors.Wrap(err, "create index writer")
 	}
-	defer func() {
-		if iw != nil {
-			_ = iw.Close()
-		}
-	}()
 	syms := ir.Symbols()
 	for syms.Next() {
 		if _, ok := removable[syms.At()]; ok {
 			continue
 		}
 		if err := iw.AddSymbol(syms.At()); err != nil {
-			return errors.Wrap(err, "add symbol")
+			return nil, stderrors.Join(errors.Wrap(err, "add symbol"), iw.Close())
 		}
 	}
 	if err := syms.Err(); err != nil {
-		return errors.Wrap(err, "read symbols")
+		return nil, stderrors.Join(errors.Wrap(err, "read symbols"), iw.Close())
 	}
+	return iw, nil
+}
+
+// writeIndex writes the new index from the series log, in the source's (sorted) order.
+func writeIndex(ctx context.Context, ir *index.Reader, removable map[string]struct{}, logPath, dst string) (err error) {
+	iw, err := startIndex(ctx, ir, removable, dst)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if iw != nil {
+			_ = iw.Close()
+		}
+	}()
 	var ref storage.SeriesRef
 	if err := replaySeries(logPath, func(lset labels.Labels, metas []chunks.Meta) error {
 		ref++
