@@ -728,31 +728,5 @@ func rbenchDiff(want, got map[string]rbenchDigest) string {
 		len(missing), clip(missing), len(extra), clip(extra), len(differ), clip(differ))
 }
 
-// rbenchThanosPath finds the thanos binary: $LETHE_THANOS, else `tools/build.sh thanos`. It fails
-// the benchmark, never skips.
-func rbenchThanosPath(b *testing.B) string {
-	b.Helper()
-	if p := os.Getenv("LETHE_THANOS"); p != "" {
-		if err := checkExecutable(p); err != nil {
-			b.Fatalf("LETHE_THANOS: %v", err)
-		}
-		return p
-	}
-	root, err := repoRoot()
-	if err != nil {
-		b.Fatal(err)
-	}
-	cmd := exec.Command(filepath.Join(root, "tools", "build.sh"), "thanos")
-	cmd.Dir = root
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		b.Fatalf("no thanos binary (set LETHE_THANOS or make `tools/build.sh thanos` work): %v\n%s", err, stderr.String())
-	}
-	lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
-	p := strings.TrimSpace(lines[len(lines)-1])
-	if err := checkExecutable(p); err != nil {
-		b.Fatalf("tools/build.sh thanos: %v", err)
-	}
-	return p
-}
+// rbenchThanosPath returns the pinned Thanos binary (toolPath).
+func rbenchThanosPath(b *testing.B) string { return toolPath(b, "thanos", "LETHE_THANOS") }

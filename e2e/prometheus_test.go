@@ -56,29 +56,51 @@ type prometheusOptions struct {
 	ExternalLabels map[string]string
 }
 
-var prometheusBinary struct {
+// prometheusPath returns the Prometheus binary: $LETHE_PROMETHEUS if set, else the one
+// tools/build.sh builds (or has cached). It fails the test, never skips: CI must run these.
+func prometheusPath(t testing.TB) string { return toolPath(t, "prometheus", "LETHE_PROMETHEUS") }
+
+func findPrometheus() (string, error) { return findTool("prometheus", "LETHE_PROMETHEUS") }
+
+// tools caches, per tool, where findTool found it.
+var tools struct {
+	mu    sync.Mutex
+	found map[string]*toolResult
+}
+
+type toolResult struct {
 	once sync.Once
 	path string
 	err  error
 }
 
-// prometheusPath returns the Prometheus binary: $LETHE_PROMETHEUS if set, else the one
-// tools/build.sh builds (or has cached). It fails the test, never skips: CI must run these.
-func prometheusPath(t *testing.T) string {
+// toolPath returns a pinned third-party binary (prometheus, promtool, thanos) the tests run, found
+// once per test binary by findTool. It fails the test, never skips: CI must run these tests.
+func toolPath(t testing.TB, name, env string) string {
 	t.Helper()
-	prometheusBinary.once.Do(func() {
-		prometheusBinary.path, prometheusBinary.err = findPrometheus()
-	})
-	if prometheusBinary.err != nil {
-		t.Fatalf("no prometheus binary for the end-to-end tests (set LETHE_PROMETHEUS or make `tools/build.sh prometheus` work): %v", prometheusBinary.err)
+	tools.mu.Lock()
+	if tools.found == nil {
+		tools.found = map[string]*toolResult{}
 	}
-	return prometheusBinary.path
+	r := tools.found[name]
+	if r == nil {
+		r = &toolResult{}
+		tools.found[name] = r
+	}
+	tools.mu.Unlock()
+	r.once.Do(func() { r.path, r.err = findTool(name, env) })
+	if r.err != nil {
+		t.Fatalf("no %s binary for the end-to-end tests (set %s or make `tools/build.sh %s` work): %v", name, env, name, r.err)
+	}
+	return r.path
 }
 
-func findPrometheus() (string, error) {
-	if p := os.Getenv("LETHE_PROMETHEUS"); p != "" {
+// findTool returns $env if set, else the path `tools/build.sh name` prints after building the
+// pinned version.
+func findTool(name, env string) (string, error) {
+	if p := os.Getenv(env); p != "" {
 		if err := checkExecutable(p); err != nil {
-			return "", fmt.Errorf("LETHE_PROMETHEUS=%s: %w", p, err)
+			return "", fmt.Errorf("%s=%s: %w", env, p, err)
 		}
 		return p, nil
 	}
@@ -86,22 +108,22 @@ func findPrometheus() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, filepath.Join(root, "tools", "build.sh"), "prometheus")
+	cmd := exec.CommandContext(ctx, filepath.Join(root, "tools", "build.sh"), name)
 	cmd.Dir = root
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
-		return "", fmt.Errorf("%s/tools/build.sh prometheus: %v\nstderr:\n%s", root, err, stderr.String())
+		return "", fmt.Errorf("%s/tools/build.sh %s: %v\nstderr:\n%s", root, name, err, stderr.String())
 	}
 	lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
 	p := strings.TrimSpace(lines[len(lines)-1])
 	if p == "" {
-		return "", fmt.Errorf("tools/build.sh prometheus printed no path; stderr:\n%s", stderr.String())
+		return "", fmt.Errorf("tools/build.sh %s printed no path; stderr:\n%s", name, stderr.String())
 	}
 	if err := checkExecutable(p); err != nil {
-		return "", fmt.Errorf("tools/build.sh prometheus printed %q: %w", p, err)
+		return "", fmt.Errorf("tools/build.sh %s printed %q: %w", name, p, err)
 	}
 	return p, nil
 }

@@ -4,11 +4,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,31 +20,8 @@ import (
 	"github.com/lethe-project/lethe/tombstones"
 )
 
-var promtool struct {
-	once sync.Once
-	path string
-	err  error
-}
-
-// promtoolPath returns LETHE_PROMTOOL, or builds promtool with tools/build.sh.
-func promtoolPath(t *testing.T) string {
-	t.Helper()
-	promtool.once.Do(func() {
-		if p := os.Getenv("LETHE_PROMTOOL"); p != "" {
-			promtool.path = p
-			return
-		}
-		root, err := repoRoot()
-		if err != nil {
-			promtool.err = err
-			return
-		}
-		out, err := exec.Command(filepath.Join(root, "tools", "build.sh"), "promtool").Output()
-		promtool.path, promtool.err = strings.TrimSpace(string(out)), err
-	})
-	testutil.Ok(t, promtool.err, "no promtool for the end-to-end tests (set LETHE_PROMTOOL or make `tools/build.sh promtool` work)")
-	return promtool.path
-}
+// promtoolPath returns the pinned promtool binary (toolPath).
+func promtoolPath(t *testing.T) string { return toolPath(t, "promtool", "LETHE_PROMTOOL") }
 
 // TestPromtoolReadsRewrittenBlocks: promtool's analysis of a rewritten block runs clean and counts
 // what the rewriter left.

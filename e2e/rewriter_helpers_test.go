@@ -19,7 +19,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -530,45 +529,8 @@ func rwObjectsContaining(t *testing.T, b cliBucket, l *block.Listing, secret str
 	return hits, scanned
 }
 
-var rwThanosBinary struct {
-	once sync.Once
-	path string
-	err  error
-}
-
-// rwThanosPath finds the Thanos binary as prometheusPath finds Prometheus: $LETHE_THANOS, else
-// `tools/build.sh thanos`. It fails the test, never skips.
-func rwThanosPath(t *testing.T) string {
-	t.Helper()
-	rwThanosBinary.once.Do(func() {
-		if p := os.Getenv("LETHE_THANOS"); p != "" {
-			rwThanosBinary.path, rwThanosBinary.err = p, checkExecutable(p)
-			return
-		}
-		root, err := repoRoot()
-		if err != nil {
-			rwThanosBinary.err = err
-			return
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, filepath.Join(root, "tools", "build.sh"), "thanos")
-		cmd.Dir = root
-		var stdout, stderr bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &stdout, &stderr
-		if err := cmd.Run(); err != nil {
-			rwThanosBinary.err = fmt.Errorf("tools/build.sh thanos: %v\n%s", err, stderr.String())
-			return
-		}
-		lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
-		rwThanosBinary.path = strings.TrimSpace(lines[len(lines)-1])
-		rwThanosBinary.err = checkExecutable(rwThanosBinary.path)
-	})
-	if rwThanosBinary.err != nil {
-		t.Fatalf("no thanos binary (set LETHE_THANOS or make `tools/build.sh thanos` work): %v", rwThanosBinary.err)
-	}
-	return rwThanosBinary.path
-}
+// rwThanosPath returns the pinned Thanos binary (toolPath).
+func rwThanosPath(t *testing.T) string { return toolPath(t, "thanos", "LETHE_THANOS") }
 
 // rwRunThanos runs the thanos binary and returns its output.
 func rwRunThanos(t *testing.T, args ...string) result {

@@ -21,7 +21,6 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -48,45 +47,8 @@ const (
 	thxHour           = int64(3_600_000)
 )
 
-var thxThanosBinary struct {
-	once sync.Once
-	path string
-	err  error
-}
-
-// thxThanosPath returns the thanos binary: $LETHE_THANOS, else what `tools/build.sh thanos`
-// prints. It fails the test, never skips.
-func thxThanosPath(t *testing.T) string {
-	t.Helper()
-	thxThanosBinary.once.Do(func() {
-		if p := os.Getenv("LETHE_THANOS"); p != "" {
-			thxThanosBinary.path, thxThanosBinary.err = p, checkExecutable(p)
-			return
-		}
-		root, err := repoRoot()
-		if err != nil {
-			thxThanosBinary.err = err
-			return
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, filepath.Join(root, "tools", "build.sh"), "thanos")
-		cmd.Dir = root
-		var stdout, stderr bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &stdout, &stderr
-		if err := cmd.Run(); err != nil {
-			thxThanosBinary.err = fmt.Errorf("tools/build.sh thanos: %v\n%s", err, stderr.String())
-			return
-		}
-		lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
-		thxThanosBinary.path = strings.TrimSpace(lines[len(lines)-1])
-		thxThanosBinary.err = checkExecutable(thxThanosBinary.path)
-	})
-	if thxThanosBinary.err != nil {
-		t.Fatalf("no thanos binary (set LETHE_THANOS or make `tools/build.sh thanos` work): %v", thxThanosBinary.err)
-	}
-	return thxThanosBinary.path
-}
+// thxThanosPath returns the pinned Thanos binary (toolPath).
+func thxThanosPath(t *testing.T) string { return toolPath(t, "thanos", "LETHE_THANOS") }
 
 // thxExec runs a command to completion, bounded by thxCommandTimeout; a command that outlives it
 // fails the test (a halted compactor would).
