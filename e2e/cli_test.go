@@ -84,13 +84,25 @@ func (b cliBucket) run(t *testing.T, args ...string) result {
 
 func runLethe(t *testing.T, args ...string) result {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	return runBinary(t, binaries.lethe, time.Minute, []string{"USER=tester"}, args...)
+}
+
+// runBinary runs a binary (lethe's or a third party's) in a fresh directory, with env added to
+// the environment, and returns its output and exit code; one that outlives timeout fails the test.
+func runBinary(t *testing.T, bin string, timeout time.Duration, env []string, args ...string) result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, binaries.lethe, args...)
-	cmd.Env = append(os.Environ(), "USER=tester")
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Dir = t.TempDir()
+	cmd.Env = append(os.Environ(), env...)
+	cmd.WaitDelay = 5 * time.Second
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
+	if ctx.Err() != nil {
+		t.Fatalf("%s %s did not finish within %v; stderr:\n%s", filepath.Base(bin), strings.ReplaceAll(strings.Join(args, " "), "\n", " "), timeout, stderr.String())
+	}
 	code := 0
 	if ee, ok := err.(*exec.ExitError); ok {
 		code = ee.ExitCode()

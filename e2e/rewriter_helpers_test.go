@@ -13,7 +13,6 @@ import (
 	"log/slog"
 	"math"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -118,19 +117,7 @@ func (b cliBucket) rewriter(t *testing.T, sub string, args ...string) result {
 
 func rwRunRewriter(t *testing.T, args ...string) result {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, binaries.rewriter, args...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else {
-		testutil.Ok(t, err)
-	}
-	return result{stdout: stdout.String(), stderr: stderr.String(), code: code}
+	return runBinary(t, binaries.rewriter, 2*time.Minute, nil, args...)
 }
 
 // rwPlan is `lethe-rewriter plan --output json`.
@@ -295,19 +282,34 @@ func rwReadState(t *testing.T, b cliBucket) rwState {
 
 // rwDiffSamples describes how got differs from want, or returns "".
 func rwDiffSamples(want, got rwSamples) string {
-	var missing, extra, changed int
+	flat := func(s rwSamples) map[string]map[int64]string {
+		out := make(map[string]map[int64]string, len(s))
+		for k, se := range s {
+			out[k] = se.samples
+		}
+		return out
+	}
+	return diffSamples(flat(want), flat(got), func(t int64) string { return fmt.Sprint(t) })
+}
+
+// diffSamples describes how got differs from want (series key -> timestamp -> value): counts of
+// missing, extra and changed samples with up to eight examples, or "" when they are equal.
+func diffSamples[V comparable](want, got map[string]map[int64]V, stamp func(int64) string) string {
+	var missing, extra, changed, nWant, nGot int
 	var ex []string
-	note := func(s string) {
+	note := func(f string, a ...any) {
 		if len(ex) < 8 {
-			ex = append(ex, s)
+			ex = append(ex, fmt.Sprintf(f, a...))
 		}
 	}
 	keys := map[string]bool{}
-	for k := range want {
+	for k, w := range want {
 		keys[k] = true
+		nWant += len(w)
 	}
-	for k := range got {
+	for k, g := range got {
 		keys[k] = true
+		nGot += len(g)
 	}
 	sorted := make([]string, 0, len(keys))
 	for k := range keys {
@@ -315,13 +317,7 @@ func rwDiffSamples(want, got rwSamples) string {
 	}
 	sort.Strings(sorted)
 	for _, k := range sorted {
-		w, g := map[int64]string{}, map[int64]string{}
-		if want[k] != nil {
-			w = want[k].samples
-		}
-		if got[k] != nil {
-			g = got[k].samples
-		}
+		w, g := want[k], got[k]
 		var ts []int64
 		for t := range w {
 			ts = append(ts, t)
@@ -338,13 +334,13 @@ func rwDiffSamples(want, got rwSamples) string {
 			switch {
 			case wok && !gok:
 				missing++
-				note(fmt.Sprintf("missing %s @%d", k, t))
+				note("missing %s @%s", k, stamp(t))
 			case !wok && gok:
 				extra++
-				note(fmt.Sprintf("extra %s @%d", k, t))
+				note("extra %s @%s", k, stamp(t))
 			case wv != gv:
 				changed++
-				note(fmt.Sprintf("changed %s @%d: want %s got %s", k, t, wv, gv))
+				note("changed %s @%s: want %v got %v", k, stamp(t), wv, gv)
 			}
 		}
 	}
@@ -352,7 +348,7 @@ func rwDiffSamples(want, got rwSamples) string {
 		return ""
 	}
 	return fmt.Sprintf("%d samples missing, %d extra, %d changed (of %d wanted, %d got); e.g.\n  %s",
-		missing, extra, changed, want.count(), got.count(), strings.Join(ex, "\n  "))
+		missing, extra, changed, nWant, nGot, strings.Join(ex, "\n  "))
 }
 
 // rwExpectedAfter returns the samples of all that survive the deletions: a sample is deleted when
@@ -535,18 +531,5 @@ func rwThanosPath(t *testing.T) string { return toolPath(t, "thanos", "LETHE_THA
 // rwRunThanos runs the thanos binary and returns its output.
 func rwRunThanos(t *testing.T, args ...string) result {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, rwThanosPath(t), args...)
-	cmd.Dir = t.TempDir()
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else {
-		testutil.Ok(t, err)
-	}
-	return result{stdout: stdout.String(), stderr: stderr.String(), code: code}
+	return runBinary(t, rwThanosPath(t), 2*time.Minute, nil, args...)
 }

@@ -16,7 +16,6 @@ import (
 	"math"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -54,24 +53,7 @@ func thxThanosPath(t *testing.T) string { return toolPath(t, "thanos", "LETHE_TH
 // fails the test (a halted compactor would).
 func thxExec(t *testing.T, bin string, args ...string) result {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), thxCommandTimeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, args...)
-	cmd.Dir = t.TempDir()
-	cmd.WaitDelay = 5 * time.Second
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	if ctx.Err() != nil {
-		t.Fatalf("%s %s did not finish within %v; stderr:\n%s", filepath.Base(bin), strings.Join(thxRedactArgs(args), " "), thxCommandTimeout, thxTail(stderr.String()))
-	}
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else {
-		testutil.Ok(t, err)
-	}
-	return result{stdout: stdout.String(), stderr: stderr.String(), code: code}
+	return runBinary(t, bin, thxCommandTimeout, nil, args...)
 }
 
 func thxRedactArgs(args []string) []string {
@@ -388,60 +370,7 @@ func thxExpected(t *testing.T, all thxSamples, dels []thxDeletion, ext map[strin
 }
 
 // thxDiff describes how got differs from want, or returns "".
-func thxDiff(want, got thxSamples) string {
-	var missing, extra, changed int
-	var ex []string
-	note := func(f string, a ...any) {
-		if len(ex) < 8 {
-			ex = append(ex, fmt.Sprintf(f, a...))
-		}
-	}
-	keys := map[string]bool{}
-	for k := range want {
-		keys[k] = true
-	}
-	for k := range got {
-		keys[k] = true
-	}
-	sorted := make([]string, 0, len(keys))
-	for k := range keys {
-		sorted = append(sorted, k)
-	}
-	sort.Strings(sorted)
-	for _, k := range sorted {
-		w, g := want[k], got[k]
-		var ts []int64
-		for x := range w {
-			ts = append(ts, x)
-		}
-		for x := range g {
-			if _, ok := w[x]; !ok {
-				ts = append(ts, x)
-			}
-		}
-		slices.Sort(ts)
-		for _, x := range ts {
-			wv, wok := w[x]
-			gv, gok := g[x]
-			switch {
-			case wok && !gok:
-				missing++
-				note("missing %s @%s", k, thxTime(x))
-			case !wok && gok:
-				extra++
-				note("extra %s @%s", k, thxTime(x))
-			case wv != gv:
-				changed++
-				note("changed %s @%s", k, thxTime(x))
-			}
-		}
-	}
-	if missing+extra+changed == 0 {
-		return ""
-	}
-	return fmt.Sprintf("%d samples missing, %d extra, %d changed (of %d wanted, %d got); e.g.\n  %s",
-		missing, extra, changed, want.count(), got.count(), strings.Join(ex, "\n  "))
-}
+func thxDiff(want, got thxSamples) string { return diffSamples(want, got, thxTime) }
 
 func thxTime(ms int64) string { return time.UnixMilli(ms).UTC().Format("2006-01-02T15:04:05.000Z") }
 
