@@ -29,6 +29,8 @@ import (
 	"github.com/prometheus/prometheus/tsdb/chunks"
 	"github.com/prometheus/prometheus/util/annotations"
 	"go.yaml.in/yaml/v2"
+
+	"github.com/lethe-project/lethe/tombstones"
 )
 
 // Read modes of an upstream.
@@ -429,8 +431,8 @@ func (u *Upstream) countSeries(ctx context.Context, sels [][]*labels.Matcher, mi
 	for _, sel := range sels {
 		params.Add("match[]", (&parser.VectorSelector{LabelMatchers: sel}).String())
 	}
-	params.Set("start", formatTime(max(mint, minAPITime)))
-	params.Set("end", formatTime(min(maxt, maxAPITime)))
+	params.Set("start", formatTime(tombstones.APITime(mint).UnixMilli()))
+	params.Set("end", formatTime(tombstones.APITime(maxt).UnixMilli()))
 	data, _, err := u.apiGet(ctx, "/api/v1/series", params)
 	if err != nil {
 		return 0, err
@@ -441,9 +443,3 @@ func (u *Upstream) countSeries(ctx context.Context, sels [][]*labels.Matcher, mi
 	}
 	return len(series), nil
 }
-
-// The range of times Prometheus' API accepts: years 1 to 9999.
-const (
-	minAPITime = -62135596800000
-	maxAPITime = 253402300799000
-)

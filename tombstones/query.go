@@ -21,7 +21,7 @@ func CountSeriesByQuery(ctx context.Context, url string, selectors [][]*labels.M
 	for _, sel := range selectors {
 		matches = append(matches, selectorString(sel))
 	}
-	start, end := queryTime(mint), queryTime(maxt)
+	start, end := APITime(mint), APITime(maxt)
 	series, _, _, err := v1.NewAPI(client).Series(ctx, matches, start, end)
 	if err != nil {
 		return 0, errors.Wrapf(err, "count series through %s", url)
@@ -29,8 +29,9 @@ func CountSeriesByQuery(ctx context.Context, url string, selectors [][]*labels.M
 	return len(series), nil
 }
 
-// queryTime clamps open ends to what Prometheus' API accepts.
-func queryTime(ms int64) time.Time {
+// APITime is a tombstone's time as Prometheus' HTTP API accepts it: open ends (the beginning of
+// time, far futures) are clamped to the years 1 and 9999.
+func APITime(ms int64) time.Time {
 	const lo, hi = -62135596800000, 253402300799000 // Years 1 and 9999.
 	return time.UnixMilli(min(max(ms, lo), hi)).UTC()
 }
