@@ -119,3 +119,19 @@ func ReadMeta(ctx context.Context, bkt objstore.BucketReader, id ulid.ULID) (_ *
 	}
 	return m, nil
 }
+
+// SplitExternal decides the matchers on a block's external labels, which are labels of each of
+// its series and override series labels of the same name (as in Thanos), and returns the others,
+// for the block's postings; ok is false if the external labels rule the block out.
+func SplitExternal(ms []*labels.Matcher, ext labels.Labels) (rest []*labels.Matcher, ok bool) {
+	for _, m := range ms {
+		if ext.Has(m.Name) {
+			if !m.Matches(ext.Get(m.Name)) {
+				return nil, false
+			}
+			continue
+		}
+		rest = append(rest, m)
+	}
+	return rest, true
+}

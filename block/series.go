@@ -33,20 +33,10 @@ func CountSeries(ctx context.Context, bkt objstore.BucketReader, meta *Meta, sel
 	c = Count{Meta: meta, Total: meta.Stats.NumSeries}
 	ext := meta.ExternalLabels()
 
-	var posting []*labels.Matcher
 	var lists [][]*labels.Matcher
 	for _, sel := range selectors {
-		posting = posting[:0]
-		ok := true
-		for _, m := range sel {
-			if ext.Has(m.Name) {
-				ok = ok && m.Matches(ext.Get(m.Name))
-				continue
-			}
-			posting = append(posting, m)
-		}
-		if ok {
-			lists = append(lists, append([]*labels.Matcher(nil), posting...))
+		if rest, ok := SplitExternal(sel, ext); ok {
+			lists = append(lists, rest)
 		}
 	}
 	if len(lists) == 0 || !meta.Overlaps(mint, maxt) {

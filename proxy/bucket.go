@@ -182,14 +182,8 @@ type extQuerier struct {
 // split decides the matchers on external labels and returns the others; ok is false if the
 // external labels rule the block out.
 func (q *extQuerier) split(ms []*labels.Matcher) (rest []*labels.Matcher, ok bool) {
-	for _, m := range ms {
-		if q.ext.Has(m.Name) {
-			if !m.Matches(q.ext.Get(m.Name)) {
-				return nil, false
-			}
-			continue
-		}
-		rest = append(rest, m)
+	if rest, ok = block.SplitExternal(ms, q.ext); !ok {
+		return nil, false
 	}
 	if len(rest) == 0 && len(ms) > 0 {
 		// Only external-label matchers: every series of the block.
