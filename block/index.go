@@ -249,3 +249,7 @@ func newReader(src *rangedIndex) (r *index.Reader, err error) {
 	}()
 	return index.NewReader(src, index.DecodePostingsRaw)
 }
+
+// Bytes returns the index's bytes as the reader reads them, for decoding its sections directly.
+// Check Err after using them.
+func (ix *Index) Bytes() index.ByteSlice { return ix.src }

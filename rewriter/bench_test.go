@@ -40,7 +40,7 @@ func BenchmarkDeleter(b *testing.B) {
 		work := b.TempDir()
 		d := &deleter{logger: slog.New(slog.DiscardHandler), limits: Limits{BatchSeries: 1000}, ix: ix, applied: applied,
 			ext: meta.ExternalLabels(), progress: func(int, int64) {}}
-		st, _, err := d.rewrite(context.Background(), src, filepath.Join(work, "out"), filepath.Join(work, seriesLogName), nil)
+		st, _, err := d.rewrite(context.Background(), src, filepath.Join(work, "out"), nil)
 		testutil.Ok(b, err)
 		if st.seriesOut != 9_500 {
 			b.Fatalf("series out %d", st.seriesOut)

@@ -3,16 +3,13 @@ package rewriter
 import (
 	"bufio"
 	"encoding/binary"
-	stderrors "errors"
 	"fmt"
 	"hash/crc32"
 	"io"
 	"os"
 	"path/filepath"
-	"unsafe"
 
 	"github.com/efficientgo/core/errors"
-	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/tsdb/chunkenc"
 	"github.com/prometheus/prometheus/tsdb/chunks"
 )
@@ -25,8 +22,7 @@ const segmentBuffer = 1 << 20
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
-// output writes a new block's chunk segments, in Prometheus' format, and a log of its series (labels
-// and chunk references) from which the index is written at the end. Its layout depends only on
+// output writes a new block's chunk segments, in Prometheus' format. Its layout depends only on
 // the chunks written, never on where a run was interrupted: a job resumed from a checkpoint
 // writes the same bytes as one that ran through, so two workers on one job upload identical
 // objects.
@@ -36,9 +32,6 @@ type output struct {
 	segW      *bufio.Writer
 	segSeq    int // 0-based; the file is named seq+1.
 	segSize   int64
-	log       *os.File
-	logSize   int64
-	logW      *bufio.Writer
 	buf       []byte
 	segments  []segmentState
 }
@@ -49,33 +42,20 @@ type segmentState struct {
 	Size int64  `json:"size"`
 }
 
-// seriesLogName is the series log's name in the work directory and in a checkpoint.
-const seriesLogName = "series.log"
-
-// openOutput starts the output (chunk segments in chunksDir, the series log at logPath), or
-// continues the one a checkpoint left there: the files are cut back to the checkpointed sizes and
-// appended to.
-func openOutput(chunksDir, logPath string, resume *checkpoint) (*output, error) {
+// openOutput starts the chunk segments in chunksDir, or continues those a checkpoint left there:
+// the last one is cut back to its checkpointed size and appended to.
+func openOutput(chunksDir string, resume *checkpoint) (*output, error) {
 	o := &output{chunksDir: chunksDir}
 	if err := os.MkdirAll(chunksDir, 0o755); err != nil {
 		return nil, err
 	}
-	var err error
 	if resume == nil {
-		if o.log, err = os.Create(logPath); err != nil {
-			return nil, err
-		}
-		o.logW = bufio.NewWriterSize(o.log, 1<<16)
 		return o, nil
 	}
-	if o.log, err = truncated(logPath, resume.LogSize); err != nil {
-		return nil, err
-	}
-	o.logSize = resume.LogSize
-	o.logW = bufio.NewWriterSize(o.log, 1<<16)
 	o.segments = append(o.segments, resume.Segments...)
 	if n := len(o.segments); n > 0 {
 		last := o.segments[n-1]
+		var err error
 		if o.seg, err = truncated(filepath.Join(chunksDir, last.Name), last.Size); err != nil {
 			return nil, err
 		}
@@ -150,35 +130,8 @@ func (o *output) writeChunk(c chunkenc.Chunk) (chunks.ChunkRef, error) {
 	return ref, nil
 }
 
-// logSeries records a series and its chunks for the index.
-func (o *output) logSeries(lset labels.Labels, metas []chunks.Meta) error {
-	b := binary.AppendUvarint(o.buf[:0], uint64(lset.Len()))
-	lset.Range(func(l labels.Label) {
-		b = binary.AppendUvarint(b, uint64(len(l.Name)))
-		b = append(b, l.Name...)
-		b = binary.AppendUvarint(b, uint64(len(l.Value)))
-		b = append(b, l.Value...)
-	})
-	b = binary.AppendUvarint(b, uint64(len(metas)))
-	for _, m := range metas {
-		b = binary.AppendUvarint(b, uint64(m.Ref))
-		b = binary.AppendVarint(b, m.MinTime)
-		b = binary.AppendVarint(b, m.MaxTime)
-	}
-	o.buf = b
-	n, err := o.logW.Write(b)
-	o.logSize += int64(n)
-	return errors.Wrap(err, "write series log")
-}
-
 // sync flushes everything to disk, for a checkpoint or the end.
 func (o *output) sync() error {
-	if err := o.logW.Flush(); err != nil {
-		return err
-	}
-	if err := o.log.Sync(); err != nil {
-		return err
-	}
 	if o.seg != nil {
 		if err := o.segW.Flush(); err != nil {
 			return err
@@ -190,96 +143,10 @@ func (o *output) sync() error {
 
 func (o *output) close() error {
 	err := o.sync()
-	if cerr := o.log.Close(); err == nil {
-		err = cerr
-	}
 	if o.seg != nil {
 		if cerr := o.seg.Close(); err == nil {
 			err = cerr
 		}
 	}
 	return err
-}
-
-// replaySeries reads the series log back, in the order it was written.
-func replaySeries(path string, fn func(lset labels.Labels, metas []chunks.Meta) error) (err error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-	}()
-	r := bufio.NewReaderSize(f, 1<<16)
-	var (
-		b     labels.ScratchBuilder
-		metas []chunks.Meta
-		buf   []byte
-	)
-	// Names and values are read into one buffer and handed to the builder unsafely: Labels()
-	// copies them before the buffer is reused.
-	readBytes := func(from int) (int, error) {
-		n, err := binary.ReadUvarint(r)
-		if err != nil {
-			return 0, err
-		}
-		if cap(buf) < from+int(n) {
-			buf = append(buf[:from], make([]byte, int(n))...)
-		}
-		buf = buf[:from+int(n)]
-		_, err = io.ReadFull(r, buf[from:])
-		return from + int(n), err
-	}
-	var spans [][2]int
-	for {
-		n, err := binary.ReadUvarint(r)
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
-			return errors.Wrap(err, "read series log")
-		}
-		b.Reset()
-		buf, spans = buf[:0], spans[:0]
-		end := 0
-		for i := uint64(0); i < 2*n; i++ {
-			next, err := readBytes(end)
-			if err != nil {
-				return errors.Wrap(err, "read series log")
-			}
-			spans = append(spans, [2]int{end, next})
-			end = next
-		}
-		for i := 0; i < len(spans); i += 2 {
-			b.Add(unsafeString(buf, spans[i]), unsafeString(buf, spans[i+1]))
-		}
-		nc, err := binary.ReadUvarint(r)
-		if err != nil {
-			return errors.Wrap(err, "read series log")
-		}
-		metas = metas[:0]
-		for i := uint64(0); i < nc; i++ {
-			ref, err1 := binary.ReadUvarint(r)
-			mint, err2 := binary.ReadVarint(r)
-			maxt, err3 := binary.ReadVarint(r)
-			if err := stderrors.Join(err1, err2, err3); err != nil {
-				return errors.Wrap(err, "read series log")
-			}
-			metas = append(metas, chunks.Meta{Ref: chunks.ChunkRef(ref), MinTime: mint, MaxTime: maxt})
-		}
-		if err := fn(b.Labels(), metas); err != nil {
-			return err
-		}
-	}
-}
-
-// unsafeString views buf[span[0]:span[1]] as a string without copying; the builder copies it in
-// Labels(), before buf changes.
-func unsafeString(buf []byte, span [2]int) string {
-	if span[0] == span[1] {
-		return ""
-	}
-	return unsafe.String(&buf[span[0]], span[1]-span[0])
 }

@@ -5,6 +5,7 @@ import (
 	stderrors "errors"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/efficientgo/core/errcapture"
@@ -97,14 +98,20 @@ type deleter struct {
 // streamed, and the state of its output. With the output files, it lets a later run go on from
 // there and write the same bytes as an uninterrupted run.
 type checkpoint struct {
-	Source       ulid.ULID      `json:"source"`
-	Block        ulid.ULID      `json:"block"`
-	Tombstones   []ulid.ULID    `json:"tombstones"`
+	Source     ulid.ULID   `json:"source"`
+	Block      ulid.ULID   `json:"block"`
+	Tombstones []ulid.ULID `json:"tombstones"`
+	// Format is checkpointFormat; a checkpoint of another format is not resumed.
+	Format       int            `json:"format"`
 	PostingsDone int            `json:"postings_done"`
 	Segments     []segmentState `json:"segments"`
-	LogSize      int64          `json:"log_size"`
+	IndexSize    int64          `json:"index_size"`
 	Stats        statsState     `json:"stats"`
 }
+
+// checkpointFormat is the format of checkpoints this version writes: 2 carries the new index as
+// far as written (format 1 carried a log of series instead).
+const checkpointFormat = 2
 
 // statsState is stats as checkpointed.
 type statsState struct {
@@ -122,15 +129,15 @@ func (s statsState) stats() stats {
 	return stats{s.SeriesIn, s.SeriesOut, s.SeriesDropped, s.ChunksCopied, s.ChunksRewritten, s.ChunksGone, s.BytesRead, s.SamplesOut}
 }
 
-// rewrite writes the block in src again under dst without the samples the index deletes.
+// rewrite writes the block in srcDir again under dst without the samples the index deletes.
 // Unaffected chunks are copied as bytes; chunks that a deleted range meets are re-encoded; chunks
 // inside one are dropped; a series with no sample left leaves the index, and so do the symbols only
-// such series used. The chunks are streamed to dst/chunks and the series to logPath; the index is
-// written from the log at the end. When the limits stop it, it returns ErrBudget and a checkpoint
-// of the state in dst and logPath; given that checkpoint, it goes on from there.
-func (d *deleter) rewrite(ctx context.Context, src, dst, logPath string, resume *checkpoint) (st stats, cp *checkpoint, err error) {
+// such series used. The chunks are streamed to dst/chunks and the series to dst/index; postings
+// follow at the end. When the limits stop it, it returns ErrBudget and a checkpoint of the state
+// in dst; given that checkpoint, it goes on from there.
+func (d *deleter) rewrite(ctx context.Context, srcDir, dst string, resume *checkpoint) (st stats, cp *checkpoint, err error) {
 	// The series are read in order: a small page cache serves them as well as a large one.
-	bix, err := block.OpenIndexFile(filepath.Join(src, block.IndexFilename), 4<<20)
+	bix, err := block.OpenIndexFile(filepath.Join(srcDir, block.IndexFilename), 4<<20)
 	if err != nil {
 		return st, nil, err
 	}
@@ -142,7 +149,7 @@ func (d *deleter) rewrite(ctx context.Context, src, dst, logPath string, resume 
 		}
 	}()
 	ir := bix.Reader
-	cr, err := openChunkFiles(filepath.Join(src, block.ChunksDirname), rawPool{chunkenc.NewPool()})
+	cr, err := openChunkFiles(filepath.Join(srcDir, block.ChunksDirname), rawPool{chunkenc.NewPool()})
 	if err != nil {
 		return st, nil, err
 	}
@@ -159,36 +166,36 @@ func (d *deleter) rewrite(ctx context.Context, src, dst, logPath string, resume 
 		return st, nil, err
 	}
 
-	// Pass 2: stream the series into the output. A run that cannot stop before the end of the
-	// block (no time budget, no checkpoint to go on from) writes the index as it goes; otherwise
-	// the series go to the log, which a checkpoint can carry to a later run, and the index is
-	// written from it at the end. Both write the same bytes.
-	out, err := openOutput(filepath.Join(dst, block.ChunksDirname), logPath, resume)
+	// Pass 2: stream the series into the output: chunks to the new segments, series to the new
+	// index, both in the source's order.
+	src, err := newSource(bix)
 	if err != nil {
 		return st, nil, err
 	}
-	sink := out.logSeries
-	var iw *index.Writer
-	if resume == nil && d.limits.Deadline.IsZero() {
-		if iw, err = startIndex(ctx, ir, removable, filepath.Join(dst, block.IndexFilename)); err != nil {
-			return st, nil, err
-		}
-		defer func() {
-			if iw != nil {
-				_ = iw.Close()
-			}
-		}()
-		var ref storage.SeriesRef
-		sink = func(lset labels.Labels, metas []chunks.Meta) error {
-			ref++
-			return errors.Wrap(iw.AddSeries(ref, lset, metas...), "add series")
-		}
+	out, err := openOutput(filepath.Join(dst, block.ChunksDirname), resume)
+	if err != nil {
+		return st, nil, err
 	}
 	defer func() {
 		if out != nil {
 			if cerr := out.close(); err == nil {
 				err = cerr
 			}
+		}
+	}()
+	indexPath := filepath.Join(dst, block.IndexFilename)
+	var iw *indexWriter
+	if resume == nil {
+		iw, err = createIndex(indexPath, src, removable)
+	} else {
+		iw, err = resumeIndex(indexPath, resume.IndexSize, src, removable)
+	}
+	if err != nil {
+		return st, nil, err
+	}
+	defer func() {
+		if iw != nil {
+			_ = iw.close()
 		}
 	}()
 	skip := 0
@@ -203,6 +210,7 @@ func (d *deleter) rewrite(ctx context.Context, src, dst, logPath string, resume 
 	var (
 		builder labels.ScratchBuilder
 		chks    []chunks.Meta
+		refs    []uint32
 		ivs     tombstones.Intervals
 		batch   int
 		started = time.Now()
@@ -215,16 +223,16 @@ func (d *deleter) rewrite(ctx context.Context, src, dst, logPath string, resume 
 		if err := ctx.Err(); err != nil {
 			return st, nil, err
 		}
-		if err := ir.Series(all.At(), &builder, &chks); err != nil {
-			return st, nil, errors.Wrap(err, "read series")
-		}
 		st.seriesIn++
-		if _, gone := dropped[all.At()]; !gone {
-			if err := d.streamSeries(cr, out, sink, builder.Labels(), chks, &ivs, &st); err != nil {
+		if _, gone := dropped[all.At()]; gone {
+			st.seriesDropped++
+		} else {
+			if err := src.series(all.At(), &builder, &chks, &refs); err != nil {
+				return st, nil, errors.Wrap(err, "read series")
+			}
+			if err := d.streamSeries(cr, out, iw, builder.Labels(), refs, chks, &ivs, &st); err != nil {
 				return st, nil, err
 			}
-		} else {
-			st.seriesDropped++
 		}
 		if batch++; batch >= d.limits.BatchSeries {
 			batch = 0
@@ -233,10 +241,10 @@ func (d *deleter) rewrite(ctx context.Context, src, dst, logPath string, resume 
 				if !errors.Is(err, ErrBudget) {
 					return st, nil, err
 				}
-				if serr := out.sync(); serr != nil {
+				if serr := stderrors.Join(out.sync(), iw.sync()); serr != nil {
 					return st, nil, serr
 				}
-				return st, &checkpoint{PostingsDone: i + 1, Segments: out.segments, LogSize: out.logSize, Stats: st.state()}, ErrBudget
+				return st, &checkpoint{Format: checkpointFormat, PostingsDone: i + 1, Segments: out.segments, IndexSize: iw.size(), Stats: st.state()}, ErrBudget
 			}
 		}
 	}
@@ -249,16 +257,26 @@ func (d *deleter) rewrite(ctx context.Context, src, dst, logPath string, resume 
 	if err != nil {
 		return st, nil, errors.Wrap(err, "close output")
 	}
-	if iw != nil {
-		err = iw.Close()
-		iw = nil
-		return st, nil, errors.Wrap(err, "close index writer")
+	survivors, err := ir.Postings(ctx, k, v)
+	if err != nil {
+		return st, nil, err
 	}
-	return st, nil, writeIndex(ctx, ir, removable, logPath, filepath.Join(dst, block.IndexFilename))
+	err = iw.finish(ctx, src, index.Without(survivors, index.NewListPostings(sortedRefs(dropped))))
+	iw = nil
+	return st, nil, err
 }
 
-// streamSeries writes one series' remaining chunks and hands the series to sink.
-func (d *deleter) streamSeries(cr *chunkFiles, out *output, sink func(labels.Labels, []chunks.Meta) error, lset labels.Labels, chks []chunks.Meta, ivs *tombstones.Intervals, st *stats) error {
+func sortedRefs(m map[storage.SeriesRef]struct{}) []storage.SeriesRef {
+	refs := make([]storage.SeriesRef, 0, len(m))
+	for r := range m {
+		refs = append(refs, r)
+	}
+	slices.Sort(refs)
+	return refs
+}
+
+// streamSeries writes one series' remaining chunks and its index entry.
+func (d *deleter) streamSeries(cr *chunkFiles, out *output, iw *indexWriter, lset labels.Labels, refs []uint32, chks []chunks.Meta, ivs *tombstones.Intervals, st *stats) error {
 	*ivs = d.ix.Intervals(lset, d.ext, (*ivs)[:0])
 	metas, err := d.rewriteChunks(cr, chks, *ivs, st)
 	if err != nil {
@@ -275,56 +293,12 @@ func (d *deleter) streamSeries(cr *chunkFiles, out *output, sink func(labels.Lab
 		st.samplesOut += uint64(metas[i].Chunk.NumSamples())
 	}
 	st.seriesOut++
-	if err := sink(lset, metas); err != nil {
+	if err := iw.addSeries(refs, metas); err != nil {
 		return err
 	}
 	// The series' chunks are written: their bytes in the read arena can be reused.
 	cr.reset()
 	return nil
-}
-
-// startIndex creates the new index and writes its symbols: the source's but the removable ones.
-func startIndex(ctx context.Context, ir *index.Reader, removable map[string]struct{}, dst string) (*index.Writer, error) {
-	iw, err := index.NewWriter(ctx, dst)
-	if err != nil {
-		return nil, errors.Wrap(err, "create index writer")
-	}
-	syms := ir.Symbols()
-	for syms.Next() {
-		if _, ok := removable[syms.At()]; ok {
-			continue
-		}
-		if err := iw.AddSymbol(syms.At()); err != nil {
-			return nil, stderrors.Join(errors.Wrap(err, "add symbol"), iw.Close())
-		}
-	}
-	if err := syms.Err(); err != nil {
-		return nil, stderrors.Join(errors.Wrap(err, "read symbols"), iw.Close())
-	}
-	return iw, nil
-}
-
-// writeIndex writes the new index from the series log, in the source's (sorted) order.
-func writeIndex(ctx context.Context, ir *index.Reader, removable map[string]struct{}, logPath, dst string) (err error) {
-	iw, err := startIndex(ctx, ir, removable, dst)
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if iw != nil {
-			_ = iw.Close()
-		}
-	}()
-	var ref storage.SeriesRef
-	if err := replaySeries(logPath, func(lset labels.Labels, metas []chunks.Meta) error {
-		ref++
-		return errors.Wrap(iw.AddSeries(ref, lset, metas...), "add series")
-	}); err != nil {
-		return err
-	}
-	err = iw.Close()
-	iw = nil
-	return errors.Wrap(err, "close index writer")
 }
 
 // pace sleeps so that the series and byte rates of this run (st less what a checkpoint brought in

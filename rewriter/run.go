@@ -454,14 +454,13 @@ func (r *Runner) rewriteJob(ctx context.Context, j *Job, childID ulid.ULID, log 
 	}
 	dst := filepath.Join(work, childID.String())
 	src := filepath.Join(work, j.Block.String())
-	logPath := filepath.Join(work, seriesLogName)
 	phase := time.Now()
 	if err := block.Download(ctx, r.bkt, j.Block, src); err != nil {
 		return stats{}, nil, dst, err
 	}
 	r.exitAt("download")
 	log.Debug("downloaded", "seconds", time.Since(phase).Seconds())
-	resume, err := r.loadCheckpoint(ctx, j, childID, dst, logPath)
+	resume, err := r.loadCheckpoint(ctx, j, childID, dst)
 	if err != nil {
 		return stats{}, nil, dst, err
 	}
@@ -496,10 +495,10 @@ func (r *Runner) rewriteJob(ctx context.Context, j *Job, childID ulid.ULID, log 
 		log.Info("streaming", "series_done", series, "series_total", j.Series, "series_per_second", int(float64(series)/max(secs, 1e-3)),
 			"bytes_per_second", int(float64(bytes)/max(secs, 1e-3)))
 	}
-	st, cp, err := d.rewrite(ctx, src, dst, logPath, resume)
+	st, cp, err := d.rewrite(ctx, src, dst, resume)
 	if errors.Is(err, ErrBudget) && cp != nil {
 		cp.Source, cp.Block, cp.Tombstones = j.Block, childID, j.Tombstones
-		if serr := r.saveCheckpoint(ctx, cp, resume, dst, logPath); serr != nil {
+		if serr := r.saveCheckpoint(ctx, cp, resume, dst); serr != nil {
 			return st, nil, dst, serr
 		}
 		log.Info("time budget reached; checkpoint saved for the next run", "series_done", cp.PostingsDone, "series_total", j.Series)
@@ -825,7 +824,7 @@ func (r *Runner) deleteMarked(ctx context.Context) ([]ulid.ULID, error) {
 func checkpointPrefix(child ulid.ULID) string { return StatePrefix + "jobs/" + child.String() + "/" }
 
 // loadCheckpoint fetches the checkpoint of the job and its output files, if a run left one.
-func (r *Runner) loadCheckpoint(ctx context.Context, j *Job, child ulid.ULID, dst, logPath string) (*checkpoint, error) {
+func (r *Runner) loadCheckpoint(ctx context.Context, j *Job, child ulid.ULID, dst string) (*checkpoint, error) {
 	rc, err := r.bkt.Get(ctx, checkpointPrefix(child)+"checkpoint.json")
 	if r.bkt.IsObjNotFoundErr(errors.Cause(err)) {
 		return nil, nil
@@ -842,12 +841,17 @@ func (r *Runner) loadCheckpoint(ctx context.Context, j *Job, child ulid.ULID, ds
 		r.logger.Warn("ignoring a checkpoint of another job", "block", j.Block.String())
 		return nil, nil
 	}
+	if cp.Format != checkpointFormat {
+		// Written by another version: starting over writes the same bytes.
+		r.logger.Warn("ignoring a checkpoint of another format; the job starts over", "block", j.Block.String(), "format", cp.Format)
+		return nil, nil
+	}
 	for _, s := range cp.Segments {
 		if err := block.DownloadFile(ctx, r.bkt, checkpointPrefix(child)+"chunks/"+s.Name, filepath.Join(dst, block.ChunksDirname, s.Name)); err != nil {
 			return nil, err
 		}
 	}
-	if err := block.DownloadFile(ctx, r.bkt, checkpointPrefix(child)+seriesLogName, logPath); err != nil {
+	if err := block.DownloadFile(ctx, r.bkt, checkpointPrefix(child)+block.IndexFilename, filepath.Join(dst, block.IndexFilename)); err != nil {
 		return nil, err
 	}
 	return cp, nil
@@ -855,7 +859,7 @@ func (r *Runner) loadCheckpoint(ctx context.Context, j *Job, child ulid.ULID, ds
 
 // saveCheckpoint uploads the output files that changed since the previous checkpoint, then the
 // checkpoint itself, last.
-func (r *Runner) saveCheckpoint(ctx context.Context, cp, prev *checkpoint, dst, logPath string) error {
+func (r *Runner) saveCheckpoint(ctx context.Context, cp, prev *checkpoint, dst string) error {
 	unchanged := map[segmentState]bool{}
 	if prev != nil {
 		for _, s := range prev.Segments {
@@ -870,7 +874,7 @@ func (r *Runner) saveCheckpoint(ctx context.Context, cp, prev *checkpoint, dst, 
 			return err
 		}
 	}
-	if err := block.UploadFile(ctx, r.bkt, logPath, checkpointPrefix(cp.Block)+seriesLogName); err != nil {
+	if err := block.UploadFile(ctx, r.bkt, filepath.Join(dst, block.IndexFilename), checkpointPrefix(cp.Block)+block.IndexFilename); err != nil {
 		return err
 	}
 	b, err := json.Marshal(cp)
