@@ -36,7 +36,7 @@ func prometheusIndex(t *testing.T, path string) []byte {
 		metas []chunks.Meta
 	}
 	var (
-		all     []series
+		all []series
 		// Every index Prometheus writes has the empty string among its symbols (its head's
 		// all-postings key), and so does every block compacted from those.
 		symbols = map[string]struct{}{"": {}}
