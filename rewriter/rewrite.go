@@ -136,8 +136,9 @@ func (s statsState) stats() stats {
 // follow at the end. When the limits stop it, it returns ErrBudget and a checkpoint of the state
 // in dst; given that checkpoint, it goes on from there.
 func (d *deleter) rewrite(ctx context.Context, srcDir, dst string, resume *checkpoint) (st stats, cp *checkpoint, err error) {
-	// The series are read in order: a small page cache serves them as well as a large one.
-	bix, err := block.OpenIndexFile(filepath.Join(srcDir, block.IndexFilename), 4<<20)
+	// The series are read in order: a small page cache serves them as well as a large one, and
+	// it bounds the live heap, which the Go runtime doubles into the peak.
+	bix, err := block.OpenIndexFile(filepath.Join(srcDir, block.IndexFilename), 1<<20)
 	if err != nil {
 		return st, nil, err
 	}
