@@ -483,12 +483,17 @@ func TestRewriterCrashAtEveryPhase(t *testing.T) {
 
 	for _, tc := range []struct {
 		phase string
+		args  []string
 		// after checks the crashed bucket against the first job's source and new block.
 		after func(t *testing.T, st rwState)
 		// tamper changes the crashed bucket before the rerun.
 		tamper func(t *testing.T, b cliBucket)
 	}{
 		{phase: "download", after: func(t *testing.T, st rwState) {
+			testutil.Equals(t, tp.blocks, st.liveIDs(), "nothing uploaded yet")
+		}},
+		// A checkpoint saved while streaming the first block, with no time budget.
+		{phase: "checkpoint", args: []string{"--checkpoint.interval=1ns", "--batch.series=2"}, after: func(t *testing.T, st rwState) {
 			testutil.Equals(t, tp.blocks, st.liveIDs(), "nothing uploaded yet")
 		}},
 		{phase: "rewrite", after: func(t *testing.T, st rwState) {
@@ -520,9 +525,16 @@ func TestRewriterCrashAtEveryPhase(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			b := rwCopyBucket(t, tp.bucket)
 			if tc.phase != "" {
-				r := b.rewriter(t, "run", "--debug.exit-at="+tc.phase)
+				r := b.rewriter(t, "run", append([]string{"--debug.exit-at=" + tc.phase}, tc.args...)...)
 				testutil.Equals(t, 137, r.code, "run --debug.exit-at=%s: %s", tc.phase, r.stderr)
 				tc.after(t, rwCheckCrashInvariants(t, b, tp))
+			}
+			if tc.args != nil {
+				r := b.rewriter(t, "run", tc.args...)
+				testutil.Assert(t, strings.Contains(r.stderr, "resuming from a checkpoint"), "the rerun did not resume: %s", r.stderr)
+				rwCheckRerun(t, r)
+				rwCheckFinal(t, b, want)
+				return
 			}
 			if tc.tamper != nil {
 				tc.tamper(t, b)
@@ -539,7 +551,7 @@ func TestRewriterCrashAtEveryPhase(t *testing.T) {
 		tmp := t.TempDir()
 		for i := 0; i < 6; i++ {
 			delay := 150*time.Millisecond + time.Duration(rng.Int64N(int64(1800*time.Millisecond)))
-			cmd := exec.Command(binaries.rewriter, b.conf, "run", "--tmp.dir", tmp, "--rate.series-per-second=40", "--batch.series=1")
+			cmd := exec.Command(binaries.rewriter, b.conf, "run", "--tmp.dir", tmp, "--rate.series-per-second=40", "--batch.series=1", "--checkpoint.interval=100ms")
 			var stderr strings.Builder
 			cmd.Stderr = &stderr
 			testutil.Ok(t, cmd.Start())

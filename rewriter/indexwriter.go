@@ -287,14 +287,12 @@ func (iw *indexWriter) addSeries(refs []uint32, metas []chunks.Meta) error {
 	return iw.write(body)
 }
 
-// size is how much of the index is written; sync makes it durable, for a checkpoint.
+// size is how much of the index is written; flush hands it to the file system, for a checkpoint
+// (not fsynced, as output.flush says why).
 func (iw *indexWriter) size() int64 { return int64(iw.pos) }
 
-func (iw *indexWriter) sync() error {
-	if err := iw.w.Flush(); err != nil {
-		return errors.Wrap(err, "write index")
-	}
-	return errors.Wrap(iw.f.Sync(), "sync index")
+func (iw *indexWriter) flush() error {
+	return errors.Wrap(iw.w.Flush(), "write index")
 }
 
 // finish writes the postings, the postings offset table and the table of contents. survivors
@@ -431,7 +429,7 @@ func (iw *indexWriter) finish(ctx context.Context, src *source, survivors index.
 	if err := iw.write(b); err != nil {
 		return err
 	}
-	return iw.sync()
+	return iw.flush()
 }
 
 // renumbering maps the source ids of the surviving series (from) to their ids in the new index

@@ -130,19 +130,19 @@ func (o *output) writeChunk(c chunkenc.Chunk) (chunks.ChunkRef, error) {
 	return ref, nil
 }
 
-// sync flushes everything to disk, for a checkpoint or the end.
-func (o *output) sync() error {
+// flush hands everything written to the file system, for a checkpoint or the end. Nothing is
+// fsynced: the files are uploaded right after, and only the bucket's copy is ever resumed from or
+// served, so a machine crash loses nothing a rerun needs (and fsync on ext4 would also wait for
+// other processes' dirty data).
+func (o *output) flush() error {
 	if o.seg != nil {
-		if err := o.segW.Flush(); err != nil {
-			return err
-		}
-		return o.seg.Sync()
+		return o.segW.Flush()
 	}
 	return nil
 }
 
 func (o *output) close() error {
-	err := o.sync()
+	err := o.flush()
 	if o.seg != nil {
 		if cerr := o.seg.Close(); err == nil {
 			err = cerr

@@ -6,9 +6,11 @@ package rewriter
 
 import (
 	"context"
+	"encoding/json"
 	"log/slog"
 	"math"
 	"slices"
+	"strings"
 
 	"github.com/efficientgo/core/errcapture"
 	"github.com/efficientgo/core/errors"
@@ -115,7 +117,12 @@ func (p *Planner) plan(ctx context.Context, set *tombstones.Set, keep func(*bloc
 			continue
 		}
 		plan.seen[meta.ULID] = true
-		cands := candidates(due, meta, ix)
+		applied, err := appliedTo(meta)
+		if err != nil {
+			// Planning it anyway is safe: a rewrite that deletes nothing more only costs time.
+			p.logger.Warn("cannot read which tombstones were applied to the block", "block", meta.ULID.String(), "err", err)
+		}
+		cands := slices.DeleteFunc(candidates(due, meta, ix), func(t *tombstones.Tombstone) bool { return applied[t.ID] })
 		if len(cands) == 0 {
 			continue
 		}
@@ -145,6 +152,33 @@ func (p *Planner) plan(ctx context.Context, set *tombstones.Set, keep func(*bloc
 		plan.Jobs = append(plan.Jobs, job)
 	}
 	return plan, nil
+}
+
+// appliedTo returns the tombstones lethe applied to the block or to the blocks it was rewritten
+// from, as its thanos.rewrites records them. Their data is gone from the block even where chunk
+// metadata suggests otherwise: a chunk a deletion cut in the middle keeps its time range across the
+// hole, and would be planned again at every run.
+func appliedTo(meta *block.Meta) (map[ulid.ULID]bool, error) {
+	if meta.Thanos == nil || len(meta.Thanos.Rewrites) == 0 {
+		return nil, nil
+	}
+	var rewrites []rewriteEntry
+	if err := json.Unmarshal(meta.Thanos.Rewrites, &rewrites); err != nil {
+		return nil, errors.Wrap(err, "decode thanos.rewrites")
+	}
+	applied := map[ulid.ULID]bool{}
+	for _, rw := range rewrites {
+		for _, d := range rw.DeletionsApplied {
+			if id, ok := strings.CutPrefix(d.RequestID, appliedRequestPrefix); ok {
+				u, err := ulid.Parse(id)
+				if err != nil {
+					return nil, errors.Wrapf(err, "thanos.rewrites request id %q", d.RequestID)
+				}
+				applied[u] = true
+			}
+		}
+	}
+	return applied, nil
 }
 
 // candidates are the due tombstones whose time range meets the block and whose selectors the

@@ -92,6 +92,10 @@ type deleter struct {
 	resolution int64
 	// progress is called after every batch with the series done so far.
 	progress func(done int, bytes int64)
+	// checkpointEvery, when set, has the deleter hand a checkpoint to save at the first batch
+	// boundary after each such interval, so that a crash redoes at most that much of a block.
+	checkpointEvery time.Duration
+	save            func(context.Context, *checkpoint) error
 }
 
 // checkpoint is where a rewrite stopped inside a block: how many series of the source it has
@@ -134,7 +138,8 @@ func (s statsState) stats() stats {
 // inside one are dropped; a series with no sample left leaves the index, and so do the symbols only
 // such series used. The chunks are streamed to dst/chunks and the series to dst/index; postings
 // follow at the end. When the limits stop it, it returns ErrBudget and a checkpoint of the state
-// in dst; given that checkpoint, it goes on from there.
+// in dst; given that checkpoint, it goes on from there. Every checkpointEvery it saves one on the
+// way.
 func (d *deleter) rewrite(ctx context.Context, srcDir, dst string, resume *checkpoint) (st stats, cp *checkpoint, err error) {
 	// The series are read in order: a small page cache serves them as well as a large one, and
 	// it bounds the live heap, which the Go runtime doubles into the peak.
@@ -215,8 +220,16 @@ func (d *deleter) rewrite(ctx context.Context, srcDir, dst string, resume *check
 		ivs     tombstones.Intervals
 		batch   int
 		started = time.Now()
+		saved   = started
 		base    = st
 	)
+	// snapshot makes the output durable up to the series done and describes it.
+	snapshot := func(done int) (*checkpoint, error) {
+		if err := stderrors.Join(out.flush(), iw.flush()); err != nil {
+			return nil, err
+		}
+		return &checkpoint{Format: checkpointFormat, PostingsDone: done, Segments: slices.Clone(out.segments), IndexSize: iw.size(), Stats: st.state()}, nil
+	}
 	for i := 0; all.Next(); i++ {
 		if i < skip {
 			continue
@@ -242,10 +255,21 @@ func (d *deleter) rewrite(ctx context.Context, srcDir, dst string, resume *check
 				if !errors.Is(err, ErrBudget) {
 					return st, nil, err
 				}
-				if serr := stderrors.Join(out.sync(), iw.sync()); serr != nil {
+				cp, serr := snapshot(i + 1)
+				if serr != nil {
 					return st, nil, serr
 				}
-				return st, &checkpoint{Format: checkpointFormat, PostingsDone: i + 1, Segments: out.segments, IndexSize: iw.size(), Stats: st.state()}, ErrBudget
+				return st, cp, ErrBudget
+			}
+			if d.checkpointEvery > 0 && time.Since(saved) >= d.checkpointEvery {
+				cp, err := snapshot(i + 1)
+				if err != nil {
+					return st, nil, err
+				}
+				if err := d.save(ctx, cp); err != nil {
+					return st, nil, errors.Wrap(err, "save checkpoint")
+				}
+				saved = time.Now()
 			}
 		}
 	}

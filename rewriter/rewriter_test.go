@@ -455,3 +455,105 @@ func TestRunBlockLeftEmpty(t *testing.T) {
 		testutil.Assert(t, ts[0] >= t0+7_200_000, "%s kept a sample at %d", s, ts[0])
 	}
 }
+
+// crashAfterCheckpoint is a bucket whose run "crashes" (its context is cancelled) right after the
+// first checkpoint of a job reached the bucket.
+type crashAfterCheckpoint struct {
+	objstore.Bucket
+	cancel context.CancelFunc
+	saved  int
+}
+
+func (b *crashAfterCheckpoint) Upload(ctx context.Context, name string, r io.Reader, opts ...objstore.ObjectUploadOption) error {
+	if err := b.Bucket.Upload(ctx, name, r, opts...); err != nil {
+		return err
+	}
+	if strings.HasSuffix(name, "/checkpoint.json") {
+		b.saved++
+		b.cancel()
+	}
+	return nil
+}
+
+// TestRunSavesCheckpointsOnTheWay: with --checkpoint.interval, a job saves checkpoints while it
+// streams a block, with no time budget; a run that dies after one leaves it for the next, which
+// goes on from there and uploads the bytes of an uninterrupted run.
+func TestRunSavesCheckpointsOnTheWay(t *testing.T) {
+	f := newFixture(t, 60)
+	ctx := context.Background()
+	f.tombstone(t, `{user_id=~"1.*"}`, t0+1_800_000, t0+3*3_600_000, true)
+	g := &fixture{bkt: copyBucket(t, f.bkt), now: f.now, ids: f.ids}
+	g.store = tombstones.NewStore(g.bkt, nil, tombstones.WithClock(func() time.Time { return g.now }))
+
+	whole, err := f.runner(t, Config{Threshold: 0.05, Limits: Limits{BatchSeries: 4}}).Run(ctx)
+	testutil.Ok(t, err)
+	testutil.Equals(t, 2, len(whole.Rewritten))
+
+	crashCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	crash := &crashAfterCheckpoint{Bucket: g.bkt, cancel: cancel}
+	cfg := Config{Threshold: 0.05, Limits: Limits{BatchSeries: 4}, CheckpointEvery: time.Nanosecond, Concurrency: 1}
+	_, err = NewRunner(crash, g.store, slog.New(slog.DiscardHandler), nil, withDefaults(t, cfg)).Run(crashCtx)
+	testutil.NotOk(t, err, "the run was to die after its first checkpoint")
+	testutil.Equals(t, 1, crash.saved)
+	l, err := block.List(ctx, g.bkt)
+	testutil.Ok(t, err)
+	testutil.Equals(t, 2, len(l.Blocks), "a run that died inside its first block left a new block behind")
+	var checkpoints []string
+	testutil.Ok(t, g.bkt.Iter(ctx, StatePrefix+"jobs/", func(n string) error {
+		checkpoints = append(checkpoints, n)
+		return nil
+	}))
+	testutil.Equals(t, 1, len(checkpoints), "checkpoints: %v", checkpoints)
+
+	var logs bytes.Buffer
+	rep, err := NewRunner(g.bkt, g.store, slog.New(slog.NewTextHandler(&logs, nil)), nil, withDefaults(t, cfg)).Run(ctx)
+	testutil.Ok(t, err)
+	testutil.Equals(t, 2, len(rep.Rewritten))
+	testutil.Assert(t, strings.Contains(logs.String(), "resuming from a checkpoint"), "the second run did not resume:\n%s", logs.String())
+	testutil.Assert(t, strings.Count(logs.String(), "checkpoint saved") >= 10, "a checkpoint per batch was asked for:\n%s", logs.String())
+	for _, r := range whole.Rewritten {
+		var names []string
+		testutil.Ok(t, f.bkt.Iter(ctx, r.Block.String(), func(n string) error {
+			names = append(names, n)
+			return nil
+		}, objstore.WithRecursiveIter()))
+		for _, n := range names {
+			testutil.Equals(t, readObject(t, f.bkt, n), readObject(t, g.bkt, n), "object %s differs", n)
+		}
+	}
+	testutil.Equals(t, samples(t, f.bkt), samples(t, g.bkt))
+}
+
+func withDefaults(t *testing.T, cfg Config) Config {
+	cfg.TmpDir, cfg.Owner = t.TempDir(), "test"
+	return cfg
+}
+
+// TestRunLeavesRewrittenBlocksAlone: a deletion in the middle of every chunk leaves chunks whose
+// time range spans the hole, which chunk metadata alone cannot tell from chunks still holding
+// the deleted samples. Once applied, the tombstone must not plan the new blocks again: a second
+// run, and a third, rewrite nothing.
+func TestRunLeavesRewrittenBlocksAlone(t *testing.T) {
+	f := newFixture(t, 10)
+	ctx := context.Background()
+	// 2h blocks sampled every minute: one chunk per series and block; cut 30 minutes from each.
+	f.tombstone(t, `{job="api"}`, t0+1_800_000, t0+3_600_000, true)
+	f.tombstone(t, `{job="api"}`, t0+9_000_000, t0+10_800_000, true)
+	rep, err := f.runner(t, Config{Threshold: 0.05}).Run(ctx)
+	testutil.Ok(t, err)
+	testutil.Equals(t, 2, len(rep.Rewritten))
+	after := samples(t, f.bkt)
+	for s, ts := range after {
+		testutil.Equals(t, 2*120-2*31, len(ts), "samples of %s (two blocks of 120, less two inclusive half hours)", s)
+	}
+	for i := 0; i < 2; i++ {
+		rep, err = f.runner(t, Config{Threshold: 0}).Run(ctx)
+		testutil.Ok(t, err)
+		testutil.Equals(t, 0, len(rep.Rewritten), "run %d after the rewrite rewrote %v", i+2, rep.Rewritten)
+		for _, j := range rep.Plan.Jobs {
+			t.Errorf("run %d planned block %s again: %s (%s)", i+2, j.Block, j.Decision, j.Reason)
+		}
+	}
+	testutil.Equals(t, after, samples(t, f.bkt))
+}

@@ -53,6 +53,9 @@ type Config struct {
 	// OwnerGone reports whether the worker named in a lease is known to have died (for instance, a
 	// process of this host that no longer runs), so that its lease need not be waited out.
 	OwnerGone func(owner string) bool
+	// CheckpointEvery is how often a job saves a checkpoint to the bucket while it streams a
+	// block, so that a crash redoes at most that much; 0 saves one only at the time budget.
+	CheckpointEvery time.Duration
 	// ExitAt, when set, makes the run exit the process right after the named phase: a test hook
 	// for crash tests (download, rewrite, upload-chunks, upload-meta, mark).
 	ExitAt string
@@ -483,7 +486,20 @@ func (r *Runner) rewriteJob(ctx context.Context, j *Job, childID ulid.ULID, log 
 	if err != nil {
 		return stats{}, nil, dst, err
 	}
-	d := &deleter{logger: log, limits: r.cfg.Limits, ix: ix, applied: applied, ext: j.meta.ExternalLabels(), resolution: j.Resolution}
+	d := &deleter{logger: log, limits: r.cfg.Limits, ix: ix, applied: applied, ext: j.meta.ExternalLabels(), resolution: j.Resolution,
+		checkpointEvery: r.cfg.CheckpointEvery}
+	prev := resume
+	save := func(ctx context.Context, cp *checkpoint) error {
+		cp.Source, cp.Block, cp.Tombstones = j.Block, childID, j.Tombstones
+		if err := r.saveCheckpoint(ctx, cp, prev, dst); err != nil {
+			return err
+		}
+		prev = cp
+		log.Info("checkpoint saved", "series_done", cp.PostingsDone, "series_total", j.Series)
+		r.exitAt("checkpoint")
+		return nil
+	}
+	d.save = save
 	var lastSeries int
 	var lastBytes int64
 	begin := time.Now()
@@ -497,12 +513,10 @@ func (r *Runner) rewriteJob(ctx context.Context, j *Job, childID ulid.ULID, log 
 	}
 	st, cp, err := d.rewrite(ctx, src, dst, resume)
 	if errors.Is(err, ErrBudget) && cp != nil {
-		cp.Source, cp.Block, cp.Tombstones = j.Block, childID, j.Tombstones
-		if serr := r.saveCheckpoint(ctx, cp, resume, dst); serr != nil {
+		log.Info("time budget reached; saving a checkpoint for the next run")
+		if serr := save(ctx, cp); serr != nil {
 			return st, nil, dst, serr
 		}
-		log.Info("time budget reached; checkpoint saved for the next run", "series_done", cp.PostingsDone, "series_total", j.Series)
-		r.exitAt("checkpoint")
 		return st, nil, dst, ErrBudget
 	}
 	if err != nil {
@@ -540,6 +554,10 @@ type rewriteEntry struct {
 	DeletionsApplied []deletionsApplied `json:"deletions_applied"`
 }
 
+// appliedRequestPrefix starts the request id under which a tombstone is named in
+// thanos.rewrites; the id follows.
+const appliedRequestPrefix = "lethe-tombstone-"
+
 type deletionsApplied struct {
 	Matchers  []string `json:"matchers"`
 	RequestID string   `json:"request_id"`
@@ -574,7 +592,7 @@ func (r *Runner) childMeta(j *Job, childID ulid.ULID, st stats, dir string) (*bl
 		}
 		entry := rewriteEntry{Sources: []ulid.ULID{j.Block}}
 		for _, id := range j.Tombstones {
-			entry.DeletionsApplied = append(entry.DeletionsApplied, deletionsApplied{Matchers: []string{}, RequestID: "lethe-tombstone-" + id.String()})
+			entry.DeletionsApplied = append(entry.DeletionsApplied, deletionsApplied{Matchers: []string{}, RequestID: appliedRequestPrefix + id.String()})
 		}
 		b, err := json.Marshal(entry)
 		if err != nil {

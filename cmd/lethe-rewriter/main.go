@@ -82,6 +82,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 					&cli.Float64Flag{Name: "rate.bytes-per-second", Usage: "Average chunk bytes read per second at most (0: no limit)."},
 					&cli.IntFlag{Name: "concurrency", Value: 1, Usage: "Blocks rewritten at once."},
 					&cli.DurationFlag{Name: "time-budget", Usage: "Stop after this long with exit status 3, leaving the rest to the next run (0: no limit)."},
+					&cli.DurationFlag{Name: "checkpoint.interval", Value: 5 * time.Minute, Usage: "While streaming a block, save a checkpoint to the bucket this often, so that a crashed run's successor redoes at most this much of it (0: only at the time budget)."},
 					&cli.StringFlag{Name: "tmp.dir", Value: os.TempDir(), Usage: "Where blocks are downloaded and rewritten; needs about twice the largest block."},
 					&cli.BoolFlag{Name: "dry-run", Usage: "Plan and log what would be rewritten; change nothing."},
 					&cli.DurationFlag{Name: "delete-delay", Value: 48 * time.Hour, Usage: "Delete the blocks this rewriter replaced once their deletion mark is this old (Thanos' default). 0 leaves deletion to a Thanos compactor."},
@@ -90,7 +91,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 					&cli.DurationFlag{Name: "lease.ttl", Value: 10 * time.Minute, Usage: "How long a block's lease keeps other workers off it; renewed while the job runs. A lease of a crashed process of this host is taken over at once."},
 					&cli.StringFlag{Name: "pushgateway.url", Usage: "Push the run's metrics to this Pushgateway when done (job lethe-rewriter)."},
 					&cli.StringFlag{Name: "web.listen-address", Usage: "Serve /metrics here while running (e.g. :9096); off by default."},
-					&cli.StringFlag{Name: "debug.exit-at", Hidden: true, Usage: "Test hook: exit right after a phase (download, rewrite, upload-meta, mark)."},
+					&cli.StringFlag{Name: "debug.exit-at", Hidden: true, Usage: "Test hook: exit right after a phase (download, checkpoint, rewrite, upload-meta, mark)."},
 				}, common...),
 				Action: runJobs,
 			},
@@ -222,6 +223,8 @@ func runJobs(c *cli.Context) error {
 		OwnerGone:   processGone(host),
 		LeaseTTL:    c.Duration("lease.ttl"),
 		ExitAt:      c.String("debug.exit-at"),
+
+		CheckpointEvery: c.Duration("checkpoint.interval"),
 	}
 	if b := c.Duration("time-budget"); b > 0 {
 		cfg.Limits.Deadline = time.Now().Add(b)
