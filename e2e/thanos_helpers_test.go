@@ -484,10 +484,9 @@ const (
 	thxAggrCounter
 )
 
-// thxAggrTimestamps decodes one aggregate of a Thanos aggregate chunk (a uvarint length, an
-// encoding byte and the sub-chunk's bytes per aggregate; length 0 for an absent one) and returns
-// its samples' timestamps.
-func thxAggrTimestamps(t *testing.T, c thxChunk, typ int) []int64 {
+// thxAggrSamples decodes one aggregate of a Thanos aggregate chunk (a uvarint length, an
+// encoding byte and the chunk per aggregate, 0 for an absent one) into its timestamps and values.
+func thxAggrSamples(t *testing.T, c thxChunk, typ int) (ts []int64, vs []float64) {
 	t.Helper()
 	testutil.Equals(t, chunkenc.Encoding(0xff), c.Enc, "not an aggregate chunk")
 	b := c.Bytes
@@ -497,7 +496,7 @@ func thxAggrTimestamps(t *testing.T, c thxChunk, typ int) []int64 {
 		b = b[n:]
 		if l == 0 {
 			if i == typ {
-				return nil
+				return nil, nil
 			}
 			continue
 		}
@@ -505,22 +504,19 @@ func thxAggrTimestamps(t *testing.T, c thxChunk, typ int) []int64 {
 		if i == typ {
 			sub, err := chunkenc.FromData(chunkenc.Encoding(b[0]), b[1:int(l)+1])
 			testutil.Ok(t, err)
-			var ts []int64
 			it := sub.Iterator(nil)
-			for it.Next() != chunkenc.ValNone {
-				ts = append(ts, it.AtT())
+			for it.Next() == chunkenc.ValFloat {
+				t, v := it.At()
+				ts, vs = append(ts, t), append(vs, v)
 			}
 			testutil.Ok(t, it.Err())
-			return ts
+			return ts, vs
 		}
 		b = b[int(l)+1:]
 	}
-	return nil
+	return nil, nil
 }
 
-// thxWindowStart is where the raw data an aggregate chunk summarises begins: Thanos aligns its
-// aggregation windows to the resolution and stamps each aggregate with its window's end (or the
-// batch's last raw sample), so a chunk whose first aggregate is at MinTime holds raw data from
 // the start of MinTime's window on; its counter aggregate even holds that first raw sample itself.
 func thxWindowStart(c thxChunk, res int64) int64 { return c.MinTime - c.MinTime%res }
 

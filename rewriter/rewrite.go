@@ -388,7 +388,11 @@ func (d *deleter) droppedSeries(ctx context.Context, ir *index.Reader, cr *chunk
 			}
 			switch {
 			case isRaw(chk):
-				// An aggregate chunk a deleted range meets is dropped whole (rewriteChunks).
+				m, err := d.cutRaw(chk, ivs)
+				if err != nil {
+					return nil, err
+				}
+				survives = m != nil
 			case !ivs.Covers(c.MinTime) || !ivs.Covers(c.MaxTime):
 				// The first or last sample is outside every deleted range.
 				survives = true
@@ -504,9 +508,18 @@ func (d *deleter) rewriteChunks(cr *chunkFiles, chks []chunks.Meta, ivs tombston
 			st.chunksGone++
 		default:
 			if isRaw(chk) {
-				// An aggregate chunk whose window meets a deleted range is dropped whole: deleted
-				// data never survives in an aggregate.
-				st.chunksGone++
+				// An aggregate chunk loses the windows a deleted range meets: deleted data never
+				// survives in an aggregate. One that cannot be cut goes whole.
+				m, err := d.cutRaw(chk, ivs)
+				if err != nil {
+					return nil, err
+				}
+				if m == nil {
+					st.chunksGone++
+					continue
+				}
+				st.chunksRewritten++
+				out = append(out, *m)
 				continue
 			}
 			re, err := reencode(chk, ivs)
@@ -518,6 +531,17 @@ func (d *deleter) rewriteChunks(cr *chunkFiles, chks []chunks.Meta, ivs tombston
 		}
 	}
 	return out, nil
+}
+
+// cutRaw cuts a chunk of an encoding Prometheus does not know: a Thanos aggregate chunk loses the
+// windows a deleted range meets (nil if none is left); any other chunk, or an aggregate of native
+// histograms, is dropped whole (nil).
+func (d *deleter) cutRaw(chk chunkenc.Chunk, ivs tombstones.Intervals) (*chunks.Meta, error) {
+	if chk.Encoding() != aggrEncoding {
+		return nil, nil
+	}
+	m, _, err := cutAggrMeta(chk, ivs, d.resolution)
+	return m, errors.Wrap(err, "cut aggregate chunk")
 }
 
 // reencode writes the samples of a chunk that no interval covers into new chunks of the same

@@ -1,0 +1,175 @@
+package rewriter
+
+import (
+	"testing"
+
+	"github.com/efficientgo/core/testutil"
+	"github.com/prometheus/prometheus/tsdb/chunkenc"
+
+	"github.com/lethe-project/lethe/tombstones"
+)
+
+const res5m = int64(300_000)
+
+type tv struct {
+	t int64
+	v float64
+}
+
+// thanosAggr builds an aggregate chunk the way Thanos' downsampler does from raw counter samples:
+// per 5m window its count, sum, min, max and the counter with resets applied, stamped at the
+// window's end or the last raw sample; the counter aggregate starts with the first raw sample
+// and ends with the last raw value at the last window's timestamp. It returns the chunk and the
+// windows' samples per aggregate.
+func thanosAggr(t *testing.T, raw []tv) ([]byte, [aggrTypes][]tv) {
+	t.Helper()
+	var want [aggrTypes][]tv
+	want[aggrCounter] = append(want[aggrCounter], raw[0])
+	var (
+		counter, last float64
+		i             int
+	)
+	lastT := raw[len(raw)-1].t
+	for i < len(raw) {
+		end := min(raw[i].t-raw[i].t%res5m+res5m-1, lastT)
+		var n, sum float64
+		lo, hi := raw[i].v, raw[i].v
+		for ; i < len(raw) && raw[i].t <= end; i++ {
+			v := raw[i].v
+			switch {
+			case n == 0 && len(want[aggrCount]) == 0:
+				counter = v
+			case v >= last:
+				counter += v - last
+			default:
+				counter += v
+			}
+			last = v
+			n, sum, lo, hi = n+1, sum+v, min(lo, v), max(hi, v)
+		}
+		for k, v := range []float64{n, sum, lo, hi, counter} {
+			want[k] = append(want[k], tv{end, v})
+		}
+	}
+	want[aggrCounter] = append(want[aggrCounter], tv{want[aggrCount][len(want[aggrCount])-1].t, raw[len(raw)-1].v})
+	var cs [aggrTypes]chunkenc.Chunk
+	for k := range cs {
+		c := chunkenc.NewXORChunk()
+		app, err := c.Appender()
+		testutil.Ok(t, err)
+		for _, s := range want[k] {
+			app.Append(0, s.t, s.v)
+		}
+		cs[k] = c
+	}
+	return encodeAggr(cs), want
+}
+
+func aggrSamples(t *testing.T, b []byte) [aggrTypes][]tv {
+	t.Helper()
+	cs, err := parseAggr(b)
+	testutil.Ok(t, err)
+	var out [aggrTypes][]tv
+	for k, c := range cs {
+		it := c.Iterator(nil)
+		for it.Next() == chunkenc.ValFloat {
+			ts, v := it.At()
+			out[k] = append(out[k], tv{ts, v})
+		}
+		testutil.Ok(t, it.Err())
+	}
+	return out
+}
+
+func TestCutAggr(t *testing.T) {
+	// A counter sampled every minute for 2h from t0 + 30s, with a reset at 00:47.
+	var raw []tv
+	for m := int64(0); m < 120; m++ {
+		v := float64(1000 + 7*m)
+		if m >= 47 {
+			v = float64(3 * (m - 47))
+		}
+		raw = append(raw, tv{t0 + 30_000 + m*60_000, v})
+	}
+	chk, want := thanosAggr(t, raw)
+	testutil.Equals(t, want, aggrSamples(t, chk), "the aggregate chunk round-trips")
+	windows := len(want[aggrCount])
+	testutil.Equals(t, 24, windows)
+	minute := func(m int64) int64 { return t0 + m*60_000 }
+
+	for _, tc := range []struct {
+		name string
+		ivs  tombstones.Intervals
+		// gone are the indexes of the windows that must go.
+		gone []int
+	}{
+		{"two raw minutes inside window 3", tombstones.Intervals{{Mint: minute(16), Maxt: minute(17)}}, []int{3}},
+		{"windows 4 to 9, across the reset", tombstones.Intervals{{Mint: minute(20), Maxt: minute(49)}}, []int{4, 5, 6, 7, 8, 9}},
+		{"the first window", tombstones.Intervals{{Mint: minute(-10), Maxt: minute(2)}}, []int{0}},
+		{"the last two windows", tombstones.Intervals{{Mint: minute(112), Maxt: minute(500)}}, []int{22, 23}},
+		{"a deleted range between two samples of window 10 still takes it", tombstones.Intervals{{Mint: minute(52) + 40_000, Maxt: minute(52) + 50_000}}, []int{10}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out, mint, maxt, ok, err := cutAggr(chk, tc.ivs, res5m)
+			testutil.Ok(t, err)
+			testutil.Assert(t, ok && out != nil)
+			got := aggrSamples(t, out)
+			gone := map[int]bool{}
+			for _, i := range tc.gone {
+				gone[i] = true
+			}
+			var exp [aggrTypes][]tv
+			for k := aggrCount; k < aggrCounter; k++ {
+				for i, s := range want[k] {
+					if !gone[i] {
+						exp[k] = append(exp[k], s)
+					}
+				}
+			}
+			testutil.Equals(t, exp[aggrCount][0].t, mint)
+			testutil.Equals(t, exp[aggrCount][len(exp[aggrCount])-1].t, maxt)
+			// The counter: the first raw sample goes with the first window, the windows as the
+			// others, and the last raw value with the last window, replaced by that window's max.
+			if !gone[0] {
+				exp[aggrCounter] = append(exp[aggrCounter], want[aggrCounter][0])
+			}
+			for i, s := range want[aggrCounter][1 : windows+1] {
+				if !gone[i] {
+					exp[aggrCounter] = append(exp[aggrCounter], s)
+				}
+			}
+			if gone[windows-1] {
+				n := len(exp[aggrMax])
+				exp[aggrCounter] = append(exp[aggrCounter], exp[aggrMax][n-1])
+			} else {
+				exp[aggrCounter] = append(exp[aggrCounter], want[aggrCounter][windows+1])
+			}
+			testutil.Equals(t, exp, got)
+			// No sample of any aggregate lies in a deleted range, nor its window.
+			for k := range got {
+				for _, s := range got[k] {
+					testutil.Assert(t, !tc.ivs.Overlaps(windowStart(s.t, res5m), s.t), "aggregate %d keeps %v", k, s)
+				}
+			}
+		})
+	}
+
+	t.Run("every window", func(t *testing.T) {
+		out, _, _, ok, err := cutAggr(chk, tombstones.Intervals{{Mint: minute(-5), Maxt: minute(200)}}, res5m)
+		testutil.Ok(t, err)
+		testutil.Assert(t, ok && out == nil)
+	})
+	t.Run("native histogram aggregates are not cut", func(t *testing.T) {
+		var cs [aggrTypes]chunkenc.Chunk
+		cs[aggrCount], cs[aggrCounter] = chunkenc.NewXORChunk(), chunkenc.NewFloatHistogramChunk()
+		_, _, _, ok, err := cutAggr(encodeAggr(cs), tombstones.Intervals{{Mint: minute(0), Maxt: minute(1)}}, res5m)
+		testutil.Ok(t, err)
+		testutil.Assert(t, !ok)
+	})
+	t.Run("corrupt", func(t *testing.T) {
+		for _, b := range [][]byte{{}, {5, 1, 2}, append(append([]byte{}, chk...), 0)} {
+			_, _, _, _, err := cutAggr(b, tombstones.Intervals{{Mint: minute(0), Maxt: minute(1)}}, res5m)
+			testutil.NotOk(t, err, "%v", b)
+		}
+	})
+}
