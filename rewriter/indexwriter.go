@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	stderrors "errors"
+	"hash"
 	"hash/crc32"
 	"io"
 	"math"
@@ -202,14 +203,7 @@ func (iw *indexWriter) writeSymbols(src *source, removable map[string]struct{}) 
 	if written != count {
 		return errors.Newf("wrote %d symbols, expected %d: a removable string is not a symbol of the source", written, count)
 	}
-	size := iw.pos - iw.toc.Symbols - 4
-	if size > math.MaxUint32 {
-		return errors.Wrapf(index.ErrSymbolTableTooLarge, "%d bytes", size)
-	}
-	if err := iw.patch(iw.toc.Symbols, uint32(size)); err != nil {
-		return err
-	}
-	if err := iw.write(crc.Sum(iw.buf[:0])); err != nil {
+	if err := iw.endTable(iw.toc.Symbols, crc, index.ErrSymbolTableTooLarge); err != nil {
 		return err
 	}
 	iw.toc.Series = iw.pos
@@ -409,14 +403,7 @@ func (iw *indexWriter) finish(ctx context.Context, src *source, survivors index.
 		return errors.Wrap(err, "copy postings offset table")
 	}
 	iw.pos += uint64(n)
-	size := iw.pos - iw.toc.PostingsTable - 4
-	if size > math.MaxUint32 {
-		return errors.Wrapf(index.ErrPostingsOffsetTableTooLarge, "%d bytes", size)
-	}
-	if err := iw.patch(iw.toc.PostingsTable, uint32(size)); err != nil {
-		return err
-	}
-	if err := iw.write(crc.Sum(iw.buf[:0])); err != nil {
+	if err := iw.endTable(iw.toc.PostingsTable, crc, index.ErrPostingsOffsetTableTooLarge); err != nil {
 		return err
 	}
 
@@ -499,6 +486,19 @@ func (iw *indexWriter) write(b []byte) error {
 	n, err := iw.w.Write(b)
 	iw.pos += uint64(n)
 	return errors.Wrap(err, "write index")
+}
+
+// endTable ends the table that starts at start: its length (the bytes after the length field)
+// goes into that field, and the checksum of its contents after them.
+func (iw *indexWriter) endTable(start uint64, crc hash.Hash32, tooLarge error) error {
+	size := iw.pos - start - 4
+	if size > math.MaxUint32 {
+		return errors.Wrapf(tooLarge, "%d bytes", size)
+	}
+	if err := iw.patch(start, uint32(size)); err != nil {
+		return err
+	}
+	return iw.write(crc.Sum(iw.buf[:0]))
 }
 
 // patch writes a 4-byte length at off, behind the buffer.

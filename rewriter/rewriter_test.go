@@ -352,16 +352,40 @@ func copyBucket(t *testing.T, from objstore.Bucket) objstore.Bucket {
 	return to
 }
 
-func TestRunResumesInsideABlock(t *testing.T) {
-	f := newFixture(t, 60)
-	ctx := context.Background()
+// resumeFixtures returns two buckets with the same 60-user blocks and a tombstone that cuts
+// every chunk of some users, the first one already rewritten in one uninterrupted run (whole).
+func resumeFixtures(t *testing.T) (f, g *fixture, whole *Report) {
+	t.Helper()
+	f = newFixture(t, 60)
 	f.tombstone(t, `{user_id=~"1.*"}`, t0+1_800_000, t0+3*3_600_000, true)
-	g := &fixture{bkt: copyBucket(t, f.bkt), now: f.now, ids: f.ids}
+	g = &fixture{bkt: copyBucket(t, f.bkt), now: f.now, ids: f.ids}
 	g.store = tombstones.NewStore(g.bkt, nil, tombstones.WithClock(func() time.Time { return g.now }))
-
-	whole, err := f.runner(t, Config{Threshold: 0.05, Limits: Limits{BatchSeries: 4}}).Run(ctx)
+	whole, err := f.runner(t, Config{Threshold: 0.05, Limits: Limits{BatchSeries: 4}}).Run(context.Background())
 	testutil.Ok(t, err)
 	testutil.Equals(t, 2, len(whole.Rewritten))
+	return f, g, whole
+}
+
+// sameOutput checks that g's rewrite wrote the same objects as f's uninterrupted one.
+func sameOutput(t *testing.T, f, g *fixture, whole *Report) {
+	t.Helper()
+	for _, r := range whole.Rewritten {
+		var names []string
+		testutil.Ok(t, f.bkt.Iter(context.Background(), r.Block.String(), func(n string) error {
+			names = append(names, n)
+			return nil
+		}, objstore.WithRecursiveIter()))
+		testutil.Assert(t, len(names) >= 3)
+		for _, n := range names {
+			testutil.Equals(t, readObject(t, f.bkt, n), readObject(t, g.bkt, n), "object %s differs", n)
+		}
+	}
+	testutil.Equals(t, samples(t, f.bkt), samples(t, g.bkt))
+}
+
+func TestRunResumesInsideABlock(t *testing.T) {
+	f, g, whole := resumeFixtures(t)
+	ctx := context.Background()
 
 	// Runs with a budget far shorter than one block: each stops inside it and checkpoints.
 	var runs, stops int
@@ -376,19 +400,7 @@ func TestRunResumesInsideABlock(t *testing.T) {
 	testutil.Assert(t, stops >= 2, "only %d runs stopped inside a block", stops)
 	testutil.Assert(t, runs <= 60, "did not finish in 60 runs")
 
-	// The resumed rewrite wrote the same bytes as the uninterrupted one.
-	for _, r := range whole.Rewritten {
-		var names []string
-		testutil.Ok(t, f.bkt.Iter(ctx, r.Block.String(), func(n string) error {
-			names = append(names, n)
-			return nil
-		}, objstore.WithRecursiveIter()))
-		testutil.Assert(t, len(names) >= 3)
-		for _, n := range names {
-			testutil.Equals(t, readObject(t, f.bkt, n), readObject(t, g.bkt, n), "object %s differs", n)
-		}
-	}
-	testutil.Equals(t, samples(t, f.bkt), samples(t, g.bkt))
+	sameOutput(t, f, g, whole)
 	// Checkpoints are gone once the jobs are done.
 	var state []string
 	testutil.Ok(t, g.bkt.Iter(ctx, StatePrefix, func(n string) error {
@@ -479,21 +491,14 @@ func (b *crashAfterCheckpoint) Upload(ctx context.Context, name string, r io.Rea
 // streams a block, with no time budget; a run that dies after one leaves it for the next, which
 // goes on from there and uploads the bytes of an uninterrupted run.
 func TestRunSavesCheckpointsOnTheWay(t *testing.T) {
-	f := newFixture(t, 60)
+	f, g, whole := resumeFixtures(t)
 	ctx := context.Background()
-	f.tombstone(t, `{user_id=~"1.*"}`, t0+1_800_000, t0+3*3_600_000, true)
-	g := &fixture{bkt: copyBucket(t, f.bkt), now: f.now, ids: f.ids}
-	g.store = tombstones.NewStore(g.bkt, nil, tombstones.WithClock(func() time.Time { return g.now }))
-
-	whole, err := f.runner(t, Config{Threshold: 0.05, Limits: Limits{BatchSeries: 4}}).Run(ctx)
-	testutil.Ok(t, err)
-	testutil.Equals(t, 2, len(whole.Rewritten))
 
 	crashCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	crash := &crashAfterCheckpoint{Bucket: g.bkt, cancel: cancel}
 	cfg := Config{Threshold: 0.05, Limits: Limits{BatchSeries: 4}, CheckpointEvery: time.Nanosecond, Concurrency: 1}
-	_, err = NewRunner(crash, g.store, slog.New(slog.DiscardHandler), nil, withDefaults(t, cfg)).Run(crashCtx)
+	_, err := NewRunner(crash, g.store, slog.New(slog.DiscardHandler), nil, withDefaults(t, cfg)).Run(crashCtx)
 	testutil.NotOk(t, err, "the run was to die after its first checkpoint")
 	testutil.Equals(t, 1, crash.saved)
 	l, err := block.List(ctx, g.bkt)
@@ -512,17 +517,7 @@ func TestRunSavesCheckpointsOnTheWay(t *testing.T) {
 	testutil.Equals(t, 2, len(rep.Rewritten))
 	testutil.Assert(t, strings.Contains(logs.String(), "resuming from a checkpoint"), "the second run did not resume:\n%s", logs.String())
 	testutil.Assert(t, strings.Count(logs.String(), "checkpoint saved") >= 10, "a checkpoint per batch was asked for:\n%s", logs.String())
-	for _, r := range whole.Rewritten {
-		var names []string
-		testutil.Ok(t, f.bkt.Iter(ctx, r.Block.String(), func(n string) error {
-			names = append(names, n)
-			return nil
-		}, objstore.WithRecursiveIter()))
-		for _, n := range names {
-			testutil.Equals(t, readObject(t, f.bkt, n), readObject(t, g.bkt, n), "object %s differs", n)
-		}
-	}
-	testutil.Equals(t, samples(t, f.bkt), samples(t, g.bkt))
+	sameOutput(t, f, g, whole)
 }
 
 func withDefaults(t *testing.T, cfg Config) Config {
