@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 
 	"github.com/efficientgo/core/errors"
+	"github.com/prometheus/prometheus/model/histogram"
 	"github.com/prometheus/prometheus/tsdb/chunkenc"
 	"github.com/prometheus/prometheus/tsdb/chunks"
 
@@ -68,93 +69,117 @@ func encodeAggr(cs [aggrTypes]chunkenc.Chunk) []byte {
 	return b
 }
 
-// cutAggr returns an aggregate chunk of floats without the windows that a deleted range meets:
-// every aggregate loses its samples of those windows, and so does the counter aggregate, whose
-// first raw sample lies in the first window and whose last raw value is stamped in the last.
-// When the last window goes, the new last window's maximum stands in for the last raw value (for
-// a counter, the last value of a window without a reset), so that Thanos still finds the resets
-// between this chunk and the next. It returns ok false for aggregates it cannot cut (native
-// histogram aggregates), which the caller drops whole, and a nil chunk if no window is left.
+// cutAggr returns an aggregate chunk without the windows that a deleted range meets: every
+// aggregate loses its samples of those windows, and so does a float counter aggregate, whose first
+// raw sample lies in the first window and whose last raw value is stamped in the last. When the
+// last window goes, the new last window's maximum stands in for that last raw value (for a
+// counter, the last value of a window without a reset), so that Thanos still finds the resets
+// between this chunk and the next. Native histogram aggregates (count, sum and counter, one sample
+// per window) are cut the same way. It returns a nil chunk if no window is left, and ok false for
+// a chunk it cannot cut (an aggregate it does not know, or one whose samples no longer fit one
+// chunk), which the caller drops whole.
 func cutAggr(data []byte, ivs tombstones.Intervals, resolution int64) (chk []byte, mint, maxt int64, ok bool, err error) {
 	aggrs, err := parseAggr(data)
 	if err != nil {
 		return nil, 0, 0, false, err
 	}
-	for _, c := range aggrs {
-		if c != nil && c.Encoding() != chunkenc.EncXOR {
-			return nil, 0, 0, false, nil
-		}
+	first := aggrFirst(aggrs)
+	if first < 0 {
+		return nil, 0, 0, false, nil
 	}
 	kept := func(t int64) bool { return !ivs.Overlaps(windowStart(t, resolution), t) }
 	var (
-		out           [aggrTypes]chunkenc.Chunk
-		lastKept      = int64(-1) << 62
-		lastDropped   bool
-		windows       int
-		maxAtLastKept float64
-		haveMax       bool
+		out      [aggrTypes]chunkenc.Chunk
+		windows  []int64
+		lastGone bool
 	)
-	mint, maxt = int64(1)<<62, int64(-1)<<62
 	for i, c := range aggrs {
-		if c == nil || i == aggrCounter {
+		if c == nil {
 			continue
 		}
-		nc := chunkenc.NewXORChunk()
-		app, err := nc.Appender()
-		if err != nil {
-			return nil, 0, 0, false, err
-		}
-		it := c.Iterator(nil)
-		n := 0
-		for it.Next() == chunkenc.ValFloat {
-			t, v := it.At()
-			if !kept(t) {
-				if i == aggrFirst(aggrs) {
-					lastDropped = true
-				}
-				continue
-			}
-			app.Append(0, t, v)
-			n++
-			if i == aggrFirst(aggrs) {
-				mint, maxt, lastKept, lastDropped = min(mint, t), max(maxt, t), t, false
-			}
-			if i == aggrMax && t == lastKept {
-				maxAtLastKept, haveMax = v, true
-			}
-		}
-		if err := it.Err(); err != nil {
+		nc, ts, gone, ok, err := filterChunk(c, kept)
+		if err != nil || !ok {
 			return nil, 0, 0, false, errors.Wrapf(err, "aggregate %d", i)
 		}
-		if i == aggrFirst(aggrs) {
-			windows = n
+		if i == first {
+			windows, lastGone = ts, gone
 		}
 		out[i] = nc
 	}
-	if windows == 0 {
+	if len(windows) == 0 {
 		return nil, 0, 0, true, nil
 	}
-	if c := aggrs[aggrCounter]; c != nil {
-		nc := chunkenc.NewXORChunk()
-		app, err := nc.Appender()
+	last := windows[len(windows)-1]
+	if counter, max := out[aggrCounter], out[aggrMax]; lastGone && counter != nil && counter.Encoding() == chunkenc.EncXOR && max != nil {
+		var v float64
+		it := max.Iterator(nil)
+		for it.Next() == chunkenc.ValFloat {
+			_, v = it.At()
+		}
+		if err := it.Err(); err != nil {
+			return nil, 0, 0, false, errors.Wrap(err, "max aggregate")
+		}
+		app, err := counter.Appender()
 		if err != nil {
 			return nil, 0, 0, false, err
 		}
-		it := c.Iterator(nil)
-		for it.Next() == chunkenc.ValFloat {
-			if t, v := it.At(); kept(t) {
-				app.Append(0, t, v)
-			}
-		}
-		if err := it.Err(); err != nil {
-			return nil, 0, 0, false, errors.Wrap(err, "counter aggregate")
-		}
-		if lastDropped && haveMax {
-			app.Append(0, lastKept, maxAtLastKept)
-		}
-		out[aggrCounter] = nc
+		app.Append(0, last, v)
 	}
-	return encodeAggr(out), mint, maxt, true, nil
+	return encodeAggr(out), windows[0], last, true, nil
+}
+
+// filterChunk returns a chunk of c's encoding with the samples of c whose timestamps keep
+// accepts, their timestamps, and whether c's last sample was left out. ok is false if they do
+// not fit one chunk.
+func filterChunk(c chunkenc.Chunk, keep func(int64) bool) (out chunkenc.Chunk, ts []int64, lastGone, ok bool, err error) {
+	out, err = chunkenc.NewEmptyChunk(c.Encoding())
+	if err != nil {
+		return nil, nil, false, false, err
+	}
+	app, err := out.Appender()
+	if err != nil {
+		return nil, nil, false, false, err
+	}
+	it := c.Iterator(nil)
+	for vt := it.Next(); vt != chunkenc.ValNone; vt = it.Next() {
+		t := it.AtT()
+		if !keep(t) {
+			lastGone = true
+			continue
+		}
+		lastGone = false
+		var next chunkenc.Chunk
+		recoded := false
+		switch vt {
+		case chunkenc.ValFloat:
+			_, v := it.At()
+			app.Append(0, t, v)
+		case chunkenc.ValFloatHistogram:
+			_, fh := it.AtFloatHistogram(nil)
+			if len(ts) == 0 && fh.CounterResetHint == histogram.NotCounterReset {
+				// Its predecessor may be gone: nothing is known of a reset before it.
+				fh.CounterResetHint = histogram.UnknownCounterReset
+			}
+			next, recoded, app, err = app.AppendFloatHistogram(nil, 0, t, fh, false)
+		case chunkenc.ValHistogram:
+			_, h := it.AtHistogram(nil)
+			if len(ts) == 0 && h.CounterResetHint == histogram.NotCounterReset {
+				h.CounterResetHint = histogram.UnknownCounterReset
+			}
+			next, recoded, app, err = app.AppendHistogram(nil, 0, t, h, false)
+		}
+		if err != nil {
+			return nil, nil, false, false, err
+		}
+		switch {
+		case next != nil && recoded:
+			out = next
+		case next != nil:
+			return nil, nil, false, false, nil
+		}
+		ts = append(ts, t)
+	}
+	return out, ts, lastGone, true, it.Err()
 }
 
 // aggrFirst is the first aggregate present other than the counter: its samples are the windows.

@@ -4,8 +4,10 @@ import (
 	"testing"
 
 	"github.com/efficientgo/core/testutil"
+	"github.com/prometheus/prometheus/model/histogram"
 	"github.com/prometheus/prometheus/tsdb/chunkenc"
 
+	"github.com/lethe-project/lethe/internal/synth"
 	"github.com/lethe-project/lethe/tombstones"
 )
 
@@ -159,17 +161,83 @@ func TestCutAggr(t *testing.T) {
 		testutil.Ok(t, err)
 		testutil.Assert(t, ok && out == nil)
 	})
-	t.Run("native histogram aggregates are not cut", func(t *testing.T) {
-		var cs [aggrTypes]chunkenc.Chunk
-		cs[aggrCount], cs[aggrCounter] = chunkenc.NewXORChunk(), chunkenc.NewFloatHistogramChunk()
-		_, _, _, ok, err := cutAggr(encodeAggr(cs), tombstones.Intervals{{Mint: minute(0), Maxt: minute(1)}}, res5m)
-		testutil.Ok(t, err)
-		testutil.Assert(t, !ok)
-	})
 	t.Run("corrupt", func(t *testing.T) {
 		for _, b := range [][]byte{{}, {5, 1, 2}, append(append([]byte{}, chk...), 0)} {
 			_, _, _, _, err := cutAggr(b, tombstones.Intervals{{Mint: minute(0), Maxt: minute(1)}}, res5m)
 			testutil.NotOk(t, err, "%v", b)
 		}
 	})
+}
+
+// TestCutAggrHistograms: Thanos downsamples native histograms into a count (floats), a sum and a
+// counter (float histograms, the sum a gauge) per window; cutting keeps the other windows'
+// histograms as they were.
+func TestCutAggrHistograms(t *testing.T) {
+	var cs [aggrTypes]chunkenc.Chunk
+	cs[aggrCount], cs[aggrSum], cs[aggrCounter] = chunkenc.NewXORChunk(), chunkenc.NewFloatHistogramChunk(), chunkenc.NewFloatHistogramChunk()
+	var apps [aggrTypes]chunkenc.Appender
+	for k, c := range cs {
+		if c != nil {
+			app, err := c.Appender()
+			testutil.Ok(t, err)
+			apps[k] = app
+		}
+	}
+	type window struct {
+		t            int64
+		count        float64
+		sum, counter string
+	}
+	var want []window
+	for w := int64(0); w < 24; w++ {
+		ts := t0 + (w+1)*res5m - 1
+		sum := synth.ExponentialHistogram(uint64(w), float64(w), []int64{w, 2 * w, 1}).ToFloat(nil)
+		sum.CounterResetHint = histogram.GaugeType
+		counter := synth.ExponentialHistogram(uint64(10*w), float64(10*w), []int64{10 * w, 20 * w, 10 * w}).ToFloat(nil)
+		apps[aggrCount].Append(0, ts, 5)
+		for k, fh := range map[int]*histogram.FloatHistogram{aggrSum: sum, aggrCounter: counter} {
+			next, _, app, err := apps[k].AppendFloatHistogram(nil, 0, ts, fh, false)
+			testutil.Ok(t, err)
+			testutil.Assert(t, next == nil, "one chunk per aggregate")
+			apps[k] = app
+		}
+		want = append(want, window{ts, 5, sum.String(), counter.String()})
+	}
+	read := func(b []byte) []window {
+		cs, err := parseAggr(b)
+		testutil.Ok(t, err)
+		var out []window
+		it := cs[aggrCount].Iterator(nil)
+		for it.Next() == chunkenc.ValFloat {
+			ts, v := it.At()
+			out = append(out, window{t: ts, count: v})
+		}
+		testutil.Ok(t, it.Err())
+		for _, k := range []int{aggrSum, aggrCounter} {
+			it := cs[k].Iterator(nil)
+			for i := 0; it.Next() == chunkenc.ValFloatHistogram; i++ {
+				ts, fh := it.AtFloatHistogram(nil)
+				testutil.Equals(t, out[i].t, ts)
+				if k == aggrSum {
+					out[i].sum = fh.String()
+				} else {
+					out[i].counter = fh.String()
+				}
+			}
+			testutil.Ok(t, it.Err())
+		}
+		return out
+	}
+	chk := encodeAggr(cs)
+	testutil.Equals(t, want, read(chk))
+
+	// Windows 5 to 7 and the last one.
+	ivs := tombstones.Intervals{{Mint: t0 + 5*res5m + 1000, Maxt: t0 + 7*res5m + 1000}, {Mint: t0 + 23*res5m + 1000, Maxt: t0 + 23*res5m + 2000}}
+	out, mint, maxt, ok, err := cutAggr(chk, ivs, res5m)
+	testutil.Ok(t, err)
+	testutil.Assert(t, ok && out != nil)
+	exp := append(append([]window{}, want[:5]...), want[8:23]...)
+	testutil.Equals(t, exp, read(out))
+	testutil.Equals(t, exp[0].t, mint)
+	testutil.Equals(t, exp[len(exp)-1].t, maxt)
 }
