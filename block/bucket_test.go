@@ -2,7 +2,10 @@ package block_test
 
 import (
 	"context"
+	"fmt"
+	"os"
 	"path"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -10,6 +13,8 @@ import (
 	"github.com/efficientgo/core/testutil"
 	"github.com/oklog/ulid/v2"
 	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/tsdb/chunks"
+	"github.com/prometheus/prometheus/tsdb/index"
 	"github.com/thanos-io/objstore"
 	"github.com/thanos-io/objstore/providers/filesystem"
 
@@ -186,4 +191,53 @@ func TestList_CanceledContext(t *testing.T) {
 	l, err := block.List(ctx, bkt)
 	testutil.NotOk(t, err)
 	testutil.Assert(t, l == nil, "listing returned with an error: %+v", l)
+}
+
+// TestOpenIndexFileMapsTheSymbolTable: a local index's symbol table is read through a memory map,
+// not fetched into the heap, and everything read through it is what Prometheus' reader reads.
+func TestOpenIndexFileMapsTheSymbolTable(t *testing.T) {
+	var series []labels.Labels
+	for i := 0; i < 20_000; i++ {
+		series = append(series, labels.FromStrings("__name__", "req", "session", fmt.Sprintf("a-long-unique-session-value-%08d", i)))
+	}
+	_, dir, err := synth.Write(context.Background(), t.TempDir(), synth.Block{Series: series, MinTime: 0, MaxTime: 60_000, Step: 15_000})
+	testutil.Ok(t, err)
+	path := filepath.Join(dir, block.IndexFilename)
+	want, err := index.NewFileReader(path, index.DecodePostingsRaw)
+	testutil.Ok(t, err)
+	defer func() { testutil.Ok(t, want.Close()) }()
+	ix, err := block.OpenIndexFile(path, 8<<20) // Holds the whole index: nothing is fetched twice.
+	testutil.Ok(t, err)
+	defer func() { testutil.Ok(t, ix.Close()) }()
+
+	ctx := context.Background()
+	k, v := index.AllPostingsKey()
+	p, err := ix.Postings(ctx, k, v)
+	testutil.Ok(t, err)
+	var (
+		b1, b2 labels.ScratchBuilder
+		c1, c2 []chunks.Meta
+		n      int
+	)
+	for p.Next() {
+		testutil.Ok(t, ix.Series(p.At(), &b1, &c1))
+		testutil.Ok(t, want.Series(p.At(), &b2, &c2))
+		testutil.Equals(t, b2.Labels(), b1.Labels())
+		testutil.Equals(t, c2, c1)
+		n++
+	}
+	testutil.Ok(t, p.Err())
+	testutil.Ok(t, ix.Err())
+	testutil.Equals(t, len(series), n)
+	raw, err := os.ReadFile(path)
+	testutil.Ok(t, err)
+	toc, err := index.NewTOCFromByteSlice(byteSlice(raw))
+	testutil.Ok(t, err)
+	info, err := os.Stat(path)
+	testutil.Ok(t, err)
+	// Pages are 64 KiB: the first is read to learn the format, and one may hold the end of the
+	// symbols and the start of the series.
+	testutil.Assert(t, toc.Series-toc.Symbols > 500_000, "a symbol table of %d bytes is too small to tell", toc.Series-toc.Symbols)
+	testutil.Assert(t, ix.BytesFetched() <= info.Size()-int64(toc.Series)+2*64<<10,
+		"fetched %d bytes of a %d-byte index whose symbol table ends at %d: the symbols went through the heap", ix.BytesFetched(), info.Size(), toc.Series)
 }

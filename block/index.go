@@ -10,6 +10,7 @@ import (
 	"github.com/efficientgo/core/errcapture"
 	"github.com/efficientgo/core/errors"
 	"github.com/oklog/ulid/v2"
+	"github.com/prometheus/prometheus/tsdb/fileutil"
 	"github.com/prometheus/prometheus/tsdb/index"
 	"github.com/thanos-io/objstore"
 )
@@ -40,6 +41,11 @@ type rangedIndex struct {
 	// those requests are answered from this copy instead of downloading the whole index.
 	symbolsEnd int
 	symbols    []byte
+	// mapped, for a local file, is the file mapped into memory: the symbol table is read from it
+	// instead of copied, so that a large table takes page cache the kernel can reclaim rather than
+	// heap. The rest of the index still goes through the bounded page cache, so that streaming
+	// every series does not leave the whole index resident.
+	mapped []byte
 	// fetched counts bytes downloaded, for tests and logs.
 	fetched int64
 }
@@ -47,6 +53,9 @@ type rangedIndex struct {
 func (r *rangedIndex) Len() int { return r.size }
 
 func (r *rangedIndex) Range(start, end int) []byte {
+	if r.mapped != nil && r.symbolsEnd > 0 && start >= 0 && start <= end && (end <= r.symbolsEnd || start == 0 && end == r.size) {
+		return r.mapped[start:end]
+	}
 	if start == 0 && end == r.size && r.symbolsEnd > 0 {
 		if r.symbols == nil {
 			r.symbols = r.Range(0, r.symbolsEnd)
@@ -178,7 +187,7 @@ func OpenIndex(ctx context.Context, bkt objstore.BucketReader, id ulid.ULID) (*I
 	if err != nil {
 		return nil, errors.Wrapf(err, "block %s: stat index", id)
 	}
-	ix, err := openRanged(bucketRange(ctx, bkt, name), name, int(attrs.Size), nil, maxCachedPages)
+	ix, err := openRanged(bucketRange(ctx, bkt, name), name, int(attrs.Size), nil, maxCachedPages, nil)
 	if err != nil {
 		return nil, errors.Wrapf(err, "block %s", id)
 	}
@@ -204,15 +213,37 @@ func OpenIndexFile(path string, cacheBytes int) (*Index, error) {
 		}
 		return b, nil
 	}
-	ix, err := openRanged(read, path, int(info.Size()), f, max(cacheBytes/pageSize, 1))
+	var (
+		mapped []byte
+		closer io.Closer = f
+	)
+	if info.Size() > 0 {
+		m, err := fileutil.OpenMmapFileWithSize(path, int(info.Size()))
+		if err != nil {
+			return nil, stderrors.Join(errors.Wrap(err, "map index"), f.Close())
+		}
+		mapped, closer = m.Bytes(), closers{f, m}
+	}
+	ix, err := openRanged(read, path, int(info.Size()), closer, max(cacheBytes/pageSize, 1), mapped)
 	if err != nil {
-		return nil, stderrors.Join(err, f.Close())
+		return nil, stderrors.Join(err, closer.Close())
 	}
 	return ix, nil
 }
 
-func openRanged(read func(off, length int) ([]byte, error), name string, size int, closer io.Closer, maxPages int) (*Index, error) {
-	src := &rangedIndex{read: read, name: name, size: size, pages: map[int][]byte{}, maxPages: maxPages}
+// closers closes all of its closers.
+type closers []io.Closer
+
+func (cs closers) Close() error {
+	var errs []error
+	for _, c := range cs {
+		errs = append(errs, c.Close())
+	}
+	return stderrors.Join(errs...)
+}
+
+func openRanged(read func(off, length int) ([]byte, error), name string, size int, closer io.Closer, maxPages int, mapped []byte) (*Index, error) {
+	src := &rangedIndex{read: read, name: name, size: size, pages: map[int][]byte{}, maxPages: maxPages, mapped: mapped}
 	// Index format v2 (every Prometheus since 2.x) addresses symbols by number, so its symbol
 	// lookups never look past the symbol table. Version 1 computes offsets from the object's
 	// length and keeps whole-object reads.
