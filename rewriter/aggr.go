@@ -34,7 +34,7 @@ func parseAggr(b []byte) ([aggrTypes]chunkenc.Chunk, error) {
 	var out [aggrTypes]chunkenc.Chunk
 	for i := range out {
 		l, n := binary.Uvarint(b)
-		if n <= 0 || (l > 0 && uint64(len(b)-n) < l+1) {
+		if n <= 0 || (l > 0 && (len(b)-n < 1 || l > uint64(len(b)-n-1))) {
 			return out, errors.Newf("aggregate chunk: bad length of aggregate %d", i)
 		}
 		b = b[n:]
@@ -69,15 +69,16 @@ func encodeAggr(cs [aggrTypes]chunkenc.Chunk) []byte {
 	return b
 }
 
-// cutAggr returns an aggregate chunk without the windows that a deleted range meets: every
-// aggregate loses its samples of those windows, and so does a float counter aggregate, whose first
-// raw sample lies in the first window and whose last raw value is stamped in the last. When the
-// last window goes, the new last window's maximum stands in for that last raw value (for a
-// counter, the last value of a window without a reset), so that Thanos still finds the resets
-// between this chunk and the next. Native histogram aggregates (count, sum and counter, one sample
-// per window) are cut the same way. It returns a nil chunk if no window is left, and ok false for
-// a chunk it cannot cut (an aggregate it does not know, or one whose samples no longer fit one
-// chunk), which the caller drops whole.
+// cutAggr returns an aggregate chunk without the windows that a deleted range meets. Count, sum,
+// min and max lose the samples of those windows and keep the others. The counter aggregate is a
+// running total from the chunk's first raw sample on, so each of its values after a deleted window
+// depends on the deleted samples (for a gauge, or a counter reset there, it would give them away):
+// it keeps only the windows before the first one that goes. Its last raw value (which Thanos
+// compares with the next chunk's first value to find counter resets) becomes the maximum of the
+// last window it keeps, the last value of a window without a reset. Native histogram aggregates
+// (count, sum and counter, one sample per window) are cut the same way. It returns a nil chunk if
+// no window is left, and ok false for a chunk it cannot cut (an aggregate it does not know, or one
+// whose samples no longer fit one chunk), which the caller drops whole.
 func cutAggr(data []byte, ivs tombstones.Intervals, resolution int64) (chk []byte, mint, maxt int64, ok bool, err error) {
 	aggrs, err := parseAggr(data)
 	if err != nil {
@@ -88,66 +89,87 @@ func cutAggr(data []byte, ivs tombstones.Intervals, resolution int64) (chk []byt
 		return nil, 0, 0, false, nil
 	}
 	kept := func(t int64) bool { return !ivs.Overlaps(windowStart(t, resolution), t) }
-	var (
-		out      [aggrTypes]chunkenc.Chunk
-		windows  []int64
-		lastGone bool
-	)
-	for i, c := range aggrs {
-		if c == nil {
-			continue
-		}
-		nc, ts, gone, ok, err := filterChunk(c, kept)
-		if err != nil || !ok {
-			return nil, 0, 0, false, errors.Wrapf(err, "aggregate %d", i)
-		}
-		if i == first {
-			windows, lastGone = ts, gone
-		}
-		out[i] = nc
+	var out [aggrTypes]chunkenc.Chunk
+	windows, cutAt, cut, ok, err := filterChunk(aggrs[first], kept, &out[first])
+	if err != nil || !ok {
+		return nil, 0, 0, false, errors.Wrapf(err, "aggregate %d", first)
 	}
 	if len(windows) == 0 {
 		return nil, 0, 0, true, nil
 	}
-	last := windows[len(windows)-1]
-	if counter, max := out[aggrCounter], out[aggrMax]; lastGone && counter != nil && counter.Encoding() == chunkenc.EncXOR && max != nil {
-		var v float64
-		it := max.Iterator(nil)
-		for it.Next() == chunkenc.ValFloat {
-			_, v = it.At()
-		}
-		if err := it.Err(); err != nil {
-			return nil, 0, 0, false, errors.Wrap(err, "max aggregate")
-		}
-		app, err := counter.Appender()
-		if err != nil {
-			return nil, 0, 0, false, err
-		}
-		app.Append(0, last, v)
+	if !cut {
+		return data, windows[0], windows[len(windows)-1], true, nil
 	}
-	return encodeAggr(out), windows[0], last, true, nil
+	for i, c := range aggrs {
+		if c == nil || i == first {
+			continue
+		}
+		keep := kept
+		if i == aggrCounter {
+			keep = func(t int64) bool { return t < cutAt && kept(t) }
+		}
+		if _, _, _, ok, err := filterChunk(c, keep, &out[i]); err != nil || !ok {
+			return nil, 0, 0, false, errors.Wrapf(err, "aggregate %d", i)
+		}
+	}
+	if err := closeCounter(out[aggrCounter], aggrs[aggrMax], cutAt); err != nil {
+		return nil, 0, 0, false, err
+	}
+	return encodeAggr(out), windows[0], windows[len(windows)-1], true, nil
 }
 
-// filterChunk returns a chunk of c's encoding with the samples of c whose timestamps keep
-// accepts, their timestamps, and whether c's last sample was left out. ok is false if they do
-// not fit one chunk.
-func filterChunk(c chunkenc.Chunk, keep func(int64) bool) (out chunkenc.Chunk, ts []int64, lastGone, ok bool, err error) {
-	out, err = chunkenc.NewEmptyChunk(c.Encoding())
-	if err != nil {
-		return nil, nil, false, false, err
+// closeCounter ends a float counter aggregate cut before cutAt with its last raw value, the
+// maximum of its last window (max, the max aggregate, before the cut). Without a max aggregate,
+// or with no window left, it adds nothing.
+func closeCounter(counter, max chunkenc.Chunk, cutAt int64) error {
+	if counter == nil || counter.Encoding() != chunkenc.EncXOR || max == nil || counter.NumSamples() == 0 {
+		return nil
 	}
-	app, err := out.Appender()
+	var (
+		last int64
+		it   = counter.Iterator(nil)
+	)
+	for it.Next() == chunkenc.ValFloat {
+		last = it.AtT()
+	}
+	if err := it.Err(); err != nil {
+		return errors.Wrap(err, "counter aggregate")
+	}
+	it = max.Iterator(nil)
+	for it.Next() == chunkenc.ValFloat {
+		if t, v := it.At(); t == last && t < cutAt {
+			app, err := counter.Appender()
+			if err != nil {
+				return err
+			}
+			app.Append(0, t, v)
+			return nil
+		}
+	}
+	return errors.Wrap(it.Err(), "max aggregate")
+}
+
+// filterChunk sets *out to a chunk of c's encoding with the samples of c whose timestamps keep
+// accepts, and returns their timestamps, the timestamp of the first sample left out, and whether
+// any was. ok is false if the samples kept do not fit one chunk.
+func filterChunk(c chunkenc.Chunk, keep func(int64) bool, out *chunkenc.Chunk) (ts []int64, firstOut int64, cut, ok bool, err error) {
+	nc, err := chunkenc.NewEmptyChunk(c.Encoding())
 	if err != nil {
-		return nil, nil, false, false, err
+		return nil, 0, false, false, err
+	}
+	app, err := nc.Appender()
+	if err != nil {
+		return nil, 0, false, false, err
 	}
 	it := c.Iterator(nil)
 	for vt := it.Next(); vt != chunkenc.ValNone; vt = it.Next() {
 		t := it.AtT()
 		if !keep(t) {
-			lastGone = true
+			if !cut {
+				firstOut, cut = t, true
+			}
 			continue
 		}
-		lastGone = false
 		var next chunkenc.Chunk
 		recoded := false
 		switch vt {
@@ -169,17 +191,18 @@ func filterChunk(c chunkenc.Chunk, keep func(int64) bool) (out chunkenc.Chunk, t
 			next, recoded, app, err = app.AppendHistogram(nil, 0, t, h, false)
 		}
 		if err != nil {
-			return nil, nil, false, false, err
+			return nil, 0, false, false, err
 		}
 		switch {
 		case next != nil && recoded:
-			out = next
+			nc = next
 		case next != nil:
-			return nil, nil, false, false, nil
+			return nil, 0, false, false, nil
 		}
 		ts = append(ts, t)
 	}
-	return out, ts, lastGone, true, it.Err()
+	*out = nc
+	return ts, firstOut, cut, true, it.Err()
 }
 
 // aggrFirst is the first aggregate present other than the counter: its samples are the windows.

@@ -1,6 +1,7 @@
 package rewriter
 
 import (
+	"encoding/binary"
 	"testing"
 
 	"github.com/efficientgo/core/testutil"
@@ -130,21 +131,15 @@ func TestCutAggr(t *testing.T) {
 			}
 			testutil.Equals(t, exp[aggrCount][0].t, mint)
 			testutil.Equals(t, exp[aggrCount][len(exp[aggrCount])-1].t, maxt)
-			// The counter: the first raw sample goes with the first window, the windows as the
-			// others, and the last raw value with the last window, replaced by that window's max.
-			if !gone[0] {
-				exp[aggrCounter] = append(exp[aggrCounter], want[aggrCounter][0])
+			// The counter keeps its first raw sample and the windows before the first that goes,
+			// then the max of the last of those as its last raw value.
+			first := windows
+			for _, i := range tc.gone {
+				first = min(first, i)
 			}
-			for i, s := range want[aggrCounter][1 : windows+1] {
-				if !gone[i] {
-					exp[aggrCounter] = append(exp[aggrCounter], s)
-				}
-			}
-			if gone[windows-1] {
-				n := len(exp[aggrMax])
-				exp[aggrCounter] = append(exp[aggrCounter], exp[aggrMax][n-1])
-			} else {
-				exp[aggrCounter] = append(exp[aggrCounter], want[aggrCounter][windows+1])
+			if first > 0 {
+				exp[aggrCounter] = append(exp[aggrCounter], want[aggrCounter][:first+1]...)
+				exp[aggrCounter] = append(exp[aggrCounter], want[aggrMax][first-1])
 			}
 			testutil.Equals(t, exp, got)
 			// No sample of any aggregate lies in a deleted range, nor its window.
@@ -162,7 +157,8 @@ func TestCutAggr(t *testing.T) {
 		testutil.Assert(t, ok && out == nil)
 	})
 	t.Run("corrupt", func(t *testing.T) {
-		for _, b := range [][]byte{{}, {5, 1, 2}, append(append([]byte{}, chk...), 0)} {
+		huge := binary.AppendUvarint(nil, ^uint64(0))
+		for _, b := range [][]byte{{}, {5, 1, 2}, {1}, append(huge, 1, 2, 3), append(append([]byte{}, chk...), 0)} {
 			_, _, _, _, err := cutAggr(b, tombstones.Intervals{{Mint: minute(0), Maxt: minute(1)}}, res5m)
 			testutil.NotOk(t, err, "%v", b)
 		}
@@ -171,7 +167,7 @@ func TestCutAggr(t *testing.T) {
 
 // TestCutAggrHistograms: Thanos downsamples native histograms into a count (floats), a sum and a
 // counter (float histograms, the sum a gauge) per window; cutting keeps the other windows'
-// histograms as they were.
+// count and sum as they were, and the counter up to the first window cut.
 func TestCutAggrHistograms(t *testing.T) {
 	var cs [aggrTypes]chunkenc.Chunk
 	cs[aggrCount], cs[aggrSum], cs[aggrCounter] = chunkenc.NewXORChunk(), chunkenc.NewFloatHistogramChunk(), chunkenc.NewFloatHistogramChunk()
@@ -237,7 +233,34 @@ func TestCutAggrHistograms(t *testing.T) {
 	testutil.Ok(t, err)
 	testutil.Assert(t, ok && out != nil)
 	exp := append(append([]window{}, want[:5]...), want[8:23]...)
+	// The counter, a running total through the deleted windows, keeps the windows before them.
+	for i := 5; i < len(exp); i++ {
+		exp[i].counter = ""
+	}
 	testutil.Equals(t, exp, read(out))
 	testutil.Equals(t, exp[0].t, mint)
 	testutil.Equals(t, exp[len(exp)-1].t, maxt)
+}
+
+// TestCutAggrLeaksNothingOfAGauge: the counter aggregate is a running total over the raw
+// samples, gauges included; a value it holds after a deleted window would give the deleted
+// samples away (here the jump from 10 to 1000 and back).
+func TestCutAggrLeaksNothingOfAGauge(t *testing.T) {
+	var raw []tv
+	for m := int64(0); m < 30; m++ {
+		v := 10.0
+		if m >= 10 && m < 15 {
+			v = 1000
+		}
+		raw = append(raw, tv{t0 + 30_000 + m*60_000, v})
+	}
+	chk, _ := thanosAggr(t, raw)
+	out, _, _, ok, err := cutAggr(chk, tombstones.Intervals{{Mint: t0 + 600_000, Maxt: t0 + 899_999}}, res5m)
+	testutil.Ok(t, err)
+	testutil.Assert(t, ok && out != nil)
+	for k, ss := range aggrSamples(t, out) {
+		for _, s := range ss {
+			testutil.Assert(t, s.v < 1000, "aggregate %d holds %v, which only the deleted samples explain", k, s)
+		}
+	}
 }

@@ -247,6 +247,15 @@ func (iw *indexWriter) symbol(ref uint32) uint32 {
 // addSeries writes a series entry: the label symbols as the source numbers them (refs, as
 // source.series returns them) and the chunks. Series must come in the source's order.
 func (iw *indexWriter) addSeries(refs []uint32, metas []chunks.Meta) error {
+	// What Prometheus' writer checks of the chunks: the entry encodes their gaps unsigned.
+	for i, c := range metas {
+		if c.MaxTime < c.MinTime {
+			return errors.Newf("chunk %d ends at %d before it starts at %d", i, c.MaxTime, c.MinTime)
+		}
+		if i > 0 && (c.MinTime <= metas[i-1].MaxTime || c.Ref < metas[i-1].Ref) {
+			return errors.Newf("chunk %d [%d, %d] ref %d does not follow chunk %d [%d, %d] ref %d", i, c.MinTime, c.MaxTime, c.Ref, i-1, metas[i-1].MinTime, metas[i-1].MaxTime, metas[i-1].Ref)
+		}
+	}
 	if pad := iw.pos % 16; pad != 0 {
 		if err := iw.write(make([]byte, 16-pad)); err != nil {
 			return err

@@ -71,6 +71,15 @@ func truncated(path string, size int64) (*os.File, error) {
 	if err != nil {
 		return nil, errors.Wrap(err, "open checkpointed file")
 	}
+	// A file shorter than its checkpoint says (another worker's upload of the same job raced
+	// this checkpoint's) must not be padded with zeros.
+	if info, err := f.Stat(); err != nil || info.Size() < size {
+		_ = f.Close()
+		if err == nil {
+			err = errors.Newf("%s holds %d bytes, its checkpoint %d", path, info.Size(), size)
+		}
+		return nil, errors.Wrap(err, "checkpointed file")
+	}
 	if err := f.Truncate(size); err != nil {
 		return nil, errors.Wrap(err, "cut checkpointed file")
 	}

@@ -491,33 +491,63 @@ func (b *crashAfterCheckpoint) Upload(ctx context.Context, name string, r io.Rea
 // streams a block, with no time budget; a run that dies after one leaves it for the next, which
 // goes on from there and uploads the bytes of an uninterrupted run.
 func TestRunSavesCheckpointsOnTheWay(t *testing.T) {
-	f, g, whole := resumeFixtures(t)
-	ctx := context.Background()
+	for _, tc := range []struct {
+		name string
+		// tamper changes the checkpoint's objects before the rerun.
+		tamper  func(t *testing.T, bkt objstore.Bucket, objects []string)
+		wantLog string
+	}{
+		{name: "the next run resumes", wantLog: "resuming from a checkpoint"},
+		{
+			// As after a race of two workers on one job: the index another worker uploaded is
+			// shorter than this checkpoint says. It must not be padded with zeros.
+			name: "a checkpoint whose index is short is ignored",
+			tamper: func(t *testing.T, bkt objstore.Bucket, objects []string) {
+				for _, n := range objects {
+					if path.Base(n) == block.IndexFilename {
+						b := readObject(t, bkt, n)
+						testutil.Ok(t, bkt.Upload(context.Background(), n, strings.NewReader(b[:len(b)/2])))
+						return
+					}
+				}
+				t.Fatalf("no index among the checkpoint's objects %v", objects)
+			},
+			wantLog: "shorter than it says",
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f, g, whole := resumeFixtures(t)
+			ctx := context.Background()
 
-	crashCtx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	crash := &crashAfterCheckpoint{Bucket: g.bkt, cancel: cancel}
-	cfg := Config{Threshold: 0.05, Limits: Limits{BatchSeries: 4}, CheckpointEvery: time.Nanosecond, Concurrency: 1}
-	_, err := NewRunner(crash, g.store, slog.New(slog.DiscardHandler), nil, withDefaults(t, cfg)).Run(crashCtx)
-	testutil.NotOk(t, err, "the run was to die after its first checkpoint")
-	testutil.Equals(t, 1, crash.saved)
-	l, err := block.List(ctx, g.bkt)
-	testutil.Ok(t, err)
-	testutil.Equals(t, 2, len(l.Blocks), "a run that died inside its first block left a new block behind")
-	var checkpoints []string
-	testutil.Ok(t, g.bkt.Iter(ctx, StatePrefix+"jobs/", func(n string) error {
-		checkpoints = append(checkpoints, n)
-		return nil
-	}))
-	testutil.Equals(t, 1, len(checkpoints), "checkpoints: %v", checkpoints)
+			crashCtx, cancel := context.WithCancel(ctx)
+			defer cancel()
+			crash := &crashAfterCheckpoint{Bucket: g.bkt, cancel: cancel}
+			cfg := Config{Threshold: 0.05, Limits: Limits{BatchSeries: 4}, CheckpointEvery: time.Nanosecond, Concurrency: 1}
+			_, err := NewRunner(crash, g.store, slog.New(slog.DiscardHandler), nil, withDefaults(t, cfg)).Run(crashCtx)
+			testutil.NotOk(t, err, "the run was to die after its first checkpoint")
+			testutil.Equals(t, 1, crash.saved)
+			l, err := block.List(ctx, g.bkt)
+			testutil.Ok(t, err)
+			testutil.Equals(t, 2, len(l.Blocks), "a run that died inside its first block left a new block behind")
+			var objects []string
+			testutil.Ok(t, g.bkt.Iter(ctx, StatePrefix+"jobs/", func(n string) error {
+				objects = append(objects, n)
+				return nil
+			}, objstore.WithRecursiveIter()))
+			testutil.Assert(t, slices.ContainsFunc(objects, func(n string) bool { return path.Base(n) == "checkpoint.json" }), "checkpoint objects: %v", objects)
+			if tc.tamper != nil {
+				tc.tamper(t, g.bkt, objects)
+			}
 
-	var logs bytes.Buffer
-	rep, err := NewRunner(g.bkt, g.store, slog.New(slog.NewTextHandler(&logs, nil)), nil, withDefaults(t, cfg)).Run(ctx)
-	testutil.Ok(t, err)
-	testutil.Equals(t, 2, len(rep.Rewritten))
-	testutil.Assert(t, strings.Contains(logs.String(), "resuming from a checkpoint"), "the second run did not resume:\n%s", logs.String())
-	testutil.Assert(t, strings.Count(logs.String(), "checkpoint saved") >= 10, "a checkpoint per batch was asked for:\n%s", logs.String())
-	sameOutput(t, f, g, whole)
+			var logs bytes.Buffer
+			rep, err := NewRunner(g.bkt, g.store, slog.New(slog.NewTextHandler(&logs, nil)), nil, withDefaults(t, cfg)).Run(ctx)
+			testutil.Ok(t, err)
+			testutil.Equals(t, 2, len(rep.Rewritten))
+			testutil.Assert(t, strings.Contains(logs.String(), tc.wantLog), "the second run did not log %q:\n%s", tc.wantLog, logs.String())
+			testutil.Assert(t, strings.Count(logs.String(), "checkpoint saved") >= 10, "a checkpoint per batch was asked for:\n%s", logs.String())
+			sameOutput(t, f, g, whole)
+		})
+	}
 }
 
 func withDefaults(t *testing.T, cfg Config) Config {

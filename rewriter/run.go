@@ -872,6 +872,22 @@ func (r *Runner) loadCheckpoint(ctx context.Context, j *Job, child ulid.ULID, ds
 	if err := block.DownloadFile(ctx, r.bkt, checkpointPrefix(child)+block.IndexFilename, filepath.Join(dst, block.IndexFilename)); err != nil {
 		return nil, err
 	}
+	// Two workers on one job can race (leases are not atomic): a file shorter than the checkpoint
+	// says belongs to another worker's checkpoint. Starting over writes the same bytes.
+	sizes := map[string]int64{filepath.Join(dst, block.IndexFilename): cp.IndexSize}
+	for _, s := range cp.Segments {
+		sizes[filepath.Join(dst, block.ChunksDirname, s.Name)] = s.Size
+	}
+	for path, size := range sizes {
+		info, err := os.Stat(path)
+		if err != nil {
+			return nil, err
+		}
+		if info.Size() < size {
+			r.logger.Warn("ignoring a checkpoint whose files are shorter than it says; the job starts over", "block", j.Block.String(), "file", filepath.Base(path))
+			return nil, nil
+		}
+	}
 	return cp, nil
 }
 
