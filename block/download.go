@@ -69,11 +69,6 @@ func objects(ctx context.Context, bkt objstore.BucketReader, id ulid.ULID) ([]st
 	return names, nil
 }
 
-// DownloadFile copies one object to a local file.
-func DownloadFile(ctx context.Context, bkt objstore.BucketReader, name, dst string) error {
-	return copyObject(ctx, bkt, name, dst)
-}
-
 func copyObject(ctx context.Context, bkt objstore.BucketReader, name, dst string) (err error) {
 	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 		return err

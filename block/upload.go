@@ -52,11 +52,6 @@ func Upload(ctx context.Context, bkt objstore.Bucket, dir string, meta *Meta) er
 	return nil
 }
 
-// UploadFile copies a local file to an object.
-func UploadFile(ctx context.Context, bkt objstore.Bucket, src, dst string) error {
-	return uploadFile(ctx, bkt, src, dst)
-}
-
 func uploadFile(ctx context.Context, bkt objstore.Bucket, src, dst string) (err error) {
 	f, err := os.Open(src)
 	if err != nil {

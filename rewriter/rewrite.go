@@ -111,11 +111,23 @@ type checkpoint struct {
 	Segments     []segmentState `json:"segments"`
 	IndexSize    int64          `json:"index_size"`
 	Stats        statsState     `json:"stats"`
+	// Parts are the objects that hold the output files as far as checkpointed.
+	Parts []checkpointPart `json:"parts"`
 }
 
-// checkpointFormat is the format of checkpoints this version writes: 2 carries the new index as
-// far as written (format 1 carried a log of series instead).
-const checkpointFormat = 2
+// checkpointFormat is the format of checkpoints this version writes: 3 carries the output files
+// in parts, each checkpoint's additions; 2 carried them whole at each checkpoint, 1 carried a log
+// of series instead of the index.
+const checkpointFormat = 3
+
+// checkpointPart is Size bytes of the output file File (slash-separated, relative to the new
+// block's directory) from Offset, in the object Object under the job's checkpoint prefix.
+type checkpointPart struct {
+	File   string `json:"file"`
+	Offset int64  `json:"offset"`
+	Size   int64  `json:"size"`
+	Object string `json:"object"`
+}
 
 // statsState is stats as checkpointed.
 type statsState struct {

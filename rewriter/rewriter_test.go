@@ -504,7 +504,7 @@ func TestRunSavesCheckpointsOnTheWay(t *testing.T) {
 			name: "a checkpoint whose index is short is ignored",
 			tamper: func(t *testing.T, bkt objstore.Bucket, objects []string) {
 				for _, n := range objects {
-					if path.Base(n) == block.IndexFilename {
+					if strings.HasPrefix(path.Base(n), block.IndexFilename+".") {
 						b := readObject(t, bkt, n)
 						testutil.Ok(t, bkt.Upload(context.Background(), n, strings.NewReader(b[:len(b)/2])))
 						return
@@ -540,14 +540,47 @@ func TestRunSavesCheckpointsOnTheWay(t *testing.T) {
 			}
 
 			var logs bytes.Buffer
-			rep, err := NewRunner(g.bkt, g.store, slog.New(slog.NewTextHandler(&logs, nil)), nil, withDefaults(t, cfg)).Run(ctx)
+			counted := &countingBucket{Bucket: g.bkt, prefix: StatePrefix + "jobs/"}
+			rep, err := NewRunner(counted, g.store, slog.New(slog.NewTextHandler(&logs, nil)), nil, withDefaults(t, cfg)).Run(ctx)
 			testutil.Ok(t, err)
 			testutil.Equals(t, 2, len(rep.Rewritten))
+			// Each checkpoint uploads what it adds: all of them together hold about one copy of
+			// the new blocks' chunks and index, not one per checkpoint.
+			var output int64
+			for _, r := range rep.Rewritten {
+				testutil.Ok(t, g.bkt.Iter(ctx, r.Block.String(), func(n string) error {
+					if path.Base(n) != block.MetaFilename {
+						output += int64(len(readObject(t, g.bkt, n)))
+					}
+					return nil
+				}, objstore.WithRecursiveIter()))
+			}
+			t.Logf("checkpoints uploaded %d bytes of parts for %d bytes of new blocks", counted.bytes, output)
+			testutil.Assert(t, counted.bytes <= output, "checkpoints uploaded %d bytes for %d bytes of output", counted.bytes, output)
 			testutil.Assert(t, strings.Contains(logs.String(), tc.wantLog), "the second run did not log %q:\n%s", tc.wantLog, logs.String())
 			testutil.Assert(t, strings.Count(logs.String(), "checkpoint saved") >= 10, "a checkpoint per batch was asked for:\n%s", logs.String())
 			sameOutput(t, f, g, whole)
 		})
 	}
+}
+
+// countingBucket counts the bytes uploaded under prefix, checkpoint objects aside.
+type countingBucket struct {
+	objstore.Bucket
+	prefix string
+	bytes  int64
+}
+
+func (b *countingBucket) Upload(ctx context.Context, name string, r io.Reader, opts ...objstore.ObjectUploadOption) error {
+	if strings.HasPrefix(name, b.prefix) && !strings.HasSuffix(name, "/checkpoint.json") {
+		raw, err := io.ReadAll(r)
+		if err != nil {
+			return err
+		}
+		b.bytes += int64(len(raw))
+		r = bytes.NewReader(raw)
+	}
+	return b.Bucket.Upload(ctx, name, r, opts...)
 }
 
 func withDefaults(t *testing.T, cfg Config) Config {

@@ -8,6 +8,7 @@ import (
 	stderrors "errors"
 	"fmt"
 	"hash/fnv"
+	"io"
 	"log/slog"
 	"os"
 	"path"
@@ -17,6 +18,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/efficientgo/core/errcapture"
 	"github.com/efficientgo/core/errors"
 	"github.com/oklog/ulid/v2"
 	"github.com/prometheus/client_golang/prometheus"
@@ -864,16 +866,19 @@ func (r *Runner) loadCheckpoint(ctx context.Context, j *Job, child ulid.ULID, ds
 		r.logger.Warn("ignoring a checkpoint of another format; the job starts over", "block", j.Block.String(), "format", cp.Format)
 		return nil, nil
 	}
-	for _, s := range cp.Segments {
-		if err := block.DownloadFile(ctx, r.bkt, checkpointPrefix(child)+"chunks/"+s.Name, filepath.Join(dst, block.ChunksDirname, s.Name)); err != nil {
+	// Two workers on one job can race (leases are not atomic): a part missing, or shorter than
+	// the checkpoint says, belongs to another worker's checkpoint. Starting over writes the same
+	// bytes.
+	for _, p := range cp.Parts {
+		err := downloadPart(ctx, r.bkt, checkpointPrefix(child)+p.Object, filepath.Join(dst, filepath.FromSlash(p.File)), p.Offset, p.Size)
+		if errors.Is(err, errShortPart) || r.bkt.IsObjNotFoundErr(errors.Cause(err)) {
+			r.logger.Warn("ignoring a checkpoint whose files are shorter than it says; the job starts over", "block", j.Block.String(), "part", p.Object, "err", err)
+			return nil, nil
+		}
+		if err != nil {
 			return nil, err
 		}
 	}
-	if err := block.DownloadFile(ctx, r.bkt, checkpointPrefix(child)+block.IndexFilename, filepath.Join(dst, block.IndexFilename)); err != nil {
-		return nil, err
-	}
-	// Two workers on one job can race (leases are not atomic): a file shorter than the checkpoint
-	// says belongs to another worker's checkpoint. Starting over writes the same bytes.
 	sizes := map[string]int64{filepath.Join(dst, block.IndexFilename): cp.IndexSize}
 	for _, s := range cp.Segments {
 		sizes[filepath.Join(dst, block.ChunksDirname, s.Name)] = s.Size
@@ -891,25 +896,31 @@ func (r *Runner) loadCheckpoint(ctx context.Context, j *Job, child ulid.ULID, ds
 	return cp, nil
 }
 
-// saveCheckpoint uploads the output files that changed since the previous checkpoint, then the
-// checkpoint itself, last.
+// saveCheckpoint uploads what the output files gained since the previous checkpoint, each new
+// range as an object of its own (a checkpoint costs what it adds, not the whole output so far),
+// then the checkpoint itself, last.
 func (r *Runner) saveCheckpoint(ctx context.Context, cp, prev *checkpoint, dst string) error {
-	unchanged := map[segmentState]bool{}
+	had := map[string]int64{}
 	if prev != nil {
-		for _, s := range prev.Segments {
-			unchanged[s] = true
+		cp.Parts = slices.Clone(prev.Parts)
+		for _, p := range prev.Parts {
+			had[p.File] = max(had[p.File], p.Offset+p.Size)
 		}
 	}
+	sizes := []segmentState{{Name: block.IndexFilename, Size: cp.IndexSize}}
 	for _, s := range cp.Segments {
-		if unchanged[s] {
+		sizes = append(sizes, segmentState{Name: block.ChunksDirname + "/" + s.Name, Size: s.Size})
+	}
+	for _, f := range sizes {
+		from := had[f.Name]
+		if f.Size <= from {
 			continue
 		}
-		if err := block.UploadFile(ctx, r.bkt, filepath.Join(dst, block.ChunksDirname, s.Name), checkpointPrefix(cp.Block)+"chunks/"+s.Name); err != nil {
+		p := checkpointPart{File: f.Name, Offset: from, Size: f.Size - from, Object: fmt.Sprintf("parts/%s.%020d", f.Name, from)}
+		if err := uploadPart(ctx, r.bkt, filepath.Join(dst, filepath.FromSlash(f.Name)), p.Offset, p.Size, checkpointPrefix(cp.Block)+p.Object); err != nil {
 			return err
 		}
-	}
-	if err := block.UploadFile(ctx, r.bkt, filepath.Join(dst, block.IndexFilename), checkpointPrefix(cp.Block)+block.IndexFilename); err != nil {
-		return err
+		cp.Parts = append(cp.Parts, p)
 	}
 	b, err := json.Marshal(cp)
 	if err != nil {
@@ -917,6 +928,43 @@ func (r *Runner) saveCheckpoint(ctx context.Context, cp, prev *checkpoint, dst s
 	}
 	return errors.Wrap(r.bkt.Upload(ctx, checkpointPrefix(cp.Block)+"checkpoint.json", bytes.NewReader(b)), "upload checkpoint")
 }
+
+// uploadPart uploads size bytes of the file at path from off.
+func uploadPart(ctx context.Context, bkt objstore.Bucket, path string, off, size int64, name string) (err error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer errcapture.Do(&err, f.Close, "close %s", path)
+	return errors.Wrapf(bkt.Upload(ctx, name, io.NewSectionReader(f, off, size)), "upload %s", name)
+}
+
+// downloadPart writes the object, size bytes, into the file at path from off.
+func downloadPart(ctx context.Context, bkt objstore.BucketReader, name, path string, off, size int64) (err error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	rc, err := bkt.Get(ctx, name)
+	if err != nil {
+		return errors.Wrapf(err, "get %s", name)
+	}
+	defer errcapture.Do(&err, rc.Close, "close %s", name)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE, 0o644)
+	if err != nil {
+		return err
+	}
+	defer errcapture.Do(&err, f.Close, "close %s", path)
+	n, err := io.Copy(io.NewOffsetWriter(f, off), rc)
+	if err != nil {
+		return errors.Wrapf(err, "download %s", name)
+	}
+	if n != size {
+		return errors.Wrapf(errShortPart, "%s holds %d bytes, its checkpoint %d", name, n, size)
+	}
+	return nil
+}
+
+var errShortPart = errors.New("checkpoint part of another size")
 
 // dropCheckpoint removes a finished job's checkpoint, the checkpoint object first.
 func (r *Runner) dropCheckpoint(ctx context.Context, child ulid.ULID) error {
