@@ -193,9 +193,10 @@ func TestList_CanceledContext(t *testing.T) {
 	testutil.Assert(t, l == nil, "listing returned with an error: %+v", l)
 }
 
-// TestOpenIndexFileMapsTheSymbolTable: a local index's symbol table is read through a memory map,
-// not fetched into the heap, and everything read through it is what Prometheus' reader reads.
-func TestOpenIndexFileMapsTheSymbolTable(t *testing.T) {
+// TestOpenIndexFileMapsTheTables: a local index's symbol table and postings offset table are read
+// through a memory map, not fetched into the heap, and everything read through it is what
+// Prometheus' reader reads.
+func TestOpenIndexFileMapsTheTables(t *testing.T) {
 	var series []labels.Labels
 	for i := 0; i < 20_000; i++ {
 		series = append(series, labels.FromStrings("__name__", "req", "session", fmt.Sprintf("a-long-unique-session-value-%08d", i)))
@@ -235,9 +236,10 @@ func TestOpenIndexFileMapsTheSymbolTable(t *testing.T) {
 	testutil.Ok(t, err)
 	info, err := os.Stat(path)
 	testutil.Ok(t, err)
-	// Pages are 64 KiB: the first is read to learn the format, and one may hold the end of the
-	// symbols and the start of the series.
+	// Pages are 64 KiB: the first is read to learn the format, and one at each end of the series
+	// and postings may hold part of a table.
 	testutil.Assert(t, toc.Series-toc.Symbols > 500_000, "a symbol table of %d bytes is too small to tell", toc.Series-toc.Symbols)
-	testutil.Assert(t, ix.BytesFetched() <= info.Size()-int64(toc.Series)+2*64<<10,
-		"fetched %d bytes of a %d-byte index whose symbol table ends at %d: the symbols went through the heap", ix.BytesFetched(), info.Size(), toc.Series)
+	testutil.Assert(t, uint64(info.Size())-toc.PostingsTable > 500_000, "a postings offset table of %d bytes is too small to tell", uint64(info.Size())-toc.PostingsTable)
+	testutil.Assert(t, ix.BytesFetched() <= int64(toc.PostingsTable-toc.Series)+3*64<<10,
+		"fetched %d bytes of a %d-byte index whose series and postings lie in [%d, %d): the tables went through the heap", ix.BytesFetched(), info.Size(), toc.Series, toc.PostingsTable)
 }

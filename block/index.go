@@ -41,11 +41,13 @@ type rangedIndex struct {
 	// those requests are answered from this copy instead of downloading the whole index.
 	symbolsEnd int
 	symbols    []byte
-	// mapped, for a local file, is the file mapped into memory: the symbol table is read from it
-	// instead of copied, so that a large table takes page cache the kernel can reclaim rather than
-	// heap. The rest of the index still goes through the bounded page cache, so that streaming
-	// every series does not leave the whole index resident.
-	mapped []byte
+	// mapped, for a local file, is the file mapped into memory: the symbol table and the postings
+	// offset table (from tablesStart on), which readers read whole, are read from it instead of
+	// copied, so that large tables take page cache the kernel can reclaim rather than heap. Series
+	// and postings still go through the bounded page cache, so that streaming every series does
+	// not leave the whole index resident.
+	mapped      []byte
+	tablesStart int
 	// fetched counts bytes downloaded, for tests and logs.
 	fetched int64
 }
@@ -53,7 +55,8 @@ type rangedIndex struct {
 func (r *rangedIndex) Len() int { return r.size }
 
 func (r *rangedIndex) Range(start, end int) []byte {
-	if r.mapped != nil && r.symbolsEnd > 0 && start >= 0 && start <= end && (end <= r.symbolsEnd || start == 0 && end == r.size) {
+	if r.mapped != nil && r.symbolsEnd > 0 && start >= 0 && start <= end && end <= r.size &&
+		(end <= r.symbolsEnd || r.tablesStart > 0 && start >= r.tablesStart || start == 0 && end == r.size) {
 		return r.mapped[start:end]
 	}
 	if start == 0 && end == r.size && r.symbolsEnd > 0 {
@@ -250,6 +253,9 @@ func openRanged(read func(off, length int) ([]byte, error), name string, size in
 	if src.size > 5 && src.Range(4, 5)[0] == index.FormatV2 {
 		if toc, err := index.NewTOCFromByteSlice(src); err == nil && toc.Series > toc.Symbols && toc.Series <= uint64(src.size) {
 			src.symbolsEnd = int(toc.Series)
+			if toc.PostingsTable > toc.Series && toc.PostingsTable < uint64(src.size) {
+				src.tablesStart = int(toc.PostingsTable)
+			}
 		}
 	}
 	r, err := newReader(src)
