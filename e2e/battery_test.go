@@ -59,6 +59,28 @@ type batteryDeletion struct {
 
 func (d batteryDeletion) open() bool { return d.start == math.MinInt64 || d.end == math.MaxInt64 }
 
+// startOracle starts a Prometheus on the block directories and deletes there, with its own
+// delete_series and clean_tombstones, what dels delete: the ground truth of a masked query or a
+// rewritten bucket.
+func startOracle(t *testing.T, dirs []string, dels []batteryDeletion) *prometheusProc {
+	t.Helper()
+	oracle := startPrometheus(t, dirs)
+	for _, d := range dels {
+		var start, end *time.Time
+		if d.start != math.MinInt64 {
+			s := time.UnixMilli(d.start)
+			start = &s
+		}
+		if d.end != math.MaxInt64 {
+			e := time.UnixMilli(d.end)
+			end = &e
+		}
+		oracle.DeleteSeries(t, d.matchers, start, end)
+	}
+	oracle.CleanTombstones(t)
+	return oracle
+}
+
 var batteryDeletions = []batteryDeletion{
 	{"one user across the first block boundary", []string{`{job="api",user_id="u3"}`}, bt(90 * time.Minute), bt(150 * time.Minute)},
 	{"one whole series forever", []string{`http_requests_total{job="api",instance="i-0",user_id="u9",path="/admin"}`}, math.MinInt64, math.MaxInt64},
@@ -230,20 +252,7 @@ func batteryMode(t *testing.T, upstream bool) {
 	proxy.waitMetric(t, "lethe_proxy_tombstones_loaded", float64(len(batteryDeletions)))
 	t.Logf("data written, proxy up and %d tombstones registered in %v", len(batteryDeletions), time.Since(began).Round(time.Millisecond))
 
-	oracle := startPrometheus(t, dirs)
-	for _, d := range batteryDeletions {
-		var start, end *time.Time
-		if d.start != math.MinInt64 {
-			s := time.UnixMilli(d.start)
-			start = &s
-		}
-		if d.end != math.MaxInt64 {
-			e := time.UnixMilli(d.end)
-			end = &e
-		}
-		oracle.DeleteSeries(t, d.matchers, start, end)
-	}
-	oracle.CleanTombstones(t)
+	oracle := startOracle(t, dirs, batteryDeletions)
 	t.Logf("oracle and untouched Prometheus ready at %v", time.Since(began).Round(time.Millisecond))
 
 	res := runBatteryWith(t, proxy.URL, oracle, untouched)

@@ -38,16 +38,10 @@ const (
 
 // prometheusProc is one running Prometheus server, stopped when its test ends.
 type prometheusProc struct {
-	// URL is the server's base URL, e.g. http://127.0.0.1:41234.
-	URL string
+	*server
 	// dir holds the config file, the log and the TSDB directory (dataDir).
 	dir     string
 	dataDir string
-	logFile string
-	cmd     *exec.Cmd
-	done    chan struct{} // closed when the process has exited
-	waitErr error         // valid after done is closed
-	client  *http.Client
 }
 
 // prometheusOptions configures startPrometheusWith.
@@ -212,10 +206,6 @@ func startPrometheusWith(t *testing.T, opts prometheusOptions, blockDirs []strin
 func launchPrometheus(t *testing.T, bin, dir, dataDir, conf string, attempt int, extraFlags []string) (*prometheusProc, bool) {
 	t.Helper()
 	port := freePort(t)
-	logFile := filepath.Join(dir, fmt.Sprintf("prometheus-%d.log", attempt))
-	logf, err := os.Create(logFile)
-	testutil.Ok(t, err)
-
 	args := append([]string{
 		"--config.file=" + conf,
 		"--storage.tsdb.path=" + dataDir,
@@ -224,54 +214,21 @@ func launchPrometheus(t *testing.T, bin, dir, dataDir, conf string, attempt int,
 		"--storage.tsdb.retention.time=100y",
 		"--log.level=warn",
 	}, extraFlags...)
-	cmd := exec.Command(bin, args...)
-	cmd.Dir = dir
-	cmd.Stdout, cmd.Stderr = logf, logf
-	p := &prometheusProc{
-		URL:     "http://127.0.0.1:" + strconv.Itoa(port),
-		dir:     dir,
-		dataDir: dataDir,
-		logFile: logFile,
-		cmd:     cmd,
-		done:    make(chan struct{}),
-		client:  &http.Client{Timeout: 30 * time.Second},
-	}
-	began := time.Now()
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		t.Fatalf("start %s: %v", bin, err)
-	}
-	go func() {
-		p.waitErr = cmd.Wait()
-		logf.Close()
-		close(p.done)
-	}()
-	// Registered after t.TempDir, so it runs before the directory is removed.
-	t.Cleanup(func() {
-		p.stop(t)
-		if t.Failed() {
-			t.Logf("prometheus %s log (%s):\n%s", p.URL, p.logFile, p.logTail())
-		}
+	p := &prometheusProc{dir: dir, dataDir: dataDir}
+	var bindFailed bool
+	p.server, bindFailed = launchServer(t, serverSpec{
+		name: "prometheus", bin: bin, dir: dir, port: port, args: args,
+		logFile:      filepath.Join(dir, fmt.Sprintf("prometheus-%d.log", attempt)),
+		readyTimeout: promReadyTimeout, stopTimeout: promStopTimeout,
+		ready: func(s *server) bool {
+			status, _, err := (&prometheusProc{server: s}).get("/-/ready", nil)
+			return err == nil && status == http.StatusOK
+		},
 	})
-
-	deadline := time.Now().Add(promReadyTimeout)
-	for {
-		select {
-		case <-p.done:
-			tail := p.logTail()
-			t.Logf("prometheus exited before it was ready (%v); log:\n%s", p.waitErr, tail)
-			return nil, strings.Contains(tail, "address already in use")
-		default:
-		}
-		if status, _, err := p.get("/-/ready", nil); err == nil && status == http.StatusOK {
-			t.Logf("prometheus %s (pid %d) ready after %v", p.URL, cmd.Process.Pid, time.Since(began).Round(time.Millisecond))
-			return p, false
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("prometheus %s not ready after %v; log tail:\n%s", p.URL, promReadyTimeout, p.logTail())
-		}
-		time.Sleep(promPollEvery)
+	if p.server == nil {
+		return nil, bindFailed
 	}
+	return p, false
 }
 
 // waitLoaded polls until Prometheus answers queries with data from every block (it may load blocks
@@ -339,13 +296,6 @@ func freePort(t *testing.T) int {
 	testutil.Ok(t, l.Close())
 	return port
 }
-
-// stop sends SIGTERM, waits up to promStopTimeout, then kills.
-func (p *prometheusProc) stop(t *testing.T) {
-	stopProcess(t, "prometheus "+p.URL, p.cmd, p.done, promStopTimeout)
-}
-
-func (p *prometheusProc) logTail() string { return fileTail(p.logFile) }
 
 // stopProcess sends SIGTERM to a process whose Wait closes done, waits up to timeout, then kills.
 func stopProcess(t testing.TB, name string, cmd *exec.Cmd, done <-chan struct{}, timeout time.Duration) {

@@ -9,7 +9,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -25,14 +24,7 @@ const (
 )
 
 // proxyProc is one running lethe-proxy, stopped when its test ends.
-type proxyProc struct {
-	URL     string
-	logFile string
-	cmd     *exec.Cmd
-	done    chan struct{}
-	waitErr error
-	client  *http.Client
-}
+type proxyProc struct{ *server }
 
 // startProxy starts lethe-proxy in bucket mode (no --upstream.url) over a FILESYSTEM bucket at
 // bucketDir, on a free 127.0.0.1 port, and waits until /-/ready answers 200. extraFlags are appended
@@ -57,60 +49,28 @@ func startProxy(t *testing.T, bucketDir string, extraFlags ...string) *proxyProc
 func launchProxy(t *testing.T, dir, conf string, attempt int, extraFlags []string) (*proxyProc, bool) {
 	t.Helper()
 	port := freePort(t)
-	logFile := filepath.Join(dir, fmt.Sprintf("lethe-proxy-%d.log", attempt))
-	logf, err := os.Create(logFile)
-	testutil.Ok(t, err)
 	args := append([]string{
 		"--objstore.config-file=" + conf,
 		"--web.listen-address=127.0.0.1:" + strconv.Itoa(port),
 		"--data-dir=" + filepath.Join(dir, fmt.Sprintf("data-%d", attempt)),
 		"--log.level=warn",
 	}, extraFlags...)
-	cmd := exec.Command(binaries.proxy, args...)
-	cmd.Dir = dir
-	cmd.Stdout, cmd.Stderr = logf, logf
-	p := &proxyProc{
-		URL:     "http://127.0.0.1:" + strconv.Itoa(port),
-		logFile: logFile,
-		cmd:     cmd,
-		done:    make(chan struct{}),
-		client:  &http.Client{Timeout: 30 * time.Second},
-	}
-	began := time.Now()
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		t.Fatalf("start %s: %v", binaries.proxy, err)
-	}
-	go func() {
-		p.waitErr = cmd.Wait()
-		logf.Close()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		p.stop(t)
-		if t.Failed() {
-			t.Logf("lethe-proxy %s log (%s):\n%s", p.URL, p.logFile, p.logTail())
-		}
+	p := &proxyProc{}
+	var bindFailed bool
+	p.server, bindFailed = launchServer(t, serverSpec{
+		name: "lethe-proxy", bin: binaries.proxy, dir: dir, port: port, args: args,
+		logFile:      filepath.Join(dir, fmt.Sprintf("lethe-proxy-%d.log", attempt)),
+		readyTimeout: proxyReadyTimeout, stopTimeout: proxyStopTimeout,
+		ready: func(s *server) bool {
+			// 401: up, behind the basic auth of a --web.config.file.
+			status, _, err := (&proxyProc{server: s}).get("/-/ready")
+			return err == nil && (status == http.StatusOK || status == http.StatusUnauthorized)
+		},
 	})
-	deadline := began.Add(proxyReadyTimeout)
-	for {
-		select {
-		case <-p.done:
-			tail := p.logTail()
-			t.Logf("lethe-proxy exited before it was ready (%v); log:\n%s", p.waitErr, tail)
-			return nil, strings.Contains(tail, "address already in use")
-		default:
-		}
-		// 401: up, behind the basic auth of a --web.config.file.
-		if status, _, err := p.get("/-/ready"); err == nil && (status == http.StatusOK || status == http.StatusUnauthorized) {
-			t.Logf("lethe-proxy %s (pid %d) ready after %v", p.URL, cmd.Process.Pid, time.Since(began).Round(time.Millisecond))
-			return p, false
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("lethe-proxy %s not ready after %v; log tail:\n%s", p.URL, proxyReadyTimeout, p.logTail())
-		}
-		time.Sleep(promPollEvery)
+	if p.server == nil {
+		return nil, bindFailed
 	}
+	return p, false
 }
 
 func (p *proxyProc) get(path string) (int, []byte, error) {
@@ -156,10 +116,3 @@ func (p *proxyProc) waitMetric(t *testing.T, name string, want float64) {
 		time.Sleep(promPollEvery)
 	}
 }
-
-// stop sends SIGTERM, waits up to proxyStopTimeout, then kills.
-func (p *proxyProc) stop(t *testing.T) {
-	stopProcess(t, "lethe-proxy "+p.URL, p.cmd, p.done, proxyStopTimeout)
-}
-
-func (p *proxyProc) logTail() string { return fileTail(p.logFile) }

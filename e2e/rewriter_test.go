@@ -325,20 +325,7 @@ func TestRewriterMatchesPrometheusCleanTombstones(t *testing.T) {
 		liveDirs = append(liveDirs, filepath.Join(b.dir, m.ULID.String()))
 	}
 	fresh := startPrometheus(t, liveDirs)
-	oracle := startPrometheus(t, dirs)
-	for _, d := range dels {
-		var start, end *time.Time
-		if d.start != math.MinInt64 {
-			s := time.UnixMilli(d.start)
-			start = &s
-		}
-		if d.end != math.MaxInt64 {
-			e := time.UnixMilli(d.end)
-			end = &e
-		}
-		oracle.DeleteSeries(t, d.matchers, start, end)
-	}
-	oracle.CleanTombstones(t)
+	oracle := startOracle(t, dirs, dels)
 	t.Logf("fresh and oracle Prometheus ready at %v", time.Since(began).Round(time.Millisecond))
 
 	status, body := fresh.Get(t, "/api/v1/label/token/values", nil)
