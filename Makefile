@@ -42,6 +42,10 @@ demo: build
 	@echo "  curl -sG http://localhost:9095/api/v1/query --data-urlencode 'query=count(last_over_time(http_requests_total[1d]))'"
 	@echo "  bin/lethe --objstore.config-file=./data/demo-bucket.yml tombstone add --match '{user_id=\"7\"}'"
 	@echo "                                                                     # masked within 10s"
+	@echo "  bin/lethe-rewriter --objstore.config-file=./data/demo-bucket.yml plan       # what a run would rewrite"
+	@echo "  bin/lethe-rewriter --objstore.config-file=./data/demo-bucket.yml run --threshold 0"
+	@echo "                 # removes it from the blocks for good, once its undelete window has passed"
+	@echo "                 # (24h by default; tombstone add --undelete-window 0s makes it due at once)"
 	@echo
 	$(BIN)/lethe-proxy --objstore.config-file=./data/demo-bucket.yml --data-dir ./data/proxy --web.listen-address :9095
 
