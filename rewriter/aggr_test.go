@@ -24,7 +24,7 @@ type tv struct {
 // window's end or the last raw sample; the counter aggregate starts with the first raw sample
 // and ends with the last raw value at the last window's timestamp. It returns the chunk and the
 // windows' samples per aggregate.
-func thanosAggr(t *testing.T, raw []tv) ([]byte, [aggrTypes][]tv) {
+func thanosAggr(t testing.TB, raw []tv) ([]byte, [aggrTypes][]tv) {
 	t.Helper()
 	var want [aggrTypes][]tv
 	want[aggrCounter] = append(want[aggrCounter], raw[0])
@@ -263,4 +263,27 @@ func TestCutAggrLeaksNothingOfAGauge(t *testing.T) {
 			testutil.Assert(t, s.v < 1000, "aggregate %d holds %v, which only the deleted samples explain", k, s)
 		}
 	}
+}
+
+// FuzzCutAggr: whatever the bytes of an aggregate chunk, cutting them returns an error or a
+// chunk, never panics, and a chunk it returns parses again.
+func FuzzCutAggr(f *testing.F) {
+	var raw []tv
+	for m := int64(0); m < 20; m++ {
+		raw = append(raw, tv{t0 + m*60_000, float64(m % 7)})
+	}
+	chk, _ := thanosAggr(f, raw)
+	f.Add(chk, int64(300_000), int64(400_000))
+	f.Add([]byte{0, 0, 0, 0, 0}, int64(0), int64(1))
+	f.Add([]byte{3, 1, 0, 0, 0}, int64(0), int64(1))
+	f.Fuzz(func(t *testing.T, b []byte, from, length int64) {
+		ivs := tombstones.Intervals{{Mint: t0 + from, Maxt: t0 + from + max(length, 0)}}
+		out, _, _, ok, err := cutAggr(b, ivs, res5m)
+		if err != nil || !ok || out == nil {
+			return
+		}
+		if _, err := parseAggr(out); err != nil {
+			t.Fatalf("cut chunk does not parse: %v", err)
+		}
+	})
 }

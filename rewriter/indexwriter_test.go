@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -153,4 +154,66 @@ func firstDiff(a, b []byte) int {
 		}
 	}
 	return min(len(a), len(b))
+}
+
+// TestIndexIsPrometheusIndexRandom: random series (label names and values drawn from small sets,
+// so that names, values and series come and go together) and random deletions, whole and in
+// time; every new index must be the one Prometheus' writer makes for the same series.
+func TestIndexIsPrometheusIndexRandom(t *testing.T) {
+	names := []string{"a", "b", "c", "job", "zone"}
+	for seed := uint64(1); seed <= 12; seed++ {
+		t.Run(fmt.Sprint("seed ", seed), func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(seed, 20261124))
+			seen := map[string]bool{}
+			var series []labels.Labels
+			for n := 40 + rng.IntN(200); len(series) < n; {
+				b := labels.NewScratchBuilder(0)
+				b.Add("__name__", fmt.Sprint("m", rng.IntN(4)))
+				for _, n := range names {
+					if rng.IntN(3) > 0 {
+						b.Add(n, fmt.Sprint("v", rng.IntN(1+rng.IntN(30))))
+					}
+				}
+				b.Sort()
+				lset := b.Labels()
+				if !seen[lset.String()] {
+					seen[lset.String()] = true
+					series = append(series, lset)
+				}
+			}
+			meta, src, err := synth.Write(context.Background(), t.TempDir(), synth.Block{Series: series, MinTime: t0, MaxTime: t0 + 7_200_000, Step: 60_000})
+			testutil.Ok(t, err)
+			store := tombstones.NewStore(nil, nil, tombstones.WithClock(func() time.Time { return time.UnixMilli(t0) }))
+			var applied []*tombstones.Tombstone
+			for i := 0; i < 1+rng.IntN(4); i++ {
+				sel := fmt.Sprintf(`{%s="v%d"}`, names[rng.IntN(len(names))], rng.IntN(8))
+				start, end := int64(tombstones.BeginningOfTime), t0+7_200_000
+				if rng.IntN(2) == 0 {
+					start = t0 + rng.Int64N(7_200_000)
+					end = start + rng.Int64N(3_600_000)
+				}
+				tb, err := store.Build(tombstones.Spec{Selectors: []string{sel}, Start: &start, End: &end})
+				testutil.Ok(t, err)
+				applied = append(applied, tb)
+			}
+			ix, err := tombstones.NewIndex(applied, nil)
+			testutil.Ok(t, err)
+			out := filepath.Join(t.TempDir(), "out")
+			d := &deleter{logger: slog.New(slog.DiscardHandler), limits: Limits{BatchSeries: 7}, ix: ix, applied: applied,
+				ext: meta.ExternalLabels(), progress: func(int, int64) {}}
+			st, _, err := d.rewrite(context.Background(), src, out, nil)
+			testutil.Ok(t, err)
+			t.Logf("%d series: %d dropped, %d chunks re-encoded, %d dropped", len(series), st.seriesDropped, st.chunksRewritten, st.chunksGone)
+			if st.seriesOut == 0 {
+				return // The runner handles a block left empty (TestRunBlockLeftEmpty).
+			}
+			got, err := os.ReadFile(filepath.Join(out, "index"))
+			testutil.Ok(t, err)
+			want := prometheusIndex(t, filepath.Join(out, "index"))
+			if !bytes.Equal(got, want) {
+				t.Fatalf("%d series, %d dropped: index differs from Prometheus' writer's: %d bytes vs %d, first difference at byte %d",
+					len(series), st.seriesDropped, len(got), len(want), firstDiff(got, want))
+			}
+		})
+	}
 }
