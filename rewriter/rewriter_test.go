@@ -589,9 +589,10 @@ func withDefaults(t *testing.T, cfg Config) Config {
 }
 
 // TestRunLeavesRewrittenBlocksAlone: a deletion in the middle of every chunk leaves chunks whose
-// time range spans the hole, which chunk metadata alone cannot tell from chunks still holding
-// the deleted samples. Once applied, the tombstone must not plan the new blocks again: a second
-// run, and a third, rewrite nothing.
+// time range spans the hole (as Prometheus' clean_tombstones does, whose series API the oracle
+// tests hold lethe to), which chunk metadata alone cannot tell from chunks still holding the
+// deleted samples. Once applied, the tombstone must not plan the new blocks again: a second run,
+// and a third, rewrite nothing.
 func TestRunLeavesRewrittenBlocksAlone(t *testing.T) {
 	f := newFixture(t, 10)
 	ctx := context.Background()
