@@ -33,6 +33,16 @@ type Meta struct {
 	tsdb.BlockMeta
 	// Thanos is nil for a plain Prometheus block.
 	Thanos *Thanos `json:"thanos,omitempty"`
+	// Lethe is lethe's record on a plain Prometheus block it rewrote (a Thanos block keeps it in
+	// thanos.rewrites).
+	Lethe *Lethe `json:"lethe,omitempty"`
+}
+
+// Lethe is the "lethe" section of a plain Prometheus block's meta.json.
+type Lethe struct {
+	// TombstonesApplied are the tombstones applied to the block or to the blocks it was
+	// rewritten from: their data is gone from it.
+	TombstonesApplied []ulid.ULID `json:"tombstones_applied"`
 }
 
 // Thanos is the "thanos" section of meta.json. Fields lethe does not interpret are kept verbatim.

@@ -155,10 +155,17 @@ func (p *Planner) plan(ctx context.Context, set *tombstones.Set, keep func(*bloc
 }
 
 // appliedTo returns the tombstones lethe applied to the block or to the blocks it was rewritten
-// from, as its thanos.rewrites records them. Their data is gone from the block even where chunk
+// from, as its thanos.rewrites records them (or, for a plain Prometheus block, its lethe section). Their data is gone from the block even where chunk
 // metadata suggests otherwise: a chunk a deletion cut in the middle keeps its time range across the
 // hole, and would be planned again at every run.
 func appliedTo(meta *block.Meta) (map[ulid.ULID]bool, error) {
+	if meta.Lethe != nil {
+		applied := map[ulid.ULID]bool{}
+		for _, id := range meta.Lethe.TombstonesApplied {
+			applied[id] = true
+		}
+		return applied, nil
+	}
 	if meta.Thanos == nil || len(meta.Thanos.Rewrites) == 0 {
 		return nil, nil
 	}

@@ -514,6 +514,22 @@ func TestRunSavesCheckpointsOnTheWay(t *testing.T) {
 			},
 			wantLog: "shorter than it says",
 		},
+		{
+			// A run killed while uploading checkpoint.json to a bucket whose uploads are not
+			// atomic (FILESYSTEM) leaves it cut short.
+			name: "a checkpoint cut short is ignored",
+			tamper: func(t *testing.T, bkt objstore.Bucket, objects []string) {
+				for _, n := range objects {
+					if path.Base(n) == "checkpoint.json" {
+						b := readObject(t, bkt, n)
+						testutil.Ok(t, bkt.Upload(context.Background(), n, strings.NewReader(b[:len(b)/3])))
+						return
+					}
+				}
+				t.Fatalf("no checkpoint.json among %v", objects)
+			},
+			wantLog: "ignoring an unreadable checkpoint",
+		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f, g, whole := resumeFixtures(t)
@@ -594,25 +610,52 @@ func withDefaults(t *testing.T, cfg Config) Config {
 // deleted samples. Once applied, the tombstone must not plan the new blocks again: a second run,
 // and a third, rewrite nothing.
 func TestRunLeavesRewrittenBlocksAlone(t *testing.T) {
-	f := newFixture(t, 10)
-	ctx := context.Background()
-	// 2h blocks sampled every minute: one chunk per series and block; cut 30 minutes from each.
-	f.tombstone(t, `{job="api"}`, t0+1_800_000, t0+3_600_000, true)
-	f.tombstone(t, `{job="api"}`, t0+9_000_000, t0+10_800_000, true)
-	rep, err := f.runner(t, Config{Threshold: 0.05}).Run(ctx)
-	testutil.Ok(t, err)
-	testutil.Equals(t, 2, len(rep.Rewritten))
-	after := samples(t, f.bkt)
-	for s, ts := range after {
-		testutil.Equals(t, 2*120-2*31, len(ts), "samples of %s (two blocks of 120, less two inclusive half hours)", s)
+	for _, plain := range []bool{false, true} {
+		t.Run(fmt.Sprintf("plain Prometheus blocks: %v", plain), func(t *testing.T) {
+			f := newFixture(t, 10)
+			ctx := context.Background()
+			if plain {
+				// Blocks without a thanos section in meta.json, as Prometheus writes them.
+				for _, id := range f.ids {
+					name := path.Join(id.String(), block.MetaFilename)
+					m, err := block.DecodeMeta([]byte(readObject(t, f.bkt, name)))
+					testutil.Ok(t, err)
+					m.Thanos = nil
+					b, err := block.EncodeMeta(m)
+					testutil.Ok(t, err)
+					testutil.Ok(t, f.bkt.Upload(ctx, name, bytes.NewReader(b)))
+				}
+			}
+			// 2h blocks sampled every minute: one chunk per series and block; cut 30 minutes from each.
+			t1 := f.tombstone(t, `{job="api"}`, t0+1_800_000, t0+3_600_000, true)
+			t2 := f.tombstone(t, `{job="api"}`, t0+9_000_000, t0+10_800_000, true)
+			rep, err := f.runner(t, Config{Threshold: 0.05}).Run(ctx)
+			testutil.Ok(t, err)
+			testutil.Equals(t, 2, len(rep.Rewritten))
+			after := samples(t, f.bkt)
+			for s, ts := range after {
+				testutil.Equals(t, 2*120-2*31, len(ts), "samples of %s (two blocks of 120, less two inclusive half hours)", s)
+			}
+			if plain {
+				for _, r := range rep.Rewritten {
+					m, err := block.ReadMeta(ctx, f.bkt, r.Block)
+					testutil.Ok(t, err)
+					testutil.Assert(t, m.Thanos == nil, "a plain block's child got a thanos section")
+					testutil.Assert(t, m.Lethe != nil, "no lethe section in %s", r.Block)
+					testutil.Equals(t, 1, len(r.Tombstones))
+					testutil.Assert(t, r.Tombstones[0] == t1.ID || r.Tombstones[0] == t2.ID)
+					testutil.Equals(t, r.Tombstones, m.Lethe.TombstonesApplied)
+				}
+			}
+			for i := 0; i < 2; i++ {
+				rep, err = f.runner(t, Config{Threshold: 0}).Run(ctx)
+				testutil.Ok(t, err)
+				testutil.Equals(t, 0, len(rep.Rewritten), "run %d after the rewrite rewrote %v", i+2, rep.Rewritten)
+				for _, j := range rep.Plan.Jobs {
+					t.Errorf("run %d planned block %s again: %s (%s)", i+2, j.Block, j.Decision, j.Reason)
+				}
+			}
+			testutil.Equals(t, after, samples(t, f.bkt))
+		})
 	}
-	for i := 0; i < 2; i++ {
-		rep, err = f.runner(t, Config{Threshold: 0}).Run(ctx)
-		testutil.Ok(t, err)
-		testutil.Equals(t, 0, len(rep.Rewritten), "run %d after the rewrite rewrote %v", i+2, rep.Rewritten)
-		for _, j := range rep.Plan.Jobs {
-			t.Errorf("run %d planned block %s again: %s (%s)", i+2, j.Block, j.Decision, j.Reason)
-		}
-	}
-	testutil.Equals(t, after, samples(t, f.bkt))
 }

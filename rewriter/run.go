@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/json"
-	stderrors "errors"
 	"fmt"
 	"hash/fnv"
 	"io"
@@ -567,7 +566,8 @@ type deletionsApplied struct {
 
 // childMeta is the source's meta.json for the new block: same range, resolution, external labels
 // and source; compaction sources are RewrittenSources, so that Thanos' dedup filter sees the
-// source as covered; the rewrite is recorded in thanos.rewrites.
+// source as covered; the rewrite is recorded in thanos.rewrites (a plain Prometheus block records
+// the tombstones applied in its lethe section).
 func (r *Runner) childMeta(j *Job, childID ulid.ULID, st stats, dir string) (*block.Meta, error) {
 	raw, err := block.EncodeMeta(j.meta)
 	if err != nil {
@@ -585,6 +585,14 @@ func (r *Runner) childMeta(j *Job, childID ulid.ULID, st stats, dir string) (*bl
 	m.Stats.NumTombstones = 0
 	m.Compaction.Sources = RewrittenSources(m.Compaction.Sources)
 	m.Compaction.Parents = []tsdb.BlockDesc{{ULID: j.Block, MinTime: j.MinTime, MaxTime: j.MaxTime}}
+	if m.Thanos == nil {
+		applied := slices.Clone(j.Tombstones)
+		if m.Lethe != nil {
+			applied = append(applied, m.Lethe.TombstonesApplied...)
+		}
+		slices.SortFunc(applied, func(a, b ulid.ULID) int { return a.Compare(b) })
+		m.Lethe = &block.Lethe{TombstonesApplied: slices.Compact(applied)}
+	}
 	if m.Thanos != nil {
 		var rewrites []json.RawMessage
 		if len(m.Thanos.Rewrites) > 0 {
@@ -854,8 +862,14 @@ func (r *Runner) loadCheckpoint(ctx context.Context, j *Job, child ulid.ULID, ds
 	}
 	cp := &checkpoint{}
 	derr := json.NewDecoder(rc).Decode(cp)
-	if err := stderrors.Join(derr, rc.Close()); err != nil {
-		return nil, errors.Wrap(err, "decode checkpoint")
+	if err := rc.Close(); err != nil {
+		return nil, errors.Wrap(err, "read checkpoint")
+	}
+	if derr != nil {
+		// A run killed while uploading it, to a bucket whose uploads are not atomic (a
+		// FILESYSTEM bucket): starting over writes the same bytes.
+		r.logger.Warn("ignoring an unreadable checkpoint; the job starts over", "block", j.Block.String(), "err", derr)
+		return nil, nil
 	}
 	if cp.Source != j.Block || cp.Block != child || !slices.Equal(cp.Tombstones, j.Tombstones) {
 		r.logger.Warn("ignoring a checkpoint of another job", "block", j.Block.String())
