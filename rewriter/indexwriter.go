@@ -315,8 +315,9 @@ func (iw *indexWriter) finish(ctx context.Context, src *source, survivors index.
 	}
 	iw.toc.LabelIndices, iw.toc.Postings = iw.pos, iw.pos
 
-	// The offset table is collected in a temporary file: it follows the postings.
-	tmp, err := os.CreateTemp(filepath.Dir(iw.path), "index-postings-offsets-")
+	// The offset table is collected in a temporary file, beside the block's directory rather than
+	// in it: it follows the postings.
+	tmp, err := os.CreateTemp(filepath.Dir(filepath.Dir(iw.path)), "index-postings-offsets-")
 	if err != nil {
 		return errors.Wrap(err, "create postings offset table file")
 	}
