@@ -124,13 +124,7 @@ func TestIndexIsPrometheusIndex(t *testing.T) {
 				testutil.Ok(t, err)
 				applied = append(applied, tb)
 			}
-			ix, err := tombstones.NewIndex(applied, nil)
-			testutil.Ok(t, err)
-			out := filepath.Join(t.TempDir(), "out")
-			d := &deleter{logger: slog.New(slog.DiscardHandler), limits: Limits{BatchSeries: 50}, ix: ix, applied: applied,
-				ext: meta.ExternalLabels(), progress: func(int, int64) {}}
-			st, _, err := d.rewrite(context.Background(), src, out, nil)
-			testutil.Ok(t, err)
+			st, out := rewriteDir(t, src, meta.ExternalLabels(), applied, 50)
 			testutil.Assert(t, st.seriesOut > 0)
 			got, err := os.ReadFile(filepath.Join(out, "index"))
 			testutil.Ok(t, err)
@@ -145,6 +139,20 @@ func TestIndexIsPrometheusIndex(t *testing.T) {
 			}
 		})
 	}
+}
+
+// rewriteDir rewrites the block in src without what applied deletes, in batches of batch series,
+// into a new directory, which it returns with the stats.
+func rewriteDir(t *testing.T, src string, ext labels.Labels, applied []*tombstones.Tombstone, batch int) (stats, string) {
+	t.Helper()
+	ix, err := tombstones.NewIndex(applied, nil)
+	testutil.Ok(t, err)
+	out := filepath.Join(t.TempDir(), "out")
+	d := &deleter{logger: slog.New(slog.DiscardHandler), limits: Limits{BatchSeries: batch}, ix: ix, applied: applied,
+		ext: ext, progress: func(int, int64) {}}
+	st, _, err := d.rewrite(context.Background(), src, out, nil)
+	testutil.Ok(t, err)
+	return st, out
 }
 
 func firstDiff(a, b []byte) int {
@@ -196,13 +204,7 @@ func TestIndexIsPrometheusIndexRandom(t *testing.T) {
 				testutil.Ok(t, err)
 				applied = append(applied, tb)
 			}
-			ix, err := tombstones.NewIndex(applied, nil)
-			testutil.Ok(t, err)
-			out := filepath.Join(t.TempDir(), "out")
-			d := &deleter{logger: slog.New(slog.DiscardHandler), limits: Limits{BatchSeries: 7}, ix: ix, applied: applied,
-				ext: meta.ExternalLabels(), progress: func(int, int64) {}}
-			st, _, err := d.rewrite(context.Background(), src, out, nil)
-			testutil.Ok(t, err)
+			st, out := rewriteDir(t, src, meta.ExternalLabels(), applied, 7)
 			t.Logf("%d series: %d dropped, %d chunks re-encoded, %d dropped", len(series), st.seriesDropped, st.chunksRewritten, st.chunksGone)
 			if st.seriesOut == 0 {
 				return // The runner handles a block left empty (TestRunBlockLeftEmpty).
