@@ -6,7 +6,6 @@ import (
 	"github.com/efficientgo/core/errors"
 	"github.com/prometheus/prometheus/model/histogram"
 	"github.com/prometheus/prometheus/tsdb/chunkenc"
-	"github.com/prometheus/prometheus/tsdb/chunks"
 
 	"github.com/lethe-project/lethe/tombstones"
 )
@@ -213,13 +212,4 @@ func aggrFirst(aggrs [aggrTypes]chunkenc.Chunk) int {
 		}
 	}
 	return -1
-}
-
-// cutAggrMeta applies cutAggr to a chunk read as raw bytes; ok is false if it cannot cut it.
-func cutAggrMeta(c chunkenc.Chunk, ivs tombstones.Intervals, resolution int64) (m *chunks.Meta, ok bool, err error) {
-	b, mint, maxt, ok, err := cutAggr(c.Bytes(), ivs, resolution)
-	if err != nil || !ok || b == nil {
-		return nil, ok, err
-	}
-	return &chunks.Meta{Chunk: &rawChunk{enc: aggrEncoding, b: b}, MinTime: mint, MaxTime: maxt}, true, nil
 }

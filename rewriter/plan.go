@@ -155,9 +155,10 @@ func (p *Planner) plan(ctx context.Context, set *tombstones.Set, keep func(*bloc
 }
 
 // appliedTo returns the tombstones lethe applied to the block or to the blocks it was rewritten
-// from, as its thanos.rewrites records them (or, for a plain Prometheus block, its lethe section). Their data is gone from the block even where chunk
-// metadata suggests otherwise: a chunk a deletion cut in the middle keeps its time range across the
-// hole, and would be planned again at every run.
+// from, as its thanos.rewrites records them (or, for a plain Prometheus block, its lethe
+// section). Their data is gone from the block even where chunk metadata suggests otherwise: a
+// chunk a deletion cut in the middle keeps its time range across the hole, and would be planned
+// again at every run.
 func appliedTo(meta *block.Meta) (map[ulid.ULID]bool, error) {
 	if meta.Lethe != nil {
 		applied := map[ulid.ULID]bool{}

@@ -129,6 +129,24 @@ type checkpointPart struct {
 	Object string `json:"object"`
 }
 
+// files are the output files a checkpoint holds and their sizes, named as in its parts.
+func (cp *checkpoint) files() []segmentState {
+	fs := []segmentState{{Name: block.IndexFilename, Size: cp.IndexSize}}
+	for _, s := range cp.Segments {
+		fs = append(fs, segmentState{Name: block.ChunksDirname + "/" + s.Name, Size: s.Size})
+	}
+	return fs
+}
+
+// covered returns, per file, how far from its start the checkpoint's parts hold it.
+func (cp *checkpoint) covered() map[string]int64 {
+	c := map[string]int64{}
+	for _, p := range cp.Parts {
+		c[p.File] = max(c[p.File], p.Offset+p.Size)
+	}
+	return c
+}
+
 // statsState is stats as checkpointed.
 type statsState struct {
 	SeriesIn, SeriesOut, SeriesDropped        int
@@ -546,14 +564,17 @@ func (d *deleter) rewriteChunks(cr *chunkFiles, chks []chunks.Meta, ivs tombston
 }
 
 // cutRaw cuts a chunk of an encoding Prometheus does not know: a Thanos aggregate chunk loses the
-// windows a deleted range meets (nil if none is left); any other chunk, or an aggregate of native
-// histograms, is dropped whole (nil).
+// windows a deleted range meets (nil if none is left); any other chunk, or an aggregate cutAggr
+// cannot cut, is dropped whole (nil).
 func (d *deleter) cutRaw(chk chunkenc.Chunk, ivs tombstones.Intervals) (*chunks.Meta, error) {
 	if chk.Encoding() != aggrEncoding {
 		return nil, nil
 	}
-	m, _, err := cutAggrMeta(chk, ivs, d.resolution)
-	return m, errors.Wrap(err, "cut aggregate chunk")
+	b, mint, maxt, ok, err := cutAggr(chk.Bytes(), ivs, d.resolution)
+	if err != nil || !ok || b == nil {
+		return nil, errors.Wrap(err, "cut aggregate chunk")
+	}
+	return &chunks.Meta{Chunk: &rawChunk{enc: aggrEncoding, b: b}, MinTime: mint, MaxTime: maxt}, nil
 }
 
 // reencode writes the samples of a chunk that no interval covers into new chunks of the same

@@ -3,6 +3,7 @@ package rewriter
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -529,6 +530,26 @@ func TestRunSavesCheckpointsOnTheWay(t *testing.T) {
 				t.Fatalf("no checkpoint.json among %v", objects)
 			},
 			wantLog: "ignoring an unreadable checkpoint",
+		},
+		{
+			// A checkpoint.json whose parts stop short of its files' sizes.
+			name: "a checkpoint whose parts do not cover its files is ignored",
+			tamper: func(t *testing.T, bkt objstore.Bucket, objects []string) {
+				for _, n := range objects {
+					if path.Base(n) == "checkpoint.json" {
+						var cp checkpoint
+						testutil.Ok(t, json.Unmarshal([]byte(readObject(t, bkt, n)), &cp))
+						testutil.Assert(t, len(cp.Parts) > 0)
+						cp.Parts = cp.Parts[:len(cp.Parts)-1]
+						b, err := json.Marshal(cp)
+						testutil.Ok(t, err)
+						testutil.Ok(t, bkt.Upload(context.Background(), n, bytes.NewReader(b)))
+						return
+					}
+				}
+				t.Fatalf("no checkpoint.json among %v", objects)
+			},
+			wantLog: "parts do not cover its files",
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

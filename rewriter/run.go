@@ -893,17 +893,11 @@ func (r *Runner) loadCheckpoint(ctx context.Context, j *Job, child ulid.ULID, ds
 			return nil, err
 		}
 	}
-	sizes := map[string]int64{filepath.Join(dst, block.IndexFilename): cp.IndexSize}
-	for _, s := range cp.Segments {
-		sizes[filepath.Join(dst, block.ChunksDirname, s.Name)] = s.Size
-	}
-	for path, size := range sizes {
-		info, err := os.Stat(path)
-		if err != nil {
-			return nil, err
-		}
-		if info.Size() < size {
-			r.logger.Warn("ignoring a checkpoint whose files are shorter than it says; the job starts over", "block", j.Block.String(), "file", filepath.Base(path))
+	// Each part was checked as it came down; together they must cover every file.
+	covered := cp.covered()
+	for _, f := range cp.files() {
+		if covered[f.Name] < f.Size {
+			r.logger.Warn("ignoring a checkpoint whose parts do not cover its files; the job starts over", "block", j.Block.String(), "file", f.Name)
 			return nil, nil
 		}
 	}
@@ -914,18 +908,12 @@ func (r *Runner) loadCheckpoint(ctx context.Context, j *Job, child ulid.ULID, ds
 // range as an object of its own (a checkpoint costs what it adds, not the whole output so far),
 // then the checkpoint itself, last.
 func (r *Runner) saveCheckpoint(ctx context.Context, cp, prev *checkpoint, dst string) error {
-	had := map[string]int64{}
+	var had map[string]int64
 	if prev != nil {
 		cp.Parts = slices.Clone(prev.Parts)
-		for _, p := range prev.Parts {
-			had[p.File] = max(had[p.File], p.Offset+p.Size)
-		}
+		had = prev.covered()
 	}
-	sizes := []segmentState{{Name: block.IndexFilename, Size: cp.IndexSize}}
-	for _, s := range cp.Segments {
-		sizes = append(sizes, segmentState{Name: block.ChunksDirname + "/" + s.Name, Size: s.Size})
-	}
-	for _, f := range sizes {
+	for _, f := range cp.files() {
 		from := had[f.Name]
 		if f.Size <= from {
 			continue
