@@ -494,60 +494,41 @@ func (b *crashAfterCheckpoint) Upload(ctx context.Context, name string, r io.Rea
 func TestRunSavesCheckpointsOnTheWay(t *testing.T) {
 	for _, tc := range []struct {
 		name string
-		// tamper changes the checkpoint's objects before the rerun.
-		tamper  func(t *testing.T, bkt objstore.Bucket, objects []string)
+		// tamper, if set, changes the first of the checkpoint's objects that object accepts
+		// before the rerun.
+		object  func(name string) bool
+		tamper  func(t *testing.T, b []byte) []byte
 		wantLog string
 	}{
 		{name: "the next run resumes", wantLog: "resuming from a checkpoint"},
 		{
 			// As after a race of two workers on one job: the index another worker uploaded is
 			// shorter than this checkpoint says. It must not be padded with zeros.
-			name: "a checkpoint whose index is short is ignored",
-			tamper: func(t *testing.T, bkt objstore.Bucket, objects []string) {
-				for _, n := range objects {
-					if strings.HasPrefix(path.Base(n), block.IndexFilename+".") {
-						b := readObject(t, bkt, n)
-						testutil.Ok(t, bkt.Upload(context.Background(), n, strings.NewReader(b[:len(b)/2])))
-						return
-					}
-				}
-				t.Fatalf("no index among the checkpoint's objects %v", objects)
-			},
+			name:    "a checkpoint whose index is short is ignored",
+			object:  func(n string) bool { return strings.HasPrefix(path.Base(n), block.IndexFilename+".") },
+			tamper:  func(t *testing.T, b []byte) []byte { return b[:len(b)/2] },
 			wantLog: "shorter than it says",
 		},
 		{
 			// A run killed while uploading checkpoint.json to a bucket whose uploads are not
 			// atomic (FILESYSTEM) leaves it cut short.
-			name: "a checkpoint cut short is ignored",
-			tamper: func(t *testing.T, bkt objstore.Bucket, objects []string) {
-				for _, n := range objects {
-					if path.Base(n) == "checkpoint.json" {
-						b := readObject(t, bkt, n)
-						testutil.Ok(t, bkt.Upload(context.Background(), n, strings.NewReader(b[:len(b)/3])))
-						return
-					}
-				}
-				t.Fatalf("no checkpoint.json among %v", objects)
-			},
+			name:    "a checkpoint cut short is ignored",
+			object:  func(n string) bool { return path.Base(n) == "checkpoint.json" },
+			tamper:  func(t *testing.T, b []byte) []byte { return b[:len(b)/3] },
 			wantLog: "ignoring an unreadable checkpoint",
 		},
 		{
 			// A checkpoint.json whose parts stop short of its files' sizes.
-			name: "a checkpoint whose parts do not cover its files is ignored",
-			tamper: func(t *testing.T, bkt objstore.Bucket, objects []string) {
-				for _, n := range objects {
-					if path.Base(n) == "checkpoint.json" {
-						var cp checkpoint
-						testutil.Ok(t, json.Unmarshal([]byte(readObject(t, bkt, n)), &cp))
-						testutil.Assert(t, len(cp.Parts) > 0)
-						cp.Parts = cp.Parts[:len(cp.Parts)-1]
-						b, err := json.Marshal(cp)
-						testutil.Ok(t, err)
-						testutil.Ok(t, bkt.Upload(context.Background(), n, bytes.NewReader(b)))
-						return
-					}
-				}
-				t.Fatalf("no checkpoint.json among %v", objects)
+			name:   "a checkpoint whose parts do not cover its files is ignored",
+			object: func(n string) bool { return path.Base(n) == "checkpoint.json" },
+			tamper: func(t *testing.T, b []byte) []byte {
+				var cp checkpoint
+				testutil.Ok(t, json.Unmarshal(b, &cp))
+				testutil.Assert(t, len(cp.Parts) > 0)
+				cp.Parts = cp.Parts[:len(cp.Parts)-1]
+				b, err := json.Marshal(cp)
+				testutil.Ok(t, err)
+				return b
 			},
 			wantLog: "parts do not cover its files",
 		},
@@ -573,7 +554,10 @@ func TestRunSavesCheckpointsOnTheWay(t *testing.T) {
 			}, objstore.WithRecursiveIter()))
 			testutil.Assert(t, slices.ContainsFunc(objects, func(n string) bool { return path.Base(n) == "checkpoint.json" }), "checkpoint objects: %v", objects)
 			if tc.tamper != nil {
-				tc.tamper(t, g.bkt, objects)
+				i := slices.IndexFunc(objects, tc.object)
+				testutil.Assert(t, i >= 0, "no object to tamper with among %v", objects)
+				b := tc.tamper(t, []byte(readObject(t, g.bkt, objects[i])))
+				testutil.Ok(t, g.bkt.Upload(ctx, objects[i], bytes.NewReader(b)))
 			}
 
 			var logs bytes.Buffer
