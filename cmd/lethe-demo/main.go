@@ -15,6 +15,7 @@ import (
 	"github.com/thanos-io/objstore/providers/filesystem"
 	"github.com/urfave/cli/v2"
 
+	"github.com/lethe-project/lethe/internal/cliflags"
 	"github.com/lethe-project/lethe/internal/synth"
 )
 
@@ -29,7 +30,7 @@ func main() {
 		},
 		Action: run,
 	}
-	if err := app.Run(os.Args); err != nil {
+	if err := cliflags.Run(context.Background(), app, os.Args); err != nil {
 		fmt.Fprintln(os.Stderr, "lethe-demo:", err)
 		os.Exit(1)
 	}

@@ -26,6 +26,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/lethe-project/lethe/internal/bucketcfg"
+	"github.com/lethe-project/lethe/internal/cliflags"
 	"github.com/lethe-project/lethe/proxy"
 	"github.com/lethe-project/lethe/tombstones"
 )
@@ -60,13 +61,17 @@ func main() {
 		),
 		Action: serve,
 	}
-	if err := app.Run(os.Args); err != nil {
-		fmt.Fprintln(os.Stderr, "lethe-proxy: "+err.Error())
+	// Flags may come in any order; an unknown one is one line of error.
+	if err := cliflags.Run(context.Background(), app, os.Args); err != nil {
+		fmt.Fprintln(os.Stderr, "lethe-proxy: "+strings.Join(strings.Fields(err.Error()), " "))
 		os.Exit(1)
 	}
 }
 
 func serve(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return errors.Newf("unexpected argument %q: lethe-proxy takes only flags", c.Args().First())
+	}
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(c.String("log.level"))); err != nil {
 		return errors.Newf("--log.level: %s", err)

@@ -28,6 +28,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/lethe-project/lethe/internal/bucketcfg"
+	"github.com/lethe-project/lethe/internal/cliflags"
 	"github.com/lethe-project/lethe/rewriter"
 	"github.com/lethe-project/lethe/tombstones"
 )
@@ -52,23 +53,23 @@ type exitCode int
 func (e exitCode) Error() string { return "exit " + strconv.Itoa(int(e)) }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	common := []cli.Flag{
-		&cli.Float64Flag{Name: "threshold", Value: 0.05, Usage: "Rewrite a block once the deleted share of its samples reaches this (Prometheus' 5%); below it, only once a tombstone's deadline has passed."},
-		&cli.StringFlag{Name: "redact.key-file", Usage: "Key for redacted tombstones written with one; otherwise the bucket's key is used."},
-		&cli.StringFlag{Name: "log.level", Value: "info", Usage: "Log level: debug, info, warn or error. Logs go to stderr."},
-	}
 	app := &cli.App{
-		Name:           "lethe-rewriter",
-		Usage:          "rewrite blocks with their due tombstones applied (a scheduled job, not a sidecar)",
-		Writer:         stdout,
-		ErrWriter:      stderr,
-		Flags:          bucketcfg.Flags(),
+		Name:      "lethe-rewriter",
+		Usage:     "rewrite blocks with their due tombstones applied (a scheduled job, not a sidecar)",
+		Writer:    stdout,
+		ErrWriter: stderr,
+		// Global flags: accepted before or after the command.
+		Flags: append(bucketcfg.Flags(),
+			&cli.Float64Flag{Name: "threshold", Value: 0.05, Usage: "Rewrite a block once the deleted share of its samples reaches this (Prometheus' 5%); below it, only once a tombstone's deadline has passed."},
+			&cli.StringFlag{Name: "redact.key-file", Usage: "Key for redacted tombstones written with one; otherwise the bucket's key is used."},
+			&cli.StringFlag{Name: "log.level", Value: "info", Usage: "Log level: debug, info, warn or error. Logs go to stderr."},
+		),
 		ExitErrHandler: func(*cli.Context, error) {},
 		Commands: []*cli.Command{
 			{
 				Name:   "plan",
 				Usage:  "print the jobs a run would do, changing nothing",
-				Flags:  append([]cli.Flag{&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "table", Usage: "Output format: table or json."}}, common...),
+				Flags:  []cli.Flag{&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "table", Usage: "Output format: table or json."}},
 				Action: plan,
 			},
 			{
@@ -76,7 +77,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 				Usage: "rewrite every block the plan decides to rewrite",
 				Description: "Exit status: 0 done or nothing due; 1 error; 3 stopped by --time-budget with work left (the next run\n" +
 					"resumes); 4 done, but bad blocks were skipped (named in the logs).",
-				Flags: append([]cli.Flag{
+				Flags: []cli.Flag{
 					&cli.IntFlag{Name: "batch.series", Value: 10_000, Usage: "Series streamed per batch; the rate limits and the time budget are checked between batches."},
 					&cli.Float64Flag{Name: "rate.series-per-second", Usage: "Average series per second at most (0: no limit)."},
 					&cli.Float64Flag{Name: "rate.bytes-per-second", Usage: "Average chunk bytes read per second at most (0: no limit)."},
@@ -92,12 +93,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 					&cli.StringFlag{Name: "pushgateway.url", Usage: "Push the run's metrics to this Pushgateway when done (job lethe-rewriter)."},
 					&cli.StringFlag{Name: "web.listen-address", Usage: "Serve /metrics here while running (e.g. :9096); off by default."},
 					&cli.StringFlag{Name: "debug.exit-at", Hidden: true, Usage: "Test hook: exit right after a phase (download, checkpoint, rewrite, upload-meta, mark)."},
-				}, common...),
+				},
 				Action: runJobs,
 			},
 		},
 	}
-	err := app.RunContext(ctx, args)
+	err := cliflags.Run(ctx, app, args)
 	var code exitCode
 	switch {
 	case err == nil:

@@ -79,3 +79,86 @@ func TestBadInput(t *testing.T) {
 		testutil.Assert(t, strings.Contains(stderr.String(), tc.want), "want %q in %q", tc.want, stderr.String())
 	}
 }
+
+// TestGlobalFlagsOnEitherSide: the bucket, threshold and log flags work before and after the
+// command, as CONTRACT.md writes them.
+func TestGlobalFlagsOnEitherSide(t *testing.T) {
+	dir := t.TempDir()
+	bkt, err := filesystem.NewBucket(dir)
+	testutil.Ok(t, err)
+	start := time.Now().Add(-48 * time.Hour).UnixMilli()
+	var series []labels.Labels
+	for u := 0; u < 100; u++ {
+		series = append(series, labels.FromStrings("__name__", "x", "user_id", fmt.Sprint(u)))
+	}
+	_, err = synth.Upload(context.Background(), bkt, t.TempDir(), synth.Block{Series: series, MinTime: start, MaxTime: start + 7_200_000, Step: 60_000})
+	testutil.Ok(t, err)
+	zero := time.Duration(0)
+	// One user of 100: a deleted share of 1%, under the default threshold.
+	_, err = tombstones.NewStore(bkt, nil).Add(context.Background(), tombstones.Spec{Selectors: []string{`{user_id="1"}`}, UndeleteWindow: &zero})
+	testutil.Ok(t, err)
+	conf := "--objstore.config=type: FILESYSTEM\nconfig: {directory: " + dir + "}"
+
+	for _, args := range [][]string{
+		{"lethe-rewriter", conf, "--threshold=0.005", "plan"},
+		{"lethe-rewriter", "plan", conf, "--threshold", "0.005"},
+		{"lethe-rewriter", "plan", "--output", "table", "--threshold", "0.005", conf, "--log.level=debug"},
+	} {
+		var stdout, stderr bytes.Buffer
+		testutil.Equals(t, 0, run(context.Background(), args, &stdout, &stderr), stderr.String())
+		testutil.Assert(t, strings.Contains(stdout.String(), "deleted share reaches the threshold"), "%q: %s", args, stdout.String())
+	}
+	var stdout, stderr bytes.Buffer
+	testutil.Equals(t, 0, run(context.Background(), []string{"lethe-rewriter", "plan", conf}, &stdout, &stderr), stderr.String())
+	testutil.Assert(t, strings.Contains(stdout.String(), "deleted share below the threshold"), stdout.String())
+
+	stdout.Reset()
+	stderr.Reset()
+	code := run(context.Background(), []string{"lethe-rewriter", "run", "--tmp.dir", t.TempDir(), conf, "--nice=false", "--threshold=0.005", "--log.level", "warn"}, &stdout, &stderr)
+	testutil.Equals(t, 0, code, stderr.String())
+	// --log.level=warn hides the run's info lines.
+	testutil.Assert(t, !strings.Contains(stderr.String(), "run done"), stderr.String())
+	// The threshold given after the command reached the run: the block was rewritten and marked.
+	marked := 0
+	testutil.Ok(t, bkt.Iter(context.Background(), "", func(name string) error {
+		if ok, err := bkt.Exists(context.Background(), name+"deletion-mark.json"); err != nil || ok {
+			marked++
+			return err
+		}
+		return nil
+	}))
+	testutil.Equals(t, 1, marked)
+}
+
+// TestUnknownFlagIsOneLine: an unknown flag, or one of the other command, is one line on stderr
+// and exit status 1, never the help.
+func TestUnknownFlagIsOneLine(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"lethe-rewriter", "plan", "--foo"}, "lethe-rewriter: flag provided but not defined: -foo\n"},
+		{[]string{"lethe-rewriter", "--foo", "run"}, "lethe-rewriter: flag provided but not defined: -foo\n"},
+		{[]string{"lethe-rewriter", "plan", "--concurrency=2"}, "lethe-rewriter: flag provided but not defined: -concurrency\n"},
+		{[]string{"lethe-rewriter", "run", "--concurrency=many"}, "lethe-rewriter: invalid value \"many\" for flag -concurrency: parse error\n"},
+		{[]string{"lethe-rewriter", "plna"}, "lethe-rewriter: unknown command \"plna\": want plan, run\n"},
+	} {
+		var stdout, stderr bytes.Buffer
+		testutil.Equals(t, 1, run(context.Background(), tc.args, &stdout, &stderr), tc.args)
+		testutil.Equals(t, "", stdout.String(), tc.args)
+		testutil.Equals(t, tc.want, stderr.String(), tc.args)
+	}
+}
+
+// TestHelpListsGlobalFlags: plan's and run's help list the global flags they accept.
+func TestHelpListsGlobalFlags(t *testing.T) {
+	for _, cmd := range []string{"plan", "run"} {
+		var stdout, stderr bytes.Buffer
+		testutil.Equals(t, 0, run(context.Background(), []string{"lethe-rewriter", cmd, "--help"}, &stdout, &stderr), stderr.String())
+		_, global, ok := strings.Cut(stdout.String(), "GLOBAL OPTIONS:")
+		testutil.Assert(t, ok, "%s: no global options: %s", cmd, stdout.String())
+		for _, f := range []string{"--objstore.config-file value", "--objstore.config value", "--threshold value", "--redact.key-file value", "--log.level value"} {
+			testutil.Assert(t, strings.Contains(global, f), "%s help lacks %s: %s", cmd, f, stdout.String())
+		}
+	}
+}

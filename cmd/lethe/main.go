@@ -24,56 +24,29 @@ import (
 
 	"github.com/lethe-project/lethe/block"
 	"github.com/lethe-project/lethe/internal/bucketcfg"
+	"github.com/lethe-project/lethe/internal/cliflags"
 	"github.com/lethe-project/lethe/tombstones"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := newApp(os.Stdout, os.Stderr).RunContext(ctx, flagsFirst(os.Args)); err != nil {
-		fmt.Fprintln(os.Stderr, "lethe: "+oneLine(err))
-		stop()
-		os.Exit(1)
+	code := run(ctx, os.Args, os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// run runs the command line args and returns the exit status: 1, with one line on stderr, on
+// any error.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if err := cliflags.Run(ctx, newApp(stdout, stderr), args); err != nil {
+		fmt.Fprintln(stderr, "lethe: "+oneLine(err))
+		return 1
 	}
+	return 0
 }
 
 // oneLine keeps an error to one line on stderr, as operators' scripts expect.
 func oneLine(err error) string { return strings.Join(strings.Fields(err.Error()), " ") }
-
-// valueFlags are the flags of "show" and "cancel" that take a value.
-var valueFlags = map[string]bool{"output": true, "o": true, "reason": true, "author": true}
-
-// flagsFirst lets operators write flags after the id ("lethe tombstone cancel ID --reason x"):
-// the CLI library stops reading flags at the first argument, so the id is moved behind them.
-func flagsFirst(args []string) []string {
-	for i := 1; i+1 < len(args); i++ {
-		if args[i] != "tombstone" || (args[i+1] != "show" && args[i+1] != "cancel") {
-			continue
-		}
-		head := append([]string(nil), args[:i+2]...)
-		var flags, positional []string
-		rest := args[i+2:]
-		for j := 0; j < len(rest); j++ {
-			a := rest[j]
-			switch {
-			case a == "--":
-				positional = append(positional, rest[j+1:]...)
-				j = len(rest)
-			case strings.HasPrefix(a, "-") && len(a) > 1:
-				flags = append(flags, a)
-				name := strings.TrimLeft(a, "-")
-				if !strings.Contains(name, "=") && valueFlags[name] && j+1 < len(rest) {
-					flags = append(flags, rest[j+1])
-					j++
-				}
-			default:
-				positional = append(positional, a)
-			}
-		}
-		return append(append(head, flags...), positional...)
-	}
-	return args
-}
 
 func newApp(stdout, stderr io.Writer) *cli.App {
 	outputFlag := &cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "table", Usage: "Output format: table or json."}
