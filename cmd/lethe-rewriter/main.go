@@ -84,7 +84,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 					&cli.IntFlag{Name: "concurrency", Value: 1, Usage: "Blocks rewritten at once."},
 					&cli.DurationFlag{Name: "time-budget", Usage: "Stop after this long with exit status 3, leaving the rest to the next run (0: no limit)."},
 					&cli.DurationFlag{Name: "checkpoint.interval", Value: 5 * time.Minute, Usage: "While streaming a block, save a checkpoint to the bucket this often, so that a crashed run's successor redoes at most this much of it (0: only at the time budget)."},
-					&cli.StringFlag{Name: "tmp.dir", Value: os.TempDir(), Usage: "Where blocks are downloaded and rewritten; needs about twice the largest block."},
+					&cli.StringFlag{Name: "tmp.dir", Value: os.TempDir(), Usage: "Where blocks are downloaded and rewritten; needs about twice the largest block. Created if missing."},
 					&cli.BoolFlag{Name: "dry-run", Usage: "Plan and log what would be rewritten; change nothing."},
 					&cli.DurationFlag{Name: "delete-delay", Value: 48 * time.Hour, Usage: "Delete the blocks this rewriter replaced once their deletion mark is this old (Thanos' default). 0 leaves deletion to a Thanos compactor."},
 					&cli.StringFlag{Name: "shard", Usage: "i/n: take only the blocks of shard i of n (0-based), for several workers on one bucket (e.g. a Kubernetes indexed Job)."},
@@ -194,6 +194,9 @@ func runJobs(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := prepareTmpDir(c.String("tmp.dir")); err != nil {
+		return err
+	}
 	if c.Bool("nice") {
 		lowerPriority(logger)
 	}
@@ -250,6 +253,23 @@ func runJobs(c *cli.Context) error {
 			logger.Warn("bad block skipped", "problem", b)
 		}
 		return exitCode(exitBadBlocks)
+	}
+	return nil
+}
+
+// prepareTmpDir creates the working directory, as Thanos does its --tmp.dir, and checks that
+// jobs can make their directories in it: a directory that cannot be used is one error at start,
+// not a bad block per job.
+func prepareTmpDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return errors.Wrap(err, "create --tmp.dir")
+	}
+	probe, err := os.MkdirTemp(dir, ".lethe-probe-")
+	if err != nil {
+		return errors.Wrap(err, "--tmp.dir is not writable")
+	}
+	if err := os.Remove(probe); err != nil {
+		return errors.Wrap(err, "remove the probe of --tmp.dir")
 	}
 	return nil
 }

@@ -5,8 +5,11 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -161,4 +164,68 @@ func TestHelpListsGlobalFlags(t *testing.T) {
 			testutil.Assert(t, strings.Contains(global, f), "%s help lacks %s: %s", cmd, f, stdout.String())
 		}
 	}
+}
+
+// TestTmpDir: a missing --tmp.dir is created and the run rewrites its block; one that cannot be
+// created is one error at start (exit 1) that changes nothing, never a bad block (exit 4).
+func TestTmpDir(t *testing.T) {
+	newBucket := func(t *testing.T) (string, string) {
+		dir := t.TempDir()
+		bkt, err := filesystem.NewBucket(dir)
+		testutil.Ok(t, err)
+		start := time.Now().Add(-48 * time.Hour).UnixMilli()
+		series := []labels.Labels{labels.FromStrings("__name__", "x", "user_id", "1"), labels.FromStrings("__name__", "x", "user_id", "2")}
+		_, err = synth.Upload(context.Background(), bkt, t.TempDir(), synth.Block{Series: series, MinTime: start, MaxTime: start + 7_200_000, Step: 60_000})
+		testutil.Ok(t, err)
+		zero := time.Duration(0)
+		_, err = tombstones.NewStore(bkt, nil).Add(context.Background(), tombstones.Spec{Selectors: []string{`{user_id="1"}`}, UndeleteWindow: &zero})
+		testutil.Ok(t, err)
+		return dir, "--objstore.config=type: FILESYSTEM\nconfig: {directory: " + dir + "}"
+	}
+
+	t.Run("created", func(t *testing.T) {
+		_, conf := newBucket(t)
+		tmp := filepath.Join(t.TempDir(), "var", "tmp", "lethe")
+		var stdout, stderr bytes.Buffer
+		code := run(context.Background(), []string{"lethe-rewriter", "run", conf, "--tmp.dir=" + tmp, "--nice=false"}, &stdout, &stderr)
+		testutil.Equals(t, 0, code, stderr.String())
+		testutil.Assert(t, strings.Contains(stderr.String(), `"msg":"run done","rewritten":1`), stderr.String())
+		fi, err := os.Stat(tmp)
+		testutil.Ok(t, err)
+		testutil.Assert(t, fi.IsDir())
+		left, err := os.ReadDir(tmp)
+		testutil.Ok(t, err)
+		testutil.Equals(t, 0, len(left), "the run left files in --tmp.dir: %v", left)
+	})
+
+	file := filepath.Join(t.TempDir(), "file")
+	testutil.Ok(t, os.WriteFile(file, []byte("x"), 0o644))
+	for name, tmp := range map[string]string{"under a file": filepath.Join(file, "lethe"), "a file": file} {
+		t.Run(name, func(t *testing.T) {
+			dir, conf := newBucket(t)
+			before := bucketFiles(t, dir)
+			var stdout, stderr bytes.Buffer
+			code := run(context.Background(), []string{"lethe-rewriter", "run", conf, "--tmp.dir", tmp, "--nice=false"}, &stdout, &stderr)
+			testutil.Equals(t, 1, code, stderr.String())
+			lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
+			testutil.Equals(t, 1, len(lines), stderr.String())
+			testutil.Assert(t, strings.HasPrefix(lines[0], "lethe-rewriter: create --tmp.dir: ") && strings.Contains(lines[0], "not a directory"), lines[0])
+			testutil.Equals(t, before, bucketFiles(t, dir))
+		})
+	}
+}
+
+// bucketFiles maps every file of a FILESYSTEM bucket to its content.
+func bucketFiles(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	testutil.Ok(t, filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := os.ReadFile(p)
+		out[p] = string(b)
+		return err
+	}))
+	return out
 }
