@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -141,6 +142,12 @@ func setup(c *cli.Context, reg prometheus.Registerer) (objstore.Bucket, *tombsto
 	return bkt, tombstones.NewStore(bkt, reg, append(opts, tombstones.WithLogger(logger))...), logger, nil
 }
 
+// planOutput is plan's JSON: the plan of due tombstones, and the pending ones.
+type planOutput struct {
+	*rewriter.Plan
+	Pending []rewriter.Pending `json:"pending"`
+}
+
 func plan(c *cli.Context) error {
 	format := c.String("output")
 	if format != "table" && format != "json" {
@@ -150,32 +157,75 @@ func plan(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	r := rewriter.NewRunner(bkt, store, logger, nil, rewriter.Config{Threshold: c.Float64("threshold")})
-	p, err := r.PlanOnly(c.Context)
+	// One look at the tombstones for both views, so that each tombstone is either due or pending.
+	set, err := store.Sync(c.Context)
 	if err != nil {
 		return err
+	}
+	planner := rewriter.NewPlanner(bkt, logger, c.Float64("threshold"), store.RedactionKey())
+	p, err := planner.Plan(c.Context, set)
+	if err != nil {
+		return err
+	}
+	pending, problems, err := planner.Pending(c.Context, set)
+	if err != nil {
+		return err
+	}
+	for _, pr := range problems {
+		if !slices.Contains(p.Problems, pr) {
+			p.Problems = append(p.Problems, pr)
+		}
 	}
 	if format == "json" {
 		enc := json.NewEncoder(c.App.Writer)
 		enc.SetIndent("", "  ")
-		return enc.Encode(p)
+		return enc.Encode(planOutput{Plan: p, Pending: pending})
 	}
 	tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "BLOCK\tFROM\tTO\tRES\tTOMBSTONES\tSERIES\tAFFECTED\tDELETED\tDECISION\tWHY")
 	for _, j := range p.Jobs {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%.1f%%\t%s\t%s\n", j.Block,
-			time.UnixMilli(j.MinTime).UTC().Format(time.RFC3339), time.UnixMilli(j.MaxTime).UTC().Format(time.RFC3339),
+			stamp(time.UnixMilli(j.MinTime)), stamp(time.UnixMilli(j.MaxTime)),
 			resolution(j.Resolution), len(j.Tombstones), j.Series, j.SeriesAffected, j.DeletedShare*100, j.Decision, j.Reason)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
 	fmt.Fprintf(c.App.Writer, "%d due tombstones, %d jobs\n", len(p.Due), len(p.Jobs))
+	if len(pending) > 0 {
+		fmt.Fprintln(c.App.Writer)
+		if err := printPending(c.App.Writer, pending); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(c.App.Writer, "%d pending tombstones (cancellable until DUE AT; rewritten from then on where the threshold is reached, and after DEADLINE whatever it)\n", len(pending))
 	for _, pr := range p.Problems {
 		fmt.Fprintf(c.App.Writer, "bad block: %s\n", pr)
 	}
 	return nil
 }
+
+// printPending writes one line per pending tombstone and block it will touch.
+func printPending(w io.Writer, pending []rewriter.Pending) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "PENDING TOMBSTONE\tDUE AT\tDEADLINE\tBLOCKS IT WILL TOUCH")
+	for _, pt := range pending {
+		blocks := []string{"none: no stored samples match"}
+		if len(pt.Blocks) > 0 {
+			blocks = blocks[:0]
+			for _, b := range pt.Blocks {
+				blocks = append(blocks, b.String())
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", pt.Tombstone, stamp(pt.DueAt), stamp(pt.Deadline), blocks[0])
+		for _, b := range blocks[1:] {
+			fmt.Fprintf(tw, "\t\t\t%s\n", b)
+		}
+	}
+	return tw.Flush()
+}
+
+func stamp(t time.Time) string { return t.UTC().Format(time.RFC3339) }
 
 func resolution(ms int64) string {
 	if ms == 0 {

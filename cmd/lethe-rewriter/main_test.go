@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"io/fs"
@@ -10,6 +11,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -228,4 +230,83 @@ func bucketFiles(t *testing.T, dir string) map[string]string {
 		return err
 	}))
 	return out
+}
+
+// TestPlanShowsPending: plan lists the pending tombstones with when each becomes due, its
+// deadline and the blocks it will touch, in the table and in JSON, beside the due ones' jobs.
+func TestPlanShowsPending(t *testing.T) {
+	dir := t.TempDir()
+	bkt, err := filesystem.NewBucket(dir)
+	testutil.Ok(t, err)
+	start := time.Now().Add(-48 * time.Hour).UnixMilli()
+	var series []labels.Labels
+	for u := 0; u < 4; u++ {
+		series = append(series, labels.FromStrings("__name__", "x", "user_id", fmt.Sprint(u)))
+	}
+	var blocks []string
+	for i := int64(0); i < 2; i++ {
+		id, err := synth.Upload(context.Background(), bkt, t.TempDir(), synth.Block{Series: series, MinTime: start + i*7_200_000, MaxTime: start + (i+1)*7_200_000, Step: 60_000})
+		testutil.Ok(t, err)
+		blocks = append(blocks, id.String())
+	}
+	store := tombstones.NewStore(bkt, nil)
+	zero, day, week := time.Duration(0), 24*time.Hour, 7*24*time.Hour
+	due, err := store.Add(context.Background(), tombstones.Spec{Selectors: []string{`{user_id="0"}`}, UndeleteWindow: &zero})
+	testutil.Ok(t, err)
+	everywhere, err := store.Add(context.Background(), tombstones.Spec{Selectors: []string{`{user_id="1"}`}, UndeleteWindow: &day, MaxWait: &week})
+	testutil.Ok(t, err)
+	firstEnd := start + 3_600_000
+	inFirst, err := store.Add(context.Background(), tombstones.Spec{Selectors: []string{`{user_id="2"}`}, End: &firstEnd, UndeleteWindow: &day})
+	testutil.Ok(t, err)
+	conf := "--objstore.config=type: FILESYSTEM\nconfig: {directory: " + dir + "}"
+
+	var stdout, stderr bytes.Buffer
+	testutil.Equals(t, 0, run(context.Background(), []string{"lethe-rewriter", "plan", conf, "--output", "json"}, &stdout, &stderr), stderr.String())
+	var p struct {
+		Jobs []struct {
+			Block string `json:"block"`
+		} `json:"jobs"`
+		Due     []string `json:"due"`
+		Pending []struct {
+			Tombstone string    `json:"tombstone"`
+			DueAt     time.Time `json:"due_at"`
+			Deadline  time.Time `json:"deadline"`
+			Blocks    []string  `json:"blocks"`
+		} `json:"pending"`
+		Problems []string `json:"problems"`
+	}
+	testutil.Ok(t, json.Unmarshal(stdout.Bytes(), &p))
+	testutil.Equals(t, []string{due.ID.String()}, p.Due)
+	testutil.Equals(t, 2, len(p.Jobs))
+	testutil.Equals(t, []string{}, p.Problems)
+	testutil.Equals(t, 2, len(p.Pending), "%+v", p.Pending)
+	byID := map[string]int{p.Pending[0].Tombstone: 0, p.Pending[1].Tombstone: 1}
+	e, f := p.Pending[byID[everywhere.ID.String()]], p.Pending[byID[inFirst.ID.String()]]
+	testutil.Equals(t, everywhere.ID.String(), e.Tombstone)
+	testutil.Assert(t, e.DueAt.Equal(everywhere.UndeleteUntil), "due at %v, want %v", e.DueAt, everywhere.UndeleteUntil)
+	testutil.Assert(t, e.Deadline.Equal(everywhere.Deadline), "deadline %v, want %v", e.Deadline, everywhere.Deadline)
+	testutil.Equals(t, slices.Sorted(slices.Values(blocks)), e.Blocks)
+	testutil.Equals(t, inFirst.ID.String(), f.Tombstone)
+	testutil.Equals(t, []string{blocks[0]}, f.Blocks)
+
+	stdout.Reset()
+	testutil.Equals(t, 0, run(context.Background(), []string{"lethe-rewriter", "plan", conf}, &stdout, &stderr), stderr.String())
+	table := stdout.String()
+	testutil.Assert(t, strings.Contains(table, "1 due tombstones, 2 jobs\n"), table)
+	testutil.Assert(t, strings.Contains(table, "2 pending tombstones"), table)
+	_, pendingTable, ok := strings.Cut(table, "PENDING TOMBSTONE")
+	testutil.Assert(t, ok, table)
+	stampOf := func(t time.Time) string { return t.UTC().Format(time.RFC3339) }
+	testutil.Assert(t, strings.Contains(pendingTable, inFirst.ID.String()+"  "+stampOf(inFirst.UndeleteUntil)+"  "+stampOf(inFirst.Deadline)+"  "+blocks[0]+"\n"), table)
+	lines := strings.Split(pendingTable, "\n")
+	found := false
+	for i, l := range lines {
+		if strings.HasPrefix(l, everywhere.ID.String()) {
+			found = true
+			testutil.Assert(t, strings.HasPrefix(l, everywhere.ID.String()+"  "+stampOf(everywhere.UndeleteUntil)+"  "+stampOf(everywhere.Deadline)+"  "), l)
+			// Its second block is on the next line, under the first.
+			testutil.Equals(t, strings.Join(e.Blocks, "\n"), strings.TrimSpace(l[strings.LastIndex(l, " ")+1:])+"\n"+strings.TrimSpace(lines[i+1]))
+		}
+	}
+	testutil.Assert(t, found, "no line for %s: %s", everywhere.ID, table)
 }
