@@ -51,9 +51,9 @@ type Config struct {
 	// CheckpointEvery is how often a job saves a checkpoint to the bucket while it streams a
 	// block, so that a crash redoes at most that much; 0 saves one only at the time budget.
 	CheckpointEvery time.Duration
-	// ExitAt, when set, makes the run exit the process right after the named phase: a test hook
-	// for crash tests (download, rewrite, upload-chunks, upload-meta, mark).
-	ExitAt string
+	// AtPhase, when set, is called right after each phase of a job (download, checkpoint,
+	// rewrite, upload-meta, mark): crash tests stop the process there, other tests pause it.
+	AtPhase func(phase string)
 }
 
 // Report is what a run did.
@@ -246,10 +246,10 @@ func (r *Runner) mine(id ulid.ULID) bool {
 	return int(h.Sum32()%uint32(r.cfg.Shards)) == r.cfg.Shard
 }
 
-func (r *Runner) exitAt(phase string) {
-	if r.cfg.ExitAt == phase {
-		r.logger.Warn("exiting at phase as asked (crash test)", "phase", phase)
-		os.Exit(137)
+// atPhase calls the AtPhase hook, if any, at the end of a phase.
+func (r *Runner) atPhase(phase string) {
+	if r.cfg.AtPhase != nil {
+		r.cfg.AtPhase(phase)
 	}
 }
 
@@ -352,7 +352,7 @@ func (r *Runner) runJob(ctx context.Context, j *Job) (*Rewritten, error) {
 	if err := block.MarkForDeletion(ctx, r.bkt, j.Block, r.now(), markDetails(childID.String(), j.Tombstones)); err != nil {
 		return nil, err
 	}
-	r.exitAt("mark")
+	r.atPhase("mark")
 	r.blocksDone.Inc()
 	done.Seconds = time.Since(started).Seconds()
 	log.Info("block rewritten", "series_in", done.SeriesIn, "series_out", done.SeriesOut, "chunks_copied", done.ChunksCopied,
@@ -380,7 +380,7 @@ func (r *Runner) rewriteJob(ctx context.Context, j *Job, childID ulid.ULID, log 
 	if err := block.Download(ctx, r.bkt, j.Block, src); err != nil {
 		return stats{}, nil, dst, err
 	}
-	r.exitAt("download")
+	r.atPhase("download")
 	log.Debug("downloaded", "seconds", time.Since(phase).Seconds())
 	resume, err := r.loadCheckpoint(ctx, j, childID, dst)
 	if err != nil {
@@ -415,7 +415,7 @@ func (r *Runner) rewriteJob(ctx context.Context, j *Job, childID ulid.ULID, log 
 		}
 		prev = cp
 		log.Info("checkpoint saved", "series_done", cp.PostingsDone, "series_total", j.Series)
-		r.exitAt("checkpoint")
+		r.atPhase("checkpoint")
 		return nil
 	}
 	d.save = save
@@ -441,7 +441,7 @@ func (r *Runner) rewriteJob(ctx context.Context, j *Job, childID ulid.ULID, log 
 	if err != nil {
 		return st, nil, dst, err
 	}
-	r.exitAt("rewrite")
+	r.atPhase("rewrite")
 	log.Debug("rewritten", "seconds", time.Since(phase).Seconds())
 	meta, err := r.childMeta(j, childID, st, dst)
 	if err != nil {

@@ -33,7 +33,7 @@ func (r *Runner) upload(ctx context.Context, dir string, meta *block.Meta, sourc
 		}
 		return err
 	}
-	r.exitAt("upload-meta")
+	r.atPhase("upload-meta")
 	return errors.Wrap(r.bkt.Delete(ctx, uploadRecord(meta.ULID)), "remove upload record")
 }
 
