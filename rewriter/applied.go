@@ -88,9 +88,13 @@ func (r *Runner) replacedBlocks(ctx context.Context) (map[ulid.ULID]replacedSet,
 	}
 	out := map[ulid.ULID]replacedSet{}
 	for _, id := range l.Marked {
-		m, err := block.ReadDeletionMark(ctx, r.bkt, id)
+		m, err := r.deletionMark(ctx, id)
 		if err != nil {
-			continue
+			// It may be a block lethe replaced: its tombstones wait for the next run.
+			return nil, err
+		}
+		if m == nil {
+			continue // Deleted since the listing.
 		}
 		_, list, ok := strings.Cut(m.Details, " applying ")
 		if !ok || !strings.HasPrefix(m.Details, "lethe-rewriter:") {

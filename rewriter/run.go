@@ -6,7 +6,6 @@ import (
 	"hash/fnv"
 	"log/slog"
 	"os"
-	"path"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -48,6 +47,9 @@ type Config struct {
 	// OwnerGone reports whether the worker named in a lease is known to have died (for instance, a
 	// process of this host that no longer runs), so that its lease need not be waited out.
 	OwnerGone func(owner string) bool
+	// StaleUploadAfter is how old a partial upload whose source no live worker leases must be
+	// before a run removes it; 0 is LeaseTTL.
+	StaleUploadAfter time.Duration
 	// CheckpointEvery is how often a job saves a checkpoint to the bucket while it streams a
 	// block, so that a crash redoes at most that much; 0 saves one only at the time budget.
 	CheckpointEvery time.Duration
@@ -112,6 +114,9 @@ func NewRunner(bkt objstore.Bucket, store *tombstones.Store, logger *slog.Logger
 	if cfg.LeaseTTL <= 0 {
 		cfg.LeaseTTL = 10 * time.Minute
 	}
+	if cfg.StaleUploadAfter <= 0 {
+		cfg.StaleUploadAfter = cfg.LeaseTTL
+	}
 	if cfg.OwnerGone == nil {
 		cfg.OwnerGone = func(string) bool { return false }
 	}
@@ -164,6 +169,9 @@ func (r *Runner) Run(ctx context.Context) (*Report, error) {
 	if err := r.cleanUploads(ctx, todo); err != nil {
 		return rep, err
 	}
+	if err := r.withdrawOrphans(ctx); err != nil {
+		return rep, err
+	}
 	// Raw blocks with an overdue tombstone must not be downsampled before they are rewritten.
 	for _, j := range todo {
 		if j.Overdue && j.Resolution == 0 {
@@ -202,6 +210,9 @@ func (r *Runner) Run(ctx context.Context) (*Report, error) {
 				return nil
 			case errors.Is(err, errLeased):
 				rep.Leased = append(rep.Leased, j.Block)
+				return nil
+			case errors.Is(err, errCancelled):
+				r.logger.Warn("a tombstone of the job was cancelled while it ran; the block is left as it was", "block", j.Block.String(), "err", err)
 				return nil
 			case err != nil && gctx.Err() != nil:
 				return gctx.Err()
@@ -257,8 +268,7 @@ func (r *Runner) atPhase(phase string) {
 // block alone, or the old block plus a complete new one that the next run finds and finishes.
 func (r *Runner) runJob(ctx context.Context, j *Job) (*Rewritten, error) {
 	started := time.Now()
-	childID := ChildID(j.Block, j.Tombstones)
-	log := r.logger.With("block", j.Block.String(), "new_block", childID.String(), "tombstones", ulidStrings(j.Tombstones))
+	log := r.logger.With("block", j.Block.String(), "tombstones", ulidStrings(j.Tombstones))
 	ok, err := r.takeLease(ctx, j.Block)
 	if err != nil {
 		return nil, err
@@ -292,12 +302,28 @@ func (r *Runner) runJob(ctx context.Context, j *Job) (*Rewritten, error) {
 		}
 	}()
 
-	done := &Rewritten{Source: j.Block, Block: childID, Tombstones: j.Tombstones}
-	exists, err := r.bkt.Exists(ctx, path.Join(childID.String(), block.MetaFilename))
+	// Another worker may have replaced the block since the plan.
+	replaced, err := r.replacedWell(ctx, j.Block)
 	if err != nil {
 		return nil, err
 	}
-	if exists {
+	if replaced {
+		log.Info("block already replaced by another worker; nothing to do")
+		return nil, nil
+	}
+	childID, err := r.childFor(ctx, j)
+	if err != nil {
+		return nil, err
+	}
+	log = log.With("new_block", childID.String())
+	done := &Rewritten{Source: j.Block, Block: childID, Tombstones: j.Tombstones}
+	// repl replaces the block: the new one, or none when no sample survives.
+	repl := childID
+	uploaded, err := r.uploaded(ctx, childID)
+	if err != nil {
+		return nil, err
+	}
+	if uploaded {
 		log.Info("new block already uploaded by an earlier run; finishing the job")
 	} else {
 		if err := block.WriteMarker(ctx, r.bkt, j.Block, block.NoCompactMarkFilename, block.NoCompactMark{
@@ -323,38 +349,27 @@ func (r *Runner) runJob(ctx context.Context, j *Job) (*Rewritten, error) {
 			if err := r.dropCheckpoint(ctx, childID); err != nil {
 				log.Warn("remove checkpoint", "err", err)
 			}
-			if err := block.MarkForDeletion(ctx, r.bkt, j.Block, r.now(), markDetails("nothing (every sample deleted)", j.Tombstones)); err != nil {
-				return nil, err
-			}
-			r.blocksDone.Inc()
-			done.Seconds = time.Since(started).Seconds()
-			log.Info("block deleted whole: no sample survives", "series_in", done.SeriesIn, "seconds", done.Seconds)
-			return done, nil
-		}
-		if err := r.upload(ctx, dir, meta, j.Block); err != nil {
+			repl = ulid.ULID{}
+		} else if err := r.upload(ctx, dir, meta, j.Block); err != nil {
 			return nil, err
 		}
 	}
-	if err := r.dropCheckpoint(ctx, childID); err != nil {
-		log.Warn("remove checkpoint", "err", err)
+	if repl != (ulid.ULID{}) {
+		if err := r.dropCheckpoint(ctx, childID); err != nil {
+			log.Warn("remove checkpoint", "err", err)
+		}
 	}
-
-	// Two workers that planned different tombstone sets for one block must not leave two
-	// children: the one that finds another child withdraws its own.
-	others, err := r.otherChildren(ctx, j.Block, childID)
-	if err != nil {
-		return nil, err
-	}
-	if len(others) > 0 {
-		log.Warn("another rewrite of this block exists; withdrawing this one", "other", ulidStrings(others))
-		return nil, block.MarkForDeletion(ctx, r.bkt, childID, r.now(), "lethe-rewriter: duplicate child of "+j.Block.String())
-	}
-	if err := block.MarkForDeletion(ctx, r.bkt, j.Block, r.now(), markDetails(childID.String(), j.Tombstones)); err != nil {
+	adopted, err := r.replace(ctx, j, repl, log)
+	if err != nil || !adopted {
 		return nil, err
 	}
 	r.atPhase("mark")
 	r.blocksDone.Inc()
 	done.Seconds = time.Since(started).Seconds()
+	if repl == (ulid.ULID{}) {
+		log.Info("block deleted whole: no sample survives", "series_in", done.SeriesIn, "seconds", done.Seconds)
+		return done, nil
+	}
 	log.Info("block rewritten", "series_in", done.SeriesIn, "series_out", done.SeriesOut, "chunks_copied", done.ChunksCopied,
 		"chunks_reencoded", done.ChunksRecoded, "chunks_dropped", done.ChunksDropped, "seconds", done.Seconds)
 	return done, nil
@@ -398,6 +413,9 @@ func (r *Runner) rewriteJob(ctx context.Context, j *Job, childID ulid.ULID, log 
 		e, ok := set.Get(id)
 		if !ok {
 			return stats{}, nil, dst, errors.Newf("tombstone %s vanished from the bucket", id)
+		}
+		if e.State(set.At) == tombstones.StateCancelled {
+			return stats{}, nil, dst, errors.Wrapf(errCancelled, "tombstone %s", id)
 		}
 		applied = append(applied, e.Tombstone)
 	}

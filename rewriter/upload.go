@@ -38,7 +38,9 @@ func (r *Runner) upload(ctx context.Context, dir string, meta *block.Meta, sourc
 }
 
 // cleanUploads removes what crashed runs left half uploaded: blocks named in lethe/uploads/ that
-// never got their meta.json and that no job of this run will complete.
+// never got their meta.json, that no job of this run will complete, and that are stale: no live
+// worker holds the lease of their source, and their worker is known gone or started them longer
+// ago than Config.StaleUploadAfter. Another shard's or a retried pod's upload in progress stays.
 func (r *Runner) cleanUploads(ctx context.Context, todo []*Job) error {
 	current := map[ulid.ULID]bool{}
 	for _, j := range todo {
@@ -64,6 +66,14 @@ func (r *Runner) cleanUploads(ctx context.Context, todo []*Job) error {
 			continue // This run's job overwrites it.
 		}
 		if !done {
+			stale, err := r.staleUpload(ctx, name)
+			if err != nil {
+				return err
+			}
+			if !stale {
+				r.logger.Info("leaving a partial upload another worker may still be writing", "block", child.String())
+				continue
+			}
 			if err := block.Delete(ctx, r.bkt, child); err != nil {
 				return err
 			}
@@ -98,4 +108,45 @@ func (r *Runner) deleteMarked(ctx context.Context) ([]ulid.ULID, error) {
 		deleted = append(deleted, id)
 	}
 	return deleted, nil
+}
+
+// uploadRecordBody is what an upload record holds.
+type uploadRecordBody struct {
+	Block   ulid.ULID `json:"block"`
+	Source  ulid.ULID `json:"source"`
+	Started time.Time `json:"started"`
+}
+
+// staleUpload reports whether the upload the record names was left by a worker that is gone.
+func (r *Runner) staleUpload(ctx context.Context, name string) (bool, error) {
+	var rec uploadRecordBody
+	rc, err := r.bkt.Get(ctx, name)
+	if r.bkt.IsObjNotFoundErr(errors.Cause(err)) {
+		return false, nil // Its worker finished it meanwhile.
+	}
+	if err != nil {
+		return false, errors.Wrapf(err, "read upload record %s", name)
+	}
+	derr := json.NewDecoder(rc).Decode(&rec)
+	if err := rc.Close(); err != nil {
+		return false, errors.Wrapf(err, "read upload record %s", name)
+	}
+	if derr != nil {
+		r.logger.Warn("unreadable upload record; judging it by its age alone", "record", name, "err", derr)
+	}
+	held, gone := false, false
+	if rec.Source != (ulid.ULID{}) {
+		l, err := r.readLease(ctx, rec.Source)
+		if err != nil {
+			return false, err
+		}
+		if l != nil && l.Owner != r.cfg.Owner {
+			gone = r.cfg.OwnerGone(l.Owner)
+			held = !gone && r.now().Before(l.Expires)
+		}
+	}
+	if held {
+		return false, nil
+	}
+	return gone || rec.Started.IsZero() || r.now().Sub(rec.Started) > r.cfg.StaleUploadAfter, nil
 }
