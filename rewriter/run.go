@@ -47,6 +47,10 @@ type Config struct {
 	// OwnerGone reports whether the worker named in a lease is known to have died (for instance, a
 	// process of this host that no longer runs), so that its lease need not be waited out.
 	OwnerGone func(owner string) bool
+	// Retries is how many times a bucket call that failed for a reason that may pass is tried in
+	// all (0: 4); RetryBackoff the first wait between two tries (0: 200ms), doubled after each.
+	Retries      int
+	RetryBackoff time.Duration
 	// StaleUploadAfter is how old a partial upload whose source no live worker leases must be
 	// before a run removes it; 0 is LeaseTTL.
 	StaleUploadAfter time.Duration
@@ -114,6 +118,13 @@ func NewRunner(bkt objstore.Bucket, store *tombstones.Store, logger *slog.Logger
 	if cfg.LeaseTTL <= 0 {
 		cfg.LeaseTTL = 10 * time.Minute
 	}
+	if cfg.Retries <= 0 {
+		cfg.Retries = 4
+	}
+	if cfg.RetryBackoff <= 0 {
+		cfg.RetryBackoff = 200 * time.Millisecond
+	}
+	bkt = &retryBucket{Bucket: bkt, attempts: cfg.Retries, backoff: cfg.RetryBackoff, logger: logger}
 	if cfg.StaleUploadAfter <= 0 {
 		cfg.StaleUploadAfter = cfg.LeaseTTL
 	}
