@@ -234,6 +234,12 @@ var errCancelled = errors.New("tombstone cancelled")
 // another worker's replaced its source, or a tombstone it applied was cancelled.
 const withdrawnPrefix = "lethe-rewriter: withdrawn: "
 
+// withdrawn reports whether the mark withdrew a new block (or was written so by an earlier
+// version of lethe).
+func withdrawn(m *block.DeletionMark) bool {
+	return strings.HasPrefix(m.Details, withdrawnPrefix) || strings.HasPrefix(m.Details, "lethe-rewriter: duplicate child of ")
+}
+
 // childFor returns the job's new block: the first generation not withdrawn.
 func (r *Runner) childFor(ctx context.Context, j *Job) (ulid.ULID, error) {
 	for g := 0; g < maxGenerations; g++ {
@@ -314,7 +320,9 @@ func (r *Runner) replacedWell(ctx context.Context, id ulid.ULID) (bool, error) {
 	}
 	next, ok := replacement(m)
 	if !ok {
-		return !strings.HasPrefix(m.Details, "lethe-rewriter:"), nil
+		// A withdrawn rewrite's data lives on in its source or its source's replacement; a
+		// block some other tool marked is that tool's to answer for.
+		return withdrawn(m) || !strings.HasPrefix(m.Details, "lethe-rewriter:"), nil
 	}
 	if next == (ulid.ULID{}) {
 		return true, nil
@@ -559,7 +567,7 @@ func (r *Runner) withdrawOrphans(ctx context.Context) error {
 			continue
 		}
 		named, ok := replacement(pm)
-		if !ok || named == m.ULID {
+		if (!ok && !withdrawn(pm)) || (ok && named == m.ULID) {
 			continue
 		}
 		well, err := r.replacedWell(ctx, parent)

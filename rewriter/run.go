@@ -165,6 +165,11 @@ func (r *Runner) Run(ctx context.Context) (*Report, error) {
 	var todo []*Job
 	counts := map[string]int{DecisionRewrite: 0, DecisionSkip: 0}
 	for _, j := range plan.Jobs {
+		if j.Decision == DecisionRewrite && unadopted(j, plan) {
+			// Another worker's new block, uploaded, whose source it does not replace yet: that
+			// worker's job (or the next run's job of the source) decides whether it ever will.
+			j.Decision, j.Reason = DecisionSkip, "a new block whose source is still live"
+		}
 		counts[j.Decision]++
 		if j.Decision == DecisionRewrite && r.mine(j.Block) {
 			todo = append(todo, j)
@@ -256,6 +261,15 @@ func (r *Runner) Run(ctx context.Context) (*Report, error) {
 		}
 	}
 	return rep, nil
+}
+
+// unadopted reports whether the job's block is a rewrite lethe made of a block that is still live.
+func unadopted(j *Job, plan *Plan) bool {
+	if j.meta == nil || len(j.meta.Compaction.Parents) != 1 {
+		return false
+	}
+	parent := j.meta.Compaction.Parents[0].ULID
+	return plan.seen[parent] && rewrittenFrom(j.meta, parent)
 }
 
 // mine reports whether this worker's shard owns the block.

@@ -34,7 +34,11 @@ func (r *Runner) upload(ctx context.Context, dir string, meta *block.Meta, sourc
 		return err
 	}
 	r.atPhase("upload-meta")
-	return errors.Wrap(r.bkt.Delete(ctx, uploadRecord(meta.ULID)), "remove upload record")
+	// Another worker's clean-up may have removed the record of the finished upload already.
+	if err := r.bkt.Delete(ctx, uploadRecord(meta.ULID)); err != nil && !r.bkt.IsObjNotFoundErr(errors.Cause(err)) {
+		return errors.Wrap(err, "remove upload record")
+	}
+	return nil
 }
 
 // cleanUploads removes what crashed runs left half uploaded: blocks named in lethe/uploads/ that
