@@ -94,26 +94,37 @@ func samples(t *testing.T, bkt objstore.Bucket) map[string][]int64 {
 	testutil.Ok(t, err)
 	out := map[string][]int64{}
 	for _, m := range l.Blocks {
-		dir := filepath.Join(t.TempDir(), m.ULID.String())
-		testutil.Ok(t, block.Download(context.Background(), bkt, m.ULID, dir))
-		b, err := tsdb.OpenBlock(slog.New(slog.DiscardHandler), dir, nil, nil)
-		testutil.Ok(t, err)
-		q, err := tsdb.NewBlockQuerier(b, math.MinInt64, math.MaxInt64)
-		testutil.Ok(t, err)
-		ss := q.Select(context.Background(), false, nil, labels.MustNewMatcher(labels.MatchRegexp, "__name__", ".+"))
-		var it chunkenc.Iterator
-		for ss.Next() {
-			s := ss.At()
-			it = s.Iterator(it)
-			for it.Next() != chunkenc.ValNone {
-				out[s.Labels().String()] = append(out[s.Labels().String()], it.AtT())
-			}
-			testutil.Ok(t, it.Err())
+		for s, ts := range blockSamples(t, bkt, m.ULID) {
+			out[s] = append(out[s], ts...)
 		}
-		testutil.Ok(t, ss.Err())
-		testutil.Ok(t, q.Close())
-		testutil.Ok(t, b.Close())
 	}
+	return out
+}
+
+// blockSamples reads one block with Prometheus' tsdb package and returns, per series, its sample
+// timestamps.
+func blockSamples(t *testing.T, bkt objstore.Bucket, id ulid.ULID) map[string][]int64 {
+	t.Helper()
+	out := map[string][]int64{}
+	dir := filepath.Join(t.TempDir(), id.String())
+	testutil.Ok(t, block.Download(context.Background(), bkt, id, dir))
+	b, err := tsdb.OpenBlock(slog.New(slog.DiscardHandler), dir, nil, nil)
+	testutil.Ok(t, err)
+	q, err := tsdb.NewBlockQuerier(b, math.MinInt64, math.MaxInt64)
+	testutil.Ok(t, err)
+	ss := q.Select(context.Background(), false, nil, labels.MustNewMatcher(labels.MatchRegexp, "__name__", ".+"))
+	var it chunkenc.Iterator
+	for ss.Next() {
+		s := ss.At()
+		it = s.Iterator(it)
+		for it.Next() != chunkenc.ValNone {
+			out[s.Labels().String()] = append(out[s.Labels().String()], it.AtT())
+		}
+		testutil.Ok(t, it.Err())
+	}
+	testutil.Ok(t, ss.Err())
+	testutil.Ok(t, q.Close())
+	testutil.Ok(t, b.Close())
 	return out
 }
 

@@ -276,7 +276,7 @@ func runJobs(c *cli.Context) error {
 		Owner:       fmt.Sprintf("%s/%d", host, os.Getpid()),
 		OwnerGone:   processGone(host),
 		LeaseTTL:    c.Duration("lease.ttl"),
-		ExitAt:      c.String("debug.exit-at"),
+		AtPhase:     exitAtPhase(logger, c.String("debug.exit-at")),
 
 		CheckpointEvery: c.Duration("checkpoint.interval"),
 	}
@@ -322,6 +322,19 @@ func prepareTmpDir(dir string) error {
 		return errors.Wrap(err, "remove the probe of --tmp.dir")
 	}
 	return nil
+}
+
+// exitAtPhase is the --debug.exit-at crash-test hook: it exits the process right after the phase.
+func exitAtPhase(logger *slog.Logger, phase string) func(string) {
+	if phase == "" {
+		return nil
+	}
+	return func(p string) {
+		if p == phase {
+			logger.Warn("exiting at phase as asked (crash test)", "phase", p)
+			os.Exit(137)
+		}
+	}
 }
 
 func parseShard(s string) (int, int, error) {

@@ -1,0 +1,156 @@
+package rewriter
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"path"
+	"strings"
+	"time"
+
+	"github.com/efficientgo/core/errors"
+	"github.com/oklog/ulid/v2"
+
+	"github.com/lethe-project/lethe/block"
+)
+
+func uploadRecord(child ulid.ULID) string { return StatePrefix + "uploads/" + child.String() + ".json" }
+
+// upload sends the new block, meta.json last. A record in lethe/uploads/ names the block while
+// it is incomplete, so that a later run can clean what a crash left half uploaded.
+func (r *Runner) upload(ctx context.Context, dir string, meta *block.Meta, source ulid.ULID) error {
+	rec, err := json.Marshal(map[string]any{"block": meta.ULID, "source": source, "started": r.now()})
+	if err != nil {
+		return err
+	}
+	if err := r.bkt.Upload(ctx, uploadRecord(meta.ULID), bytes.NewReader(rec)); err != nil {
+		return errors.Wrap(err, "record upload")
+	}
+	if err := block.Upload(ctx, r.bkt, dir, meta); err != nil {
+		// Leave no half block behind: without meta.json it is invisible, but it is garbage.
+		if derr := block.Delete(context.WithoutCancel(ctx), r.bkt, meta.ULID); derr != nil {
+			r.logger.Warn("clean partial upload; the next run retries", "block", meta.ULID.String(), "err", derr)
+		}
+		return err
+	}
+	r.atPhase("upload-meta")
+	// Another worker's clean-up may have removed the record of the finished upload already.
+	if err := r.bkt.Delete(ctx, uploadRecord(meta.ULID)); err != nil && !r.bkt.IsObjNotFoundErr(errors.Cause(err)) {
+		return errors.Wrap(err, "remove upload record")
+	}
+	return nil
+}
+
+// cleanUploads removes what crashed runs left half uploaded: blocks named in lethe/uploads/ that
+// never got their meta.json, that no job of this run will complete, and that are stale: no live
+// worker holds the lease of their source, and their worker is known gone or started them longer
+// ago than Config.StaleUploadAfter. Another shard's or a retried pod's upload in progress stays.
+func (r *Runner) cleanUploads(ctx context.Context, todo []*Job) error {
+	current := map[ulid.ULID]bool{}
+	for _, j := range todo {
+		current[ChildID(j.Block, j.Tombstones)] = true
+	}
+	var recs []string
+	if err := r.bkt.Iter(ctx, StatePrefix+"uploads/", func(name string) error {
+		recs = append(recs, name)
+		return nil
+	}); err != nil {
+		return errors.Wrap(err, "list upload records")
+	}
+	for _, name := range recs {
+		child, err := ulid.ParseStrict(strings.TrimSuffix(path.Base(name), ".json"))
+		if err != nil {
+			continue
+		}
+		done, err := r.bkt.Exists(ctx, path.Join(child.String(), block.MetaFilename))
+		if err != nil {
+			return err
+		}
+		if !done && current[child] {
+			continue // This run's job overwrites it.
+		}
+		if !done {
+			stale, err := r.staleUpload(ctx, name)
+			if err != nil {
+				return err
+			}
+			if !stale {
+				r.logger.Info("leaving a partial upload another worker may still be writing", "block", child.String())
+				continue
+			}
+			if err := block.Delete(ctx, r.bkt, child); err != nil {
+				return err
+			}
+			r.logger.Info("removed a partial upload left by an earlier run", "block", child.String())
+		}
+		if err := r.bkt.Delete(ctx, name); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// deleteMarked deletes the blocks lethe marked once their mark is older than the delete delay.
+func (r *Runner) deleteMarked(ctx context.Context) ([]ulid.ULID, error) {
+	l, err := block.List(ctx, r.bkt)
+	if err != nil {
+		return nil, err
+	}
+	var deleted []ulid.ULID
+	for _, id := range l.Marked {
+		m, err := block.ReadDeletionMark(ctx, r.bkt, id)
+		if err != nil || !strings.HasPrefix(m.Details, "lethe-rewriter:") {
+			continue
+		}
+		if r.now().Sub(time.Unix(m.DeletionTime, 0)) < r.cfg.DeleteDelay {
+			continue
+		}
+		if err := block.Delete(ctx, r.bkt, id); err != nil {
+			return deleted, err
+		}
+		r.logger.Info("deleted replaced block", "block", id.String())
+		deleted = append(deleted, id)
+	}
+	return deleted, nil
+}
+
+// uploadRecordBody is what an upload record holds.
+type uploadRecordBody struct {
+	Block   ulid.ULID `json:"block"`
+	Source  ulid.ULID `json:"source"`
+	Started time.Time `json:"started"`
+}
+
+// staleUpload reports whether the upload the record names was left by a worker that is gone.
+func (r *Runner) staleUpload(ctx context.Context, name string) (bool, error) {
+	var rec uploadRecordBody
+	rc, err := r.bkt.Get(ctx, name)
+	if r.bkt.IsObjNotFoundErr(errors.Cause(err)) {
+		return false, nil // Its worker finished it meanwhile.
+	}
+	if err != nil {
+		return false, errors.Wrapf(err, "read upload record %s", name)
+	}
+	derr := json.NewDecoder(rc).Decode(&rec)
+	if err := rc.Close(); err != nil {
+		return false, errors.Wrapf(err, "read upload record %s", name)
+	}
+	if derr != nil {
+		r.logger.Warn("unreadable upload record; judging it by its age alone", "record", name, "err", derr)
+	}
+	held, gone := false, false
+	if rec.Source != (ulid.ULID{}) {
+		l, err := r.readLease(ctx, rec.Source)
+		if err != nil {
+			return false, err
+		}
+		if l != nil && l.Owner != r.cfg.Owner {
+			gone = r.cfg.OwnerGone(l.Owner)
+			held = !gone && r.now().Before(l.Expires)
+		}
+	}
+	if held {
+		return false, nil
+	}
+	return gone || rec.Started.IsZero() || r.now().Sub(rec.Started) > r.cfg.StaleUploadAfter, nil
+}
