@@ -11,7 +11,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -331,5 +333,263 @@ func TestCLIHelpExplainsEveryFlag(t *testing.T) {
 	testutil.Equals(t, 0, r.code, r.stderr)
 	for _, f := range []string{"--match", "--start", "--end", "--undelete-window", "--max-wait", "--reason", "--author", "--redact", "--redact.key-file", "--query.url", "--dry-run", "--force", "--output"} {
 		testutil.Assert(t, strings.Contains(r.stdout, f+" "), "help lacks %s: %s", f, r.stdout)
+	}
+}
+
+// confFile writes the bucket's configuration into a file, for --objstore.config-file.
+func (b cliBucket) confFile(t *testing.T) string {
+	t.Helper()
+	f := filepath.Join(t.TempDir(), "bucket.yml")
+	testutil.Ok(t, os.WriteFile(f, []byte("type: FILESYSTEM\nconfig:\n  directory: "+strconv.Quote(b.dir)+"\n"), 0o644))
+	return f
+}
+
+// TestCLIContractCommandLines runs CONTRACT.md's command lines as written there, the global
+// --objstore.config-file after the subcommand (and after the id), against the built binaries and
+// a FILESYSTEM bucket of real blocks:
+//
+//	lethe tombstone add   --match SELECTOR [--match ...] [--start T] [--end T]
+//	                      [--undelete-window 24h] [--max-wait 336h] [--reason TEXT] [--author NAME]
+//	                      [--dry-run] [--force]
+//	lethe tombstone list  [--output table|json]
+//	lethe tombstone show  ID
+//	lethe tombstone cancel ID [--reason TEXT]
+//	lethe-rewriter plan --objstore.config-file FILE [--output table|json]
+//	lethe-rewriter run  --objstore.config-file FILE [--threshold 0.05] [--batch.series 10000]
+//	                    [--rate.series-per-second 0] [--rate.bytes-per-second 0] [--concurrency 1]
+//	                    [--time-budget 0] [--tmp.dir DIR] [--dry-run]
+func TestCLIContractCommandLines(t *testing.T) {
+	b := newCLIBucket(t)
+	file := b.confFile(t)
+	ok := func(r result, what string) result {
+		t.Helper()
+		testutil.Equals(t, 0, r.code, "%s: stdout %s stderr %s", what, r.stdout, r.stderr)
+		return r
+	}
+	end := fmt.Sprint(blockStart/1000 + 4*3600)
+
+	before := b.snapshot(t)
+	dry := ok(runLethe(t, "tombstone", "add", "--objstore.config-file="+file, "--match", `{user_id="3"}`, "--match", `{user_id="4"}`,
+		"--start", "2026-11-01T00:00:00Z", "--end", end, "--undelete-window", "24h", "--max-wait", "336h",
+		"--reason", "GDPR #3", "--author", "alice", "--dry-run", "--force", "--output", "json"), "add --dry-run")
+	testutil.Equals(t, before, b.snapshot(t), "a dry run wrote to the bucket")
+	var dv tombstones.View
+	testutil.Ok(t, json.Unmarshal([]byte(dry.stdout), &dv))
+	testutil.Equals(t, []string{`{user_id="3"}`, `{user_id="4"}`}, dv.Matchers)
+	testutil.Equals(t, "GDPR #3", dv.Reason)
+	testutil.Equals(t, "alice", dv.Author)
+
+	pending := strings.TrimSpace(ok(runLethe(t, "tombstone", "add", "--objstore.config-file", file, "--match", `{user_id="3"}`, "--match", `{user_id="4"}`,
+		"--start", "2026-11-01T00:00:00Z", "--end", end, "--undelete-window", "24h", "--max-wait", "336h",
+		"--reason", "GDPR #3", "--author", "alice"), "add").stdout)
+	// Only in the first block: 00:00 to 01:00.
+	firstHour := strings.TrimSpace(ok(runLethe(t, "tombstone", "add", "--match", `{user_id="5"}`, "--end", fmt.Sprint(blockStart/1000+3600),
+		"--objstore.config-file", file, "--log.level", "debug"), "add in the first block").stdout)
+	due := strings.TrimSpace(ok(runLethe(t, "--log.level=warn", "tombstone", "add", "--match", `{user_id="6"}`, "--undelete-window", "0s", "--max-wait", "0s",
+		"--objstore.config-file="+file), "add due").stdout)
+	cancelled := strings.TrimSpace(ok(runLethe(t, "tombstone", "add", "--match", `{user_id="7"}`, "--objstore.config-file", file), "add to cancel").stdout)
+
+	var l listing
+	testutil.Ok(t, json.Unmarshal([]byte(ok(runLethe(t, "tombstone", "list", "--output", "json", "--objstore.config-file", file), "list json").stdout), &l))
+	testutil.Equals(t, 4, len(l.Tombstones))
+	table := ok(runLethe(t, "tombstone", "list", "--objstore.config-file", file, "--output", "table"), "list table").stdout
+	testutil.Assert(t, strings.Contains(table, pending+"  pending") && strings.Contains(table, due+"  due"), table)
+
+	show := ok(runLethe(t, "tombstone", "show", pending, "--objstore.config-file", file), "show").stdout
+	testutil.Assert(t, strings.Contains(show, "id:              "+pending) && strings.Contains(show, "reason:          GDPR #3"), show)
+
+	ok(runLethe(t, "tombstone", "cancel", cancelled, "--reason", "wrong user", "--objstore.config-file", file), "cancel")
+	show = ok(runLethe(t, "tombstone", "show", cancelled, "--objstore.config-file="+file), "show cancelled").stdout
+	testutil.Assert(t, strings.Contains(show, "state:           cancelled") && strings.Contains(show, "wrong user"), show)
+
+	// The plan: jobs for the due tombstone, and the pending ones with the blocks they will touch.
+	var p struct {
+		Jobs []struct {
+			Block string `json:"block"`
+		} `json:"jobs"`
+		Due     []string `json:"due"`
+		Pending []struct {
+			Tombstone string    `json:"tombstone"`
+			DueAt     time.Time `json:"due_at"`
+			Deadline  time.Time `json:"deadline"`
+			Blocks    []string  `json:"blocks"`
+		} `json:"pending"`
+	}
+	testutil.Ok(t, json.Unmarshal([]byte(ok(runBinary(t, binaries.rewriter, 2*time.Minute, nil, "plan", "--objstore.config-file", file, "--output", "json"), "plan json").stdout), &p))
+	testutil.Equals(t, []string{due}, p.Due)
+	testutil.Equals(t, 2, len(p.Jobs))
+	blocks := []string{p.Jobs[0].Block, p.Jobs[1].Block}
+	sort.Strings(blocks)
+	got := map[string][]string{}
+	for _, pt := range p.Pending {
+		got[pt.Tombstone] = pt.Blocks
+	}
+	testutil.Equals(t, map[string][]string{pending: blocks, firstHour: {blocks[0]}}, got)
+	for _, v := range l.Tombstones {
+		for _, pt := range p.Pending {
+			if pt.Tombstone == v.ID {
+				testutil.Assert(t, pt.DueAt.Equal(v.UndeleteUntil) && pt.Deadline.Equal(v.Deadline), "%s: due at %v deadline %v, want %v %v", v.ID, pt.DueAt, pt.Deadline, v.UndeleteUntil, v.Deadline)
+			}
+		}
+	}
+	planTable := ok(runBinary(t, binaries.rewriter, 2*time.Minute, nil, "plan", "--objstore.config-file", file, "--output", "table"), "plan table").stdout
+	testutil.Assert(t, strings.Contains(planTable, "1 due tombstones, 2 jobs\n"), planTable)
+	testutil.Assert(t, strings.Contains(planTable, "\n2 pending tombstones"), planTable)
+	stamp := func(ts time.Time) string { return ts.UTC().Format(time.RFC3339) }
+	for _, pt := range p.Pending {
+		line := pt.Tombstone + "  " + stamp(pt.DueAt) + "  " + stamp(pt.Deadline) + "  " + pt.Blocks[0] + "\n"
+		testutil.Assert(t, strings.Contains(planTable, line), "plan lacks %q: %s", line, planTable)
+	}
+
+	tmp := filepath.Join(t.TempDir(), "var", "tmp", "lethe")
+	runArgs := []string{"run", "--objstore.config-file", file, "--threshold", "0.05", "--batch.series", "10000",
+		"--rate.series-per-second", "0", "--rate.bytes-per-second", "0", "--concurrency", "1",
+		"--time-budget", "0", "--tmp.dir", tmp}
+	before = b.snapshot(t)
+	ok(runBinary(t, binaries.rewriter, 2*time.Minute, nil, append(runArgs, "--dry-run")...), "run --dry-run")
+	testutil.Equals(t, before, b.snapshot(t), "a dry run wrote to the bucket")
+	r := ok(runBinary(t, binaries.rewriter, 2*time.Minute, nil, runArgs...), "run")
+	testutil.Assert(t, strings.Contains(r.stderr, `"msg":"run done","rewritten":2`), r.stderr)
+	marks := 0
+	for name := range b.snapshot(t) {
+		if strings.HasSuffix(name, "/deletion-mark.json") {
+			marks++
+		}
+	}
+	testutil.Equals(t, 2, marks, "the run did not replace both blocks")
+	planTable = ok(runBinary(t, binaries.rewriter, 2*time.Minute, nil, "plan", "--output", "table", "--objstore.config-file", file), "plan after the run").stdout
+	testutil.Assert(t, strings.Contains(planTable, "1 due tombstones, 0 jobs\n"), planTable)
+	fi, err := os.Stat(tmp)
+	testutil.Ok(t, err)
+	testutil.Assert(t, fi.IsDir(), "--tmp.dir was not created")
+}
+
+// TestCLIUnknownFlagIsOneLine: an unknown flag, before or after the subcommand, is one line on
+// stderr and exit status 1 in every binary, never the help; so is a misspelt command.
+func TestCLIUnknownFlagIsOneLine(t *testing.T) {
+	for _, tc := range []struct {
+		bin  string
+		args []string
+		want string
+	}{
+		{binaries.lethe, []string{"tombstone", "add", "--match", `{a="b"}`, "--foo"}, "lethe: flag provided but not defined: -foo"},
+		{binaries.lethe, []string{"--foo", "tombstone", "list"}, "lethe: flag provided but not defined: -foo"},
+		{binaries.lethe, []string{"tombstone", "cancel", "01M86065CWNBFDYWAT4K034EY4", "--foo=x"}, "lethe: flag provided but not defined: -foo"},
+		{binaries.lethe, []string{"tombstone", "list", "--output"}, "lethe: flag needs an argument: -output"},
+		{binaries.lethe, []string{"tombstones", "list"}, `lethe: unknown command "tombstones": want tombstone`},
+		{binaries.rewriter, []string{"plan", "--foo"}, "lethe-rewriter: flag provided but not defined: -foo"},
+		{binaries.rewriter, []string{"--foo", "run"}, "lethe-rewriter: flag provided but not defined: -foo"},
+		{binaries.rewriter, []string{"run", "--batch.series", "many"}, `lethe-rewriter: invalid value "many" for flag -batch.series: parse error`},
+		{binaries.proxy, []string{"--foo"}, "lethe-proxy: flag provided but not defined: -foo"},
+		{binaries.proxy, []string{"--web.listen-address=127.0.0.1:0", "serve"}, `lethe-proxy: unexpected argument "serve": lethe-proxy takes only flags`},
+	} {
+		r := runBinary(t, tc.bin, time.Minute, nil, tc.args...)
+		testutil.Equals(t, 1, r.code, "%s %q", filepath.Base(tc.bin), tc.args)
+		testutil.Equals(t, "", r.stdout, "%s %q", filepath.Base(tc.bin), tc.args)
+		testutil.Equals(t, tc.want+"\n", r.stderr, "%s %q", filepath.Base(tc.bin), tc.args)
+	}
+}
+
+// TestCLIHelpListsGlobalFlags: the help of every subcommand lists the global flags it accepts.
+func TestCLIHelpListsGlobalFlags(t *testing.T) {
+	for _, tc := range []struct {
+		bin    string
+		args   []string
+		global []string
+	}{
+		{binaries.lethe, []string{"tombstone", "add"}, []string{"--objstore.config-file", "--objstore.config", "--log.level"}},
+		{binaries.lethe, []string{"tombstone", "list"}, []string{"--objstore.config-file", "--objstore.config", "--log.level"}},
+		{binaries.lethe, []string{"tombstone", "show"}, []string{"--objstore.config-file", "--objstore.config", "--log.level"}},
+		{binaries.lethe, []string{"tombstone", "cancel"}, []string{"--objstore.config-file", "--objstore.config", "--log.level"}},
+		{binaries.rewriter, []string{"plan"}, []string{"--objstore.config-file", "--objstore.config", "--threshold", "--redact.key-file", "--log.level"}},
+		{binaries.rewriter, []string{"run"}, []string{"--objstore.config-file", "--objstore.config", "--threshold", "--redact.key-file", "--log.level"}},
+	} {
+		r := runBinary(t, tc.bin, time.Minute, nil, append(tc.args, "--help")...)
+		testutil.Equals(t, 0, r.code, r.stderr)
+		_, global, found := strings.Cut(r.stdout, "GLOBAL OPTIONS:")
+		testutil.Assert(t, found, "%q: no global options: %s", tc.args, r.stdout)
+		for _, f := range tc.global {
+			testutil.Assert(t, strings.Contains(global, "   "+f+" value "), "%q help lacks %s: %s", tc.args, f, r.stdout)
+		}
+	}
+}
+
+// TestCLIRewriterTmpDir: a --tmp.dir that cannot be created is one error at start (exit 1) that
+// changes nothing, never bad blocks (exit 4).
+func TestCLIRewriterTmpDir(t *testing.T) {
+	b := newCLIBucket(t)
+	file := b.confFile(t)
+	r := runLethe(t, "tombstone", "add", "--match", `{user_id="1"}`, "--undelete-window", "0s", "--max-wait", "0s", "--objstore.config-file", file)
+	testutil.Equals(t, 0, r.code, r.stderr)
+	notDir := filepath.Join(t.TempDir(), "file")
+	testutil.Ok(t, os.WriteFile(notDir, []byte("x"), 0o644))
+	for _, tmp := range []string{filepath.Join(notDir, "lethe"), notDir} {
+		before := b.snapshot(t)
+		r := runBinary(t, binaries.rewriter, 2*time.Minute, nil, "run", "--objstore.config-file", file, "--tmp.dir", tmp)
+		testutil.Equals(t, 1, r.code, r.stderr)
+		testutil.Equals(t, 1, len(strings.Split(strings.TrimSpace(r.stderr), "\n")), r.stderr)
+		testutil.Assert(t, strings.HasPrefix(r.stderr, "lethe-rewriter: create --tmp.dir: ") && strings.Contains(r.stderr, "not a directory"), r.stderr)
+		testutil.Equals(t, before, b.snapshot(t))
+	}
+}
+
+// TestCLIProxyFlagsInEitherOrder: lethe-proxy, started as CONTRACT.md writes it
+// (lethe-proxy --objstore.config-file FILE [--web.listen-address :9095]) with its flags in either
+// order, answers /-/ready and serves the bucket's blocks with the tombstoned series masked.
+func TestCLIProxyFlagsInEitherOrder(t *testing.T) {
+	b := newCLIBucket(t)
+	file := b.confFile(t)
+	r := runLethe(t, "tombstone", "add", "--match", `{user_id="1"}`, "--objstore.config-file", file)
+	testutil.Equals(t, 0, r.code, r.stderr)
+	for i, order := range [][]string{
+		{"--objstore.config-file", file, "--web.listen-address", "ADDR", "--log.level", "warn"},
+		{"--log.level=warn", "--web.listen-address=ADDR", "--objstore.config-file=" + file},
+	} {
+		var (
+			s    *server
+			dir  string
+			args []string
+		)
+		// A free port can be taken by someone else between our probe and the proxy's bind: retry.
+		for attempt := 0; s == nil && attempt < 3; attempt++ {
+			dir = t.TempDir()
+			port := freePort(t)
+			args = args[:0]
+			for _, a := range order {
+				args = append(args, strings.ReplaceAll(a, "ADDR", "127.0.0.1:"+strconv.Itoa(port)))
+			}
+			var bindFailed bool
+			s, bindFailed = launchServer(t, serverSpec{
+				name: "lethe-proxy", bin: binaries.proxy, dir: dir, port: port, args: args,
+				logFile:      filepath.Join(dir, fmt.Sprintf("lethe-proxy-%d.log", i)),
+				readyTimeout: proxyReadyTimeout, stopTimeout: proxyStopTimeout,
+				ready: func(s *server) bool {
+					resp, err := s.client.Get(s.URL + "/-/ready")
+					if err != nil {
+						return false
+					}
+					resp.Body.Close()
+					return resp.StatusCode == http.StatusOK
+				},
+			})
+			if !bindFailed {
+				break
+			}
+		}
+		testutil.Assert(t, s != nil, "lethe-proxy %q did not start", args)
+		resp, err := s.client.Get(s.URL + fmt.Sprintf("/api/v1/label/user_id/values?start=%d&end=%d", blockStart/1000, blockStart/1000+4*3600))
+		testutil.Ok(t, err)
+		var values struct {
+			Status string   `json:"status"`
+			Data   []string `json:"data"`
+		}
+		testutil.Ok(t, json.NewDecoder(resp.Body).Decode(&values))
+		resp.Body.Close()
+		testutil.Equals(t, "success", values.Status)
+		testutil.Equals(t, 19, len(values.Data), "%v", values.Data)
+		testutil.Assert(t, !slices.Contains(values.Data, "1"), "the tombstoned user shows: %v", values.Data)
+		// The data dir defaults to ./data/proxy in the working directory.
+		_, err = os.Stat(filepath.Join(dir, "data", "proxy"))
+		testutil.Ok(t, err)
 	}
 }
