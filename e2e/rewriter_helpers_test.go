@@ -137,6 +137,12 @@ type rwPlan struct {
 	} `json:"jobs"`
 	Problems []string `json:"problems"`
 	Due      []string `json:"due"`
+	Pending  []struct {
+		Tombstone string    `json:"tombstone"`
+		DueAt     time.Time `json:"due_at"`
+		Deadline  time.Time `json:"deadline"`
+		Blocks    []string  `json:"blocks"`
+	} `json:"pending"`
 }
 
 func (b cliBucket) rewriterPlan(t *testing.T, args ...string) rwPlan {
