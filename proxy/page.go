@@ -484,7 +484,8 @@ func (pg *page) show(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	data := showPage{pageBase: pg.base(w, r, "Tombstone "+id.String()), Row: newRow(e, set.At), Events: events(e, set.At), Added: r.URL.Query().Get("added") != ""}
-	if r.URL.Query().Get("plan") != "" {
+	// A cancelled or applied tombstone is never planned: saying so costs nothing.
+	if r.URL.Query().Get("plan") != "" || e.Cancellation != nil || e.Applied != nil {
 		data.Plan = pg.plan(r, set, e)
 	}
 	pg.render(w, http.StatusOK, "show", data)

@@ -24,7 +24,11 @@
       var rel = document.createElement("span");
       rel.className = "rel";
       var secs = (t - now) / 1000;
-      rel.textContent = secs >= 0 ? "in " + distance(secs) : distance(secs) + " ago";
+      if (Math.abs(secs) < 1) {
+        rel.textContent = "now";
+      } else {
+        rel.textContent = secs > 0 ? "in " + distance(secs) : distance(secs) + " ago";
+      }
       el.after(rel);
     });
   });
