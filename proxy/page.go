@@ -197,12 +197,15 @@ func (pg *page) nonce(w http.ResponseWriter, r *http.Request) string {
 	if c, err := r.Cookie(csrfCookie); err == nil && len(c.Value) >= 32 {
 		return c.Value
 	}
+	return pg.newNonce(w, r)
+}
+
+// newNonce sets a fresh CSRF nonce; a login always gets one, so no nonce outlives a session.
+func (pg *page) newNonce(w http.ResponseWriter, r *http.Request) string {
 	b := make([]byte, 32)
 	_, _ = rand.Read(b) // crypto/rand.Read never fails.
 	v := base64.RawURLEncoding.EncodeToString(b)
 	pg.setCookie(w, r, csrfCookie, v, sessionMaxAge)
-	// A page rendered in this same answer reads the nonce from the request.
-	r.AddCookie(&http.Cookie{Name: csrfCookie, Value: v})
 	return v
 }
 
@@ -243,7 +246,7 @@ func (pg *page) login(w http.ResponseWriter, r *http.Request) {
 	rec := &apiErrorRecorder{ResponseWriter: w}
 	pg.p.admin(func(w http.ResponseWriter, r *http.Request) {
 		pg.setCookie(w, r, sessionCookie, base64.RawURLEncoding.EncodeToString([]byte(token)), sessionMaxAge)
-		pg.nonce(w, r)
+		pg.newNonce(w, r)
 		http.Redirect(w, r, localPath(r.PostForm.Get("next")), http.StatusSeeOther)
 	}).ServeHTTP(rec, r)
 	if rec.code == http.StatusUnauthorized {

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -259,7 +260,7 @@ func (pg *page) samples(ctx context.Context, snap *Snapshot, matchers []*labels.
 	if err := ss.Err(); err != nil {
 		return nil, err
 	}
-	slices.SortFunc(out, func(a, b point) int { return int(min(max(a.t-b.t, -1), 1)) })
+	slices.SortFunc(out, func(a, b point) int { return cmp.Compare(a.t, b.t) })
 	return out, nil
 }
 

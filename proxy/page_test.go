@@ -300,7 +300,7 @@ func TestPageAddsWithPreview(t *testing.T) {
 	// A preview writes nothing.
 	testutil.Equals(t, 0, len(pf.entries(t).Entries))
 
-	confirm := formFields(t, body, "confirm")
+	confirm, edit := formFields(t, body, "confirm"), formFields(t, body, "edit")
 	testutil.Equals(t, []string{`{user_id="2"}`}, confirm["match[]"])
 	code, body = c.post("/tombstones", confirm)
 	testutil.Equals(t, http.StatusOK, code, body)
@@ -314,6 +314,16 @@ func TestPageAddsWithPreview(t *testing.T) {
 	testutil.Equals(t, map[string]string{}, (&fixture{srv: pf.srv}).instant(t, `http_requests_total{user_id="2"}`, t0+3_600_000))
 	_, body = c.get("/")
 	testutil.Equals(t, map[string]string{id: "pending"}, listed(body))
+
+	// Edit goes back to the form, filled in as it was.
+	_, body = c.get("/?" + edit.Encode())
+	testutil.Assert(t, strings.Contains(body, html.EscapeString(`{user_id="2"}`)+"\n</textarea>") && strings.Contains(body, `value="GDPR #7"`), body)
+
+	// With no range, everything stored until now: the graph shows the last 31 days of it.
+	code, body = c.post("/tombstones/preview", url.Values{"csrf": {csrf}, "selectors": {`{user_id="1"}`}})
+	testutil.Equals(t, http.StatusOK, code, body)
+	testutil.Assert(t, strings.Contains(body, "240 samples masked, 0 kept") && strings.Contains(body, "the last 31 days"), body)
+	testutil.Equals(t, 1, strings.Count(body, `<path class="line"`))
 
 	// A selector that matches nothing: the preview says so, and confirming is refused.
 	form.Set("selectors", `{user_id="nobody"}`)
