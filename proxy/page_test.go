@@ -18,6 +18,8 @@ import (
 	"github.com/efficientgo/core/testutil"
 	"github.com/oklog/ulid/v2"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/thanos-io/objstore"
 
 	"github.com/lethe-project/lethe/tombstones"
 )
@@ -438,4 +440,39 @@ func TestPageShowsThePlan(t *testing.T) {
 		}
 	}
 	testutil.Assert(t, strings.Contains(body, "Once due"), body)
+}
+
+// TestPagePreviewsOverAnUpstream previews through an upstream's query API: the series come from its
+// series endpoint, the samples from range queries. The upstream is a lethe-proxy over the blocks
+// with no tombstones of its own, which answers with Prometheus' own API code.
+func TestPagePreviewsOverAnUpstream(t *testing.T) {
+	pf := newPageFixture(t)
+	ctx := context.Background()
+	logger := slog.New(slog.DiscardHandler)
+	plain := NewMask(tombstones.NewStore(objstore.NewInMemBucket(), nil), logger, prometheus.NewRegistry(), time.Hour)
+	testutil.Ok(t, plain.Refresh(ctx))
+	upstream := httptest.NewServer(New(plain, pf.blocks, logger, prometheus.NewRegistry(), Config{}))
+	defer upstream.Close()
+	u, err := url.Parse(upstream.URL)
+	testutil.Ok(t, err)
+	none := labels.EmptyLabels()
+	reg := prometheus.NewRegistry()
+	up, err := NewUpstream(ctx, UpstreamConfig{URL: u, Read: ReadQueryAPI, ExternalLabels: &none}, logger, reg)
+	testutil.Ok(t, err)
+	srv := httptest.NewServer(New(pf.mask, up, logger, reg, Config{AdminToken: adminToken}))
+	defer srv.Close()
+
+	c := newPageClient(t, srv.URL)
+	csrf := c.login()
+	code, body := c.post("/tombstones/preview", url.Values{"csrf": {csrf}, "selectors": {`{user_id=~"1|2"}`},
+		"start": {fmt.Sprint(t0 / 1000)}, "end": {fmt.Sprint((t0 + 7_200_000) / 1000)}})
+	testutil.Equals(t, http.StatusOK, code, body)
+	testutil.Assert(t, strings.Contains(body, `<strong>2</strong> stored series match`), body)
+	testutil.Assert(t, strings.Contains(body, html.EscapeString(`{__name__="http_requests_total", job="api", user_id="1"}`)), body)
+	testutil.Assert(t, strings.Contains(body, "121 samples masked, 60 kept"), body)
+
+	// The plan needs the bucket's blocks, which an upstream does not show.
+	id := pf.add(t, tombstones.Spec{Selectors: []string{`{user_id="1"}`}})
+	_, body = c.get("/tombstones/" + id.String() + "?plan=1")
+	testutil.Assert(t, strings.Contains(body, "run lethe-rewriter plan against the bucket"), body)
 }
