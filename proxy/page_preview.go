@@ -15,6 +15,7 @@ import (
 
 	"github.com/efficientgo/core/errors"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/promql/parser"
 	"github.com/prometheus/prometheus/storage"
@@ -80,7 +81,11 @@ func (pg *page) preview(w http.ResponseWriter, r *http.Request) {
 		pageBase: pg.base(w, r, "Preview deletion"), Form: form, Tombstone: tombstones.NewView(&tombstones.Entry{Tombstone: t}, t.CreatedAt),
 		Selectors: spec.Selectors, Count: n,
 	}
-	for _, s := range series {
+	shown := series
+	if spec.Redact {
+		shown = hideRedacted(series, sels)
+	}
+	for _, s := range shown {
 		data.Series = append(data.Series, s.String())
 	}
 	if n == 0 && !spec.Force {
@@ -91,8 +96,29 @@ func (pg *page) preview(w http.ResponseWriter, r *http.Request) {
 			pg.fail(w, r, http.StatusServiceUnavailable, errors.Wrap(err, "read samples for the preview graph").Error())
 			return
 		}
+		if spec.Redact {
+			data.Graph.Series = data.Series[0]
+		}
 	}
 	pg.render(w, http.StatusOK, "preview", data)
+}
+
+// hideRedacted shows, on the preview of a redacted tombstone, the values its equality matchers
+// would store as digests as "<redacted>", as every later view of it does.
+func hideRedacted(series []labels.Labels, sels [][]*labels.Matcher) []labels.Labels {
+	out := make([]labels.Labels, 0, len(series))
+	for _, s := range series {
+		b := labels.NewBuilder(s)
+		for _, sel := range sels {
+			for _, m := range sel {
+				if m.Type == labels.MatchEqual && m.Name != model.MetricNameLabel && m.Value != "" && s.Get(m.Name) == m.Value {
+					b.Set(m.Name, "<redacted>")
+				}
+			}
+		}
+		out = append(out, b.Labels())
+	}
+	return out
 }
 
 // matchedSeries returns the first few series the selectors select in [mint, maxt], before any
@@ -118,7 +144,11 @@ func (pg *page) matchedSeries(ctx context.Context, sels [][]*labels.Matcher, min
 			out = append(out, labels.FromMap(s))
 		}
 	} else {
-		q, err := pg.p.source.Querier(pg.snapshot(nil), mint, maxt)
+		snap, err := pg.snapshot(nil)
+		if err != nil {
+			return nil, err
+		}
+		q, err := pg.p.source.Querier(snap, mint, maxt)
 		if err != nil {
 			return nil, err
 		}
@@ -140,15 +170,15 @@ func (pg *page) matchedSeries(ctx context.Context, sels [][]*labels.Matcher, min
 
 // snapshot is a mask over the given tombstones for the page's own reads; it counts into metrics of
 // its own, so previews do not show up in the proxy's masking metrics.
-func (pg *page) snapshot(live []*tombstones.Tombstone) *Snapshot {
+func (pg *page) snapshot(live []*tombstones.Tombstone) (*Snapshot, error) {
 	ix, err := tombstones.NewIndex(live, pg.p.mask.store.RedactionKey())
 	if err != nil {
-		ix, _ = tombstones.NewIndex(nil, nil)
+		return nil, err
 	}
 	return &Snapshot{index: ix, live: live, metrics: &maskMetrics{
 		seriesMasked: prometheus.NewCounter(prometheus.CounterOpts{Name: "preview_series_masked"}),
 		seriesHidden: prometheus.NewCounter(prometheus.CounterOpts{Name: "preview_series_hidden"}),
-	}}
+	}}, nil
 }
 
 // seriesGraph is one series drawn before and after masking with the new tombstone (and every live
@@ -189,15 +219,24 @@ func (pg *page) graph(ctx context.Context, series labels.Labels, t *tombstones.T
 	series.Range(func(l labels.Label) {
 		matchers = append(matchers, labels.MustNewMatcher(labels.MatchEqual, l.Name, l.Value))
 	})
-	before, err := pg.samples(ctx, pg.snapshot(nil), matchers, mint, maxt)
+	unmasked, err := pg.snapshot(nil)
 	if err != nil {
 		return nil, err
 	}
-	live := []*tombstones.Tombstone{t}
-	if snap, err := pg.p.mask.Current(); err == nil {
-		live = append(slices.Clone(snap.live), t)
+	before, err := pg.samples(ctx, unmasked, matchers, mint, maxt)
+	if err != nil {
+		return nil, err
 	}
-	after, err := pg.samples(ctx, pg.snapshot(live), matchers, mint, maxt)
+	// After: what queries will see once it is added to the tombstones in force.
+	current, err := pg.p.mask.Current()
+	if err != nil {
+		return nil, err
+	}
+	masked, err := pg.snapshot(append(slices.Clone(current.live), t))
+	if err != nil {
+		return nil, err
+	}
+	after, err := pg.samples(ctx, masked, matchers, mint, maxt)
 	if err != nil {
 		return nil, err
 	}

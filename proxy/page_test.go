@@ -345,6 +345,31 @@ func TestPageAddsWithPreview(t *testing.T) {
 	testutil.Equals(t, 1, len(pf.entries(t).Entries))
 }
 
+func TestPageAddsRedacted(t *testing.T) {
+	pf := newPageFixture(t)
+	c := newPageClient(t, pf.srv.URL)
+	csrf := c.login()
+	_, body := c.get("/")
+	testutil.Assert(t, strings.Contains(body, `name="redact"`), body)
+
+	form := url.Values{"csrf": {csrf}, "selectors": {`{token="s3cr3t"}`}, "redact": {"true"},
+		"start": {fmt.Sprint(t0 / 1000)}, "end": {fmt.Sprint((t0 + 7_200_000) / 1000)}}
+	code, body := c.post("/tombstones/preview", form)
+	testutil.Equals(t, http.StatusOK, code, body)
+	// The digest matches the series: the graph after masking has the hole.
+	testutil.Assert(t, strings.Contains(body, `<strong>1</strong> stored series match`) && strings.Contains(body, "121 samples masked, 60 kept"), body)
+	testutil.Assert(t, strings.Contains(body, "token=&lt;redacted&gt;"), body)
+	// Only the confirm and edit forms carry the value, to send it back.
+	confirm := formFields(t, body, "confirm")
+	testutil.Equals(t, 2, strings.Count(body, "s3cr3t"))
+	code, body = c.post("/tombstones", confirm)
+	testutil.Equals(t, http.StatusOK, code, body)
+	set := pf.entries(t)
+	testutil.Equals(t, 1, len(set.Entries))
+	testutil.Assert(t, set.Entries[0].Redacted())
+	testutil.Assert(t, !strings.Contains(body, "s3cr3t") && strings.Contains(body, "token=&lt;redacted&gt;"), body)
+}
+
 func TestPageCancelsOnlyInsideTheWindow(t *testing.T) {
 	pf := newPageFixture(t)
 	id := pf.add(t, tombstones.Spec{Selectors: []string{`{user_id="1"}`}})
