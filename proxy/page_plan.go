@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"net/http"
 	"time"
 
@@ -47,8 +48,10 @@ func (pg *page) plan(r *http.Request, set *tombstones.Set, e *tombstones.Entry) 
 		// Planned as it will be once due, over the blocks as they are now.
 		tp.AsOf, tp.Pending = e.UndeleteUntil, true
 	}
+	ctx, cancel := context.WithTimeout(r.Context(), pg.p.cfg.QueryTimeout)
+	defer cancel()
 	planner := rewriter.NewPlanner(blocks.bkt, pg.p.logger, planThreshold, pg.p.mask.store.RedactionKey())
-	plan, err := planner.Plan(r.Context(), &tombstones.Set{Entries: []*tombstones.Entry{e}, At: tp.AsOf})
+	plan, err := planner.Plan(ctx, &tombstones.Set{Entries: []*tombstones.Entry{e}, At: tp.AsOf})
 	if err != nil {
 		tp.Unavailable = "the planner failed: " + err.Error()
 		return tp

@@ -66,7 +66,16 @@ func (pg *page) preview(w http.ResponseWriter, r *http.Request) {
 		pg.renderList(w, r, http.StatusBadRequest, form, err.Error())
 		return
 	}
-	ctx := r.Context()
+	// The preview reads data as a query does: within the query timeout, in one of the query slots.
+	ctx, cancel := context.WithTimeout(r.Context(), pg.p.cfg.QueryTimeout)
+	defer cancel()
+	select {
+	case pg.p.slots <- struct{}{}:
+		defer func() { <-pg.p.slots }()
+	case <-ctx.Done():
+		pg.fail(w, r, http.StatusServiceUnavailable, "too many concurrent queries")
+		return
+	}
 	n, err := pg.p.countMatches(ctx, sels, t.Start, t.End)
 	if err != nil {
 		pg.fail(w, r, http.StatusServiceUnavailable, errors.Wrap(err, "count matching series").Error())
