@@ -126,6 +126,7 @@ func New(mask *Mask, source Source, logger *slog.Logger, reg *prometheus.Registr
 	p.handle("/api/v1/format_query", router, http.MethodGet, http.MethodPost)
 	p.handle("/api/v1/status/buildinfo", router, http.MethodGet)
 	p.registerAdmin()
+	p.registerPage()
 	p.mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	p.mux.HandleFunc("/-/healthy", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = w.Write([]byte("lethe-proxy is Healthy.\n"))

@@ -1,0 +1,35 @@
+// Progressive enhancement of the deletions page; everything works without it. It shows each time
+// in the browser's own zone on hover, and how far away the undelete windows and deadlines are.
+(function () {
+  "use strict";
+  var units = [["d", 86400], ["h", 3600], ["m", 60]];
+  function distance(seconds) {
+    var s = Math.abs(seconds);
+    for (var i = 0; i < units.length; i++) {
+      if (s >= units[i][1]) { return Math.floor(s / units[i][1]) + units[i][0]; }
+    }
+    return Math.floor(s) + "s";
+  }
+  document.addEventListener("DOMContentLoaded", function () {
+    // Distances are taken from the proxy's clock, which the footer shows, not the browser's.
+    var clock = document.querySelector("footer time[datetime]");
+    var now = clock ? Date.parse(clock.getAttribute("datetime")) : NaN;
+    if (isNaN(now)) { now = Date.now(); }
+    document.querySelectorAll("time[datetime]").forEach(function (el) {
+      var t = Date.parse(el.getAttribute("datetime"));
+      if (isNaN(t)) { return; }
+      el.title = new Date(t).toString();
+      var cell = el.closest("table.list td");
+      if (!cell) { return; }
+      var rel = document.createElement("span");
+      rel.className = "rel";
+      var secs = (t - now) / 1000;
+      if (Math.abs(secs) < 1) {
+        rel.textContent = "now";
+      } else {
+        rel.textContent = secs > 0 ? "in " + distance(secs) : distance(secs) + " ago";
+      }
+      el.after(rel);
+    });
+  });
+})();
