@@ -249,8 +249,8 @@ func (q *maskedQuerier) droppedValues(ctx context.Context, ix labelIndex, ms []*
 	}
 
 	// What a series that no selector matches carries survives.
-	combos, expressible := complement(sels)
-	if expressible && len(combos) > 0 {
+	sels = relax(sels)
+	if combos := complement(sels); len(combos) > 0 {
 		free := make([][]string, len(combos))
 		g, gctx := errgroup.WithContext(ctx)
 		g.SetLimit(4)
@@ -273,13 +273,8 @@ func (q *maskedQuerier) droppedValues(ctx context.Context, ix labelIndex, ms []*
 		return nil, nil
 	}
 
-	// The rest is decided on samples.
-	if expressible {
-		err = q.surviveSelected(ctx, ix, ms, sels, pending)
-	} else {
-		err = q.surviveAll(ctx, ix, ms, pending)
-	}
-	return pending, err
+	// The rest is decided on the samples of the series the selectors match.
+	return pending, q.surviveSelected(ctx, ix, ms, sels, pending)
 }
 
 // pruneSelectors leaves out selectors whose key value no series selected by ms carries, one index
@@ -331,21 +326,43 @@ func (q *maskedQuerier) pruneSelectors(ctx context.Context, ms []*labels.Matcher
 	return out, nil
 }
 
-// complement returns matcher sets whose union selects exactly the series that none of the
-// selectors' sent matchers select (every series not selected by them), multiplied out: one
-// negated matcher per selector. It is not expressible beyond maxComplementQueries sets; no set
-// means no series escapes the selectors.
-func complement(sels []lookupSelector) ([][]*labels.Matcher, bool) {
-	n := 1
-	for _, s := range sels {
-		n *= len(s.send)
-		if n == 0 {
-			return nil, true
+// relax keeps the selectors' complement within maxComplementQueries index queries: while the
+// product of their matcher counts is above it, the selector with the most matchers keeps only its
+// key matcher (or its first). A relaxed selector selects more series than its tombstone covers;
+// those series are then checked on their samples like the rest.
+func relax(sels []lookupSelector) []lookupSelector {
+	product := func() int {
+		n := 1
+		for _, s := range sels {
+			n *= len(s.send)
+			if n == 0 || n > maxComplementQueries {
+				return n
+			}
 		}
-		if n > maxComplementQueries {
-			return nil, false
-		}
+		return n
 	}
+	sels = slices.Clone(sels)
+	for product() > maxComplementQueries {
+		widest := 0
+		for i, s := range sels {
+			if len(s.send) > len(sels[widest].send) {
+				widest = i
+			}
+		}
+		s := &sels[widest]
+		keep := s.send[0]
+		if s.key != nil {
+			keep = s.key
+		}
+		s.send, s.exact = []*labels.Matcher{keep}, false
+	}
+	return sels
+}
+
+// complement returns matcher sets whose union selects exactly the series that none of the
+// selectors' sent matchers select, multiplied out: one negated matcher per selector. No set means
+// no series escapes the selectors.
+func complement(sels []lookupSelector) [][]*labels.Matcher {
 	combos := [][]*labels.Matcher{nil}
 	for _, s := range sels {
 		next := make([][]*labels.Matcher, 0, len(combos)*len(s.send))
@@ -356,7 +373,7 @@ func complement(sels []lookupSelector) ([][]*labels.Matcher, bool) {
 		}
 		combos = next
 	}
-	return combos, true
+	return combos
 }
 
 // negate returns the matcher that accepts exactly the values m refuses.
@@ -371,8 +388,7 @@ func negate(m *labels.Matcher) *labels.Matcher {
 }
 
 // surviveSelected removes from pending what a series that the selectors match carries while it
-// keeps a sample in the window. Every other series carrying a pending value is known to be one of
-// those. A series of an exact selector can only keep a sample outside the tombstone's interval,
+// keeps a sample in the window: the series no selector matches carry no pending value. A series of an exact selector can only keep a sample outside the tombstone's interval,
 // so only that part of the window is read, and not at all when the tombstone covers the window.
 func (q *maskedQuerier) surviveSelected(ctx context.Context, ix labelIndex, ms []*labels.Matcher, sels []lookupSelector, pending map[string]struct{}) error {
 	for _, s := range sels {
@@ -395,7 +411,7 @@ func (q *maskedQuerier) surviveSelected(ctx context.Context, ix labelIndex, ms [
 				return nil
 			}
 			sel := append(slices.Clone(ms), s.send...)
-			if err := q.survive(ctx, ix, sel, r[0], r[1], pending); err != nil {
+			if err := q.survive(ctx, ix, sel, r[0], r[1], !s.exact, pending); err != nil {
 				return err
 			}
 		}
@@ -403,22 +419,20 @@ func (q *maskedQuerier) surviveSelected(ctx context.Context, ix labelIndex, ms [
 	return nil
 }
 
-// surviveAll removes from pending what any series selected by ms carries while it keeps a sample
-// in the window: for when the selectors' complement is not expressible.
-func (q *maskedQuerier) surviveAll(ctx context.Context, ix labelIndex, ms []*labels.Matcher, pending map[string]struct{}) error {
-	return q.survive(ctx, ix, ms, q.mint, q.maxt, pending)
-}
-
 // survive reads the series selected by ms that carry a pending value, over [lo, hi] only, and
-// removes from pending what those keeping a sample there (outside their deleted intervals) carry.
-func (q *maskedQuerier) survive(ctx context.Context, ix labelIndex, ms []*labels.Matcher, lo, hi int64, pending map[string]struct{}) error {
+// removes from pending what those keeping a sample there (outside their deleted intervals) carry,
+// and what those no tombstone touches in the window carry. With wide, ms may select series that
+// no tombstone touches, which the index answer shows even with no sample in the window: the chunk
+// querier (in bucket mode) then lists them all, by their chunks' time ranges, without decoding;
+// over an upstream only those with samples in the window are seen.
+func (q *maskedQuerier) survive(ctx context.Context, ix labelIndex, ms []*labels.Matcher, lo, hi int64, wide bool, pending map[string]struct{}) error {
 	var ivs tombstones.Intervals
 	for _, restrict := range ix.restrict(sortedKeys(pending)) {
 		if len(pending) == 0 {
 			return nil
 		}
 		sel := append(slices.Clone(ms), restrict...)
-		err := q.scan(ctx, sel, lo, hi, func(ls labels.Labels, keeps func(ivs tombstones.Intervals) bool) {
+		err := q.scan(ctx, sel, lo, hi, wide, func(ls labels.Labels, keeps func(ivs tombstones.Intervals) bool) {
 			carries := false
 			ix.carried(ls, func(v string) {
 				if _, ok := pending[v]; ok {
@@ -429,7 +443,7 @@ func (q *maskedQuerier) survive(ctx context.Context, ix labelIndex, ms []*labels
 				return
 			}
 			ivs = q.snap.Intervals(ls, q.ext, ivs[:0])
-			if coversWindow(ivs, lo, hi) || !keeps(ivs) {
+			if ivs.Overlaps(q.mint, q.maxt) && (coversWindow(ivs, lo, hi) || !keeps(ivs)) {
 				return
 			}
 			ix.carried(ls, func(v string) { delete(pending, v) })
@@ -441,13 +455,17 @@ func (q *maskedQuerier) survive(ctx context.Context, ix labelIndex, ms []*labels
 	return nil
 }
 
-// scan calls fn for every series selected by ms with data in [lo, hi], with a function that
-// reports whether the series has a sample in [lo, hi] outside the given intervals. With a chunk
-// querier it decides from chunk time ranges where they suffice and decodes a chunk only where a
-// gap in the intervals falls inside it.
-func (q *maskedQuerier) scan(ctx context.Context, ms []*labels.Matcher, lo, hi int64, fn func(labels.Labels, func(tombstones.Intervals) bool)) error {
+// scan calls fn for every series selected by ms with data in [lo, hi] (with wide and a chunk
+// querier: with data at all), with a function that reports whether the series has a sample in
+// [lo, hi] outside the given intervals. With a chunk querier it decides from chunk time ranges
+// where they suffice and decodes a chunk only where a gap in the intervals falls inside it.
+func (q *maskedQuerier) scan(ctx context.Context, ms []*labels.Matcher, lo, hi int64, wide bool, fn func(labels.Labels, func(tombstones.Intervals) bool)) error {
 	if q.chunks != nil {
-		css := q.chunks.Select(ctx, false, &storage.SelectHints{Start: lo, End: hi, DisableTrimming: true}, ms...)
+		h := &storage.SelectHints{Start: lo, End: hi, DisableTrimming: true}
+		if wide {
+			h.Start, h.End = math.MinInt64, math.MaxInt64
+		}
+		css := q.chunks.Select(ctx, false, h, ms...)
 		var it chunkScan
 		for css.Next() {
 			s := css.At()
