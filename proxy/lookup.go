@@ -170,6 +170,9 @@ func (q *maskedQuerier) maskedLabels(ctx context.Context, ix labelIndex, hints *
 		for _, e := range extra {
 			all = append(all, e...)
 		}
+		if len(extra) > 0 {
+			all = selectable(all)
+		}
 		vals, w, err := ix.ask(ctx, hints, all)
 		ws.add(w)
 		return vals, err
@@ -376,6 +379,17 @@ func complement(sels []lookupSelector) [][]*labels.Matcher {
 	return combos
 }
 
+// selectable adds {__name__=~".+"} to matchers that all match the empty value, which Prometheus
+// refuses as a selector: every series has a name, so it selects the same series.
+func selectable(ms []*labels.Matcher) []*labels.Matcher {
+	for _, m := range ms {
+		if !m.Matches("") {
+			return ms
+		}
+	}
+	return append(ms, labels.MustNewMatcher(labels.MatchRegexp, model.MetricNameLabel, ".+"))
+}
+
 // negate returns the matcher that accepts exactly the values m refuses.
 func negate(m *labels.Matcher) *labels.Matcher {
 	t := map[labels.MatchType]labels.MatchType{
@@ -431,7 +445,7 @@ func (q *maskedQuerier) survive(ctx context.Context, ix labelIndex, ms []*labels
 		if len(pending) == 0 {
 			return nil
 		}
-		sel := append(slices.Clone(ms), restrict...)
+		sel := selectable(append(slices.Clone(ms), restrict...))
 		err := q.scan(ctx, sel, lo, hi, wide, func(ls labels.Labels, keeps func(ivs tombstones.Intervals) bool) {
 			carries := false
 			ix.carried(ls, func(v string) {
