@@ -35,10 +35,13 @@ import (
 // (a union of one negated matcher per selector, multiplied out).
 const maxComplementQueries = 16
 
-// pruneGroupAbove is how many selectors keyed on one label name make it worth one index query to
-// learn which of their values exist at all: 10,000 tombstones on instances that have no series in
-// the window then cost one look-up.
-const pruneGroupAbove = 2
+// maxNarrowValues is how many candidate values a look-up of the selectors' complement names, so
+// that the index checks only those.
+const maxNarrowValues = 500
+
+// pruneGroupAbove is how many values of one label keying selectors make it worth one index query
+// to learn which of them exist at all.
+const pruneGroupAbove = 8
 
 // lookupSelector is a live tombstone selector that can meet a look-up.
 type lookupSelector struct {
@@ -59,29 +62,42 @@ func (s lookupSelector) wholeWindow(mint, maxt int64) bool {
 }
 
 // meetingSelectors returns the live tombstone selectors that can cover a sample of a series
-// selected by ms in [mint, maxt] on a store with external labels ext.
-func meetingSelectors(s *Snapshot, ms []*labels.Matcher, ext labels.Labels, mint, maxt int64) []lookupSelector {
-	si := s.selectors()
+// selected by sel in the querier's window. Selectors filed under a label with more than a few
+// values are looked up by the values that series selected by ms (the request's matchers) carry,
+// one index query: 10,000 tombstones on instances with no series cost that query, not 10,000
+// checks.
+func (q *maskedQuerier) meetingSelectors(ctx context.Context, sel, ms []*labels.Matcher) ([]lookupSelector, error) {
+	si := q.snap.selectors()
 	var out []lookupSelector
 	collect := func(refs []selectorRef) {
 		for _, r := range refs {
-			if !r.t.Overlaps(mint, maxt) || disjoint(ms, r.sel, r.t, ext, s.index) {
+			if !r.t.Overlaps(q.mint, q.maxt) || disjoint(sel, r.sel, r.t, q.ext, q.snap.index) {
 				continue
 			}
-			out = append(out, newLookupSelector(r, ext))
+			out = append(out, newLookupSelector(r, q.ext))
 		}
 	}
 	collect(si.unkeyed)
 	for name, byValue := range si.byKey {
-		if v, pinned := pinnedValue(ms, ext, name); pinned {
+		if v, pinned := pinnedValue(sel, q.ext, name); pinned {
 			collect(byValue[v])
 			continue
 		}
-		for _, refs := range byValue {
-			collect(refs)
+		if len(byValue) <= pruneGroupAbove {
+			for _, refs := range byValue {
+				collect(refs)
+			}
+			continue
+		}
+		vals, _, err := q.inner.LabelValues(ctx, name, nil, ms...)
+		if err != nil {
+			return nil, err
+		}
+		for _, v := range vals {
+			collect(byValue[v])
 		}
 	}
-	return out
+	return out, nil
 }
 
 func newLookupSelector(r selectorRef, ext labels.Labels) lookupSelector {
@@ -111,6 +127,8 @@ type labelIndex struct {
 	carried func(ls labels.Labels, fn func(string))
 	// restrict returns matcher sets that together select the series carrying any of vals.
 	restrict func(vals []string) [][]*labels.Matcher
+	// narrow, for label values, is restrict's one matcher: a look-up given it only considers vals.
+	narrow bool
 }
 
 func valuesIndex(q storage.LabelQuerier, name string) labelIndex {
@@ -130,6 +148,7 @@ func valuesIndex(q storage.LabelQuerier, name string) labelIndex {
 			}
 			return [][]*labels.Matcher{{labels.MustNewMatcher(labels.MatchRegexp, name, strings.Join(quoted, "|"))}}
 		},
+		narrow: true,
 	}
 }
 
@@ -161,9 +180,9 @@ func (g *gathered) add(ws annotations.Annotations) {
 	g.ws.Merge(ws)
 }
 
-// maskedLabels answers a label look-up for the request's matchers ms, given the selectors that
-// can meet it (at least one).
-func (q *maskedQuerier) maskedLabels(ctx context.Context, ix labelIndex, hints *storage.LabelHints, ms []*labels.Matcher, sels []lookupSelector) ([]string, annotations.Annotations, error) {
+// maskedLabels answers a label look-up for the request's matchers ms, which select the series
+// sel selects.
+func (q *maskedQuerier) maskedLabels(ctx context.Context, ix labelIndex, hints *storage.LabelHints, ms, sel []*labels.Matcher) ([]string, annotations.Annotations, error) {
 	var ws gathered
 	ask := func(ctx context.Context, hints *storage.LabelHints, extra ...[]*labels.Matcher) ([]string, error) {
 		all := slices.Clone(ms)
@@ -185,7 +204,11 @@ func (q *maskedQuerier) maskedLabels(ctx context.Context, ix labelIndex, hints *
 		answer, err = ask(gctx, hints)
 		return err
 	})
-	dropped, err := q.droppedValues(gctx, ix, ms, sels, ask)
+	var dropped map[string]struct{}
+	sels, err := q.meetingSelectors(gctx, sel, ms)
+	if err == nil && len(sels) > 0 {
+		dropped, err = q.droppedValues(gctx, ix, ms, sels, ask)
+	}
 	if gerr := g.Wait(); err == nil {
 		err = gerr
 	}
@@ -216,11 +239,6 @@ type askFunc func(ctx context.Context, hints *storage.LabelHints, extra ...[]*la
 
 // droppedValues returns the values of the index's answer that only fully covered series carry.
 func (q *maskedQuerier) droppedValues(ctx context.Context, ix labelIndex, ms []*labels.Matcher, sels []lookupSelector, ask askFunc) (map[string]struct{}, error) {
-	sels, err := q.pruneSelectors(ctx, ms, sels)
-	if err != nil || len(sels) == 0 {
-		return nil, err
-	}
-
 	// The candidates: what the series each selector matches carry. A selector whose series carry
 	// nothing is out of the rest of the work.
 	cands := make([][]string, len(sels))
@@ -254,6 +272,12 @@ func (q *maskedQuerier) droppedValues(ctx context.Context, ix labelIndex, ms []*
 	// What a series that no selector matches carries survives.
 	sels = relax(sels)
 	if combos := complement(sels); len(combos) > 0 {
+		if ix.narrow && len(pending) <= maxNarrowValues {
+			only := ix.restrict(sortedKeys(pending))[0]
+			for i := range combos {
+				combos[i] = append(combos[i], only...)
+			}
+		}
 		free := make([][]string, len(combos))
 		g, gctx := errgroup.WithContext(ctx)
 		g.SetLimit(4)
@@ -278,55 +302,6 @@ func (q *maskedQuerier) droppedValues(ctx context.Context, ix labelIndex, ms []*
 
 	// The rest is decided on the samples of the series the selectors match.
 	return pending, q.surviveSelected(ctx, ix, ms, sels, pending)
-}
-
-// pruneSelectors leaves out selectors whose key value no series selected by ms carries, one index
-// query per label name that keys more than a few selectors.
-func (q *maskedQuerier) pruneSelectors(ctx context.Context, ms []*labels.Matcher, sels []lookupSelector) ([]lookupSelector, error) {
-	byName := map[string]int{}
-	for _, s := range sels {
-		if s.key != nil {
-			byName[s.key.Name]++
-		}
-	}
-	exist := map[string]map[string]struct{}{}
-	var mu sync.Mutex
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(4)
-	for name, n := range byName {
-		if n <= pruneGroupAbove {
-			continue
-		}
-		g.Go(func() error {
-			vals, _, err := q.inner.LabelValues(gctx, name, nil, ms...)
-			if err != nil {
-				return err
-			}
-			set := make(map[string]struct{}, len(vals))
-			for _, v := range vals {
-				set[v] = struct{}{}
-			}
-			mu.Lock()
-			exist[name] = set
-			mu.Unlock()
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
-		return nil, err
-	}
-	out := sels[:0:0]
-	for _, s := range sels {
-		if s.key != nil {
-			if set, ok := exist[s.key.Name]; ok {
-				if _, ok := set[s.key.Value]; !ok {
-					continue
-				}
-			}
-		}
-		out = append(out, s)
-	}
-	return out, nil
 }
 
 // relax keeps the selectors' complement within maxComplementQueries index queries: while the
@@ -405,6 +380,14 @@ func negate(m *labels.Matcher) *labels.Matcher {
 // keeps a sample in the window: the series no selector matches carry no pending value. A series of an exact selector can only keep a sample outside the tombstone's interval,
 // so only that part of the window is read, and not at all when the tombstone covers the window.
 func (q *maskedQuerier) surviveSelected(ctx context.Context, ix labelIndex, ms []*labels.Matcher, sels []lookupSelector, pending map[string]struct{}) error {
+	// The series of a single-matcher selector that deletes the whole window cannot survive: leave
+	// them out of what is read for the other selectors (a deleted tenant's series, say).
+	var exclude []*labels.Matcher
+	for _, s := range sels {
+		if s.exact && len(s.send) == 1 && s.wholeWindow(q.mint, q.maxt) {
+			exclude = append(exclude, negate(s.send[0]))
+		}
+	}
 	for _, s := range sels {
 		var ranges [][2]int64
 		switch {
@@ -424,7 +407,7 @@ func (q *maskedQuerier) surviveSelected(ctx context.Context, ix labelIndex, ms [
 			if len(pending) == 0 {
 				return nil
 			}
-			sel := append(slices.Clone(ms), s.send...)
+			sel := append(append(slices.Clone(ms), s.send...), exclude...)
 			if err := q.survive(ctx, ix, sel, r[0], r[1], !s.exact, pending); err != nil {
 				return err
 			}

@@ -63,11 +63,10 @@ func (q *maskedQuerier) Select(ctx context.Context, sortSeries bool, hints *stor
 // samples never appears.
 func (q *maskedQuerier) LabelValues(ctx context.Context, name string, hints *storage.LabelHints, ms ...*labels.Matcher) ([]string, annotations.Annotations, error) {
 	sel := append(slices.Clone(ms), labels.MustNewMatcher(labels.MatchNotEqual, name, ""))
-	sels := meetingSelectors(q.snap, sel, q.ext, q.mint, q.maxt)
-	if len(sels) == 0 {
+	if !q.snap.MayMatch(sel, q.ext, q.mint, q.maxt) {
 		return q.inner.LabelValues(ctx, name, hints, ms...)
 	}
-	return q.maskedLabels(ctx, valuesIndex(q.inner, name), hints, ms, sels)
+	return q.maskedLabels(ctx, valuesIndex(q.inner, name), hints, ms, sel)
 }
 
 // LabelNames works as LabelValues.
@@ -76,11 +75,10 @@ func (q *maskedQuerier) LabelNames(ctx context.Context, hints *storage.LabelHint
 	if len(sel) == 0 {
 		sel = []*labels.Matcher{labels.MustNewMatcher(labels.MatchRegexp, model.MetricNameLabel, ".+")}
 	}
-	sels := meetingSelectors(q.snap, sel, q.ext, q.mint, q.maxt)
-	if len(sels) == 0 {
+	if !q.snap.MayMatch(sel, q.ext, q.mint, q.maxt) {
 		return q.inner.LabelNames(ctx, hints, ms...)
 	}
-	return q.maskedLabels(ctx, namesIndex(q.inner), hints, ms, sels)
+	return q.maskedLabels(ctx, namesIndex(q.inner), hints, ms, sel)
 }
 
 func (q *maskedQuerier) Close() error {
