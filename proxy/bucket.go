@@ -167,7 +167,17 @@ func (s *BucketBlocks) Querier(snap *Snapshot, mint, maxt int64) (storage.Querie
 			}
 			return nil, errors.Wrapf(err, "query block %s", meta.ULID)
 		}
-		qs = append(qs, &extQuerier{inner: newMaskedQuerier(q, snap, lb.ext, mint, maxt), ext: lb.ext})
+		cq, err := tsdb.NewBlockChunkQuerier(lb.b, mint, maxt)
+		if err != nil {
+			_ = q.Close()
+			for _, q := range qs {
+				_ = q.Close()
+			}
+			return nil, errors.Wrapf(err, "query block %s", meta.ULID)
+		}
+		mq := newMaskedQuerier(q, snap, lb.ext, mint, maxt)
+		mq.chunks = cq
+		qs = append(qs, &extQuerier{inner: mq, ext: lb.ext})
 	}
 	return storage.NewMergeQuerier(qs, nil, storage.ChainedSeriesMerge), nil
 }

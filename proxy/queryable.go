@@ -24,7 +24,10 @@ type maskMetrics struct {
 // external labels of the inner querier's series: tombstones match them too (overriding series
 // labels of the same name, as in Thanos), whether or not the series carry them.
 type maskedQuerier struct {
-	inner      storage.Querier
+	inner storage.Querier
+	// chunks, when set, reads the same series as inner with their chunks' time ranges, so that
+	// look-ups decide survival without decoding where those suffice.
+	chunks     storage.ChunkQuerier
 	snap       *Snapshot
 	ext        labels.Labels
 	mint, maxt int64
@@ -55,20 +58,15 @@ func (q *maskedQuerier) Select(ctx context.Context, sortSeries bool, hints *stor
 	return &maskedSeriesSet{SeriesSet: inner, q: q, mint: mint, maxt: maxt, dropEmpty: dropEmpty}
 }
 
-// LabelValues answers from the inner querier when no tombstone can touch the selection, and
-// otherwise from the series that keep a sample in the range: a value carried only by deleted
+// LabelValues answers from the inner querier's index, leaving out the values that only series
+// the tombstones cover in the whole window carry (see lookup.go): a value carried only by deleted
 // samples never appears.
 func (q *maskedQuerier) LabelValues(ctx context.Context, name string, hints *storage.LabelHints, ms ...*labels.Matcher) ([]string, annotations.Annotations, error) {
 	sel := append(slices.Clone(ms), labels.MustNewMatcher(labels.MatchNotEqual, name, ""))
 	if !q.snap.MayMatch(sel, q.ext, q.mint, q.maxt) {
 		return q.inner.LabelValues(ctx, name, hints, ms...)
 	}
-	seen := map[string]struct{}{}
-	ws, err := q.surviving(ctx, sel, func(ls labels.Labels) { seen[ls.Get(name)] = struct{}{} })
-	if err != nil {
-		return nil, ws, err
-	}
-	return limit(sortedKeys(seen), hints), ws, nil
+	return q.maskedLabels(ctx, valuesIndex(q.inner, name), hints, ms, sel)
 }
 
 // LabelNames works as LabelValues.
@@ -80,26 +78,18 @@ func (q *maskedQuerier) LabelNames(ctx context.Context, hints *storage.LabelHint
 	if !q.snap.MayMatch(sel, q.ext, q.mint, q.maxt) {
 		return q.inner.LabelNames(ctx, hints, ms...)
 	}
-	seen := map[string]struct{}{}
-	ws, err := q.surviving(ctx, sel, func(ls labels.Labels) {
-		ls.Range(func(l labels.Label) { seen[l.Name] = struct{}{} })
-	})
-	if err != nil {
-		return nil, ws, err
-	}
-	return limit(sortedKeys(seen), hints), ws, nil
+	return q.maskedLabels(ctx, namesIndex(q.inner), hints, ms, sel)
 }
 
-// surviving calls fn with the labels of every selected series that keeps a sample in the range.
-func (q *maskedQuerier) surviving(ctx context.Context, ms []*labels.Matcher, fn func(labels.Labels)) (annotations.Annotations, error) {
-	ss := q.Select(ctx, false, &storage.SelectHints{Start: q.mint, End: q.maxt, Func: "series"}, ms...)
-	for ss.Next() {
-		fn(ss.At().Labels())
+func (q *maskedQuerier) Close() error {
+	if q.chunks != nil {
+		if err := q.chunks.Close(); err != nil {
+			_ = q.inner.Close()
+			return err
+		}
 	}
-	return ss.Warnings(), ss.Err()
+	return q.inner.Close()
 }
-
-func (q *maskedQuerier) Close() error { return q.inner.Close() }
 
 func sortedKeys(m map[string]struct{}) []string {
 	out := make([]string, 0, len(m))
@@ -126,6 +116,14 @@ type maskedSeriesSet struct {
 	dropEmpty  bool
 	cur        storage.Series
 	ivs        tombstones.Intervals
+	err        error
+}
+
+func (s *maskedSeriesSet) Err() error {
+	if s.err != nil {
+		return s.err
+	}
+	return s.SeriesSet.Err()
 }
 
 func (s *maskedSeriesSet) Next() bool {
@@ -139,9 +137,19 @@ func (s *maskedSeriesSet) Next() bool {
 		masked := &maskedSeries{Series: series, ivs: slices.Clone(s.ivs)}
 		s.q.snap.metrics.seriesMasked.Inc()
 		s.q.snap.hits.add(series.Labels(), s.q.ext, s.q.snap.index)
-		if s.dropEmpty && !masked.hasSampleIn(s.mint, s.maxt) {
-			s.q.snap.metrics.seriesHidden.Inc()
-			continue
+		if s.dropEmpty {
+			keeps := false
+			if !coversWindow(s.ivs, s.mint, s.maxt) {
+				var err error
+				if keeps, err = masked.hasSampleIn(s.mint, s.maxt); err != nil {
+					s.err = err
+					return false
+				}
+			}
+			if !keeps {
+				s.q.snap.metrics.seriesHidden.Inc()
+				continue
+			}
 		}
 		s.cur = masked
 		return true
@@ -165,10 +173,6 @@ func (s *maskedSeries) Iterator(it chunkenc.Iterator) chunkenc.Iterator {
 	return tombstones.NewIterator(s.Series.Iterator(nil), s.ivs)
 }
 
-func (s *maskedSeries) hasSampleIn(mint, maxt int64) bool {
-	it := s.Iterator(nil)
-	if it.Seek(mint) == chunkenc.ValNone {
-		return false
-	}
-	return it.AtT() <= maxt
+func (s *maskedSeries) hasSampleIn(mint, maxt int64) (bool, error) {
+	return sampleOutside(s.Series.Iterator(nil), mint, maxt, s.ivs)
 }

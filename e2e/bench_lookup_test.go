@@ -1,0 +1,430 @@
+package e2e
+
+// The look-up benchmarks of `make bench`: what Grafana's label browser and dashboard variables
+// ask, timed through lethe-proxy and against the Prometheus it reads, side by side in one run.
+//
+//	lookups1-<request>/proxy-vs-direct    lethe-proxy in front of a Prometheus holding one 2h
+//	                                      block of 100,000 node-exporter-like series (a sample
+//	                                      every 15s), over the block's 2h, vs that Prometheus
+//	lookups1-<request>/bucket-vs-direct   lethe-proxy serving the same block from the bucket
+//	lookups12-<request>/...               the same over 12 such blocks (a day, a sample every
+//	                                      60s, to keep writing them short), over the day
+//
+// Every proxy holds the issue's two tombstones ({tenant="t-del"} over all time, and
+// node_cpu_seconds_total{mode="steal"} over 30 minutes of the window) and 10,000 more on
+// instances that have no series. Each iteration asks once on each side, alternating which side
+// goes first; each leaf reports the median time of each side (lethe-ms, baseline-ms), the median
+// of the paired ratios (lethe/baseline) and the peak RSS of both sides and of the upstream. Every
+// answer through a proxy is checked once, before timing, against what the deletions leave of the
+// generated series. tools/benchtable turns the output into the table of ratios.
+//
+//	go test -run '^$' -bench Lookups -benchtime 10x ./e2e/ | go run ./tools/benchtable
+//	go test -run '^$' -bench 'Lookups/lookups1$' -benchtime 10x ./e2e/   (the one block only)
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/storage"
+	"github.com/prometheus/prometheus/tsdb"
+	"github.com/thanos-io/objstore/providers/filesystem"
+
+	"github.com/lethe-project/lethe/block"
+	"github.com/lethe-project/lethe/tombstones"
+)
+
+const (
+	// lookupBenchInstances instances of lookupBenchPerInstance series: 100,000 series.
+	lookupBenchInstances   = 200
+	lookupBenchPerInstance = 500
+	// lookupBenchDeleted is how many instances the deleted tenant has.
+	lookupBenchDeleted = 74
+	// lookupBenchOther is how many tombstones name instances that have no series.
+	lookupBenchOther = 10_000
+)
+
+// lookupBenchSeries returns the node-exporter-like series: per instance 64 CPU series (8 CPUs, 8
+// modes), load averages, memory, filesystem, network, disk and vmstat/netstat gauges; the deleted
+// tenant's instances also carry a metric and a label no other has.
+func lookupBenchSeries() []labels.Labels {
+	modes := []string{"idle", "user", "system", "iowait", "irq", "softirq", "steal", "nice"}
+	var out []labels.Labels
+	for i := 0; i < lookupBenchInstances; i++ {
+		tenant := "t-" + strconv.Itoa(i%4)
+		if i < lookupBenchDeleted {
+			tenant = "t-del"
+		}
+		base := []string{"instance", fmt.Sprintf("host-%03d:9100", i), "job", "node", "tenant", tenant}
+		add := func(kv ...string) { out = append(out, labels.FromStrings(append(slices.Clone(base), kv...)...)) }
+		for cpu := 0; cpu < 8; cpu++ {
+			for _, mode := range modes {
+				add("__name__", "node_cpu_seconds_total", "cpu", strconv.Itoa(cpu), "mode", mode)
+			}
+		}
+		for _, n := range []string{"node_load1", "node_load5", "node_load15"} {
+			add("__name__", n)
+		}
+		for k := 0; k < 40; k++ {
+			add("__name__", fmt.Sprintf("node_memory_field%02d_bytes", k))
+		}
+		for k := 0; k < 6; k++ {
+			for _, mp := range []string{"/", "/boot", "/home", "/var", "/tmp"} {
+				add("__name__", fmt.Sprintf("node_filesystem_stat%d_bytes", k), "device", "/dev/sda1", "fstype", "ext4", "mountpoint", mp)
+			}
+		}
+		for k := 0; k < 12; k++ {
+			for _, dev := range []string{"eth0", "eth1", "lo", "docker0"} {
+				add("__name__", fmt.Sprintf("node_network_stat%02d_total", k), "device", dev)
+			}
+		}
+		for k := 0; k < 10; k++ {
+			for _, dev := range []string{"sda", "sdb", "nvme0n1"} {
+				add("__name__", fmt.Sprintf("node_disk_stat%d_total", k), "device", dev)
+			}
+		}
+		for k := 0; k < 150; k++ {
+			add("__name__", fmt.Sprintf("node_vmstat_field%03d", k))
+		}
+		for k := 0; k < 134; k++ {
+			add("__name__", fmt.Sprintf("node_netstat_field%03d", k))
+		}
+		// A metric and a label only the deleted tenant has.
+		if tenant == "t-del" {
+			add("__name__", "tenant_billing_events_total", "customer", fmt.Sprintf("c-%d", i))
+		} else {
+			add("__name__", "node_netstat_field134")
+		}
+	}
+	return out
+}
+
+// writeLookupBenchBlock writes one block of the series with a sample every step, committing
+// every timestamp (the whole block in one commit would hold every sample in memory).
+func writeLookupBenchBlock(ctx context.Context, dir string, series []labels.Labels, mint, maxt, step int64) (*block.Meta, string, error) {
+	w, err := tsdb.NewBlockWriter(slog.New(slog.DiscardHandler), dir, maxt-mint)
+	if err != nil {
+		return nil, "", err
+	}
+	defer w.Close()
+	refs := make([]storage.SeriesRef, len(series))
+	for ts := mint; ts < maxt; ts += step {
+		app := w.Appender(ctx)
+		for i, ls := range series {
+			ref, err := app.Append(refs[i], ls, ts, float64(i%97)+float64(ts-mint)/1000)
+			if err != nil {
+				return nil, "", err
+			}
+			refs[i] = ref
+		}
+		if err := app.Commit(); err != nil {
+			return nil, "", err
+		}
+	}
+	id, err := w.Flush(ctx)
+	if err != nil {
+		return nil, "", err
+	}
+	bdir := filepath.Join(dir, id.String())
+	raw, err := os.ReadFile(filepath.Join(bdir, block.MetaFilename))
+	if err != nil {
+		return nil, "", err
+	}
+	meta, err := block.DecodeMeta(raw)
+	return meta, bdir, err
+}
+
+// lookupBenchRequest is one look-up: its path and parameters, and the answer the deletions leave.
+type lookupBenchRequest struct {
+	name   string
+	path   string
+	params url.Values
+	want   string // normalized
+}
+
+// lookupBenchRequests are the four look-ups over [mint, maxt] and what they must answer: the
+// deleted tenant's series are gone, the steal series keep their samples outside the 30 minutes.
+func lookupBenchRequests(series []labels.Labels, mint, maxt int64) []lookupBenchRequest {
+	names, metrics, instances := map[string]struct{}{}, map[string]struct{}{}, map[string]struct{}{}
+	var load1 []map[string]string
+	for _, ls := range series {
+		if ls.Get("tenant") == "t-del" {
+			continue
+		}
+		ls.Range(func(l labels.Label) { names[l.Name] = struct{}{} })
+		metrics[ls.Get("__name__")] = struct{}{}
+		instances[ls.Get("instance")] = struct{}{}
+		if ls.Get("__name__") == "node_load1" {
+			load1 = append(load1, ls.Map())
+		}
+	}
+	render := func(data any) string {
+		b, _ := json.Marshal(map[string]any{"status": "success", "data": data})
+		s, _ := lookupNormalize(b)
+		return s
+	}
+	window := func() url.Values {
+		return url.Values{"start": {formatPromTime(mint)}, "end": {formatPromTime(maxt)}}
+	}
+	series1 := window()
+	series1.Set("match[]", "node_load1")
+	return []lookupBenchRequest{
+		{"labels", "/api/v1/labels", window(), render(sortedSet(names))},
+		{"metric-names", "/api/v1/label/__name__/values", window(), render(sortedSet(metrics))},
+		{"instances", "/api/v1/label/instance/values", window(), render(sortedSet(instances))},
+		{"series-node_load1", "/api/v1/series", series1, render(load1)},
+	}
+}
+
+func sortedSet(m map[string]struct{}) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// lookupNormalize sorts a look-up answer's data (strings, or label sets by their JSON).
+func lookupNormalize(body []byte) (string, error) {
+	var doc struct {
+		Status string `json:"status"`
+		Data   []any  `json:"data"`
+	}
+	if err := json.Unmarshal(body, &doc); err != nil || doc.Status != "success" {
+		return "", fmt.Errorf("not a successful look-up: %v: %s", err, dashClip(string(body)))
+	}
+	keys := make([]string, len(doc.Data))
+	for i, v := range doc.Data {
+		b, _ := json.Marshal(v)
+		keys[i] = string(b)
+	}
+	slices.Sort(keys)
+	out, err := json.Marshal(keys)
+	return string(out), err
+}
+
+// lookupBenchSet is one data set: the upstream Prometheus and the two proxies over it.
+type lookupBenchSet struct {
+	name          string
+	upstream      *benchProc
+	proxy, bucket *benchProc
+	requests      []lookupBenchRequest
+	blocks        int64
+}
+
+func BenchmarkLookups(b *testing.B) {
+	promBin, err := findPrometheus()
+	if err != nil {
+		b.Fatalf("no prometheus binary (set LETHE_PROMETHEUS or make `tools/build.sh prometheus` work): %v", err)
+	}
+	client := &http.Client{Timeout: 2 * time.Minute, Transport: &http.Transport{DisableCompression: true}}
+	b.Cleanup(client.CloseIdleConnections)
+	series := lookupBenchSeries()
+	for _, c := range []struct {
+		name   string
+		blocks int64
+		step   int64
+	}{{"lookups1", 1, 15_000}, {"lookups12", 12, 60_000}} {
+		// One level per data set, so that -bench 'Lookups/lookups1$' sets up only that one.
+		b.Run(c.name, func(b *testing.B) {
+			set := newLookupBenchSet(b, promBin, client, c.name, series, c.blocks, c.step)
+			for _, r := range set.requests {
+				for _, side := range []struct {
+					name string
+					proc *benchProc
+				}{{"proxy", set.proxy}, {"bucket", set.bucket}} {
+					b.Run(set.name+"-"+r.name+"/"+side.name+"-vs-direct", func(b *testing.B) {
+						lookupCompare(b, client, side.proc, set.upstream, r)
+					})
+				}
+			}
+		})
+	}
+}
+
+// newLookupBenchSet writes the blocks, starts the upstream Prometheus on them and two proxies
+// (in front of it, and over a bucket holding the blocks) with the tombstones, and checks every
+// answer through the proxies once.
+func newLookupBenchSet(b *testing.B, promBin string, client *http.Client, name string, series []labels.Labels, blocks, step int64) *lookupBenchSet {
+	b.Helper()
+	began := time.Now()
+	ctx := context.Background()
+	tmp := b.TempDir()
+	bucketDir := filepath.Join(tmp, "bucket")
+	bkt, err := filesystem.NewBucket(bucketDir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var dirs []string
+	var metas []*block.Meta
+	for i := int64(0); i < blocks; i++ {
+		meta, dir, err := writeLookupBenchBlock(ctx, filepath.Join(tmp, "blocks"), series, blockStart+i*7_200_000, blockStart+(i+1)*7_200_000, step)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := block.Upload(ctx, bkt, dir, meta); err != nil {
+			b.Fatal(err)
+		}
+		dirs, metas = append(dirs, dir), append(metas, meta)
+	}
+	written := time.Since(began)
+	end := blockStart + blocks*7_200_000 - 1
+
+	// The tombstones: the issue's two, and 10,000 on instances that have no series.
+	store := tombstones.NewStore(bkt, nil)
+	add := func(sel string, start, end int64) {
+		if _, err := store.Add(ctx, tombstones.Spec{Selectors: []string{sel}, Start: &start, End: &end, Reason: "benchmark", Author: "bench"}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	add(`{tenant="t-del"}`, math.MinInt64, end+365*24*3_600_000)
+	add(`node_cpu_seconds_total{mode="steal"}`, end-time.Hour.Milliseconds(), end-30*time.Minute.Milliseconds())
+	otherStart, otherEnd := int64(math.MinInt64), end
+	for i := 0; i < lookupBenchOther; i++ {
+		t, err := store.Build(tombstones.Spec{Selectors: []string{fmt.Sprintf(`{instance="gone-%05d:9100"}`, i)}, Start: &otherStart, End: &otherEnd, Reason: "benchmark", Author: "bench"})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := store.Put(ctx, t); err != nil {
+			b.Fatal(err)
+		}
+	}
+
+	set := &lookupBenchSet{name: name, blocks: blocks, requests: lookupBenchRequests(series, blockStart, end)}
+	set.upstream = startBenchPrometheus(b, name+"-prometheus", promBin, filepath.Join(tmp, "prometheus"), dirs, metas)
+	for _, dir := range dirs {
+		if err := os.RemoveAll(dir); err != nil {
+			b.Fatal(err)
+		}
+	}
+	set.proxy = startBenchProxy(b, name+"-lethe-proxy", filepath.Join(tmp, "proxy"), bucketDir, set.upstream.URL, 2+lookupBenchOther)
+	set.bucket = startLookupBucketProxy(b, name+"-lethe-proxy-bucket", filepath.Join(tmp, "proxy-bucket"), bucketDir, int(blocks), 2+lookupBenchOther)
+
+	for _, r := range set.requests {
+		for _, p := range []*benchProc{set.proxy, set.bucket} {
+			body, err := lookupGet(client, p, r)
+			if err != nil {
+				b.Fatal(err)
+			}
+			got, err := lookupNormalize(body)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if got != r.want {
+				b.Fatalf("%s %s: answer differs from what the deletions leave:\n%s\n%s", p.name, r.name, dashClip(got), dashClip(r.want))
+			}
+		}
+		body, err := lookupGet(client, set.upstream, r)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if got, _ := lookupNormalize(body); got == r.want {
+			b.Fatalf("%s: the deletions change nothing in the upstream's answer", r.name)
+		}
+	}
+	b.Logf("%s: %d blocks of %d series (a sample every %ds) written in %v, set up and checked in %v",
+		name, blocks, len(series), step/1000, written.Round(time.Millisecond), time.Since(began).Round(time.Millisecond))
+	return set
+}
+
+// startLookupBucketProxy runs lethe-proxy in bucket mode and waits until it serves the blocks and
+// holds the tombstones.
+func startLookupBucketProxy(tb testing.TB, name, dir, bucketDir string, wantBlocks, wantTombstones int) *benchProc {
+	tb.Helper()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		tb.Fatal(err)
+	}
+	conf := filepath.Join(dir, "bucket.yml")
+	if err := os.WriteFile(conf, []byte("type: FILESYSTEM\nconfig:\n  directory: "+strconv.Quote(bucketDir)+"\n"), 0o644); err != nil {
+		tb.Fatal(err)
+	}
+	p := startBenchProc(tb, name, dir, binaries.proxy, func(addr string) []string {
+		return []string{
+			"--objstore.config-file=" + conf,
+			"--web.listen-address=" + addr,
+			"--data-dir=" + filepath.Join(dir, "data"),
+			"--log.level=warn",
+		}
+	})
+	deadline := time.Now().Add(2 * dashProxyReadyTimeout)
+	for {
+		nb, nt := p.metric(tb, "lethe_proxy_blocks_loaded"), p.metric(tb, "lethe_proxy_tombstones_loaded")
+		if nb == float64(wantBlocks) && nt == float64(wantTombstones) {
+			return p
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("%s: %v blocks and %v tombstones loaded, want %d and %d; log:\n%s", name, nb, nt, wantBlocks, wantTombstones, p.logTail())
+		}
+		time.Sleep(promPollEvery)
+	}
+}
+
+func lookupGet(client *http.Client, p *benchProc, r lookupBenchRequest) ([]byte, error) {
+	resp, err := client.Get(p.URL + r.path + "?" + r.params.Encode())
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", p.name, r.name, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("%s %s: %d %s", p.name, r.name, resp.StatusCode, dashClip(string(body)))
+	}
+	return body, nil
+}
+
+// lookupCompare times the look-up on both sides, alternately, and reports as
+// dashFixture.compare does.
+func lookupCompare(b *testing.B, client *http.Client, lethe, base *benchProc, r lookupBenchRequest) {
+	for _, p := range []*benchProc{lethe, base} {
+		if err := p.resetPeakRSS(); err != nil {
+			b.Logf("peak RSS of %s is its peak so far: %v", p.name, err)
+		}
+	}
+	sides := []*benchProc{lethe, base}
+	var times [2][]time.Duration
+	for i := 0; b.Loop(); i++ {
+		for k := range sides {
+			s := k
+			if i%2 == 1 {
+				s = 1 - k
+			}
+			t0 := time.Now()
+			if _, err := lookupGet(client, sides[s], r); err != nil {
+				b.Fatal(err)
+			}
+			times[s] = append(times[s], time.Since(t0))
+		}
+	}
+	b.StopTimer()
+	ratios := make([]float64, len(times[0]))
+	for i := range ratios {
+		ratios[i] = float64(times[0][i]) / float64(times[1][i])
+	}
+	b.ReportMetric(dashMedianDuration(times[0]).Seconds()*1000, "lethe-ms")
+	b.ReportMetric(dashMedianDuration(times[1]).Seconds()*1000, "baseline-ms")
+	b.ReportMetric(dashMedian(ratios), "lethe/baseline")
+	for _, m := range []struct {
+		unit string
+		proc *benchProc
+	}{{"lethe-peak-RSS-MiB", lethe}, {"baseline-peak-RSS-MiB", base}, {"upstream-peak-RSS-MiB", base}} {
+		if mib, err := m.proc.peakRSSMiB(); err == nil {
+			b.ReportMetric(mib, m.unit)
+		}
+	}
+}

@@ -1,0 +1,576 @@
+package proxy
+
+import (
+	"context"
+	"math"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/prometheus/common/model"
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/storage"
+	"github.com/prometheus/prometheus/tsdb/chunkenc"
+	"github.com/prometheus/prometheus/tsdb/chunks"
+	"github.com/prometheus/prometheus/util/annotations"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/lethe-project/lethe/tombstones"
+)
+
+// Label look-ups (label names, label values) through the mask cost what the inner querier's own
+// look-ups cost, plus work proportional to what the live tombstones can cover in the window:
+//
+//   - the inner querier's index answers everything; masking can only take values out of it;
+//   - a value can only be taken out if a series that some live tombstone selector matches carries
+//     it (the candidates, asked of the index with the request's matchers and the selector's);
+//   - a candidate that a series no selector matches also carries survives (asked of the index with
+//     the request's matchers and the selectors' complement, where a few queries express it);
+//   - the remaining candidates are decided on the samples of the series that the selectors match,
+//     read only outside the tombstone's own interval: a series whose window a tombstone covers
+//     whole is covered without reading anything.
+
+// maxComplementQueries bounds the index queries that express "matched by none of the selectors"
+// (a union of one negated matcher per selector, multiplied out).
+const maxComplementQueries = 16
+
+// maxNarrowValues is how many candidate values a look-up of the selectors' complement names, so
+// that the index checks only those.
+const maxNarrowValues = 500
+
+// pruneGroupAbove is how many values of one label keying selectors make it worth one index query
+// to learn which of them exist at all.
+const pruneGroupAbove = 8
+
+// lookupSelector is a live tombstone selector that can meet a look-up.
+type lookupSelector struct {
+	t *tombstones.Tombstone
+	// send are the selector's matchers as the inner querier can apply them: matchers on external
+	// labels are decided (they hold for every series of the store) and left out, and redacted
+	// equality matchers, whose values are digests, are relaxed to "the label is set". They select a
+	// superset of the selector's series; exact says whether they select exactly those.
+	send  []*labels.Matcher
+	exact bool
+	// key is an equality matcher of send, to rule the selector out when its value has no series.
+	key *labels.Matcher
+}
+
+// wholeWindow reports whether the tombstone deletes every sample of its series in [mint, maxt].
+func (s lookupSelector) wholeWindow(mint, maxt int64) bool {
+	return s.t.Start <= mint && s.t.End >= maxt
+}
+
+// meetingSelectors returns the live tombstone selectors that can cover a sample of a series
+// selected by sel in the querier's window. Selectors filed under a label with more than a few
+// values are looked up by the values that series selected by ms (the request's matchers) carry,
+// one index query: 10,000 tombstones on instances with no series cost that query, not 10,000
+// checks.
+func (q *maskedQuerier) meetingSelectors(ctx context.Context, sel, ms []*labels.Matcher) ([]lookupSelector, error) {
+	si := q.snap.selectors()
+	var out []lookupSelector
+	collect := func(refs []selectorRef) {
+		for _, r := range refs {
+			if !r.t.Overlaps(q.mint, q.maxt) || disjoint(sel, r.sel, r.t, q.ext, q.snap.index) {
+				continue
+			}
+			out = append(out, newLookupSelector(r, q.ext))
+		}
+	}
+	collect(si.unkeyed)
+	for name, byValue := range si.byKey {
+		if v, pinned := pinnedValue(sel, q.ext, name); pinned {
+			collect(byValue[v])
+			continue
+		}
+		if len(byValue) <= pruneGroupAbove {
+			for _, refs := range byValue {
+				collect(refs)
+			}
+			continue
+		}
+		vals, _, err := q.inner.LabelValues(ctx, name, nil, ms...)
+		if err != nil {
+			return nil, err
+		}
+		for _, v := range vals {
+			collect(byValue[v])
+		}
+	}
+	return out, nil
+}
+
+func newLookupSelector(r selectorRef, ext labels.Labels) lookupSelector {
+	ls := lookupSelector{t: r.t, exact: true}
+	for _, m := range r.sel {
+		if ext.Has(m.Name) {
+			continue // disjoint has checked it against the external label's value.
+		}
+		if r.t.Redacted() && m.Type == labels.MatchEqual && m.Name != model.MetricNameLabel && m.Value != "" {
+			ls.send = append(ls.send, labels.MustNewMatcher(labels.MatchNotEqual, m.Name, ""))
+			ls.exact = false
+			continue
+		}
+		ls.send = append(ls.send, m)
+		if ls.key == nil && m.Type == labels.MatchEqual && m.Value != "" {
+			ls.key = m
+		}
+	}
+	return ls
+}
+
+// labelIndex is one kind of label look-up: the values of one label name, or the label names.
+type labelIndex struct {
+	// ask asks the inner querier's index.
+	ask func(ctx context.Context, hints *storage.LabelHints, ms []*labels.Matcher) ([]string, annotations.Annotations, error)
+	// carried calls fn with what a series' labels contribute to the answer.
+	carried func(ls labels.Labels, fn func(string))
+	// restrict returns matcher sets that together select the series carrying any of vals.
+	restrict func(vals []string) [][]*labels.Matcher
+	// narrow, for label values, is restrict's one matcher: a look-up given it only considers vals.
+	narrow bool
+}
+
+func valuesIndex(q storage.LabelQuerier, name string) labelIndex {
+	return labelIndex{
+		ask: func(ctx context.Context, hints *storage.LabelHints, ms []*labels.Matcher) ([]string, annotations.Annotations, error) {
+			return q.LabelValues(ctx, name, hints, ms...)
+		},
+		carried: func(ls labels.Labels, fn func(string)) {
+			if v := ls.Get(name); v != "" {
+				fn(v)
+			}
+		},
+		restrict: func(vals []string) [][]*labels.Matcher {
+			quoted := make([]string, len(vals))
+			for i, v := range vals {
+				quoted[i] = regexp.QuoteMeta(v)
+			}
+			return [][]*labels.Matcher{{labels.MustNewMatcher(labels.MatchRegexp, name, strings.Join(quoted, "|"))}}
+		},
+		narrow: true,
+	}
+}
+
+func namesIndex(q storage.LabelQuerier) labelIndex {
+	return labelIndex{
+		ask: func(ctx context.Context, hints *storage.LabelHints, ms []*labels.Matcher) ([]string, annotations.Annotations, error) {
+			return q.LabelNames(ctx, hints, ms...)
+		},
+		carried: func(ls labels.Labels, fn func(string)) { ls.Range(func(l labels.Label) { fn(l.Name) }) },
+		restrict: func(names []string) [][]*labels.Matcher {
+			out := make([][]*labels.Matcher, len(names))
+			for i, n := range names {
+				out[i] = []*labels.Matcher{labels.MustNewMatcher(labels.MatchNotEqual, n, "")}
+			}
+			return out
+		},
+	}
+}
+
+// gathered holds the annotations gathered by concurrent index queries.
+type gathered struct {
+	mu sync.Mutex
+	ws annotations.Annotations
+}
+
+func (g *gathered) add(ws annotations.Annotations) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.ws.Merge(ws)
+}
+
+// maskedLabels answers a label look-up for the request's matchers ms, which select the series
+// sel selects.
+func (q *maskedQuerier) maskedLabels(ctx context.Context, ix labelIndex, hints *storage.LabelHints, ms, sel []*labels.Matcher) ([]string, annotations.Annotations, error) {
+	var ws gathered
+	ask := func(ctx context.Context, hints *storage.LabelHints, extra ...[]*labels.Matcher) ([]string, error) {
+		all := slices.Clone(ms)
+		for _, e := range extra {
+			all = append(all, e...)
+		}
+		if len(extra) > 0 {
+			all = selectable(all)
+		}
+		vals, w, err := ix.ask(ctx, hints, all)
+		ws.add(w)
+		return vals, err
+	}
+
+	// The index's own answer, asked while the candidates are worked out.
+	var answer []string
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() (err error) {
+		answer, err = ask(gctx, hints)
+		return err
+	})
+	var dropped map[string]struct{}
+	sels, err := q.meetingSelectors(gctx, sel, ms)
+	if err == nil && len(sels) > 0 {
+		dropped, err = q.droppedValues(gctx, ix, ms, sels, ask)
+	}
+	if gerr := g.Wait(); err == nil {
+		err = gerr
+	}
+	if err != nil {
+		return nil, ws.ws, err
+	}
+	if len(dropped) == 0 {
+		return answer, ws.ws, nil
+	}
+	if hints != nil && hints.Limit > 0 && len(answer) >= hints.Limit {
+		// The limit cut the answer: ask again for enough values to fill it after masking.
+		h := *hints
+		h.Limit += len(dropped)
+		if answer, err = ask(ctx, &h); err != nil {
+			return nil, ws.ws, err
+		}
+	}
+	out := answer[:0:0]
+	for _, v := range answer {
+		if _, gone := dropped[v]; !gone {
+			out = append(out, v)
+		}
+	}
+	return limit(out, hints), ws.ws, nil
+}
+
+type askFunc func(ctx context.Context, hints *storage.LabelHints, extra ...[]*labels.Matcher) ([]string, error)
+
+// droppedValues returns the values of the index's answer that only fully covered series carry.
+func (q *maskedQuerier) droppedValues(ctx context.Context, ix labelIndex, ms []*labels.Matcher, sels []lookupSelector, ask askFunc) (map[string]struct{}, error) {
+	// The candidates: what the series each selector matches carry. A selector whose series carry
+	// nothing is out of the rest of the work.
+	cands := make([][]string, len(sels))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(4)
+	for i, s := range sels {
+		g.Go(func() (err error) {
+			cands[i], err = ask(gctx, nil, s.send)
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	pending := map[string]struct{}{}
+	kept := sels[:0:0]
+	for i, s := range sels {
+		if len(cands[i]) == 0 {
+			continue
+		}
+		kept = append(kept, s)
+		for _, v := range cands[i] {
+			pending[v] = struct{}{}
+		}
+	}
+	sels = kept
+	if len(pending) == 0 {
+		return nil, nil
+	}
+
+	// What a series that no selector matches carries survives.
+	sels = relax(sels)
+	if combos := complement(sels); len(combos) > 0 {
+		if ix.narrow && len(pending) <= maxNarrowValues {
+			only := ix.restrict(sortedKeys(pending))[0]
+			for i := range combos {
+				combos[i] = append(combos[i], only...)
+			}
+		}
+		free := make([][]string, len(combos))
+		g, gctx := errgroup.WithContext(ctx)
+		g.SetLimit(4)
+		for i, c := range combos {
+			g.Go(func() (err error) {
+				free[i], err = ask(gctx, nil, c)
+				return err
+			})
+		}
+		if err := g.Wait(); err != nil {
+			return nil, err
+		}
+		for _, vals := range free {
+			for _, v := range vals {
+				delete(pending, v)
+			}
+		}
+	}
+	if len(pending) == 0 {
+		return nil, nil
+	}
+
+	// The rest is decided on the samples of the series the selectors match.
+	return pending, q.surviveSelected(ctx, ix, ms, sels, pending)
+}
+
+// relax keeps the selectors' complement within maxComplementQueries index queries: while the
+// product of their matcher counts is above it, the selector with the most matchers keeps only its
+// key matcher (or its first). A relaxed selector selects more series than its tombstone covers;
+// those series are then checked on their samples like the rest.
+func relax(sels []lookupSelector) []lookupSelector {
+	product := func() int {
+		n := 1
+		for _, s := range sels {
+			n *= len(s.send)
+			if n == 0 || n > maxComplementQueries {
+				return n
+			}
+		}
+		return n
+	}
+	sels = slices.Clone(sels)
+	for product() > maxComplementQueries {
+		widest := 0
+		for i, s := range sels {
+			if len(s.send) > len(sels[widest].send) {
+				widest = i
+			}
+		}
+		s := &sels[widest]
+		keep := s.send[0]
+		if s.key != nil {
+			keep = s.key
+		}
+		s.send, s.exact = []*labels.Matcher{keep}, false
+	}
+	return sels
+}
+
+// complement returns matcher sets whose union selects exactly the series that none of the
+// selectors' sent matchers select, multiplied out: one negated matcher per selector. No set means
+// no series escapes the selectors.
+func complement(sels []lookupSelector) [][]*labels.Matcher {
+	combos := [][]*labels.Matcher{nil}
+	for _, s := range sels {
+		next := make([][]*labels.Matcher, 0, len(combos)*len(s.send))
+		for _, c := range combos {
+			for _, m := range s.send {
+				next = append(next, append(slices.Clone(c), negate(m)))
+			}
+		}
+		combos = next
+	}
+	return combos
+}
+
+// selectable adds {__name__=~".+"} to matchers that all match the empty value, which Prometheus
+// refuses as a selector: every series has a name, so it selects the same series.
+func selectable(ms []*labels.Matcher) []*labels.Matcher {
+	for _, m := range ms {
+		if !m.Matches("") {
+			return ms
+		}
+	}
+	return append(ms, labels.MustNewMatcher(labels.MatchRegexp, model.MetricNameLabel, ".+"))
+}
+
+// negate returns the matcher that accepts exactly the values m refuses.
+func negate(m *labels.Matcher) *labels.Matcher {
+	t := map[labels.MatchType]labels.MatchType{
+		labels.MatchEqual:     labels.MatchNotEqual,
+		labels.MatchNotEqual:  labels.MatchEqual,
+		labels.MatchRegexp:    labels.MatchNotRegexp,
+		labels.MatchNotRegexp: labels.MatchRegexp,
+	}[m.Type]
+	return labels.MustNewMatcher(t, m.Name, m.Value)
+}
+
+// surviveSelected removes from pending what a series that the selectors match carries while it
+// keeps a sample in the window: the series no selector matches carry no pending value. A series of an exact selector can only keep a sample outside the tombstone's interval,
+// so only that part of the window is read, and not at all when the tombstone covers the window.
+func (q *maskedQuerier) surviveSelected(ctx context.Context, ix labelIndex, ms []*labels.Matcher, sels []lookupSelector, pending map[string]struct{}) error {
+	// The series of a single-matcher selector that deletes the whole window cannot survive: leave
+	// them out of what is read for the other selectors (a deleted tenant's series, say).
+	var exclude []*labels.Matcher
+	for _, s := range sels {
+		if s.exact && len(s.send) == 1 && s.wholeWindow(q.mint, q.maxt) {
+			exclude = append(exclude, negate(s.send[0]))
+		}
+	}
+	for _, s := range sels {
+		var ranges [][2]int64
+		switch {
+		case !s.exact:
+			ranges = [][2]int64{{q.mint, q.maxt}}
+		case s.wholeWindow(q.mint, q.maxt):
+			continue
+		default:
+			if s.t.Start > q.mint {
+				ranges = append(ranges, [2]int64{q.mint, s.t.Start - 1})
+			}
+			if s.t.End < q.maxt {
+				ranges = append(ranges, [2]int64{s.t.End + 1, q.maxt})
+			}
+		}
+		for _, r := range ranges {
+			if len(pending) == 0 {
+				return nil
+			}
+			sel := append(append(slices.Clone(ms), s.send...), exclude...)
+			if err := q.survive(ctx, ix, sel, r[0], r[1], !s.exact, pending); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// survive reads the series selected by ms that carry a pending value, over [lo, hi] only, and
+// removes from pending what those keeping a sample there (outside their deleted intervals) carry,
+// and what those no tombstone touches in the window carry. With wide, ms may select series that
+// no tombstone touches, which the index answer shows even with no sample in the window: the chunk
+// querier (in bucket mode) then lists them all, by their chunks' time ranges, without decoding;
+// over an upstream only those with samples in the window are seen.
+func (q *maskedQuerier) survive(ctx context.Context, ix labelIndex, ms []*labels.Matcher, lo, hi int64, wide bool, pending map[string]struct{}) error {
+	var ivs tombstones.Intervals
+	for _, restrict := range ix.restrict(sortedKeys(pending)) {
+		if len(pending) == 0 {
+			return nil
+		}
+		sel := selectable(append(slices.Clone(ms), restrict...))
+		err := q.scan(ctx, sel, lo, hi, wide, func(ls labels.Labels, keeps func(ivs tombstones.Intervals) bool) {
+			carries := false
+			ix.carried(ls, func(v string) {
+				if _, ok := pending[v]; ok {
+					carries = true
+				}
+			})
+			if !carries {
+				return
+			}
+			ivs = q.snap.Intervals(ls, q.ext, ivs[:0])
+			if ivs.Overlaps(q.mint, q.maxt) && (coversWindow(ivs, lo, hi) || !keeps(ivs)) {
+				return
+			}
+			ix.carried(ls, func(v string) { delete(pending, v) })
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// scan calls fn for every series selected by ms with data in [lo, hi] (with wide and a chunk
+// querier: with data at all), with a function that reports whether the series has a sample in
+// [lo, hi] outside the given intervals. With a chunk querier it decides from chunk time ranges
+// where they suffice and decodes a chunk only where a gap in the intervals falls inside it.
+func (q *maskedQuerier) scan(ctx context.Context, ms []*labels.Matcher, lo, hi int64, wide bool, fn func(labels.Labels, func(tombstones.Intervals) bool)) error {
+	if q.chunks != nil {
+		h := &storage.SelectHints{Start: lo, End: hi, DisableTrimming: true}
+		if wide {
+			h.Start, h.End = math.MinInt64, math.MaxInt64
+		}
+		css := q.chunks.Select(ctx, false, h, ms...)
+		var it chunkScan
+		for css.Next() {
+			s := css.At()
+			fn(s.Labels(), func(ivs tombstones.Intervals) bool { return it.keeps(s, lo, hi, ivs) })
+			if it.err != nil {
+				return it.err
+			}
+		}
+		return css.Err()
+	}
+	ss := q.inner.Select(ctx, false, &storage.SelectHints{Start: lo, End: hi}, ms...)
+	var it chunkenc.Iterator
+	var err error
+	for ss.Next() {
+		s := ss.At()
+		fn(s.Labels(), func(ivs tombstones.Intervals) bool {
+			it = s.Iterator(it)
+			var keeps bool
+			keeps, err = sampleOutside(it, lo, hi, ivs)
+			return keeps
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return ss.Err()
+}
+
+// sampleOutside reports whether the iterator has a sample in [lo, hi] that no interval covers,
+// seeking past each covered stretch instead of reading it.
+func sampleOutside(it chunkenc.Iterator, lo, hi int64, ivs tombstones.Intervals) (bool, error) {
+	t := lo
+	for t <= hi {
+		if it.Seek(t) == chunkenc.ValNone {
+			return false, it.Err()
+		}
+		ts := it.AtT()
+		if ts > hi {
+			return false, nil
+		}
+		iv, covered := coveringInterval(ivs, ts)
+		if !covered {
+			return true, nil
+		}
+		if iv.Maxt == math.MaxInt64 {
+			return false, nil
+		}
+		t = iv.Maxt + 1
+	}
+	return false, nil
+}
+
+// coveringInterval returns the interval holding t.
+func coveringInterval(ivs tombstones.Intervals, t int64) (tombstones.Interval, bool) {
+	i, found := slices.BinarySearchFunc(ivs, t, func(x tombstones.Interval, t int64) int {
+		switch {
+		case x.Maxt < t:
+			return -1
+		case x.Mint > t:
+			return 1
+		}
+		return 0
+	})
+	if !found {
+		return tombstones.Interval{}, false
+	}
+	return ivs[i], true
+}
+
+// coversWindow reports whether the intervals cover all of [mint, maxt].
+func coversWindow(ivs tombstones.Intervals, mint, maxt int64) bool {
+	iv, ok := coveringInterval(ivs, mint)
+	return ok && iv.Maxt >= maxt
+}
+
+// chunkScan decides from a chunk series' chunk time ranges whether it keeps a sample in a range
+// outside deleted intervals: a chunk's first and last timestamps are samples, so a chunk decides
+// without decoding when one of them survives, or when the intervals cover its whole stretch.
+type chunkScan struct {
+	chks chunks.Iterator
+	smp  chunkenc.Iterator
+	err  error
+}
+
+func (c *chunkScan) keeps(s storage.ChunkSeries, lo, hi int64, ivs tombstones.Intervals) bool {
+	c.chks = s.Iterator(c.chks)
+	for c.chks.Next() {
+		m := c.chks.At()
+		a, b := max(m.MinTime, lo), min(m.MaxTime, hi)
+		if a > b {
+			continue
+		}
+		if (m.MinTime >= lo && !ivs.Covers(m.MinTime)) || (m.MaxTime <= hi && !ivs.Covers(m.MaxTime)) {
+			return true
+		}
+		if coversWindow(ivs, a, b) {
+			continue
+		}
+		c.smp = m.Chunk.Iterator(c.smp)
+		keeps, err := sampleOutside(c.smp, a, b, ivs)
+		if err != nil {
+			c.err = err
+			return false
+		}
+		if keeps {
+			return true
+		}
+	}
+	c.err = c.chks.Err()
+	return false
+}

@@ -1,0 +1,381 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"math"
+	"math/rand"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/efficientgo/core/testutil"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/promql/parser"
+	"github.com/prometheus/prometheus/storage"
+	"github.com/prometheus/prometheus/tsdb"
+	"github.com/prometheus/prometheus/tsdb/chunkenc"
+	"github.com/prometheus/prometheus/tsdb/chunks"
+
+	"github.com/lethe-project/lethe/tombstones"
+)
+
+// lookupSeries is a test series: its labels and sample timestamps.
+type lookupSeries struct {
+	lset labels.Labels
+	ts   []int64
+}
+
+// openLookupBlock writes the series into a TSDB block (120 samples a chunk at most, so that a
+// long series spans several chunks) and opens it.
+func openLookupBlock(t *testing.T, series []lookupSeries) *tsdb.Block {
+	t.Helper()
+	var ss []storage.Series
+	for _, s := range series {
+		var smp []chunks.Sample
+		for _, ts := range s.ts {
+			smp = append(smp, floatSample{t: ts, f: float64(ts)})
+		}
+		ss = append(ss, storage.NewListSeries(s.lset, smp))
+	}
+	dir, err := tsdb.CreateBlock(ss, t.TempDir(), 0, slog.New(slog.DiscardHandler))
+	testutil.Ok(t, err)
+	b, err := tsdb.OpenBlock(slog.New(slog.DiscardHandler), dir, chunkenc.NewPool(), nil)
+	testutil.Ok(t, err)
+	t.Cleanup(func() { testutil.Ok(t, b.Close()) })
+	return b
+}
+
+// lookupSnapshot builds a snapshot of the given tombstones (selector, start, end).
+func lookupSnapshot(t *testing.T, store *tombstones.Store, specs []tombstones.Spec) *Snapshot {
+	t.Helper()
+	var ts []*tombstones.Tombstone
+	for _, sp := range specs {
+		sp.Force = true
+		tb, err := store.Build(sp)
+		testutil.Ok(t, err)
+		ts = append(ts, tb)
+	}
+	ix, err := tombstones.NewIndex(ts, store.RedactionKey())
+	testutil.Ok(t, err)
+	return &Snapshot{index: ix, live: ts, sels: newSelectorIndex(ts), metrics: &maskMetrics{
+		seriesMasked: prometheus.NewCounter(prometheus.CounterOpts{Name: "masked"}),
+		seriesHidden: prometheus.NewCounter(prometheus.CounterOpts{Name: "hidden"}),
+	}}
+}
+
+// lookupQuerier returns a masked querier over the block for [mint, maxt]; withChunks decides
+// survival from chunk time ranges (bucket mode), otherwise from samples (an upstream).
+func lookupQuerier(t *testing.T, b *tsdb.Block, snap *Snapshot, ext labels.Labels, mint, maxt int64, withChunks bool) *maskedQuerier {
+	t.Helper()
+	q, err := tsdb.NewBlockQuerier(b, mint, maxt)
+	testutil.Ok(t, err)
+	mq := newMaskedQuerier(q, snap, ext, mint, maxt)
+	if withChunks {
+		cq, err := tsdb.NewBlockChunkQuerier(b, mint, maxt)
+		testutil.Ok(t, err)
+		mq.chunks = cq
+	}
+	t.Cleanup(func() { testutil.Ok(t, mq.Close()) })
+	return mq
+}
+
+// wantLookup is the brute-force answer: the values (name != "") or label names of the series
+// matching ms that keep a sample in [mint, maxt] outside their deleted intervals, or that no
+// tombstone touches in the window at all (those the index answers for, with or without samples
+// in the window).
+func wantLookup(series []lookupSeries, snap *Snapshot, ext labels.Labels, ms []*labels.Matcher, name string, mint, maxt int64) []string {
+	strict, _ := lookupBounds(series, snap, ext, ms, name, mint, maxt)
+	return strict
+}
+
+// lookupBounds returns the brute-force answer (as wantLookup, without limit) and the part of it
+// that series with a sample in the window carry: over an upstream, a selector the proxy cannot
+// send exactly (redacted, or relaxed) may leave out a value that only untouched series with no
+// sample in the window carry.
+func lookupBounds(series []lookupSeries, snap *Snapshot, ext labels.Labels, ms []*labels.Matcher, name string, mint, maxt int64) (strict, sampled []string) {
+	all, inWindow := map[string]struct{}{}, map[string]struct{}{}
+	for _, s := range series {
+		if len(s.ts) == 0 {
+			continue
+		}
+		matches := true
+		for _, m := range ms {
+			matches = matches && m.Matches(s.lset.Get(m.Name))
+		}
+		if !matches || (name != "" && s.lset.Get(name) == "") {
+			continue
+		}
+		ivs := snap.Intervals(s.lset, ext, nil)
+		kept := false
+		for _, ts := range s.ts {
+			kept = kept || (ts >= mint && ts <= maxt && !ivs.Covers(ts))
+		}
+		if !kept && ivs.Overlaps(mint, maxt) {
+			continue
+		}
+		add := func(set map[string]struct{}) {
+			if name != "" {
+				set[s.lset.Get(name)] = struct{}{}
+				return
+			}
+			s.lset.Range(func(l labels.Label) { set[l.Name] = struct{}{} })
+		}
+		add(all)
+		if kept {
+			add(inWindow)
+		}
+	}
+	return sortedKeys(all), sortedKeys(inWindow)
+}
+
+// between checks an answer against the bounds: no value outside strict, every value of sampled,
+// and with a limit (which, as Prometheus' index, keeps any of the values) as many as it allows.
+func between(t *testing.T, got, strict, sampled []string, limit int, msg string, args ...any) {
+	t.Helper()
+	fail := func(format string, a ...any) { t.Fatalf(format+"; "+msg, append(a, args...)...) }
+	seen := map[string]bool{}
+	for _, v := range got {
+		if !slices.Contains(strict, v) || seen[v] {
+			fail("%q is not in %v or twice in %v", v, strict, got)
+		}
+		seen[v] = true
+	}
+	if limit > 0 {
+		if len(got) > limit || len(got) < min(limit, len(sampled)) {
+			fail("%v is not %d of %v (at least of %v)", got, limit, strict, sampled)
+		}
+		return
+	}
+	for _, v := range sampled {
+		if !seen[v] {
+			fail("%q is missing from %v", v, got)
+		}
+	}
+}
+
+func lookup(t *testing.T, q *maskedQuerier, name string, limit int, ms ...*labels.Matcher) []string {
+	t.Helper()
+	var hints *storage.LabelHints
+	if limit > 0 {
+		hints = &storage.LabelHints{Limit: limit}
+	}
+	var vals []string
+	var err error
+	if name == "" {
+		vals, _, err = q.LabelNames(context.Background(), hints, ms...)
+	} else {
+		vals, _, err = q.LabelValues(context.Background(), name, hints, ms...)
+	}
+	testutil.Ok(t, err)
+	if vals == nil {
+		vals = []string{}
+	}
+	return vals
+}
+
+func span(from, to, step int64) []int64 {
+	var out []int64
+	for ts := from; ts <= to; ts += step {
+		out = append(out, ts)
+	}
+	return out
+}
+
+func ptr(v int64) *int64 { return &v }
+
+// TestLookupDecisions checks the cases one by one, in both modes: a value whose only series a
+// tombstone covers in the window goes, one it covers in part stays, a value shared by a covered
+// and a surviving series stays, and the limit counts what is left after masking.
+func TestLookupDecisions(t *testing.T) {
+	series := []lookupSeries{
+		// Covered whole by {user="gone"} over all time.
+		{labels.FromStrings("__name__", "req", "user", "gone", "only", "gone"), span(0, 990, 2)},
+		// Covered by {user="half"} over [0, 499] only: samples after it survive.
+		{labels.FromStrings("__name__", "req", "user", "half"), span(0, 990, 2)},
+		// Samples only inside {user="inside"}'s interval [200, 600]: covered in every window.
+		{labels.FromStrings("__name__", "req", "user", "inside", "tag", "inside-only"), span(300, 500, 2)},
+		// A value shared by a covered series and a surviving one.
+		{labels.FromStrings("__name__", "req", "user", "gone", "shard", "s1"), span(0, 990, 2)},
+		{labels.FromStrings("__name__", "req", "user", "kept", "shard", "s1"), span(0, 990, 2)},
+		// Metric names: one only the covered user has.
+		{labels.FromStrings("__name__", "gone_total", "user", "gone"), span(0, 990, 2)},
+		{labels.FromStrings("__name__", "up", "user", "kept"), span(0, 990, 2)},
+	}
+	b := openLookupBlock(t, series)
+	store := tombstones.NewStore(nil, nil, tombstones.WithClock(func() time.Time { return time.UnixMilli(1000) }))
+	snap := lookupSnapshot(t, store, []tombstones.Spec{
+		{Selectors: []string{`{user="gone"}`}, Start: ptr(math.MinInt64), End: ptr(10_000)},
+		{Selectors: []string{`{user="half"}`}, Start: ptr(0), End: ptr(499)},
+		{Selectors: []string{`{user="inside"}`}, Start: ptr(200), End: ptr(600)},
+	})
+	user := labels.MustNewMatcher(labels.MatchEqual, "user", "half")
+	for _, c := range []struct {
+		name       string
+		label      string
+		mint, maxt int64
+		limit      int
+		ms         []*labels.Matcher
+		want       []string
+	}{
+		{"fully covered user goes, partly covered stays", "user", 0, 990, 0, nil, []string{"half", "kept"}},
+		{"partly covered user goes where its window is all deleted", "user", 0, 400, 0, nil, []string{"kept"}},
+		{"partly covered user over a window reaching past the interval", "user", 400, 500, 0, []*labels.Matcher{user}, []string{"half"}},
+		{"value shared by a covered and a surviving series", "shard", 0, 990, 0, nil, []string{"s1"}},
+		{"label only covered series carry", "only", 0, 990, 0, nil, []string{}},
+		{"series whose samples all lie inside the interval", "tag", 0, 990, 0, nil, []string{}},
+		{"metric name only a covered series carries", "__name__", 0, 990, 0, nil, []string{"req", "up"}},
+		{"label names", "", 0, 990, 0, nil, []string{"__name__", "shard", "user"}},
+		// With a limit, any of the values may come, as from Prometheus' index, but as many as the
+		// limit allows of those that survive.
+		{"limit after masking", "user", 0, 990, 1, nil, []string{"half", "kept"}},
+		{"limit after masking, all but the covered", "user", 0, 990, 2, nil, []string{"half", "kept"}},
+		{"limit after masking, names", "", 0, 990, 2, nil, []string{"__name__", "shard", "user"}},
+	} {
+		for _, withChunks := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/chunks=%v", c.name, withChunks), func(t *testing.T) {
+				q := lookupQuerier(t, b, snap, labels.EmptyLabels(), c.mint, c.maxt, withChunks)
+				got := lookup(t, q, c.label, c.limit, c.ms...)
+				want := wantLookup(series, snap, labels.EmptyLabels(), c.ms, c.label, c.mint, c.maxt)
+				if c.limit == 0 {
+					testutil.Equals(t, c.want, got)
+					testutil.Equals(t, want, got)
+					return
+				}
+				between(t, got, c.want, c.want, c.limit, "limit %d", c.limit)
+			})
+		}
+	}
+}
+
+// TestLookupAgreesWithSamples compares the look-ups with a brute-force reading of every sample, on
+// random series, tombstones (partial, whole, on external labels, redacted, many on absent
+// instances), windows, matchers and limits, in both modes.
+func TestLookupAgreesWithSamples(t *testing.T) {
+	rng := rand.New(rand.NewSource(17))
+	pick := func(vals ...string) string { return vals[rng.Intn(len(vals))] }
+	key, err := tombstones.NewRedactionKey([]byte("lookup-test-redaction-key-0123456789"))
+	testutil.Ok(t, err)
+	store := tombstones.NewStore(nil, nil, tombstones.WithClock(func() time.Time { return time.UnixMilli(1000) }), tombstones.WithRedactionKey(key))
+	ext := labels.FromStrings("cluster", "eu1")
+	parse := func(s string) []*labels.Matcher {
+		ms, err := parser.NewParser(parser.Options{}).ParseMetricSelector(s)
+		testutil.Ok(t, err)
+		return ms
+	}
+	for round := 0; round < 12; round++ {
+		var series []lookupSeries
+		seen := map[string]bool{}
+		for i := 0; i < 40; i++ {
+			kv := []string{"__name__", pick("a", "b", "c"), "job", pick("x", "y"), "inst", fmt.Sprint(rng.Intn(4))}
+			if rng.Intn(3) == 0 {
+				kv = append(kv, "extra", pick("e1", "e2"))
+			}
+			ls := labels.FromStrings(kv...)
+			if seen[ls.String()] {
+				continue
+			}
+			seen[ls.String()] = true
+			from := int64(rng.Intn(60)) * 10
+			to := from + int64(rng.Intn(60))*10
+			series = append(series, lookupSeries{ls, span(from, to, int64(1+rng.Intn(3)))})
+		}
+		b := openLookupBlock(t, series)
+		var specs []tombstones.Spec
+		for i := 0; i < 1+rng.Intn(5); i++ {
+			start, end := int64(rng.Intn(80))*10-100, int64(0)
+			end = start + int64(rng.Intn(50))*10
+			if rng.Intn(4) == 0 {
+				start = math.MinInt64
+			}
+			sp := tombstones.Spec{Start: &start, End: &end}
+			switch rng.Intn(6) {
+			case 0:
+				sp.Selectors = []string{fmt.Sprintf(`{inst=%q}`, fmt.Sprint(rng.Intn(4)))}
+			case 1:
+				sp.Selectors = []string{fmt.Sprintf(`%s{job=%q}`, pick("a", "b", "c"), pick("x", "y"))}
+			case 2:
+				sp.Selectors = []string{fmt.Sprintf(`{extra=%q}`, pick("e1", "e2")), fmt.Sprintf(`{__name__=~%q}`, pick("a|b", "c"))}
+			case 3:
+				sp.Selectors = []string{fmt.Sprintf(`{cluster=%q, job=%q}`, pick("eu1", "us1"), pick("x", "y"))}
+			case 4:
+				sp.Selectors = []string{fmt.Sprintf(`%s{inst=%q, job=%q}`, pick("a", "b", "c"), fmt.Sprint(rng.Intn(4)), pick("x", "y"))}
+				sp.Redact = true
+			default:
+				sp.Selectors = []string{fmt.Sprintf(`{inst!=%q, job=~%q}`, fmt.Sprint(rng.Intn(4)), pick("x", "y|x"))}
+			}
+			specs = append(specs, sp)
+		}
+		if round%3 == 0 {
+			// Many tombstones on instances that have no series: ruled out by one look-up.
+			for i := 0; i < 30; i++ {
+				specs = append(specs, tombstones.Spec{Selectors: []string{fmt.Sprintf(`{inst="absent-%d"}`, i)}, Start: ptr(math.MinInt64), End: ptr(10_000)})
+			}
+		}
+		snap := lookupSnapshot(t, store, specs)
+		for c := 0; c < 25; c++ {
+			mint := int64(rng.Intn(70))*10 - 50
+			maxt := mint + int64(rng.Intn(40))*10
+			ms := parse(pick(`{__name__=~".+"}`, `a`, `{job="x"}`, `{inst=~"1|2"}`, `b{extra="e1"}`))
+			if rng.Intn(3) == 0 {
+				ms = nil
+			}
+			name := pick("", "__name__", "job", "inst", "extra")
+			lim := 0
+			if rng.Intn(4) == 0 {
+				lim = 1 + rng.Intn(3)
+			}
+			strict, sampled := lookupBounds(series, snap, ext, ms, name, mint, maxt)
+			for _, withChunks := range []bool{true, false} {
+				q := lookupQuerier(t, b, snap, ext, mint, maxt, withChunks)
+				got := lookup(t, q, name, lim, ms...)
+				msg, args := "round %d: %q of %v over [%d, %d] limit %d chunks %v; tombstones %s", []any{round, name, ms, mint, maxt, lim, withChunks, describeSpecs(specs)}
+				if withChunks {
+					between(t, got, strict, strict, lim, msg, args...)
+					continue
+				}
+				between(t, got, strict, sampled, lim, msg, args...)
+			}
+		}
+	}
+}
+
+// TestSeriesLookupSkipsCoveredSeries checks that a series look-up leaves out a series a tombstone
+// covers over the whole window and keeps one it covers in part.
+func TestSeriesLookupSkipsCoveredSeries(t *testing.T) {
+	series := []lookupSeries{
+		{labels.FromStrings("__name__", "req", "user", "gone"), span(0, 990, 2)},
+		{labels.FromStrings("__name__", "req", "user", "half"), span(0, 990, 2)},
+		{labels.FromStrings("__name__", "req", "user", "kept"), span(0, 990, 2)},
+	}
+	b := openLookupBlock(t, series)
+	store := tombstones.NewStore(nil, nil, tombstones.WithClock(func() time.Time { return time.UnixMilli(1000) }))
+	snap := lookupSnapshot(t, store, []tombstones.Spec{
+		{Selectors: []string{`{user="gone"}`}, Start: ptr(math.MinInt64), End: ptr(10_000)},
+		{Selectors: []string{`{user="half"}`}, Start: ptr(0), End: ptr(499)},
+	})
+	for _, c := range []struct {
+		mint, maxt int64
+		want       []string
+	}{{0, 990, []string{"half", "kept"}}, {0, 499, []string{"kept"}}, {495, 505, []string{"half", "kept"}}} {
+		q := lookupQuerier(t, b, snap, labels.EmptyLabels(), c.mint, c.maxt, false)
+		ss := q.Select(context.Background(), true, &storage.SelectHints{Start: c.mint, End: c.maxt, Func: "series"}, labels.MustNewMatcher(labels.MatchEqual, "__name__", "req"))
+		var got []string
+		for ss.Next() {
+			got = append(got, ss.At().Labels().Get("user"))
+		}
+		testutil.Ok(t, ss.Err())
+		testutil.Equals(t, c.want, got, "[%d, %d]", c.mint, c.maxt)
+	}
+}
+
+func describeSpecs(specs []tombstones.Spec) string {
+	var out []string
+	for _, sp := range specs {
+		out = append(out, fmt.Sprintf("%v [%d, %d] redact=%v", sp.Selectors, *sp.Start, *sp.End, sp.Redact))
+	}
+	return strings.Join(out, "; ")
+}
