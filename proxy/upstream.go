@@ -53,6 +53,10 @@ type UpstreamConfig struct {
 	// ReadRemoteRead or ReadQueryAPI.
 	Read    string
 	Timeout time.Duration
+	// LookbackDelta is the upstream's own --query.lookback-delta, the lookback it applies to a
+	// query that names none; zero reads it from its /api/v1/status/flags where it serves them
+	// (Prometheus, Thanos Query).
+	LookbackDelta time.Duration
 }
 
 // Upstream reads series from a Prometheus-compatible server: by remote read with streamed chunks
@@ -64,6 +68,7 @@ type Upstream struct {
 	rr         remote.ReadClient
 	remoteRead bool
 	ext        labels.Labels
+	lookback   time.Duration
 	logger     *slog.Logger
 	latency    *prometheus.HistogramVec
 }
@@ -106,6 +111,12 @@ func NewUpstream(ctx context.Context, cfg UpstreamConfig, logger *slog.Logger, r
 		return nil, err
 	}
 
+	if u.lookback = cfg.LookbackDelta; u.lookback == 0 {
+		if u.lookback, err = u.discoverLookbackDelta(ctx); err != nil {
+			logger.Warn("cannot read the upstream's lookback delta; queries forwarded untouched name their lookback_delta, which an upstream that ignores it may exceed (set it to skip)", "err", err)
+		}
+	}
+
 	switch cfg.Read {
 	case ReadRemoteRead:
 		u.remoteRead = true
@@ -129,7 +140,7 @@ func NewUpstream(ctx context.Context, cfg UpstreamConfig, logger *slog.Logger, r
 	default:
 		return nil, errors.Newf("unknown read mode %q: want auto, remote-read or query-api", cfg.Read)
 	}
-	logger.Info("upstream", "url", cfg.URL.Redacted(), "remote_read", u.remoteRead, "external_labels", u.ext.String())
+	logger.Info("upstream", "url", cfg.URL.Redacted(), "remote_read", u.remoteRead, "external_labels", u.ext.String(), "lookback_delta", u.lookback)
 	return u, nil
 }
 
@@ -160,6 +171,35 @@ func (u *Upstream) discoverExternalLabels(ctx context.Context) (labels.Labels, e
 	}
 	return labels.FromMap(parsed.Global.ExternalLabels), nil
 }
+
+// discoverLookbackDelta reads the upstream's --query.lookback-delta from its flags; servers without
+// that endpoint leave it unknown (zero).
+func (u *Upstream) discoverLookbackDelta(ctx context.Context) (time.Duration, error) {
+	data, _, err := u.apiGet(ctx, "/api/v1/status/flags", nil)
+	var se *statusError
+	if errors.As(err, &se) && (se.code == http.StatusNotFound || se.code == http.StatusMethodNotAllowed) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, errors.Wrap(err, "read upstream flags")
+	}
+	var flags map[string]string
+	if err := json.Unmarshal(data, &flags); err != nil {
+		return 0, errors.Wrap(err, "decode upstream flags")
+	}
+	v, ok := flags["query.lookback-delta"]
+	if !ok {
+		return 0, nil
+	}
+	d, err := model.ParseDuration(v)
+	if err != nil {
+		return 0, errors.Wrapf(err, "upstream flag query.lookback-delta=%q", v)
+	}
+	return time.Duration(d), nil
+}
+
+// LookbackDelta returns the upstream's own default lookback, zero when unknown.
+func (u *Upstream) LookbackDelta() time.Duration { return u.lookback }
 
 // ExternalLabels returns the upstream's external labels.
 func (u *Upstream) ExternalLabels() labels.Labels { return u.ext }
