@@ -1,6 +1,10 @@
 package proxy
 
 import (
+	"bytes"
+	"compress/gzip"
+	"encoding/json"
+	"fmt"
 	"io"
 	"math"
 	"net/http"
@@ -167,25 +171,79 @@ func (u *Upstream) forward(w http.ResponseWriter, r *http.Request, route string,
 	if err != nil {
 		return err
 	}
-	// Pass the client's compression wish on, so the upstream's compressed answer is copied as it
-	// is (set by hand, Go's client leaves the body compressed).
-	if ae := r.Header.Get("Accept-Encoding"); ae != "" {
-		req.Header.Set("Accept-Encoding", ae)
+	// The upstream compresses only as the client allows, and only with gzip, so its answer can be
+	// checked here and then copied as it is (set by hand, Go's client leaves the body compressed).
+	encoding := "identity"
+	if acceptsGzip(r.Header.Get("Accept-Encoding")) {
+		encoding = "gzip"
 	}
-	start := time.Now()
-	defer func() { u.latency.WithLabelValues("forward").Observe(time.Since(start).Seconds()) }()
-	resp, err := u.client.Do(req)
+	req.Header.Set("Accept-Encoding", encoding)
+	a, err := u.do(r.Context(), "forward", req)
 	if err != nil {
-		writeError(w, http.StatusServiceUnavailable, "unavailable", "upstream unreachable: "+err.Error())
+		writeUpstreamError(w, err)
 		return nil
 	}
-	defer errcapture.Do(&err, resp.Body.Close, "close upstream answer")
+	if err := u.checkAnswer(a); err != nil {
+		writeError(w, http.StatusServiceUnavailable, "unavailable", fmt.Sprintf("upstream answered %d with no Prometheus API answer: %s", a.code, err))
+		return nil
+	}
 	for _, h := range []string{"Content-Type", "Content-Encoding"} {
-		if v := resp.Header.Get(h); v != "" {
+		if v := a.header.Get(h); v != "" {
 			w.Header().Set(h, v)
 		}
 	}
-	w.WriteHeader(resp.StatusCode)
-	_, err = io.Copy(w, resp.Body)
+	w.WriteHeader(a.code)
+	_, err = w.Write(a.body)
 	return err
+}
+
+// checkAnswer makes sure an answer copied to the client is one whole Prometheus API envelope.
+func (u *Upstream) checkAnswer(a *answer) (err error) {
+	var body io.Reader = bytes.NewReader(a.body)
+	switch ce := a.header.Get("Content-Encoding"); ce {
+	case "", "identity":
+	case "gzip":
+		zr, err := gzip.NewReader(body)
+		if err != nil {
+			return errors.Wrap(err, "gzip")
+		}
+		defer errcapture.Do(&err, zr.Close, "close gzip reader")
+		body = io.LimitReader(zr, u.maxBytes+1)
+	default:
+		return errors.Newf("unasked content encoding %q", ce)
+	}
+	dec := json.NewDecoder(body)
+	var env struct {
+		Status string `json:"status"`
+	}
+	if err := dec.Decode(&env); err != nil {
+		return errors.Wrap(err, "decode")
+	}
+	if env.Status != "success" && env.Status != "error" {
+		return errors.Newf("status %q", env.Status)
+	}
+	if dec.InputOffset() > u.maxBytes {
+		return answerTooLarge(u.maxBytes)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return errors.New("data after the answer")
+	}
+	return nil
+}
+
+// acceptsGzip reports whether an Accept-Encoding header allows gzip.
+func acceptsGzip(accept string) bool {
+	for _, part := range strings.Split(accept, ",") {
+		coding, params, _ := strings.Cut(part, ";")
+		if !strings.EqualFold(strings.TrimSpace(coding), "gzip") {
+			continue
+		}
+		qs, ok := strings.CutPrefix(strings.TrimSpace(params), "q=")
+		if !ok {
+			return true
+		}
+		q, err := strconv.ParseFloat(qs, 64)
+		return err == nil && q > 0
+	}
+	return false
 }

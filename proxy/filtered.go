@@ -43,11 +43,7 @@ func (p *Proxy) filtered(up *Upstream, route string, params []string, filter fil
 		}
 		data, warnings, err := up.apiGet(r.Context(), route, q)
 		if err != nil {
-			if se, ok := err.(*statusError); ok {
-				writeError(w, se.code, se.typ, se.msg)
-				return
-			}
-			writeError(w, http.StatusServiceUnavailable, "unavailable", err.Error())
+			writeUpstreamError(w, err)
 			return
 		}
 		out, err := filter(data, snap, up.ExternalLabels())
