@@ -636,9 +636,9 @@ func passThrough(ctx context.Context) url.Values {
 	return out
 }
 
-// countSeries asks the upstream's series endpoint how many series the selectors match in
+// series asks the upstream's series endpoint for the labels of the series the selectors match in
 // [mint, maxt], with the upstream's own client configuration.
-func (u *Upstream) countSeries(ctx context.Context, sels [][]*labels.Matcher, mint, maxt int64) (int, error) {
+func (u *Upstream) series(ctx context.Context, sels [][]*labels.Matcher, mint, maxt int64) ([]labels.Labels, error) {
 	params := url.Values{}
 	for _, sel := range sels {
 		params.Add("match[]", (&parser.VectorSelector{LabelMatchers: sel}).String())
@@ -647,11 +647,21 @@ func (u *Upstream) countSeries(ctx context.Context, sels [][]*labels.Matcher, mi
 	params.Set("end", formatTime(tombstones.APITime(maxt).UnixMilli()))
 	data, _, err := u.apiGet(ctx, "/api/v1/series", params)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	var series []json.RawMessage
-	if err := json.Unmarshal(data, &series); err != nil {
-		return 0, errors.Wrap(err, "decode upstream series")
+	var maps []map[string]string
+	if err := json.Unmarshal(data, &maps); err != nil {
+		return nil, errors.Wrap(err, "decode upstream series")
 	}
-	return len(series), nil
+	out := make([]labels.Labels, 0, len(maps))
+	for _, m := range maps {
+		out = append(out, labels.FromMap(m))
+	}
+	return out, nil
+}
+
+// countSeries counts the series the selectors match in [mint, maxt], by their labels only.
+func (u *Upstream) countSeries(ctx context.Context, sels [][]*labels.Matcher, mint, maxt int64) (int, error) {
+	series, err := u.series(ctx, sels, mint, maxt)
+	return len(series), err
 }

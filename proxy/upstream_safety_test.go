@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -53,6 +55,10 @@ func startTestUpstream(t *testing.T) *testUpstream {
 	for u := 0; u < 4; u++ {
 		series = append(series, labels.FromStrings("__name__", "http_requests_total", "job", "api", "user_id", fmt.Sprint(u)))
 	}
+	series = append(series,
+		labels.FromStrings("__name__", "secret_total", "job", "api"),
+		labels.FromStrings("__name__", "session_active", "user", "a"),
+		labels.FromStrings("__name__", "session_active", "user", "b"))
 	hists := []labels.Labels{labels.FromStrings("__name__", "request_latency_seconds", "job", "hist", "user_id", "secret-user")}
 	dir := t.TempDir()
 	bkt := objstore.NewInMemBucket()
@@ -78,6 +84,15 @@ func startTestUpstream(t *testing.T) *testUpstream {
 	mux := http.NewServeMux()
 	mux.Handle("/api/v1/read", remote.NewReadHandler(logger, prometheus.NewRegistry(), db, func() config.Config { return config.Config{} }, 0, 4, 1<<20))
 	mux.Handle("/", New(none, blocks, logger, reg, Config{}))
+	// Metadata as Prometheus gives it, one entry per metric name, and one for a metric with no
+	// stored series.
+	mux.HandleFunc("/api/v1/metadata", func(w http.ResponseWriter, _ *http.Request) {
+		meta := map[string][]map[string]string{}
+		for _, name := range []string{"node_load1", "http_requests_total", "secret_total", "session_active", "request_latency_seconds", "ghost_metric"} {
+			meta[name] = []map[string]string{{"type": "gauge", "help": "help of " + name, "unit": ""}}
+		}
+		writeData(w, meta)
+	})
 
 	u := &testUpstream{real: mux}
 	u.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -358,4 +373,38 @@ func TestUpstreamAnswerBounds(t *testing.T) {
 	r := envelope(t, body)
 	testutil.Equals(t, "error", r.Status, body)
 	testutil.Assert(t, code >= 400 && strings.Contains(r.Error, "64"), "%d %s", code, body)
+}
+
+// TestUpstreamMetadataDropsDeletedMetrics: /api/v1/metadata leaves out a metric whose every series
+// is deleted, whether tombstones cover its series for all time or only wherever they have samples,
+// and keeps a metric while any of its series keeps a sample.
+func TestUpstreamMetadataDropsDeletedMetrics(t *testing.T) {
+	up := startTestUpstream(t)
+	names := func(l *lethe) []string {
+		t.Helper()
+		code, body, _ := l.ask(t, "/api/v1/metadata", nil)
+		testutil.Equals(t, http.StatusOK, code, body)
+		var meta map[string]json.RawMessage
+		testutil.Ok(t, json.Unmarshal(envelope(t, body).Data, &meta))
+		var out []string
+		for name := range meta {
+			out = append(out, name)
+		}
+		slices.Sort(out)
+		return out
+	}
+	for _, mode := range upstreamModes {
+		l := startLethe(t, up, UpstreamConfig{Read: mode})
+		testutil.Equals(t, []string{"ghost_metric", "http_requests_total", "node_load1", "request_latency_seconds", "secret_total", "session_active"}, names(l))
+
+		l.tombstone(t, `secret_total`, tombstones.BeginningOfTime, math.MaxInt64)                     // all its series, for all time
+		l.tombstone(t, `session_active{user="a"}`, t0-3_600_000, t0+5*3_600_000)                      // all its samples
+		l.tombstone(t, `session_active{user="b"}`, t0, t0+3_600_000)                                  // the first hour
+		l.tombstone(t, `http_requests_total{user_id="1"}`, tombstones.BeginningOfTime, math.MaxInt64) // one of four series
+		testutil.Equals(t, []string{"ghost_metric", "http_requests_total", "node_load1", "request_latency_seconds", "session_active"}, names(l), mode)
+
+		// Now user b's samples are all deleted too: no series of session_active keeps one.
+		l.tombstone(t, `session_active{user="b"}`, t0+3_600_000, t0+5*3_600_000)
+		testutil.Equals(t, []string{"ghost_metric", "http_requests_total", "node_load1", "request_latency_seconds"}, names(l), mode)
+	}
 }
