@@ -1,17 +1,22 @@
 package proxy
 
 import (
+	"bytes"
+	"compress/gzip"
+	"encoding/json"
+	"fmt"
 	"io"
 	"math"
 	"net/http"
 	"net/url"
 	"path"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/efficientgo/core/errcapture"
 	"github.com/efficientgo/core/errors"
-	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/promql"
 	"github.com/prometheus/prometheus/promql/parser"
 
@@ -21,17 +26,43 @@ import (
 // forwardParams are the only request parameters passed to the upstream on the fast path.
 var forwardParams = append([]string{"query", "time", "start", "end", "step", "timeout", "match[]", "limit", "stats", "lookback_delta"}, passThroughParams...)
 
+// lookbackDelta is the lookback a query request is evaluated with, by lethe's engine and, on the
+// fast path, by the upstream: the request's lookback_delta when it is positive (as in Prometheus),
+// else lethe's --query.lookback-delta.
+func (p *Proxy) lookbackDelta(r *http.Request) (time.Duration, error) {
+	s := r.Form.Get("lookback_delta")
+	if s == "" {
+		return p.cfg.LookbackDelta, nil
+	}
+	d, err := parseDurationParam(s)
+	if err != nil {
+		return 0, err
+	}
+	if d <= 0 {
+		return p.cfg.LookbackDelta, nil
+	}
+	return d, nil
+}
+
 // untouched reports whether no selector of the request can meet a live tombstone, by matchers and
-// time, so that the upstream's own answer is the masked answer. Anything it cannot parse is
-// touched: the engine then answers it (or refuses it as bad_data) itself.
-func (p *Proxy) untouched(r *http.Request, route string, snap *Snapshot, ext labels.Labels) bool {
+// time, so that the upstream's own answer is the masked answer. The time a selector reaches back
+// is judged with the longer of the request's lookback and the upstream's own default (an upstream
+// that ignores lookback_delta answers with its own). Anything it cannot parse is touched: the
+// engine then answers it (or refuses it as bad_data) itself.
+func (p *Proxy) untouched(r *http.Request, route string, snap *Snapshot, up *Upstream) bool {
 	now := time.Now()
+	ext := up.ExternalLabels()
 	switch route {
 	case "/api/v1/query", "/api/v1/query_range":
 		expr, err := parser.NewParser(parser.Options{}).ParseExpr(r.Form.Get("query"))
 		if err != nil {
 			return false
 		}
+		lookback, err := p.lookbackDelta(r)
+		if err != nil {
+			return false
+		}
+		lookback = max(lookback, up.LookbackDelta())
 		start, end, step := now, now, time.Duration(0)
 		if route == "/api/v1/query" {
 			if t := r.Form.Get("time"); t != "" {
@@ -56,7 +87,7 @@ func (p *Proxy) untouched(r *http.Request, route string, snap *Snapshot, ext lab
 		if expr, err = promql.PreprocessExpr(expr, start, end, step); err != nil {
 			return false
 		}
-		mint, maxt := promql.FindMinMaxTime(&parser.EvalStmt{Expr: expr, Start: start, End: end, Interval: step, LookbackDelta: p.cfg.LookbackDelta})
+		mint, maxt := promql.FindMinMaxTime(&parser.EvalStmt{Expr: expr, Start: start, End: end, Interval: step, LookbackDelta: lookback})
 		touched := false
 		parser.Inspect(expr, func(n parser.Node, _ []parser.Node) error {
 			if vs, ok := n.(*parser.VectorSelector); ok && snap.MayMatch(vs.LabelMatchers, ext, mint, maxt) {
@@ -95,25 +126,35 @@ func (p *Proxy) untouched(r *http.Request, route string, snap *Snapshot, ext lab
 	}
 }
 
+// parseDurationParam reads a duration parameter as Prometheus' API does: seconds as a float, or a
+// Prometheus duration (5m, 1h30m, 1d).
 func parseDurationParam(s string) (time.Duration, error) {
-	if t, err := tombstones.ParseTime(s); err == nil && !strings.ContainsAny(s, "-:") {
-		return time.Duration(t.UnixNano()), nil
+	if secs, err := strconv.ParseFloat(s, 64); err == nil {
+		d := secs * float64(time.Second)
+		if math.IsNaN(d) || d > math.MaxInt64 || d < math.MinInt64 {
+			return 0, errors.Newf("cannot parse %q to a valid duration: out of range", s)
+		}
+		return time.Duration(d), nil
 	}
-	d, err := time.ParseDuration(s)
+	d, err := model.ParseDuration(s)
 	if err != nil {
-		return 0, errors.Newf("cannot parse %q as a duration", s)
+		return 0, errors.Newf("cannot parse %q to a valid duration", s)
 	}
-	return d, nil
+	return time.Duration(d), nil
 }
 
 // forward sends the request to the upstream's own endpoint of the same route, with only the
-// allowed parameters, and copies its answer.
-func (u *Upstream) forward(w http.ResponseWriter, r *http.Request, route string) (err error) {
+// allowed parameters, and copies its answer. A query is sent with the lookback lethe judged it
+// with, so that an upstream whose own default is longer answers as lethe's engine would.
+func (u *Upstream) forward(w http.ResponseWriter, r *http.Request, route string, lookback time.Duration) (err error) {
 	params := url.Values{}
 	for _, k := range forwardParams {
 		if v, ok := r.Form[k]; ok {
 			params[k] = v
 		}
+	}
+	if route == "/api/v1/query" || route == "/api/v1/query_range" {
+		params.Set("lookback_delta", strconv.FormatFloat(lookback.Seconds(), 'f', -1, 64))
 	}
 	target := *u.base
 	target.Path = path.Join(target.Path, route)
@@ -130,25 +171,79 @@ func (u *Upstream) forward(w http.ResponseWriter, r *http.Request, route string)
 	if err != nil {
 		return err
 	}
-	// Pass the client's compression wish on, so the upstream's compressed answer is copied as it
-	// is (set by hand, Go's client leaves the body compressed).
-	if ae := r.Header.Get("Accept-Encoding"); ae != "" {
-		req.Header.Set("Accept-Encoding", ae)
+	// The upstream compresses only as the client allows, and only with gzip, so its answer can be
+	// checked here and then copied as it is (set by hand, Go's client leaves the body compressed).
+	encoding := "identity"
+	if acceptsGzip(r.Header.Get("Accept-Encoding")) {
+		encoding = "gzip"
 	}
-	start := time.Now()
-	defer func() { u.latency.WithLabelValues("forward").Observe(time.Since(start).Seconds()) }()
-	resp, err := u.client.Do(req)
+	req.Header.Set("Accept-Encoding", encoding)
+	a, err := u.do(r.Context(), "forward", req)
 	if err != nil {
-		writeError(w, http.StatusServiceUnavailable, "unavailable", "upstream unreachable: "+err.Error())
+		writeUpstreamError(w, err)
 		return nil
 	}
-	defer errcapture.Do(&err, resp.Body.Close, "close upstream answer")
+	if err := u.checkAnswer(a); err != nil {
+		writeError(w, http.StatusServiceUnavailable, "unavailable", fmt.Sprintf("upstream answered %d with no Prometheus API answer: %s", a.code, err))
+		return nil
+	}
 	for _, h := range []string{"Content-Type", "Content-Encoding"} {
-		if v := resp.Header.Get(h); v != "" {
+		if v := a.header.Get(h); v != "" {
 			w.Header().Set(h, v)
 		}
 	}
-	w.WriteHeader(resp.StatusCode)
-	_, err = io.Copy(w, resp.Body)
+	w.WriteHeader(a.code)
+	_, err = w.Write(a.body)
 	return err
+}
+
+// checkAnswer makes sure an answer copied to the client is one whole Prometheus API envelope.
+func (u *Upstream) checkAnswer(a *answer) (err error) {
+	var body io.Reader = bytes.NewReader(a.body)
+	switch ce := a.header.Get("Content-Encoding"); ce {
+	case "", "identity":
+	case "gzip":
+		zr, err := gzip.NewReader(body)
+		if err != nil {
+			return errors.Wrap(err, "gzip")
+		}
+		defer errcapture.Do(&err, zr.Close, "close gzip reader")
+		body = io.LimitReader(zr, u.maxBytes+1)
+	default:
+		return errors.Newf("unasked content encoding %q", ce)
+	}
+	dec := json.NewDecoder(body)
+	var env struct {
+		Status string `json:"status"`
+	}
+	if err := dec.Decode(&env); err != nil {
+		return errors.Wrap(err, "decode")
+	}
+	if env.Status != "success" && env.Status != "error" {
+		return errors.Newf("status %q", env.Status)
+	}
+	if dec.InputOffset() > u.maxBytes {
+		return answerTooLarge(u.maxBytes)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return errors.New("data after the answer")
+	}
+	return nil
+}
+
+// acceptsGzip reports whether an Accept-Encoding header allows gzip.
+func acceptsGzip(accept string) bool {
+	for _, part := range strings.Split(accept, ",") {
+		coding, params, _ := strings.Cut(part, ";")
+		if !strings.EqualFold(strings.TrimSpace(coding), "gzip") {
+			continue
+		}
+		qs, ok := strings.CutPrefix(strings.TrimSpace(params), "q=")
+		if !ok {
+			return true
+		}
+		q, err := strconv.ParseFloat(qs, 64)
+		return err == nil && q > 0
+	}
+	return false
 }

@@ -1,12 +1,19 @@
 package proxy
 
 import (
+	"context"
 	"encoding/json"
 	"math"
 	"net/http"
 	"net/url"
+	"time"
 
+	"github.com/efficientgo/core/errors"
+	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/storage"
+
+	"github.com/lethe-project/lethe/tombstones"
 )
 
 // The upstream endpoints whose answers are forwarded after filtering: Grafana's alerting views use
@@ -16,18 +23,23 @@ func (p *Proxy) registerFiltered() {
 	if !ok {
 		return
 	}
-	p.handle("/api/v1/rules", p.filtered(up, "/api/v1/rules", []string{"type", "rule_name[]", "rule_group[]", "file[]", "exclude_alerts", "match[]", "group_limit", "group_next_token"}, filterRules), http.MethodGet)
-	p.handle("/api/v1/alerts", p.filtered(up, "/api/v1/alerts", nil, filterAlerts), http.MethodGet)
-	p.handle("/api/v1/query_exemplars", p.filtered(up, "/api/v1/query_exemplars", []string{"query", "start", "end"}, filterExemplars), http.MethodGet, http.MethodPost)
-	// Metric metadata (type, help, unit per metric name) describes metric families, not series,
-	// and carries no label values: it is passed on as the upstream gives it.
-	p.handle("/api/v1/metadata", p.filtered(up, "/api/v1/metadata", []string{"metric", "limit", "limit_per_metric"}, keepAll), http.MethodGet)
+	p.handle("/api/v1/rules", p.filtered(up, "/api/v1/rules", []string{"type", "rule_name[]", "rule_group[]", "file[]", "exclude_alerts", "match[]", "group_limit", "group_next_token"}, onlyData(filterRules)), http.MethodGet)
+	p.handle("/api/v1/alerts", p.filtered(up, "/api/v1/alerts", nil, onlyData(filterAlerts)), http.MethodGet)
+	p.handle("/api/v1/query_exemplars", p.filtered(up, "/api/v1/query_exemplars", []string{"query", "start", "end"}, onlyData(filterExemplars)), http.MethodGet, http.MethodPost)
+	// Metric metadata (type, help, unit per metric name) describes metric families: a metric stays
+	// while any of its series keeps a sample.
+	p.handle("/api/v1/metadata", p.filtered(up, "/api/v1/metadata", []string{"metric", "limit", "limit_per_metric"}, up.filterMetadata), http.MethodGet)
 }
 
-func keepAll(data json.RawMessage, _ *Snapshot, _ labels.Labels) (any, error) { return data, nil }
-
 // filterFunc drops from an upstream answer's data what the snapshot masks.
-type filterFunc func(data json.RawMessage, snap *Snapshot, ext labels.Labels) (any, error)
+type filterFunc func(ctx context.Context, data json.RawMessage, snap *Snapshot, ext labels.Labels) (any, error)
+
+// onlyData is a filter that decides from the answer alone.
+func onlyData(f func(data json.RawMessage, snap *Snapshot, ext labels.Labels) (any, error)) filterFunc {
+	return func(_ context.Context, data json.RawMessage, snap *Snapshot, ext labels.Labels) (any, error) {
+		return f(data, snap, ext)
+	}
+}
 
 func (p *Proxy) filtered(up *Upstream, route string, params []string, filter filterFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -43,14 +55,16 @@ func (p *Proxy) filtered(up *Upstream, route string, params []string, filter fil
 		}
 		data, warnings, err := up.apiGet(r.Context(), route, q)
 		if err != nil {
-			if se, ok := err.(*statusError); ok {
-				writeError(w, se.code, se.typ, se.msg)
-				return
-			}
-			writeError(w, http.StatusServiceUnavailable, "unavailable", err.Error())
+			writeUpstreamError(w, err)
 			return
 		}
-		out, err := filter(data, snap, up.ExternalLabels())
+		out, err := filter(r.Context(), data, snap, up.ExternalLabels())
+		var se *statusError
+		var to upstreamTimeout
+		if errors.As(err, &se) || errors.As(err, &to) {
+			writeUpstreamError(w, err)
+			return
+		}
 		if err != nil {
 			writeError(w, http.StatusBadGateway, "internal", "unexpected upstream answer: "+err.Error())
 			return
@@ -68,20 +82,84 @@ func masksLabels(snap *Snapshot, ls map[string]string, ext labels.Labels) bool {
 // alert is the part of an alert the filter reads; everything else is kept as it came.
 type alert map[string]json.RawMessage
 
-func alertLabels(a alert) map[string]string {
-	var ls map[string]string
-	_ = json.Unmarshal(a["labels"], &ls)
-	return ls
-}
-
+// keepAlerts keeps the alerts no live tombstone matches. An alert whose labels do not decode is
+// dropped: it cannot be shown to match none.
 func keepAlerts(in []alert, snap *Snapshot, ext labels.Labels) []alert {
 	out := make([]alert, 0, len(in))
 	for _, a := range in {
-		if !masksLabels(snap, alertLabels(a), ext) {
+		var ls map[string]string
+		if err := json.Unmarshal(a["labels"], &ls); err != nil {
+			continue
+		}
+		if !masksLabels(snap, ls, ext) {
 			out = append(out, a)
 		}
 	}
 	return out
+}
+
+// metadataWindow is where filterMetadata looks for a metric's surviving samples: from 1970 on,
+// 250 years (a query-API range selector spans at most 292).
+const (
+	metadataMint = int64(0)
+	metadataMaxt = int64(250 * 365 * 24 * time.Hour / time.Millisecond)
+)
+
+// filterMetadata drops the metrics whose every series is deleted: a metric stays if any of its
+// series keeps a sample anywhere in the store.
+func (u *Upstream) filterMetadata(ctx context.Context, data json.RawMessage, snap *Snapshot, ext labels.Labels) (any, error) {
+	var metrics map[string]json.RawMessage
+	if err := json.Unmarshal(data, &metrics); err != nil {
+		return nil, err
+	}
+	for name := range metrics {
+		ok, err := u.metricSurvives(ctx, name, snap, ext)
+		if err != nil {
+			return nil, errors.Wrapf(err, "decide whether metric %s keeps a series", name)
+		}
+		if !ok {
+			delete(metrics, name)
+		}
+	}
+	return metrics, nil
+}
+
+// metricSurvives reports whether a series of the metric keeps a sample: at once when no tombstone
+// can meet the metric, or when one of its series meets none; else it reads the samples the
+// tombstones leave.
+func (u *Upstream) metricSurvives(ctx context.Context, name string, snap *Snapshot, ext labels.Labels) (bool, error) {
+	sel := []*labels.Matcher{labels.MustNewMatcher(labels.MatchEqual, model.MetricNameLabel, name)}
+	if !snap.MayMatch(sel, ext, math.MinInt64, math.MaxInt64) {
+		return true, nil
+	}
+	series, err := u.series(ctx, [][]*labels.Matcher{sel}, metadataMint, metadataMaxt)
+	if err != nil {
+		return false, err
+	}
+	var ivs tombstones.Intervals
+	partial := false
+	for _, ls := range series {
+		ivs = snap.Intervals(ls, ext, ivs[:0])
+		if !ivs.Overlaps(metadataMint, metadataMaxt) {
+			return true, nil
+		}
+		if !ivs.Covers(metadataMint) || !ivs.Covers(metadataMaxt) || len(ivs) > 1 {
+			partial = true
+		}
+	}
+	if !partial {
+		return false, nil // Every series is deleted over the whole window.
+	}
+	q, err := u.Querier(snap, metadataMint, metadataMaxt)
+	if err != nil {
+		return false, err
+	}
+	defer q.Close()
+	ss := q.Select(ctx, false, &storage.SelectHints{Start: metadataMint, End: metadataMaxt, Func: "series"}, sel...)
+	if ss.Next() {
+		return true, nil
+	}
+	return false, ss.Err()
 }
 
 func filterAlerts(data json.RawMessage, snap *Snapshot, ext labels.Labels) (any, error) {

@@ -88,3 +88,24 @@ func TestFilterExemplars(t *testing.T) {
 	}
 	testutil.Equals(t, []string{"b", "d"}, traces)
 }
+
+// An alert whose labels do not decode cannot be shown to match no tombstone: it is dropped.
+func TestFilterAlertsDropsUndecodableLabels(t *testing.T) {
+	snap := snapshotOf(t, `{user_id="3"}`)
+	got, err := filterAlerts(json.RawMessage(`{"alerts":[
+		{"labels":{"alertname":"High","user_id":"4"},"state":"firing"},
+		{"labels":"user_id=3","state":"firing"},
+		{"labels":{"alertname":"High","user_id":3},"state":"firing"},
+		{"state":"firing"}]}`), snap, labels.EmptyLabels())
+	testutil.Ok(t, err)
+	b, err := json.Marshal(got)
+	testutil.Ok(t, err)
+	testutil.Equals(t, `{"alerts":[{"labels":{"alertname":"High","user_id":"4"},"state":"firing"}]}`, string(b))
+
+	got, err = filterRules(json.RawMessage(`{"groups":[{"name":"g","rules":[{"type":"alerting","name":"High","alerts":[
+		{"labels":["user_id","3"]},{"labels":{"alertname":"High","user_id":"5"}}]}]}]}`), snap, labels.EmptyLabels())
+	testutil.Ok(t, err)
+	b, err = json.Marshal(got)
+	testutil.Ok(t, err)
+	testutil.Equals(t, `{"groups":[{"name":"g","rules":[{"alerts":[{"labels":{"alertname":"High","user_id":"5"}}],"name":"High","type":"alerting"}]}]}`, string(b))
+}

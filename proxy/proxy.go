@@ -39,12 +39,17 @@ type Config struct {
 	QueryTimeout   time.Duration
 	MaxSamples     int
 	MaxConcurrency int
-	LookbackDelta  time.Duration
+	// LookbackDelta is Prometheus' --query.lookback-delta; zero takes the upstream's own where it
+	// is known, so that answers are the upstream's, else Prometheus' 5m.
+	LookbackDelta time.Duration
 	// AdminToken is the bearer token the deletion API demands; empty disables that API.
 	AdminToken string
 }
 
-func (c Config) withDefaults() Config {
+func (c Config) withDefaults(source Source) Config {
+	if up, ok := source.(*Upstream); ok && c.LookbackDelta == 0 {
+		c.LookbackDelta = up.LookbackDelta()
+	}
 	if c.QueryTimeout == 0 {
 		c.QueryTimeout = 2 * time.Minute
 	}
@@ -77,7 +82,7 @@ type Proxy struct {
 
 // New builds the proxy. reg receives the proxy's metrics and is served on /metrics.
 func New(mask *Mask, source Source, logger *slog.Logger, reg *prometheus.Registry, cfg Config) *Proxy {
-	cfg = cfg.withDefaults()
+	cfg = cfg.withDefaults(source)
 	f := promauto.With(reg)
 	p := &Proxy{
 		mask: mask, source: source, logger: logger, cfg: cfg, reg: reg, mux: http.NewServeMux(),
@@ -198,9 +203,10 @@ func (p *Proxy) guard(route string, next http.Handler) http.Handler {
 				}
 				target = "/api/v1/label/" + name + "/values"
 			}
-			if p.untouched(r, route, snap, up.ExternalLabels()) {
+			if p.untouched(r, route, snap, up) {
+				lookback, _ := p.lookbackDelta(r) // untouched parsed it.
 				p.fastPath.Inc()
-				if err := up.forward(w, r, target); err != nil {
+				if err := up.forward(w, r, target, lookback); err != nil {
 					p.logger.Warn("fast path", "route", route, "err", err)
 				}
 				return
