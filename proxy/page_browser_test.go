@@ -188,6 +188,16 @@ func TestPageInBrowser(t *testing.T) {
 	testutil.Equals(t, "cancelled", text("table.list tbody tr .badge"))
 	testutil.Assert(t, count("table.list .rel") > 0)
 	shot("page-list.png")
+	// A form once sent has its buttons disabled, so a double click sends it once.
+	disabled, err := chromedp.Run(b, chromedp.Evaluate[bool](`new Promise((resolve) => {
+		const form = document.querySelector("form.logout");
+		form.addEventListener("submit", (e) => e.preventDefault());
+		form.requestSubmit();
+		setTimeout(() => resolve(form.querySelector("button").disabled), 100);
+	})`, chromedp.EvalAwaitPromise))
+	testutil.Ok(t, err)
+	testutil.Assert(t, disabled, "the sent form's button is still enabled")
+	testutil.Equals(t, int64(http.StatusOK), open(pf.srv.URL+"/"))
 
 	// A due tombstone's page asks the rewriter's planner on request: both blocks hold its series.
 	testutil.Equals(t, int64(http.StatusOK), open(pf.srv.URL+"/tombstones/"+due.String()))

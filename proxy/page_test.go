@@ -267,6 +267,13 @@ func TestPageListsStatesAndRedacts(t *testing.T) {
 			testutil.Assert(t, ok, "%s not listed under %s", id, state)
 		}
 	}
+	// An object that does not decode is reported, never fatal.
+	testutil.Ok(t, pf.bkt.Upload(ctx, "tombstones/01M86065CWNBFDYWAT4K034EY4.json", strings.NewReader("{not json")))
+	code, body = c.get("/")
+	testutil.Equals(t, http.StatusOK, code)
+	testutil.Equals(t, 6, len(listed(body)))
+	testutil.Assert(t, strings.Contains(body, "1 unusable objects under tombstones/") && strings.Contains(body, "tombstones/01M86065CWNBFDYWAT4K034EY4.json"), body)
+
 	code, body = c.get("/?state=gone")
 	testutil.Equals(t, http.StatusBadRequest, code)
 	testutil.Assert(t, strings.Contains(body, "unknown state gone"), body)
