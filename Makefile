@@ -20,11 +20,12 @@ build:
 	$(GO) build -o $(BIN)/lethe-demo ./cmd/lethe-demo
 
 # The end-to-end tests run real Prometheus, promtool and Thanos binaries, built once from the
-# module proxy (tools/) and cached under ~/.cache/lethe.
+# module proxy (tools/) and cached under ~/.cache/lethe; the deletions page is driven in Debian's
+# headless chromium, installed once by tools/chromium.sh.
 test:
 	$(GO) vet -stdmethods=false ./...
 	LETHE_PROMETHEUS=$$(tools/build.sh prometheus) LETHE_PROMTOOL=$$(tools/build.sh promtool) \
-		LETHE_THANOS=$$(tools/build.sh thanos) $(GO) test -count=1 -timeout 20m ./...
+		LETHE_THANOS=$$(tools/build.sh thanos) LETHE_CHROMIUM=$$(tools/chromium.sh) $(GO) test -count=1 -timeout 20m ./...
 
 # The newcomer's demo: a local bucket of real TSDB blocks, a tombstone registered on the series
 # that leaked a secret token, and the proxy serving the bucket on :9095 with it masked.
