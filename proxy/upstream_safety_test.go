@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -270,6 +271,13 @@ var upstreamFaults = []fault{
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write([]byte(`{"status":"success","data":{"resultType":"matrix","result":[{"metric":{"__name__":]}}`))
 	}},
+	{"gzip-compressed malformed JSON", func(_ *testUpstream, w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Content-Encoding", "gzip")
+		zw := gzip.NewWriter(w)
+		_, _ = zw.Write([]byte(`{"status":"success","data":{"resultType":"vector","result":[{"metric":{}`))
+		_ = zw.Close()
+	}},
 	{"malformed protobuf", func(_ *testUpstream, w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/x-streamed-protobuf; proto=prometheus.ChunkedReadResponse")
 		_, _ = w.Write([]byte("\x07\x00\x00\x00garbage that is no frame at all"))
@@ -474,5 +482,14 @@ func TestUpstreamLookbackDeltaIsTheUpstreams(t *testing.T) {
 				testutil.Equals(t, want, len(d.Result), "%s %s lookback_delta=%q: %s", mode, q, lookback, body)
 			}
 		}
+	}
+}
+
+func TestAcceptsGzip(t *testing.T) {
+	for accept, want := range map[string]bool{
+		"": false, "gzip": true, "GZIP": true, "deflate, gzip;q=1.0, *;q=0.5": true, "gzip;q=0": false,
+		"gzip; q=0.001": true, "br": false, "identity": false, "x-gzip": false,
+	} {
+		testutil.Equals(t, want, acceptsGzip(accept), accept)
 	}
 }
