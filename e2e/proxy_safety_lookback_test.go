@@ -65,8 +65,8 @@ func TestProxySafetyLookbackDelta(t *testing.T) {
 		upstream *prometheusProc
 		oracle   *prometheusProc
 	}{
-		{"lethe 5m, upstream 5m", startProxy(t, bucketDir, "--upstream.url="+upstream5m.URL), upstream5m, oracle5m},
-		{"lethe 5m, upstream 1h", startProxy(t, bucketDir, "--upstream.url="+upstream1h.URL), upstream1h, oracle5m},
+		{"lethe 5m, upstream 5m", startProxy(t, bucketDir, "--upstream.url="+upstream5m.URL, "--query.lookback-delta=5m"), upstream5m, oracle5m},
+		{"lethe 5m, upstream 1h", startProxy(t, bucketDir, "--upstream.url="+upstream1h.URL, "--query.lookback-delta=5m"), upstream1h, oracle5m},
 		{"lethe 1h, upstream 1h", startProxy(t, bucketDir, "--upstream.url="+upstream1h.URL, "--query.lookback-delta=1h"), upstream1h, oracle1h},
 	}
 	ask := func(base, path string, form url.Values) string {

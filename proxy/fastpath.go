@@ -9,7 +9,6 @@ import (
 	"math"
 	"net/http"
 	"net/url"
-	"path"
 	"strconv"
 	"strings"
 	"time"
@@ -156,8 +155,7 @@ func (u *Upstream) forward(w http.ResponseWriter, r *http.Request, route string,
 	if route == "/api/v1/query" || route == "/api/v1/query_range" {
 		params.Set("lookback_delta", strconv.FormatFloat(lookback.Seconds(), 'f', -1, 64))
 	}
-	target := *u.base
-	target.Path = path.Join(target.Path, route)
+	target := u.api.URL(route)
 	var req *http.Request
 	if r.Method == http.MethodPost {
 		req, err = http.NewRequestWithContext(r.Context(), http.MethodPost, target.String(), strings.NewReader(params.Encode()))
@@ -184,23 +182,24 @@ func (u *Upstream) forward(w http.ResponseWriter, r *http.Request, route string,
 		return nil
 	}
 	if err := u.checkAnswer(a); err != nil {
-		writeError(w, http.StatusServiceUnavailable, "unavailable", fmt.Sprintf("upstream answered %d with no Prometheus API answer: %s", a.code, err))
+		writeError(w, http.StatusServiceUnavailable, "unavailable", fmt.Sprintf("upstream answered %d with no Prometheus API answer: %s", a.Code, err))
 		return nil
 	}
 	for _, h := range []string{"Content-Type", "Content-Encoding"} {
-		if v := a.header.Get(h); v != "" {
+		if v := a.Header.Get(h); v != "" {
 			w.Header().Set(h, v)
 		}
 	}
-	w.WriteHeader(a.code)
-	_, err = w.Write(a.body)
+	w.WriteHeader(a.Code)
+	_, err = w.Write(a.Body)
 	return err
 }
 
 // checkAnswer makes sure an answer copied to the client is one whole Prometheus API envelope.
-func (u *Upstream) checkAnswer(a *answer) (err error) {
-	var body io.Reader = bytes.NewReader(a.body)
-	switch ce := a.header.Get("Content-Encoding"); ce {
+func (u *Upstream) checkAnswer(a *tombstones.Answer) (err error) {
+	maxBytes := u.api.MaxAnswerBytes()
+	var body io.Reader = bytes.NewReader(a.Body)
+	switch ce := a.Header.Get("Content-Encoding"); ce {
 	case "", "identity":
 	case "gzip":
 		zr, err := gzip.NewReader(body)
@@ -208,7 +207,7 @@ func (u *Upstream) checkAnswer(a *answer) (err error) {
 			return errors.Wrap(err, "gzip")
 		}
 		defer errcapture.Do(&err, zr.Close, "close gzip reader")
-		body = io.LimitReader(zr, u.maxBytes+1)
+		body = io.LimitReader(zr, maxBytes+1)
 	default:
 		return errors.Newf("unasked content encoding %q", ce)
 	}
@@ -222,8 +221,8 @@ func (u *Upstream) checkAnswer(a *answer) (err error) {
 	if env.Status != "success" && env.Status != "error" {
 		return errors.Newf("status %q", env.Status)
 	}
-	if dec.InputOffset() > u.maxBytes {
-		return answerTooLarge(u.maxBytes)
+	if dec.InputOffset() > maxBytes {
+		return tombstones.TooLargeError(maxBytes)
 	}
 	if _, err := dec.Token(); err != io.EOF {
 		return errors.New("data after the answer")

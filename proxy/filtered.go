@@ -59,8 +59,8 @@ func (p *Proxy) filtered(up *Upstream, route string, params []string, filter fil
 			return
 		}
 		out, err := filter(r.Context(), data, snap, up.ExternalLabels())
-		var se *statusError
-		var to upstreamTimeout
+		var se *tombstones.StatusError
+		var to tombstones.TimeoutError
 		if errors.As(err, &se) || errors.As(err, &to) {
 			writeUpstreamError(w, err)
 			return

@@ -4,19 +4,16 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"log/slog"
 	"math"
 	"net/http"
 	"net/url"
-	"path"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/efficientgo/core/errcapture"
 	"github.com/efficientgo/core/errors"
 	"github.com/golang/snappy"
 	"github.com/prometheus/client_golang/prometheus"
@@ -73,18 +70,15 @@ type UpstreamConfig struct {
 // DefaultMaxResponseBytes bounds the body of an upstream answer when
 // UpstreamConfig.MaxResponseBytes is zero: about 19 million raw samples as query-API JSON, far more
 // as remote-read chunks.
-const DefaultMaxResponseBytes = 512 << 20
+const DefaultMaxResponseBytes = tombstones.DefaultMaxAnswerBytes
 
 // Upstream reads series from a Prometheus-compatible server: by remote read with streamed chunks
 // where it offers it (Prometheus), otherwise as raw samples through its query API (Thanos Query,
 // Mimir, VictoriaMetrics).
 type Upstream struct {
 	base       *url.URL
-	client     *http.Client
-	readURL    string
+	api        *tombstones.QueryAPI
 	remoteRead bool
-	timeout    time.Duration
-	maxBytes   int64
 	frameLimit uint64
 	ext        labels.Labels
 	lookback   time.Duration
@@ -110,10 +104,7 @@ func NewUpstream(ctx context.Context, cfg UpstreamConfig, logger *slog.Logger, r
 	if len(cfg.Headers) > 0 {
 		client.Transport = &headerTransport{next: client.Transport, headers: cfg.Headers}
 	}
-	readURL := *cfg.URL
-	readURL.Path = path.Join(readURL.Path, "/api/v1/read")
-	u := &Upstream{base: cfg.URL, client: client, readURL: readURL.String(), logger: logger,
-		timeout: cfg.Timeout, maxBytes: cfg.MaxResponseBytes, frameLimit: cfg.ChunkedReadLimit,
+	u := &Upstream{api: tombstones.NewQueryAPI(cfg.URL, client, cfg.Timeout, cfg.MaxResponseBytes), logger: logger, frameLimit: cfg.ChunkedReadLimit,
 		latency: promauto.With(reg).NewHistogramVec(prometheus.HistogramOpts{
 			Name: "lethe_proxy_upstream_request_duration_seconds", Help: "Latency of requests to the upstream by kind: remote_read, api, forward (the fast path).",
 			Buckets: prometheus.DefBuckets,
@@ -163,8 +154,8 @@ func NewUpstream(ctx context.Context, cfg UpstreamConfig, logger *slog.Logger, r
 // Query, Mimir, VictoriaMetrics) leave no external labels on their answers.
 func (u *Upstream) discoverExternalLabels(ctx context.Context) (labels.Labels, error) {
 	data, _, err := u.apiGet(ctx, "/api/v1/status/config", nil)
-	var se *statusError
-	if errors.As(err, &se) && (se.code == http.StatusNotFound || se.code == http.StatusMethodNotAllowed) {
+	var se *tombstones.StatusError
+	if errors.As(err, &se) && (se.Code == http.StatusNotFound || se.Code == http.StatusMethodNotAllowed) {
 		return labels.EmptyLabels(), nil
 	}
 	if err != nil {
@@ -191,8 +182,8 @@ func (u *Upstream) discoverExternalLabels(ctx context.Context) (labels.Labels, e
 // that endpoint leave it unknown (zero).
 func (u *Upstream) discoverLookbackDelta(ctx context.Context) (time.Duration, error) {
 	data, _, err := u.apiGet(ctx, "/api/v1/status/flags", nil)
-	var se *statusError
-	if errors.As(err, &se) && (se.code == http.StatusNotFound || se.code == http.StatusMethodNotAllowed) {
+	var se *tombstones.StatusError
+	if errors.As(err, &se) && (se.Code == http.StatusNotFound || se.Code == http.StatusMethodNotAllowed) {
 		return 0, nil
 	}
 	if err != nil {
@@ -254,14 +245,14 @@ func (q *upstreamQuerier) Select(ctx context.Context, sortSeries bool, hints *st
 // When a tombstone may cover any series of the selection, at any time, the upstream's own message
 // is withheld (and logged): it may name deleted series or carry their values.
 func (u *Upstream) queryError(err error, masked bool) error {
-	var to upstreamTimeout
+	var to tombstones.TimeoutError
 	if errors.As(err, &to) {
 		return promql.ErrQueryTimeout("the upstream request: no answer within --upstream.timeout=" + time.Duration(to).String())
 	}
-	var se *statusError
+	var se *tombstones.StatusError
 	if masked && errors.As(err, &se) {
 		u.logger.Warn("upstream error withheld from the client: a tombstone may cover the series it names", "err", err)
-		err = se.withheld()
+		err = withheld(se)
 	}
 	return promql.ErrStorage{Err: err}
 }
@@ -390,116 +381,23 @@ func (q *upstreamQuerier) labels(ctx context.Context, p string, hints *storage.L
 
 func (q *upstreamQuerier) Close() error { return nil }
 
-// statusError is an upstream answer that was not a success.
-type statusError struct {
-	code int
-	typ  string // empty when the answer was no Prometheus API error envelope
-	msg  string
-}
-
-func (e *statusError) Error() string {
-	return fmt.Sprintf("upstream answered %d: %s: %s", e.code, e.typ, e.msg)
-}
-
 // withheld is the error without the upstream's message.
-func (e *statusError) withheld() *statusError {
-	return &statusError{code: e.code, typ: e.typ, msg: "(message withheld: it may name deleted series; see lethe-proxy's log)"}
+func withheld(e *tombstones.StatusError) *tombstones.StatusError {
+	return &tombstones.StatusError{Code: e.Code, Type: e.Type, Msg: "(message withheld: it may name deleted series; see lethe-proxy's log)"}
 }
 
-// upstreamTimeout is the cause of an upstream call cut off by its deadline.
-type upstreamTimeout time.Duration
-
-func (d upstreamTimeout) Error() string {
-	return "the upstream did not answer within --upstream.timeout=" + time.Duration(d).String()
-}
-
-// answerTooLarge is an upstream answer beyond the size bound.
-type answerTooLarge int64
-
-func (n answerTooLarge) Error() string {
-	return fmt.Sprintf("the upstream's answer is larger than the bound of %d bytes", int64(n))
-}
-
-// answer is an upstream answer, read in full within the deadline and the size bound.
-type answer struct {
-	code   int
-	header http.Header
-	body   []byte
-}
-
-// do sends req with the upstream's deadline and reads the whole answer within it and within the
-// size bound: an answer cut short, stalled or too large is an error, never part of an answer.
-func (u *Upstream) do(ctx context.Context, kind string, req *http.Request) (_ *answer, err error) {
-	ctx, cancel := context.WithTimeoutCause(ctx, u.timeout, upstreamTimeout(u.timeout))
-	defer cancel()
+// do sends req through the query-API client (its deadline and size bound), timed by kind.
+func (u *Upstream) do(ctx context.Context, kind string, req *http.Request) (*tombstones.Answer, error) {
 	start := time.Now()
 	defer func() { u.latency.WithLabelValues(kind).Observe(time.Since(start).Seconds()) }()
-	resp, err := u.client.Do(req.WithContext(ctx))
-	if err != nil {
-		return nil, callError(ctx, err, "upstream unreachable")
-	}
-	defer errcapture.Do(&err, resp.Body.Close, "close upstream answer")
-	body, err := io.ReadAll(io.LimitReader(resp.Body, u.maxBytes+1))
-	if err != nil {
-		return nil, callError(ctx, err, "read upstream answer")
-	}
-	if int64(len(body)) > u.maxBytes {
-		return nil, answerTooLarge(u.maxBytes)
-	}
-	return &answer{code: resp.StatusCode, header: resp.Header, body: body}, nil
-}
-
-// callError names the deadline when it is what cut the call off.
-func callError(ctx context.Context, err error, what string) error {
-	var to upstreamTimeout
-	if errors.As(context.Cause(ctx), &to) {
-		return to
-	}
-	return errors.Wrap(err, what)
-}
-
-// statusError reads an answer that is not a success: the upstream's error envelope where it sent
-// one, else the start of its body.
-func (a *answer) statusError() *statusError {
-	var env struct {
-		ErrorType string `json:"errorType"`
-		Error     string `json:"error"`
-	}
-	if err := json.Unmarshal(a.body, &env); err == nil && env.Error != "" {
-		return &statusError{code: a.code, typ: env.ErrorType, msg: env.Error}
-	}
-	msg := strings.TrimSpace(string(a.body))
-	if len(msg) > 200 {
-		msg = msg[:200]
-	}
-	return &statusError{code: a.code, msg: msg}
+	return u.api.Do(ctx, req)
 }
 
 // apiGet calls the upstream's API and returns the data of a successful answer.
 func (u *Upstream) apiGet(ctx context.Context, p string, params url.Values) (json.RawMessage, []string, error) {
-	target := *u.base
-	target.Path = path.Join(target.Path, p)
-	target.RawQuery = params.Encode()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target.String(), nil)
-	if err != nil {
-		return nil, nil, err
-	}
-	a, err := u.do(ctx, "api", req)
-	if err != nil {
-		return nil, nil, err
-	}
-	var env struct {
-		Status   string          `json:"status"`
-		Data     json.RawMessage `json:"data"`
-		Warnings []string        `json:"warnings"`
-	}
-	if err := json.Unmarshal(a.body, &env); err != nil || env.Status != "success" || a.code/100 != 2 {
-		if a.code/100 == 2 {
-			a.code = http.StatusBadGateway // A success status with no success in it.
-		}
-		return nil, nil, a.statusError()
-	}
-	return env.Data, env.Warnings, nil
+	start := time.Now()
+	defer func() { u.latency.WithLabelValues("api").Observe(time.Since(start).Seconds()) }()
+	return u.api.Get(ctx, p, params)
 }
 
 // read asks the upstream's remote-read endpoint for one query, preferring streamed chunks. The
@@ -512,7 +410,7 @@ func (u *Upstream) read(ctx context.Context, q *prompb.Query, sortSeries bool) (
 	if err != nil {
 		return nil, errors.Wrap(err, "encode remote-read request")
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u.readURL, bytes.NewReader(snappy.Encode(nil, data)))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u.api.URL("/api/v1/read").String(), bytes.NewReader(snappy.Encode(nil, data)))
 	if err != nil {
 		return nil, err
 	}
@@ -524,22 +422,22 @@ func (u *Upstream) read(ctx context.Context, q *prompb.Query, sortSeries bool) (
 	if err != nil {
 		return nil, err
 	}
-	if a.code/100 != 2 {
-		return nil, a.statusError()
+	if a.Code/100 != 2 {
+		return nil, a.StatusError()
 	}
-	switch ct := a.header.Get("Content-Type"); {
+	switch ct := a.Header.Get("Content-Type"); {
 	case strings.HasPrefix(ct, "application/x-streamed-protobuf; proto=prometheus.ChunkedReadResponse"):
-		cr := remote.NewChunkedReader(bytes.NewReader(a.body), u.frameLimit, nil)
+		cr := remote.NewChunkedReader(bytes.NewReader(a.Body), u.frameLimit, nil)
 		return remote.NewChunkedSeriesSet(cr, io.NopCloser(bytes.NewReader(nil)), q.StartTimestampMs, q.EndTimestampMs, func(error) {}), nil
 	case strings.HasPrefix(ct, "application/x-protobuf"):
-		n, err := snappy.DecodedLen(a.body)
+		n, err := snappy.DecodedLen(a.Body)
 		if err != nil {
 			return nil, errors.Wrap(err, "decode remote-read answer")
 		}
-		if int64(n) > u.maxBytes {
-			return nil, answerTooLarge(u.maxBytes)
+		if int64(n) > u.api.MaxAnswerBytes() {
+			return nil, tombstones.TooLargeError(u.api.MaxAnswerBytes())
 		}
-		raw, err := snappy.Decode(nil, a.body)
+		raw, err := snappy.Decode(nil, a.Body)
 		if err != nil {
 			return nil, errors.Wrap(err, "decode remote-read answer")
 		}
@@ -560,13 +458,13 @@ func (u *Upstream) read(ctx context.Context, q *prompb.Query, sortSeries bool) (
 // a missed deadline as a timeout, the upstream's own error as it gave it, anything else as
 // unavailable.
 func writeUpstreamError(w http.ResponseWriter, err error) {
-	var to upstreamTimeout
-	var se *statusError
+	var to tombstones.TimeoutError
+	var se *tombstones.StatusError
 	switch {
 	case errors.As(err, &to):
-		writeError(w, http.StatusServiceUnavailable, "timeout", err.Error())
-	case errors.As(err, &se) && se.typ != "":
-		writeError(w, se.code, se.typ, se.msg)
+		writeError(w, http.StatusServiceUnavailable, "timeout", "the upstream request: no answer within --upstream.timeout="+time.Duration(to).String())
+	case errors.As(err, &se) && se.Type != "":
+		writeError(w, se.Code, se.Type, se.Msg)
 	default:
 		writeError(w, http.StatusServiceUnavailable, "unavailable", err.Error())
 	}
@@ -637,27 +535,11 @@ func passThrough(ctx context.Context) url.Values {
 }
 
 // series asks the upstream's series endpoint for the labels of the series the selectors match in
-// [mint, maxt], with the upstream's own client configuration.
+// [mint, maxt].
 func (u *Upstream) series(ctx context.Context, sels [][]*labels.Matcher, mint, maxt int64) ([]labels.Labels, error) {
-	params := url.Values{}
-	for _, sel := range sels {
-		params.Add("match[]", (&parser.VectorSelector{LabelMatchers: sel}).String())
-	}
-	params.Set("start", formatTime(tombstones.APITime(mint).UnixMilli()))
-	params.Set("end", formatTime(tombstones.APITime(maxt).UnixMilli()))
-	data, _, err := u.apiGet(ctx, "/api/v1/series", params)
-	if err != nil {
-		return nil, err
-	}
-	var maps []map[string]string
-	if err := json.Unmarshal(data, &maps); err != nil {
-		return nil, errors.Wrap(err, "decode upstream series")
-	}
-	out := make([]labels.Labels, 0, len(maps))
-	for _, m := range maps {
-		out = append(out, labels.FromMap(m))
-	}
-	return out, nil
+	start := time.Now()
+	defer func() { u.latency.WithLabelValues("api").Observe(time.Since(start).Seconds()) }()
+	return u.api.Series(ctx, sels, mint, maxt)
 }
 
 // countSeries counts the series the selectors match in [mint, maxt], by their labels only.

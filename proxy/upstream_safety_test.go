@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -82,8 +84,19 @@ func startTestUpstream(t *testing.T) *testUpstream {
 	none := NewMask(tombstones.NewStore(objstore.NewInMemBucket(), reg), logger, reg, time.Hour)
 	testutil.Ok(t, none.Refresh(ctx))
 	mux := http.NewServeMux()
-	mux.Handle("/api/v1/read", remote.NewReadHandler(logger, prometheus.NewRegistry(), db, func() config.Config { return config.Config{} }, 0, 4, 1<<20))
-	mux.Handle("/", New(none, blocks, logger, reg, Config{}))
+	// The read-only DB opens its blocks anew for every querier: one remote read at a time.
+	read := remote.NewReadHandler(logger, prometheus.NewRegistry(), db, func() config.Config { return config.Config{} }, 0, 4, 1<<20)
+	var reading sync.Mutex
+	mux.HandleFunc("/api/v1/read", func(w http.ResponseWriter, r *http.Request) {
+		reading.Lock()
+		defer reading.Unlock()
+		read.ServeHTTP(w, r)
+	})
+	mux.Handle("/", New(none, blocks, logger, reg, Config{LookbackDelta: 10 * time.Minute}))
+	// The flags of a Prometheus started with --query.lookback-delta=10m, as the server above is.
+	mux.HandleFunc("/api/v1/status/flags", func(w http.ResponseWriter, _ *http.Request) {
+		writeData(w, map[string]string{"query.lookback-delta": "10m", "query.timeout": "2m"})
+	})
 	// Metadata as Prometheus gives it, one entry per metric name, and one for a metric with no
 	// stored series.
 	mux.HandleFunc("/api/v1/metadata", func(w http.ResponseWriter, _ *http.Request) {
@@ -172,7 +185,7 @@ var upstreamModes = []string{ReadRemoteRead, ReadQueryAPI}
 // histograms the query API cannot carry) or the upstream's own message names the series.
 func TestUpstreamErrorsNameNoDeletedSeries(t *testing.T) {
 	up := startTestUpstream(t)
-	at := url.Values{"time": {fmt.Sprint(float64(t0+3_600_000) / 1000)}}
+	at := url.Values{"time": {formatTime(t0 + 20*60_000)}} // inside the tombstones below
 	query := func(q string) url.Values {
 		v := url.Values{"query": {q}}
 		v.Set("time", at.Get("time"))
@@ -258,6 +271,13 @@ var upstreamFaults = []fault{
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write([]byte(`{"status":"success","data":{"resultType":"matrix","result":[{"metric":{"__name__":]}}`))
 	}},
+	{"gzip-compressed malformed JSON", func(_ *testUpstream, w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Content-Encoding", "gzip")
+		zw := gzip.NewWriter(w)
+		_, _ = zw.Write([]byte(`{"status":"success","data":{"resultType":"vector","result":[{"metric":{}`))
+		_ = zw.Close()
+	}},
 	{"malformed protobuf", func(_ *testUpstream, w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/x-streamed-protobuf; proto=prometheus.ChunkedReadResponse")
 		_, _ = w.Write([]byte("\x07\x00\x00\x00garbage that is no frame at all"))
@@ -282,7 +302,7 @@ func upstreamProbes() []struct {
 	path string
 	form url.Values
 } {
-	ts := func(ms int64) string { return fmt.Sprint(float64(ms) / 1000) }
+	ts := formatTime
 	at, start, end := ts(t0+3_600_000), ts(t0), ts(t0+4*3_600_000)
 	return []struct {
 		name string
@@ -308,9 +328,11 @@ func upstreamProbes() []struct {
 // deadline with a Prometheus error envelope: never a success carrying part of the data.
 func TestUpstreamThatFails(t *testing.T) {
 	up := startTestUpstream(t)
-	const timeout = 200 * time.Millisecond
+	const timeout = 300 * time.Millisecond
 	for _, mode := range upstreamModes {
-		l := startLethe(t, up, UpstreamConfig{Read: mode, Timeout: timeout})
+		// Told what it would discover, so that lethe starts without a call bound by the short deadline.
+		none := labels.EmptyLabels()
+		l := startLethe(t, up, UpstreamConfig{Read: mode, Timeout: timeout, ExternalLabels: &none, LookbackDelta: 10 * time.Minute})
 		l.tombstone(t, `http_requests_total{user_id="1"}`, t0, t0+1_800_000)
 		// Healthy, the data probes succeed (rules and alerts are not served by the test upstream).
 		for _, p := range upstreamProbes() {
@@ -324,15 +346,42 @@ func TestUpstreamThatFails(t *testing.T) {
 		faults := 0
 		for _, f := range upstreamFaults {
 			up.fault.Store(&f)
-			for _, p := range upstreamProbes() {
-				code, body, took := l.ask(t, p.path, p.form)
+			// All probes at once: each waits out the deadline on the stalling faults.
+			probes := upstreamProbes()
+			type outcome struct {
+				code int
+				body string
+				took time.Duration
+				err  error
+			}
+			outcomes := make([]outcome, len(probes))
+			var wg sync.WaitGroup
+			for i, p := range probes {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					began := time.Now()
+					resp, err := http.Get(l.srv.URL + p.path + "?" + p.form.Encode())
+					if err != nil {
+						outcomes[i].err = err
+						return
+					}
+					defer resp.Body.Close()
+					b, err := io.ReadAll(resp.Body)
+					outcomes[i] = outcome{code: resp.StatusCode, body: string(b), took: time.Since(began), err: err}
+				}()
+			}
+			wg.Wait()
+			for i, p := range probes {
+				testutil.Ok(t, outcomes[i].err)
+				code, body, took := outcomes[i].code, outcomes[i].body, outcomes[i].took
 				r := envelope(t, body)
 				what := fmt.Sprintf("%s, %s, %s: %d %s", mode, f.name, p.name, code, body)
 				testutil.Equals(t, "error", r.Status, what)
 				testutil.Assert(t, code >= 400 && r.ErrorType != "" && r.Error != "", what)
 				testutil.Assert(t, took < 10*time.Second, "%s took %v", what, took)
 				if f.name == "no answer" || f.name == "stalled stream" {
-					testutil.Assert(t, strings.Contains(r.Error, "--upstream.timeout=200ms"), what)
+					testutil.Assert(t, strings.Contains(r.Error, "--upstream.timeout=300ms"), what)
 					if strings.Contains(p.path, "query") {
 						testutil.Equals(t, "timeout", r.ErrorType, what)
 					}
@@ -349,7 +398,7 @@ func TestUpstreamThatFails(t *testing.T) {
 // than the frame bound, is refused with an error that names the bound.
 func TestUpstreamAnswerBounds(t *testing.T) {
 	up := startTestUpstream(t)
-	ts := func(ms int64) string { return fmt.Sprint(float64(ms) / 1000) }
+	ts := formatTime
 	rangeOf := func(q string) url.Values {
 		return url.Values{"query": {q}, "start": {ts(t0)}, "end": {ts(t0 + 4*3_600_000)}, "step": {"15"}}
 	}
@@ -406,5 +455,41 @@ func TestUpstreamMetadataDropsDeletedMetrics(t *testing.T) {
 		// Now user b's samples are all deleted too: no series of session_active keeps one.
 		l.tombstone(t, `session_active{user="b"}`, t0+3_600_000, t0+5*3_600_000)
 		testutil.Equals(t, []string{"ghost_metric", "http_requests_total", "node_load1", "request_latency_seconds"}, names(l), mode)
+	}
+}
+
+// TestUpstreamLookbackDeltaIsTheUpstreams: with no lookback of its own configured, lethe evaluates
+// with the upstream's --query.lookback-delta (10m here), on the fast path and in its own engine
+// alike, and a request's lookback_delta overrides it on both.
+func TestUpstreamLookbackDeltaIsTheUpstreams(t *testing.T) {
+	up := startTestUpstream(t)
+	at := formatTime(t0 + 4*3_600_000 + 8*60_000) // 9m after the last sample
+	for _, mode := range upstreamModes {
+		l := startLethe(t, up, UpstreamConfig{Read: mode})
+		l.tombstone(t, `http_requests_total{user_id="1"}`, t0, t0+1_800_000)
+		for _, q := range []string{`node_load1`, `sum(http_requests_total)`} { // the fast path, the engine
+			for lookback, want := range map[string]int{"": 1, "1m": 0, "600": 1, "5m": 0} {
+				form := url.Values{"query": {q}, "time": {at}}
+				if lookback != "" {
+					form.Set("lookback_delta", lookback)
+				}
+				code, body, _ := l.ask(t, "/api/v1/query", form)
+				testutil.Equals(t, http.StatusOK, code, body)
+				var d struct {
+					Result []vectorSample `json:"result"`
+				}
+				testutil.Ok(t, json.Unmarshal(envelope(t, body).Data, &d))
+				testutil.Equals(t, want, len(d.Result), "%s %s lookback_delta=%q: %s", mode, q, lookback, body)
+			}
+		}
+	}
+}
+
+func TestAcceptsGzip(t *testing.T) {
+	for accept, want := range map[string]bool{
+		"": false, "gzip": true, "GZIP": true, "deflate, gzip;q=1.0, *;q=0.5": true, "gzip;q=0": false,
+		"gzip; q=0.001": true, "br": false, "identity": false, "x-gzip": false,
+	} {
+		testutil.Equals(t, want, acceptsGzip(accept), accept)
 	}
 }
