@@ -28,27 +28,34 @@ test:
 		LETHE_THANOS=$$(tools/build.sh thanos) LETHE_CHROMIUM=$$(tools/chromium.sh) $(GO) test -count=1 -timeout 20m ./...
 
 # The newcomer's demo: a local bucket of real TSDB blocks, a tombstone registered on the series
-# that leaked a secret token, and the proxy serving the bucket on :9095 with it masked.
+# that leaked a secret token, and the proxy serving the bucket on :9095 with it masked, its
+# deletions page at / signed in with the demo's admin token.
+DEMO_TOKEN := demo-admin-token-change-me
 demo: build
 	rm -rf $(DEMO_DIR) ./data/proxy
 	$(BIN)/lethe-demo --dir $(DEMO_DIR)
 	printf '$(DEMO_CONF)\n' > ./data/demo-bucket.yml
-	$(BIN)/lethe --objstore.config-file=./data/demo-bucket.yml tombstone add \
+	printf '$(DEMO_TOKEN)' > ./data/admin-token
+	$(BIN)/lethe tombstone add --objstore.config-file=./data/demo-bucket.yml \
 		--match '{token="s3cr3t-demo-token"}' --redact --undelete-window 1h \
 		--reason "demo: a token leaked into a label" --author demo
-	$(BIN)/lethe --objstore.config-file=./data/demo-bucket.yml tombstone list
+	$(BIN)/lethe tombstone list --objstore.config-file=./data/demo-bucket.yml
 	@echo
 	@echo "Point Grafana's Prometheus data source at http://localhost:9095, or try:"
 	@echo "  curl -s 'http://localhost:9095/api/v1/label/token/values'          # the leaked token is gone"
 	@echo "  curl -sG http://localhost:9095/api/v1/query --data-urlencode 'query=count(last_over_time(http_requests_total[1d]))'"
-	@echo "  bin/lethe --objstore.config-file=./data/demo-bucket.yml tombstone add --match '{user_id=\"7\"}'"
+	@echo "  bin/lethe tombstone add --objstore.config-file=./data/demo-bucket.yml --match '{user_id=\"7\"}'"
 	@echo "                                                                     # masked within 10s"
-	@echo "  bin/lethe-rewriter --objstore.config-file=./data/demo-bucket.yml plan       # what a run would rewrite"
-	@echo "  bin/lethe-rewriter --objstore.config-file=./data/demo-bucket.yml run --threshold 0"
+	@echo "  bin/lethe-rewriter plan --objstore.config-file=./data/demo-bucket.yml       # what a run would rewrite"
+	@echo "  bin/lethe-rewriter run --objstore.config-file=./data/demo-bucket.yml --threshold 0"
 	@echo "                 # removes it from the blocks for good, once its undelete window has passed"
 	@echo "                 # (24h by default; tombstone add --undelete-window 0s makes it due at once)"
 	@echo
-	$(BIN)/lethe-proxy --objstore.config-file=./data/demo-bucket.yml --data-dir ./data/proxy --web.listen-address :9095
+	@echo "Deletions page (list, add with preview, cancel): http://localhost:9095/"
+	@echo "  sign in with the demo's admin token: $(DEMO_TOKEN)"
+	@echo
+	$(BIN)/lethe-proxy --objstore.config-file=./data/demo-bucket.yml --data-dir ./data/proxy \
+		--web.listen-address :9095 --web.admin-token-file ./data/admin-token
 
 # Go benchmarks of the matcher index; the dashboard side by side (lethe-proxy against the upstream
 # Prometheus asked directly and against Prometheus after its own delete_series); the rewriter

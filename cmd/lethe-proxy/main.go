@@ -45,7 +45,10 @@ func main() {
 			&cli.StringFlag{Name: "upstream.external-labels", Usage: "The upstream's external labels as name=value,... ('' for none). By default they are read from the upstream's /api/v1/status/config."},
 			&cli.StringFlag{Name: "upstream.http-config-file", Usage: "Prometheus HTTP client configuration (tls_config, basic_auth, authorization, oauth2, ...) for requests to the upstream."},
 			&cli.StringSliceFlag{Name: "upstream.header", Usage: "Header sent with every upstream request, as 'Name: value' (repeatable), e.g. 'X-Scope-OrgID: tenant-1' for Mimir."},
-			&cli.DurationFlag{Name: "upstream.timeout", Value: 2 * time.Minute, Usage: "Timeout of one upstream request."},
+			&cli.DurationFlag{Name: "upstream.timeout", Value: 2 * time.Minute, Usage: "Deadline of every upstream request: remote read, query API, the fast path, rules, alerts, metadata and the look-ups at start."},
+			&cli.Int64Flag{Name: "upstream.max-response-size", Value: proxy.DefaultMaxResponseBytes, Usage: "Largest upstream answer body read, in bytes; a larger answer fails the request with an error that says so."},
+			&cli.Uint64Flag{Name: "upstream.remote-read-frame-limit", Value: 50_000_000, Usage: "Largest frame of a streamed remote-read answer, in bytes (Prometheus' chunked_read_limit)."},
+			&cli.DurationFlag{Name: "upstream.lookback-delta", Usage: "The upstream's own --query.lookback-delta. By default it is read from the upstream's /api/v1/status/flags where it serves them."},
 			&cli.StringFlag{Name: "web.admin-token-file", Usage: "File holding the bearer token the deletion API (delete_series, /api/v1/tombstones) demands. Without it that API is disabled."},
 			&cli.StringFlag{Name: "web.config.file", Usage: "Prometheus exporter-toolkit web configuration (TLS, basic auth) for every endpoint."},
 			&cli.StringFlag{Name: "data-dir", Value: "./data/proxy", Usage: "Where the bucket's blocks are copied to be served (bucket mode)."},
@@ -56,7 +59,7 @@ func main() {
 			&cli.DurationFlag{Name: "query.timeout", Value: 2 * time.Minute, Usage: "Maximum time a query may take before being aborted (Prometheus' --query.timeout)."},
 			&cli.IntFlag{Name: "query.max-samples", Value: 50_000_000, Usage: "Maximum number of samples a single query can load into memory (Prometheus' --query.max-samples)."},
 			&cli.IntFlag{Name: "query.max-concurrency", Value: 20, Usage: "Maximum number of queries executed concurrently (Prometheus' --query.max-concurrency)."},
-			&cli.DurationFlag{Name: "query.lookback-delta", Value: 5 * time.Minute, Usage: "How far back to look for a sample at an instant (Prometheus' --query.lookback-delta)."},
+			&cli.DurationFlag{Name: "query.lookback-delta", Usage: "How far back to look for a sample at an instant (Prometheus' --query.lookback-delta). Default: the upstream's own where it reports it, else 5m."},
 			&cli.StringFlag{Name: "log.level", Value: "info", Usage: "Log level: debug, info, warn or error."},
 		),
 		Action: serve,
@@ -161,7 +164,7 @@ func serve(c *cli.Context) error {
 		QueryTimeout:   c.Duration("query.timeout"),
 		MaxSamples:     c.Int("query.max-samples"),
 		MaxConcurrency: c.Int("query.max-concurrency"),
-		LookbackDelta:  c.Duration("query.lookback-delta"),
+		LookbackDelta:  c.Duration("query.lookback-delta"), // Zero when unset: the upstream's own, else 5m.
 	})
 
 	l, err := net.Listen("tcp", c.String("web.listen-address"))
@@ -206,7 +209,12 @@ func upstreamConfig(c *cli.Context, raw string) (proxy.UpstreamConfig, error) {
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return proxy.UpstreamConfig{}, errors.Newf("--upstream.url %q: want http(s)://host[:port][/prefix]", raw)
 	}
-	cfg := proxy.UpstreamConfig{URL: u, Read: c.String("upstream.read"), Timeout: c.Duration("upstream.timeout"), HTTP: config_util.DefaultHTTPClientConfig}
+	cfg := proxy.UpstreamConfig{URL: u, Read: c.String("upstream.read"), Timeout: c.Duration("upstream.timeout"), HTTP: config_util.DefaultHTTPClientConfig,
+		MaxResponseBytes: c.Int64("upstream.max-response-size"), ChunkedReadLimit: c.Uint64("upstream.remote-read-frame-limit"),
+		LookbackDelta: c.Duration("upstream.lookback-delta")}
+	if cfg.MaxResponseBytes <= 0 || cfg.ChunkedReadLimit == 0 {
+		return cfg, errors.New("--upstream.max-response-size and --upstream.remote-read-frame-limit must be positive")
+	}
 	if f := c.String("upstream.http-config-file"); f != "" {
 		hc, _, err := config_util.LoadHTTPConfigFile(f)
 		if err != nil {
