@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path"
@@ -580,6 +581,81 @@ func (r *Runner) withdrawOrphans(ctx context.Context) error {
 		r.logger.Warn("withdrawing a rewrite its source's deletion mark does not name", "block", m.ULID.String(), "source", parent.String(), "mark", pm.Details)
 		if err := block.MarkForDeletion(ctx, r.bkt, m.ULID, r.now(), withdrawnPrefix+"duplicate child of "+parent.String()); err != nil {
 			return err
+		}
+	}
+	return nil
+}
+
+// repairMarks rewrites the deletion marks lethe wrote that do not decode (cut short by a crash on
+// a bucket whose uploads are not atomic). A marked block with live, whole rewrites gets a mark
+// naming the one the winner rule picks; a block lethe was rewriting, or one lethe wrote, without
+// any loses the mark: it is live again, and the next plan decides. Any other block's mark is left
+// to its writer.
+func (r *Runner) repairMarks(ctx context.Context) error {
+	l, err := block.List(ctx, r.bkt)
+	if err != nil {
+		return err
+	}
+	var set *tombstones.Set
+	for _, id := range l.Marked {
+		name := path.Join(id.String(), block.DeletionMarkFilename)
+		rc, err := r.bkt.Get(ctx, name)
+		if r.bkt.IsObjNotFoundErr(errors.Cause(err)) {
+			continue
+		}
+		if err != nil {
+			return errors.Wrapf(err, "read deletion mark of %s", id)
+		}
+		raw, err := io.ReadAll(rc)
+		if cerr := rc.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return errors.Wrapf(err, "read deletion mark of %s", id)
+		}
+		var m block.DeletionMark
+		if json.Unmarshal(raw, &m) == nil {
+			continue
+		}
+		if set == nil {
+			if set, err = r.store.Sync(ctx); err != nil {
+				return err
+			}
+		}
+		cs, err := r.children(ctx, id, set)
+		if err != nil {
+			return err
+		}
+		if len(cs) > 0 {
+			best := cs[0]
+			for _, c := range cs[1:] {
+				if len(c.applied) > len(best.applied) || (len(c.applied) == len(best.applied) && c.id.Compare(best.id) < 0) {
+					best = c
+				}
+			}
+			r.logger.Warn("rewriting a deletion mark that does not decode", "block", id.String(), "replacement", best.id.String())
+			if err := block.WriteMarker(ctx, r.bkt, id, block.DeletionMarkFilename, block.DeletionMark{
+				ID: id, DeletionTime: r.now().Unix(), Version: 1, Details: markDetails(best.id.String(), best.applied),
+			}); err != nil {
+				return err
+			}
+			continue
+		}
+		ours, err := r.bkt.Exists(ctx, path.Join(id.String(), block.NoCompactMarkFilename))
+		if err != nil {
+			return err
+		}
+		if !ours {
+			meta, err := block.ReadMeta(ctx, r.bkt, id)
+			ours = err == nil && len(meta.Compaction.Parents) == 1 && rewrittenFrom(meta, meta.Compaction.Parents[0].ULID)
+		}
+		if !ours {
+			r.logger.Error("a deletion mark that does not decode, on a block lethe did not mark; leaving it", "block", id.String())
+			continue
+		}
+		r.logger.Warn("removing a deletion mark lethe wrote that does not decode; the block is live again", "block", id.String())
+		if err := r.bkt.Delete(ctx, name); err != nil && !r.bkt.IsObjNotFoundErr(errors.Cause(err)) {
+			return errors.Wrapf(err, "remove deletion mark of %s", id)
 		}
 	}
 	return nil

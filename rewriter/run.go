@@ -185,6 +185,9 @@ func (r *Runner) Run(ctx context.Context) (*Report, error) {
 	if err := r.cleanUploads(ctx, todo); err != nil {
 		return rep, err
 	}
+	if err := r.repairMarks(ctx); err != nil {
+		return rep, err
+	}
 	if err := r.withdrawOrphans(ctx); err != nil {
 		return rep, err
 	}
