@@ -548,16 +548,46 @@ func (r *Runner) withdrawOrphans(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	marked := map[ulid.ULID]bool{}
+	marked, live := map[ulid.ULID]bool{}, map[ulid.ULID]bool{}
 	for _, id := range l.Marked {
 		marked[id] = true
 	}
+	for _, m := range l.Blocks {
+		live[m.ULID] = true
+	}
+	var set *tombstones.Set
 	for _, m := range l.Blocks {
 		if len(m.Compaction.Parents) != 1 {
 			continue
 		}
 		parent := m.Compaction.Parents[0].ULID
-		if !marked[parent] || !rewrittenFrom(m, parent) {
+		if !rewrittenFrom(m, parent) {
+			continue
+		}
+		if live[parent] {
+			// Not adopted (yet): withdrawn if it applied a tombstone cancelled since, as its
+			// worker, gone before the mark, would have done.
+			if set == nil {
+				if set, err = r.store.Sync(ctx); err != nil {
+					return err
+				}
+			}
+			applied, err := appliedTo(m)
+			if err != nil {
+				continue
+			}
+			for id := range applied {
+				if e, ok := set.Get(id); ok && e.State(set.At) == tombstones.StateCancelled {
+					r.logger.Warn("withdrawing a rewrite that applied a cancelled tombstone", "block", m.ULID.String(), "source", parent.String(), "tombstone", id.String())
+					if err := block.MarkForDeletion(ctx, r.bkt, m.ULID, r.now(), withdrawnPrefix+"tombstone "+id.String()+" was cancelled"); err != nil {
+						return err
+					}
+					break
+				}
+			}
+			continue
+		}
+		if !marked[parent] {
 			continue
 		}
 		pm, err := r.deletionMark(ctx, parent)
@@ -587,7 +617,8 @@ func (r *Runner) withdrawOrphans(ctx context.Context) error {
 }
 
 // repairMarks rewrites the deletion marks lethe wrote that do not decode (cut short by a crash on
-// a bucket whose uploads are not atomic). A marked block with live, whole rewrites gets a mark
+// a bucket whose uploads are not atomic), or that name a block since withdrawn (two workers that
+// wrote the mark at the same moment). A marked block with live, whole rewrites gets a mark
 // naming the one the winner rule picks; a block lethe was rewriting, or one lethe wrote, without
 // any loses the mark: it is live again, and the next plan decides. Any other block's mark is left
 // to its writer.
@@ -615,7 +646,14 @@ func (r *Runner) repairMarks(ctx context.Context) error {
 		}
 		var m block.DeletionMark
 		if json.Unmarshal(raw, &m) == nil {
-			continue
+			broken, err := r.namesWithdrawn(ctx, &m)
+			if err != nil {
+				return err
+			}
+			if !broken {
+				continue
+			}
+			r.logger.Warn("the deletion mark names a withdrawn block", "block", id.String(), "mark", m.Details)
 		}
 		if set == nil {
 			if set, err = r.store.Sync(ctx); err != nil {
@@ -633,7 +671,7 @@ func (r *Runner) repairMarks(ctx context.Context) error {
 					best = c
 				}
 			}
-			r.logger.Warn("rewriting a deletion mark that does not decode", "block", id.String(), "replacement", best.id.String())
+			r.logger.Warn("rewriting a deletion mark", "block", id.String(), "replacement", best.id.String())
 			if err := block.WriteMarker(ctx, r.bkt, id, block.DeletionMarkFilename, block.DeletionMark{
 				ID: id, DeletionTime: r.now().Unix(), Version: 1, Details: markDetails(best.id.String(), best.applied),
 			}); err != nil {
@@ -650,13 +688,26 @@ func (r *Runner) repairMarks(ctx context.Context) error {
 			ours = err == nil && len(meta.Compaction.Parents) == 1 && rewrittenFrom(meta, meta.Compaction.Parents[0].ULID)
 		}
 		if !ours {
-			r.logger.Error("a deletion mark that does not decode, on a block lethe did not mark; leaving it", "block", id.String())
+			r.logger.Error("a deletion mark that does not decode or names a withdrawn block, on a block lethe did not mark; leaving it", "block", id.String())
 			continue
 		}
-		r.logger.Warn("removing a deletion mark lethe wrote that does not decode; the block is live again", "block", id.String())
+		r.logger.Warn("removing a deletion mark lethe wrote that does not decode or names a withdrawn block; the block is live again", "block", id.String())
 		if err := r.bkt.Delete(ctx, name); err != nil && !r.bkt.IsObjNotFoundErr(errors.Cause(err)) {
 			return errors.Wrapf(err, "remove deletion mark of %s", id)
 		}
 	}
 	return nil
+}
+
+// namesWithdrawn reports whether a replacement mark names a block that was withdrawn.
+func (r *Runner) namesWithdrawn(ctx context.Context, m *block.DeletionMark) (bool, error) {
+	named, ok := replacement(m)
+	if !ok || named == (ulid.ULID{}) {
+		return false, nil
+	}
+	nm, err := r.deletionMark(ctx, named)
+	if err != nil || nm == nil {
+		return false, err
+	}
+	return withdrawn(nm), nil
 }
