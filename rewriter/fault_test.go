@@ -89,6 +89,8 @@ func TestRunSurvivesBucketFaults(t *testing.T) {
 	ctx := context.Background()
 	// A healthy run tells how many calls of each operation a run makes.
 	probe := newMemFixture(t, 4)
+	// Every fixture holds the same samples.
+	before := samples(t, probe.bkt)
 	probe.tombstone(t, `{user_id="1"}`, tombstones.BeginningOfTime, t0+10*3_600_000, true)
 	counter := objfault.New(probe.bkt)
 	_, err := NewRunner(counter, probe.store, slog.New(slog.DiscardHandler), nil, withDefaults(t, Config{Threshold: 0.05})).Run(ctx)
@@ -108,7 +110,6 @@ func TestRunSurvivesBucketFaults(t *testing.T) {
 				for _, retries := range []int{1, 4} {
 					t.Run(fmt.Sprintf("%s %s at call %d of %d, %d tries", kind, op, nth, n, retries), func(t *testing.T) {
 						f := newMemFixture(t, 4)
-						before := samples(t, f.bkt)
 						f.tombstone(t, `{user_id="1"}`, tombstones.BeginningOfTime, t0+10*3_600_000, true)
 						want := withoutSamples(before, `user_id="1"`, tombstones.BeginningOfTime, t0+10*3_600_000)
 						audit := &markAuditor{Bucket: f.bkt}

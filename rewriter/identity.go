@@ -197,8 +197,13 @@ func replacement(m *block.DeletionMark) (ulid.ULID, bool) {
 	return u, true
 }
 
+// errIncomplete is a block some of whose files are missing or of another size than its meta.json
+// says.
+var errIncomplete = errors.New("block is incomplete")
+
 // complete checks that every file the block's meta.json lists is in the bucket at its size; for a
-// plain Prometheus block, which lists none, that its index and first chunk file are.
+// plain Prometheus block, which lists none, that its index and first chunk file are. A missing or
+// short file is errIncomplete; a failure to ask the bucket is returned as it is.
 func complete(ctx context.Context, bkt objstore.BucketReader, m *block.Meta) error {
 	type file struct {
 		RelPath   string `json:"rel_path"`
@@ -207,7 +212,7 @@ func complete(ctx context.Context, bkt objstore.BucketReader, m *block.Meta) err
 	var files []file
 	if m.Thanos != nil && len(m.Thanos.Files) > 0 {
 		if err := json.Unmarshal(m.Thanos.Files, &files); err != nil {
-			return errors.Wrapf(err, "block %s: decode thanos.files", m.ULID)
+			return errors.Wrapf(errIncomplete, "block %s: decode thanos.files: %v", m.ULID, err)
 		}
 	} else {
 		files = []file{{RelPath: block.IndexFilename}, {RelPath: path.Join(block.ChunksDirname, "000001")}}
@@ -218,11 +223,14 @@ func complete(ctx context.Context, bkt objstore.BucketReader, m *block.Meta) err
 		}
 		name := path.Join(m.ULID.String(), f.RelPath)
 		a, err := bkt.Attributes(ctx, name)
+		if bkt.IsObjNotFoundErr(errors.Cause(err)) {
+			return errors.Wrapf(errIncomplete, "block %s: %s is missing", m.ULID, f.RelPath)
+		}
 		if err != nil {
-			return errors.Wrapf(err, "block %s is incomplete: %s", m.ULID, f.RelPath)
+			return errors.Wrapf(err, "block %s: attributes of %s", m.ULID, f.RelPath)
 		}
 		if f.SizeBytes > 0 && a.Size != f.SizeBytes {
-			return errors.Newf("block %s is incomplete: %s holds %d bytes, its meta.json says %d", m.ULID, f.RelPath, a.Size, f.SizeBytes)
+			return errors.Wrapf(errIncomplete, "block %s: %s holds %d bytes, its meta.json says %d", m.ULID, f.RelPath, a.Size, f.SizeBytes)
 		}
 	}
 	return nil
@@ -267,10 +275,10 @@ func (r *Runner) uploaded(ctx context.Context, id ulid.ULID) (bool, error) {
 		return false, err
 	}
 	if err := complete(ctx, r.bkt, m); err != nil {
-		if ctx.Err() != nil {
-			return false, ctx.Err()
+		if !errors.Is(err, errIncomplete) {
+			return false, err
 		}
-		r.logger.Warn("new block found incomplete; uploading it again", "new_block", id.String(), "err", err)
+		r.logger.Warn("new block found incomplete", "new_block", id.String(), "err", err)
 		return false, nil
 	}
 	return true, nil
@@ -365,8 +373,8 @@ func (r *Runner) children(ctx context.Context, source ulid.ULID, set *tombstones
 			continue
 		}
 		if err := complete(ctx, r.bkt, m); err != nil {
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
+			if !errors.Is(err, errIncomplete) {
+				return nil, err
 			}
 			continue
 		}

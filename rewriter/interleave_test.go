@@ -111,6 +111,8 @@ func TestRunInterleavings(t *testing.T) {
 	ctx := context.Background()
 	bPoints := append(slices.Clone(pausePoints), pausePoint{name: "the end"})
 	var ran, paused int
+	// Every fixture holds the same samples.
+	before := samples(t, newMemFixture(t, 4).bkt)
 	for _, tombs := range []string{"same tombstones", "a tombstone added between the plans", "a tombstone cancelled between the plans"} {
 		for _, leaseGone := range []bool{false, true} {
 			for _, pa := range pausePoints {
@@ -118,7 +120,6 @@ func TestRunInterleavings(t *testing.T) {
 					name := fmt.Sprintf("%s/B takes A for gone: %v/A %s/B to %s", tombs, leaseGone, pa.name, pb.name)
 					t.Run(name, func(t *testing.T) {
 						f := newMemFixture(t, 4)
-						before := samples(t, f.bkt)
 						all := tombstones.BeginningOfTime
 						f.tombstone(t, `{user_id="1"}`, all, t0+10*3_600_000, true)
 						want := withoutSamples(before, `user_id="1"`, all, t0+10*3_600_000)
