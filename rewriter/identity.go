@@ -551,11 +551,8 @@ func replName(id ulid.ULID) string {
 
 // withdrawOrphans withdraws live rewrites of marked blocks whose mark names another replacement
 // that is live and whole: two workers that wrote the mark at the same time each saw their own.
-func (r *Runner) withdrawOrphans(ctx context.Context) error {
-	l, err := block.List(ctx, r.bkt)
-	if err != nil {
-		return err
-	}
+func (r *Runner) withdrawOrphans(ctx context.Context, l *block.Listing) error {
+	var err error
 	marked, live := map[ulid.ULID]bool{}, map[ulid.ULID]bool{}
 	for _, id := range l.Marked {
 		marked[id] = true
@@ -630,11 +627,7 @@ func (r *Runner) withdrawOrphans(ctx context.Context) error {
 // naming the one the winner rule picks; a block lethe was rewriting, or one lethe wrote, without
 // any loses the mark: it is live again, and the next plan decides. Any other block's mark is left
 // to its writer.
-func (r *Runner) repairMarks(ctx context.Context) error {
-	l, err := block.List(ctx, r.bkt)
-	if err != nil {
-		return err
-	}
+func (r *Runner) repairMarks(ctx context.Context, l *block.Listing) error {
 	var set *tombstones.Set
 	for _, id := range l.Marked {
 		name := path.Join(id.String(), block.DeletionMarkFilename)

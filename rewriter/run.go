@@ -159,10 +159,14 @@ func (r *Runner) Run(ctx context.Context) (*Report, error) {
 	}
 	if !r.cfg.DryRun {
 		// What crashed or racing workers left is set right first, so that the plan sees it.
-		if err := r.repairMarks(ctx); err != nil {
+		l, err := block.List(ctx, r.bkt)
+		if err != nil {
 			return nil, err
 		}
-		if err := r.withdrawOrphans(ctx); err != nil {
+		if err := r.repairMarks(ctx, l); err != nil {
+			return nil, err
+		}
+		if err := r.withdrawOrphans(ctx, l); err != nil {
 			return nil, err
 		}
 	}
