@@ -54,6 +54,8 @@ var pausePoints = []pausePoint{
 	// The plan is made; the first call after it lists the upload records.
 	{"after the plan", objfault.Fault{Op: objfault.OpIter, Name: regexp.MustCompile(`^lethe/uploads/$`), Nth: 1, Kind: objfault.KindPause}},
 	{"after the lease check", objfault.Fault{Op: objfault.OpUpload, Name: regexp.MustCompile(`^lethe/leases/`), Nth: 1, Kind: objfault.KindPause, After: true}},
+	// Chunks are uploaded, the index is next.
+	{"during the upload", objfault.Fault{Op: objfault.OpUpload, Name: regexp.MustCompile(`^[0-9A-Z]{26}/index$`), Nth: 1, Kind: objfault.KindPause}},
 	{"after the upload", objfault.Fault{Op: objfault.OpUpload, Name: regexp.MustCompile(`^[0-9A-Z]{26}/meta\.json$`), Nth: 1, Kind: objfault.KindPause, After: true}},
 	{"before the mark", objfault.Fault{Op: objfault.OpUpload, Name: regexp.MustCompile(`^[0-9A-Z]{26}/deletion-mark\.json$`), Nth: 1, Kind: objfault.KindPause}},
 }
