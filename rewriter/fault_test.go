@@ -108,6 +108,9 @@ func TestRunSurvivesBucketFaults(t *testing.T) {
 		for _, kind := range kinds {
 			for _, nth := range at {
 				for _, retries := range []int{1, 4} {
+					if testing.Short() && retries > 1 {
+						continue // -short: without retries, where faults reach the run.
+					}
 					t.Run(fmt.Sprintf("%s %s at call %d of %d, %d tries", kind, op, nth, n, retries), func(t *testing.T) {
 						f := newMemFixture(t, 4)
 						f.tombstone(t, `{user_id="1"}`, tombstones.BeginningOfTime, t0+10*3_600_000, true)
@@ -150,5 +153,5 @@ func TestRunSurvivesBucketFaults(t *testing.T) {
 		}
 	}
 	t.Logf("faults injected: %d; survived (the run succeeded): %d; failed cleanly (the run failed, the rerun finished): %d", injected, survived, failedCleanly)
-	testutil.Assert(t, injected > 100, "only %d faults were injected", injected)
+	testutil.Assert(t, injected > 50, "only %d faults were injected", injected)
 }
