@@ -282,10 +282,22 @@ func (r *Runner) winner(ctx context.Context, j *Job, repl ulid.ULID, set *tombst
 	return best, markDetails(replName(best), bestApplied), nil
 }
 
-// withdrawCancelled marks repl, which applied a cancelled tombstone, as replacing nothing.
+// withdrawCancelled marks repl, which applied a cancelled tombstone, as replacing nothing; unless
+// another worker of the same job marked the block for it already, before the cancellation
+// reached it: then the cancellation came too late, and repl stays.
 func (r *Runner) withdrawCancelled(ctx context.Context, j *Job, repl, cancelled ulid.ULID, log *slog.Logger) error {
-	log.Warn("a tombstone of this job was cancelled; the block stays and the new one is withdrawn", "cancelled", cancelled.String())
 	if repl != (ulid.ULID{}) {
+		m, err := r.deletionMark(ctx, j.Block)
+		if err != nil {
+			return err
+		}
+		if m != nil {
+			if named, ok := replacement(m); ok && named == repl {
+				log.Warn("a tombstone of this job was cancelled after another worker had applied it; keeping the new block", "cancelled", cancelled.String())
+				return errors.Wrapf(errCancelled, "tombstone %s", cancelled)
+			}
+		}
+		log.Warn("a tombstone of this job was cancelled; the block stays and the new one is withdrawn", "cancelled", cancelled.String())
 		if err := block.MarkForDeletion(ctx, r.bkt, repl, r.now(), withdrawnPrefix+"tombstone "+cancelled.String()+" was cancelled"); err != nil {
 			return err
 		}
@@ -335,6 +347,15 @@ func (r *Runner) withdrawOrphans(ctx context.Context, l *block.Listing) error {
 			}
 			for id := range applied {
 				if e, ok := set.Get(id); ok && e.State(set.At) == tombstones.StateCancelled {
+					// The listing may be stale: a worker may have marked the source for this
+					// block since, before the cancellation reached it. Then it stays.
+					pm, err := r.deletionMark(ctx, parent)
+					if err != nil {
+						return err
+					}
+					if pm != nil {
+						break
+					}
 					r.logger.Warn("withdrawing a rewrite that applied a cancelled tombstone", "block", m.ULID.String(), "source", parent.String(), "tombstone", id.String())
 					if err := block.MarkForDeletion(ctx, r.bkt, m.ULID, r.now(), withdrawnPrefix+"tombstone "+id.String()+" was cancelled"); err != nil {
 						return err
