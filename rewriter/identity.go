@@ -5,12 +5,10 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"os"
 	"path"
 	"path/filepath"
 	"slices"
-	"strings"
 
 	"github.com/efficientgo/core/errors"
 	"github.com/oklog/ulid/v2"
@@ -18,7 +16,6 @@ import (
 	"github.com/thanos-io/objstore"
 
 	"github.com/lethe-project/lethe/block"
-	"github.com/lethe-project/lethe/tombstones"
 )
 
 // ChildID derives the new block's ULID from the source and the tombstones applied: the same job
@@ -171,33 +168,13 @@ func fileList(dir string) (json.RawMessage, error) {
 	return json.Marshal(files)
 }
 
-// replacedByPrefix starts the details of the deletion mark of a block lethe replaced; the
-// replacement's ULID, or nothingReplaced, follows.
-const replacedByPrefix = "lethe-rewriter: replaced by "
-
-// nothingReplaced is the replacement of a block whose every sample was deleted.
-const nothingReplaced = "nothing (every sample deleted)"
-
-// replacement returns the block a deletion mark says replaced its block: the zero ULID when
-// nothing survived; false when lethe did not write the mark as a replacement.
-func replacement(m *block.DeletionMark) (ulid.ULID, bool) {
-	rest, ok := strings.CutPrefix(m.Details, replacedByPrefix)
-	if !ok {
-		return ulid.ULID{}, false
-	}
-	if strings.HasPrefix(rest, nothingReplaced) {
-		return ulid.ULID{}, true
-	}
-	id, _, _ := strings.Cut(rest, " ")
-	u, err := ulid.ParseStrict(id)
-	if err != nil {
-		return ulid.ULID{}, false
-	}
-	return u, true
-}
+// errIncomplete is a block some of whose files are missing or of another size than its meta.json
+// says.
+var errIncomplete = errors.New("block is incomplete")
 
 // complete checks that every file the block's meta.json lists is in the bucket at its size; for a
-// plain Prometheus block, which lists none, that its index and first chunk file are.
+// plain Prometheus block, which lists none, that its index and first chunk file are. A missing or
+// short file is errIncomplete; a failure to ask the bucket is returned as it is.
 func complete(ctx context.Context, bkt objstore.BucketReader, m *block.Meta) error {
 	type file struct {
 		RelPath   string `json:"rel_path"`
@@ -206,7 +183,7 @@ func complete(ctx context.Context, bkt objstore.BucketReader, m *block.Meta) err
 	var files []file
 	if m.Thanos != nil && len(m.Thanos.Files) > 0 {
 		if err := json.Unmarshal(m.Thanos.Files, &files); err != nil {
-			return errors.Wrapf(err, "block %s: decode thanos.files", m.ULID)
+			return errors.Wrapf(errIncomplete, "block %s: decode thanos.files: %v", m.ULID, err)
 		}
 	} else {
 		files = []file{{RelPath: block.IndexFilename}, {RelPath: path.Join(block.ChunksDirname, "000001")}}
@@ -217,27 +194,17 @@ func complete(ctx context.Context, bkt objstore.BucketReader, m *block.Meta) err
 		}
 		name := path.Join(m.ULID.String(), f.RelPath)
 		a, err := bkt.Attributes(ctx, name)
+		if bkt.IsObjNotFoundErr(errors.Cause(err)) {
+			return errors.Wrapf(errIncomplete, "block %s: %s is missing", m.ULID, f.RelPath)
+		}
 		if err != nil {
-			return errors.Wrapf(err, "block %s is incomplete: %s", m.ULID, f.RelPath)
+			return errors.Wrapf(err, "block %s: attributes of %s", m.ULID, f.RelPath)
 		}
 		if f.SizeBytes > 0 && a.Size != f.SizeBytes {
-			return errors.Newf("block %s is incomplete: %s holds %d bytes, its meta.json says %d", m.ULID, f.RelPath, a.Size, f.SizeBytes)
+			return errors.Wrapf(errIncomplete, "block %s: %s holds %d bytes, its meta.json says %d", m.ULID, f.RelPath, a.Size, f.SizeBytes)
 		}
 	}
 	return nil
-}
-
-// errCancelled is a job one of whose tombstones was cancelled while it ran.
-var errCancelled = errors.New("tombstone cancelled")
-
-// withdrawnPrefix starts the details of the deletion mark of a new block that replaces nothing:
-// another worker's replaced its source, or a tombstone it applied was cancelled.
-const withdrawnPrefix = "lethe-rewriter: withdrawn: "
-
-// withdrawn reports whether the mark withdrew a new block (or was written so by an earlier
-// version of lethe).
-func withdrawn(m *block.DeletionMark) bool {
-	return strings.HasPrefix(m.Details, withdrawnPrefix) || strings.HasPrefix(m.Details, "lethe-rewriter: duplicate child of ")
 }
 
 // childFor returns the job's new block: the first generation not withdrawn.
@@ -266,113 +233,13 @@ func (r *Runner) uploaded(ctx context.Context, id ulid.ULID) (bool, error) {
 		return false, err
 	}
 	if err := complete(ctx, r.bkt, m); err != nil {
-		if ctx.Err() != nil {
-			return false, ctx.Err()
+		if !errors.Is(err, errIncomplete) {
+			return false, err
 		}
-		r.logger.Warn("new block found incomplete; uploading it again", "new_block", id.String(), "err", err)
+		r.logger.Warn("new block found incomplete", "new_block", id.String(), "err", err)
 		return false, nil
 	}
 	return true, nil
-}
-
-// deletionMark reads a block's deletion mark; nil if it has none. An unreadable mark is an error.
-func (r *Runner) deletionMark(ctx context.Context, id ulid.ULID) (*block.DeletionMark, error) {
-	m, err := block.ReadDeletionMark(ctx, r.bkt, id)
-	if r.bkt.IsObjNotFoundErr(errors.Cause(err)) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, errors.Wrapf(err, "read deletion mark of %s", id)
-	}
-	return m, nil
-}
-
-// liveWhole reports whether the block is live and complete, or was replaced so in turn.
-func (r *Runner) liveWhole(ctx context.Context, id ulid.ULID) (bool, error) {
-	for depth := 0; depth < maxGenerations; depth++ {
-		m, err := r.deletionMark(ctx, id)
-		if err != nil {
-			return false, err
-		}
-		if m != nil {
-			next, ok := replacement(m)
-			if !ok {
-				return false, nil
-			}
-			if next == (ulid.ULID{}) {
-				return true, nil // Nothing survived its tombstones.
-			}
-			id = next
-			continue
-		}
-		return r.uploaded(ctx, id)
-	}
-	return false, nil
-}
-
-// replacedWell reports whether the block is marked and its data lives on: the mark names a
-// replacement that is live and whole (or replaced so in turn), says that nothing survived, or
-// was not written by lethe (a Thanos compactor's, which answers for its output).
-func (r *Runner) replacedWell(ctx context.Context, id ulid.ULID) (bool, error) {
-	m, err := r.deletionMark(ctx, id)
-	if err != nil || m == nil {
-		return false, err
-	}
-	next, ok := replacement(m)
-	if !ok {
-		// A withdrawn rewrite's data lives on in its source or its source's replacement; a
-		// block some other tool marked is that tool's to answer for.
-		return withdrawn(m) || !strings.HasPrefix(m.Details, "lethe-rewriter:"), nil
-	}
-	if next == (ulid.ULID{}) {
-		return true, nil
-	}
-	return r.liveWhole(ctx, next)
-}
-
-// child is a live, whole rewrite of a source.
-type child struct {
-	id      ulid.ULID
-	applied []ulid.ULID
-}
-
-// children returns the live, whole blocks lethe rewrote from source (their only parent), whose
-// tombstones are none of them cancelled in set.
-func (r *Runner) children(ctx context.Context, source ulid.ULID, set *tombstones.Set) ([]child, error) {
-	l, err := block.List(ctx, r.bkt)
-	if err != nil {
-		return nil, err
-	}
-	var out []child
-	for _, m := range l.Blocks {
-		if !rewrittenFrom(m, source) {
-			continue
-		}
-		applied, err := appliedTo(m)
-		if err != nil {
-			continue // Not a rewrite lethe can read: not a candidate.
-		}
-		ok := true
-		ids := make([]ulid.ULID, 0, len(applied))
-		for id := range applied {
-			if e, found := set.Get(id); !found || e.State(set.At) == tombstones.StateCancelled {
-				ok = false
-			}
-			ids = append(ids, id)
-		}
-		if !ok {
-			continue
-		}
-		if err := complete(ctx, r.bkt, m); err != nil {
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
-			}
-			continue
-		}
-		slices.SortFunc(ids, func(a, b ulid.ULID) int { return a.Compare(b) })
-		out = append(out, child{id: m.ULID, applied: ids})
-	}
-	return out, nil
 }
 
 // rewrittenFrom reports whether lethe wrote the block from source alone.
@@ -391,196 +258,4 @@ func rewrittenFrom(m *block.Meta, source ulid.ULID) bool {
 		return false
 	}
 	return slices.Contains(rewrites[len(rewrites)-1].Sources, source)
-}
-
-// cancelledOf returns the first of ids cancelled (or gone) in a fresh read of the tombstones.
-func (r *Runner) cancelledOf(ctx context.Context, ids []ulid.ULID) (*tombstones.Set, ulid.ULID, error) {
-	set, err := r.store.Sync(ctx)
-	if err != nil {
-		return nil, ulid.ULID{}, errors.Wrap(err, "read tombstones again")
-	}
-	for _, id := range ids {
-		if e, ok := set.Get(id); !ok || e.State(set.At) == tombstones.StateCancelled {
-			return set, id, nil
-		}
-	}
-	return set, ulid.ULID{}, nil
-}
-
-// replace makes repl (the zero ULID: nothing) the replacement of the job's block and marks the
-// block for deletion, unless another worker's replacement wins; it reports whether repl did. It
-// never marks the block before repl is whole and live, nor for a tombstone cancelled meanwhile.
-//
-// Two workers that planned different tombstone sets for one block may both get here. With no
-// conditional writes in object storage, each reads the block's mark again after writing it; the
-// one whose replacement the mark does not name withdraws its own, and the block's mark only ever
-// names a replacement that is live and whole: a withdrawn block is never named, and a named one
-// never withdrawn.
-func (r *Runner) replace(ctx context.Context, j *Job, repl ulid.ULID, log *slog.Logger) (bool, error) {
-	nothing := repl == (ulid.ULID{})
-	if !nothing {
-		ok, err := r.uploaded(ctx, repl)
-		if err != nil {
-			return false, err
-		}
-		if !ok {
-			return false, errors.Newf("new block %s is not whole in the bucket; the next run uploads it again", repl)
-		}
-		m, err := r.deletionMark(ctx, repl)
-		if err != nil {
-			return false, err
-		}
-		if m != nil {
-			return false, errors.Newf("new block %s was withdrawn meanwhile (%s); the next run starts over", repl, m.Details)
-		}
-	}
-	set, cancelled, err := r.cancelledOf(ctx, j.Tombstones)
-	if err != nil {
-		return false, err
-	}
-	if cancelled != (ulid.ULID{}) {
-		return false, r.withdrawCancelled(ctx, j, repl, cancelled, log)
-	}
-	replDetails := markDetails(replName(repl), j.Tombstones)
-	for attempt := 0; attempt < 3; attempt++ {
-		m, err := r.deletionMark(ctx, j.Block)
-		if err != nil {
-			return false, err
-		}
-		if m == nil {
-			winner, details, err := r.winner(ctx, j, repl, set)
-			if err != nil {
-				return false, err
-			}
-			if err := block.MarkForDeletion(ctx, r.bkt, j.Block, r.now(), details); err != nil {
-				return false, err
-			}
-			log.Debug("marked the block for deletion", "replacement", replName(winner))
-			continue // Read the mark again: another worker may have written it at the same time.
-		}
-		if named, ok := replacement(m); ok && named == repl {
-			// Ours. A cancellation that arrived while the mark was written undoes it.
-			_, cancelled, err := r.cancelledOf(ctx, j.Tombstones)
-			if err != nil {
-				log.Warn("cannot read the tombstones again after the mark; keeping it", "err", err)
-				return true, nil
-			}
-			if cancelled == (ulid.ULID{}) {
-				return true, nil
-			}
-			if err := r.bkt.Delete(ctx, path.Join(j.Block.String(), block.DeletionMarkFilename)); err != nil {
-				return false, errors.Wrapf(err, "undo the deletion mark of %s", j.Block)
-			}
-			return false, r.withdrawCancelled(ctx, j, repl, cancelled, log)
-		}
-		well, err := r.replacedWell(ctx, j.Block)
-		if err != nil {
-			return false, err
-		}
-		if well {
-			if !nothing {
-				log.Warn("another rewrite of this block replaced it; withdrawing this one", "other", m.Details)
-				if err := block.MarkForDeletion(ctx, r.bkt, repl, r.now(), withdrawnPrefix+"duplicate child of "+j.Block.String()); err != nil {
-					return false, err
-				}
-			}
-			return false, nil
-		}
-		// The mark names a replacement that is gone or withdrawn: repl takes its place.
-		log.Warn("the block's deletion mark names a replacement that is not live; this one takes its place", "mark", m.Details)
-		if err := block.WriteMarker(ctx, r.bkt, j.Block, block.DeletionMarkFilename, block.DeletionMark{
-			ID: j.Block, DeletionTime: m.DeletionTime, Version: 1, Details: replDetails,
-		}); err != nil {
-			return false, err
-		}
-	}
-	return false, errors.Newf("block %s: its deletion mark keeps changing; the next run checks it again", j.Block)
-}
-
-// winner returns the replacement the block's mark is to name, and the mark's details: among repl
-// and the other live, whole rewrites of the block, the one that applied the most tombstones (the
-// smallest ULID of those), so that two workers that see the same blocks choose the same.
-func (r *Runner) winner(ctx context.Context, j *Job, repl ulid.ULID, set *tombstones.Set) (ulid.ULID, string, error) {
-	best, bestApplied := repl, j.Tombstones
-	if repl == (ulid.ULID{}) {
-		// Nothing survives this job's tombstones: no other rewrite can hold more than nothing.
-		return best, markDetails(replName(repl), j.Tombstones), nil
-	}
-	cs, err := r.children(ctx, j.Block, set)
-	if err != nil {
-		return ulid.ULID{}, "", err
-	}
-	for _, c := range cs {
-		if c.id == repl {
-			continue
-		}
-		if len(c.applied) > len(bestApplied) || (len(c.applied) == len(bestApplied) && c.id.Compare(best) < 0) {
-			best, bestApplied = c.id, c.applied
-		}
-	}
-	return best, markDetails(replName(best), bestApplied), nil
-}
-
-// withdrawCancelled marks repl, which applied a cancelled tombstone, as replacing nothing.
-func (r *Runner) withdrawCancelled(ctx context.Context, j *Job, repl, cancelled ulid.ULID, log *slog.Logger) error {
-	log.Warn("a tombstone of this job was cancelled; the block stays and the new one is withdrawn", "cancelled", cancelled.String())
-	if repl != (ulid.ULID{}) {
-		if err := block.MarkForDeletion(ctx, r.bkt, repl, r.now(), withdrawnPrefix+"tombstone "+cancelled.String()+" was cancelled"); err != nil {
-			return err
-		}
-	}
-	return errors.Wrapf(errCancelled, "tombstone %s", cancelled)
-}
-
-// replName is how a deletion mark names a replacement.
-func replName(id ulid.ULID) string {
-	if id == (ulid.ULID{}) {
-		return nothingReplaced
-	}
-	return id.String()
-}
-
-// withdrawOrphans withdraws live rewrites of marked blocks whose mark names another replacement
-// that is live and whole: two workers that wrote the mark at the same time each saw their own.
-func (r *Runner) withdrawOrphans(ctx context.Context) error {
-	l, err := block.List(ctx, r.bkt)
-	if err != nil {
-		return err
-	}
-	marked := map[ulid.ULID]bool{}
-	for _, id := range l.Marked {
-		marked[id] = true
-	}
-	for _, m := range l.Blocks {
-		if len(m.Compaction.Parents) != 1 {
-			continue
-		}
-		parent := m.Compaction.Parents[0].ULID
-		if !marked[parent] || !rewrittenFrom(m, parent) {
-			continue
-		}
-		pm, err := r.deletionMark(ctx, parent)
-		if err != nil {
-			return err
-		}
-		if pm == nil {
-			continue
-		}
-		named, ok := replacement(pm)
-		if (!ok && !withdrawn(pm)) || (ok && named == m.ULID) {
-			continue
-		}
-		well, err := r.replacedWell(ctx, parent)
-		if err != nil {
-			return err
-		}
-		if !well {
-			continue
-		}
-		r.logger.Warn("withdrawing a rewrite its source's deletion mark does not name", "block", m.ULID.String(), "source", parent.String(), "mark", pm.Details)
-		if err := block.MarkForDeletion(ctx, r.bkt, m.ULID, r.now(), withdrawnPrefix+"duplicate child of "+parent.String()); err != nil {
-			return err
-		}
-	}
-	return nil
 }

@@ -157,6 +157,19 @@ func (r *Runner) Run(ctx context.Context) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
+	if !r.cfg.DryRun {
+		// What crashed or racing workers left is set right first, so that the plan sees it.
+		l, err := block.List(ctx, r.bkt)
+		if err != nil {
+			return nil, err
+		}
+		if err := r.repairMarks(ctx, l); err != nil {
+			return nil, err
+		}
+		if err := r.withdrawOrphans(ctx, l); err != nil {
+			return nil, err
+		}
+	}
 	plan, err := NewPlanner(r.bkt, r.logger, r.cfg.Threshold, r.store.RedactionKey()).Plan(ctx, set)
 	if err != nil {
 		return nil, err
@@ -183,9 +196,6 @@ func (r *Runner) Run(ctx context.Context) (*Report, error) {
 		return rep, nil
 	}
 	if err := r.cleanUploads(ctx, todo); err != nil {
-		return rep, err
-	}
-	if err := r.withdrawOrphans(ctx); err != nil {
 		return rep, err
 	}
 	// Raw blocks with an overdue tombstone must not be downsampled before they are rewritten.

@@ -3,6 +3,7 @@ package rewriter
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"path"
 	"regexp"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/efficientgo/core/errors"
 	"github.com/efficientgo/core/testutil"
 	"github.com/oklog/ulid/v2"
 	"github.com/thanos-io/objstore"
@@ -159,23 +161,47 @@ func TestRunRechecksCancellationsBeforeTheMark(t *testing.T) {
 }
 
 // TestRunDoesNotRecordAppliedPastAnUnreadableMark: a replaced block whose deletion mark cannot be
-// read may still be there; its tombstone is not recorded applied, and the run says so.
+// read may still be there; its tombstone is not recorded applied, and the run says so. A mark
+// that does not decode (cut short on a bucket whose uploads are not atomic) is written again,
+// naming the block's live rewrite, and the tombstone waits until that block is gone too.
 func TestRunDoesNotRecordAppliedPastAnUnreadableMark(t *testing.T) {
-	f := newFixture(t, 4)
-	ctx := context.Background()
-	tb := f.tombstone(t, `{user_id="1"}`, tombstones.BeginningOfTime, t0+10*3_600_000, true)
-	_, err := f.runner(t, Config{Threshold: 0.05}).Run(ctx)
-	testutil.Ok(t, err)
-	testutil.Ok(t, f.bkt.Upload(ctx, path.Join(f.ids[0].String(), block.DeletionMarkFilename), strings.NewReader("{not json")))
-	f.now = f.now.Add(49 * time.Hour)
-	rep, err := f.runner(t, Config{Threshold: 0.05, DeleteDelay: 48 * time.Hour}).Run(ctx)
-	testutil.NotOk(t, err, "an unreadable deletion mark was skipped")
-	testutil.Assert(t, strings.Contains(err.Error(), f.ids[0].String()), "the error does not name the block: %v", err)
-	testutil.Equals(t, 0, len(rep.Applied))
-	set, err := f.store.Sync(ctx)
-	testutil.Ok(t, err)
-	e, _ := set.Get(tb.ID)
-	testutil.Equals(t, tombstones.StateDue, e.State(f.now))
+	for _, corrupt := range []bool{false, true} {
+		t.Run(fmt.Sprintf("mark cut short: %v", corrupt), func(t *testing.T) {
+			f := newFixture(t, 4)
+			ctx := context.Background()
+			tb := f.tombstone(t, `{user_id="1"}`, tombstones.BeginningOfTime, t0+10*3_600_000, true)
+			rep, err := f.runner(t, Config{Threshold: 0.05}).Run(ctx)
+			testutil.Ok(t, err)
+			mark := path.Join(f.ids[0].String(), block.DeletionMarkFilename)
+			var bkt objstore.Bucket = f.bkt
+			if corrupt {
+				testutil.Ok(t, f.bkt.Upload(ctx, mark, strings.NewReader("{not json")))
+			} else {
+				fb := objfault.New(f.bkt)
+				fb.Add(objfault.Fault{Op: objfault.OpGet, Name: regexp.MustCompile("^" + regexp.QuoteMeta(mark) + "$"), Kind: objfault.KindError})
+				bkt = fb
+			}
+			f.now = f.now.Add(49 * time.Hour)
+			rep, err = NewRunner(bkt, f.store, slog.New(slog.DiscardHandler), nil, withDefaults(t, Config{Threshold: 0.05, DeleteDelay: 48 * time.Hour, RetryBackoff: time.Millisecond})).Run(ctx)
+			if corrupt {
+				testutil.Ok(t, err)
+				m, err := block.ReadDeletionMark(ctx, f.bkt, f.ids[0])
+				testutil.Ok(t, err)
+				testutil.Equals(t, markDetails(ChildID(f.ids[0], []ulid.ULID{tb.ID}).String(), []ulid.ULID{tb.ID}), m.Details)
+			} else {
+				testutil.NotOk(t, err, "an unreadable deletion mark was skipped")
+				testutil.Assert(t, strings.Contains(err.Error(), f.ids[0].String()), "the error does not name the block: %v", err)
+			}
+			if rep != nil {
+				testutil.Equals(t, 0, len(rep.Applied))
+			}
+			set, err := f.store.Sync(ctx)
+			testutil.Ok(t, err)
+			e, _ := set.Get(tb.ID)
+			testutil.Equals(t, tombstones.StateDue, e.State(f.now))
+			checkReplacements(t, f.bkt)
+		})
+	}
 }
 
 // checkReplacements fails the test if a block lethe marked has no complete live replacement: its
@@ -183,11 +209,26 @@ func TestRunDoesNotRecordAppliedPastAnUnreadableMark(t *testing.T) {
 // at its size), or one that was itself replaced so, or says that nothing survived.
 func checkReplacements(t *testing.T, bkt objstore.Bucket) {
 	t.Helper()
+	checkReplacementsOf(t, bkt, false)
+}
+
+// checkReplacementsOf is checkReplacements; with partialMarks, a mark that does not decode (an
+// injected partial upload) passes if a live, whole rewrite of its block exists.
+func checkReplacementsOf(t *testing.T, bkt objstore.Bucket, partialMarks bool) {
+	t.Helper()
 	ctx := context.Background()
 	l, err := block.List(ctx, bkt)
 	testutil.Ok(t, err)
 	for _, id := range l.Marked {
 		m, err := block.ReadDeletionMark(ctx, bkt, id)
+		if err != nil && partialMarks && !bkt.IsObjNotFoundErr(errors.Cause(err)) {
+			found := false
+			for _, b := range l.Blocks {
+				found = found || (rewrittenFrom(b, id) && complete(ctx, bkt, b) == nil)
+			}
+			testutil.Assert(t, found, "block %s has a mark that does not decode and no whole rewrite: %v", id, err)
+			continue
+		}
 		testutil.Ok(t, err)
 		if strings.HasPrefix(m.Details, "lethe-rewriter: duplicate") || strings.HasPrefix(m.Details, "lethe-rewriter: withdrawn") {
 			continue
@@ -211,4 +252,56 @@ func checkReplacements(t *testing.T, bkt objstore.Bucket) {
 			cur = next
 		}
 	}
+}
+
+// TestRunWithdrawsRewritesOfCancelledTombstones: a worker uploaded its new blocks and died before
+// the marks; then the tombstone was cancelled. No job plans the sources again (nothing is due),
+// so the next run itself withdraws the new blocks, which would otherwise stay beside their
+// sources, holding the same series.
+func TestRunWithdrawsRewritesOfCancelledTombstones(t *testing.T) {
+	f := newFixture(t, 4)
+	ctx := context.Background()
+	before := samples(t, f.bkt)
+	tb := f.tombstone(t, `{user_id="1"}`, tombstones.BeginningOfTime, t0+10*3_600_000, true)
+	fb := objfault.New(f.bkt)
+	fb.Add(objfault.Fault{Op: objfault.OpUpload, Name: deletionMarkObject, Kind: objfault.KindError})
+	rep, err := NewRunner(fb, f.store, slog.New(slog.DiscardHandler), nil, withDefaults(t, Config{Threshold: 0.05, Retries: 1})).Run(ctx)
+	testutil.Ok(t, err)
+	testutil.Equals(t, 2, len(rep.Bad))
+	l, err := block.List(ctx, f.bkt)
+	testutil.Ok(t, err)
+	testutil.Equals(t, 4, len(l.Blocks), "the new blocks are uploaded beside their sources")
+
+	inWindow := tombstones.NewStore(f.bkt, nil, tombstones.WithClock(func() time.Time { return f.now.Add(-24 * time.Hour).Add(30 * time.Minute) }))
+	_, err = inWindow.Cancel(ctx, tb.ID, "undo", "test")
+	testutil.Ok(t, err)
+	_, err = f.runner(t, Config{Threshold: 0.05}).Run(ctx)
+	testutil.Ok(t, err)
+	l, err = block.List(ctx, f.bkt)
+	testutil.Ok(t, err)
+	testutil.Equals(t, f.ids, []ulid.ULID{l.Blocks[0].ULID, l.Blocks[1].ULID})
+	testutil.Equals(t, 2, len(l.Blocks))
+	checkNoOverlap(t, f.bkt)
+	testutil.Equals(t, before, samples(t, f.bkt))
+}
+
+// TestRunRepairsAMarkNamingAWithdrawnBlock: a source's mark names a new block that was withdrawn
+// since (two workers wrote the mark at the same moment, each read back its own). The source's
+// data would go with the delete delay; the next run removes the mark and replaces the source
+// again.
+func TestRunRepairsAMarkNamingAWithdrawnBlock(t *testing.T) {
+	f := newFixture(t, 4)
+	ctx := context.Background()
+	before := samples(t, f.bkt)
+	tb := f.tombstone(t, `{user_id="1"}`, tombstones.BeginningOfTime, t0+10*3_600_000, true)
+	_, err := f.runner(t, Config{Threshold: 0.05}).Run(ctx)
+	testutil.Ok(t, err)
+	child := ChildID(f.ids[0], []ulid.ULID{tb.ID})
+	testutil.Ok(t, block.MarkForDeletion(ctx, f.bkt, child, f.now, withdrawnPrefix+"duplicate child of "+f.ids[0].String()))
+
+	_, err = f.runner(t, Config{Threshold: 0.05}).Run(ctx)
+	testutil.Ok(t, err)
+	checkReplacements(t, f.bkt)
+	checkNoOverlap(t, f.bkt)
+	testutil.Equals(t, withoutSamples(before, `user_id="1"`, tombstones.BeginningOfTime, t0+10*3_600_000), samples(t, f.bkt))
 }

@@ -26,12 +26,21 @@ func (r *Runner) upload(ctx context.Context, dir string, meta *block.Meta, sourc
 	if err := r.bkt.Upload(ctx, uploadRecord(meta.ULID), bytes.NewReader(rec)); err != nil {
 		return errors.Wrap(err, "record upload")
 	}
+	// A failed upload is left as it is, with its record: another worker running the same job
+	// may have uploaded the same block whole, and its source may be marked for it already. A
+	// later run's clean-up removes it once it is stale.
 	if err := block.Upload(ctx, r.bkt, dir, meta); err != nil {
-		// Leave no half block behind: without meta.json it is invisible, but it is garbage.
-		if derr := block.Delete(context.WithoutCancel(ctx), r.bkt, meta.ULID); derr != nil {
-			r.logger.Warn("clean partial upload; the next run retries", "block", meta.ULID.String(), "err", derr)
-		}
 		return err
+	}
+	// Another worker's clean-up, taking this one for gone, may have removed files meanwhile: a
+	// block that is not whole must not stay visible.
+	if err := complete(ctx, r.bkt, meta); err != nil {
+		if errors.Is(err, errIncomplete) {
+			if derr := r.bkt.Delete(context.WithoutCancel(ctx), path.Join(meta.ULID.String(), block.MetaFilename)); derr != nil && !r.bkt.IsObjNotFoundErr(errors.Cause(derr)) {
+				r.logger.Warn("hide an incomplete new block", "new_block", meta.ULID.String(), "err", derr)
+			}
+		}
+		return errors.Wrap(err, "check the uploaded block")
 	}
 	r.atPhase("upload-meta")
 	// Another worker's clean-up may have removed the record of the finished upload already.

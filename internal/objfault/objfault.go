@@ -93,11 +93,12 @@ type Bucket struct {
 	mu       sync.Mutex
 	faults   []*Fault
 	injected map[Kind]int
+	calls    map[Op]int
 }
 
 // New wraps bkt; without faults it behaves as bkt.
 func New(bkt objstore.Bucket) *Bucket {
-	return &Bucket{Bucket: bkt, injected: map[Kind]int{}}
+	return &Bucket{Bucket: bkt, injected: map[Kind]int{}, calls: map[Op]int{}}
 }
 
 // Add adds a fault. For KindPause it returns the pause to wait on and resume; otherwise nil.
@@ -135,10 +136,22 @@ func (b *Bucket) Injected() map[Kind]int {
 	return out
 }
 
+// Calls returns how many calls of each operation the bucket saw.
+func (b *Bucket) Calls() map[Op]int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := make(map[Op]int, len(b.calls))
+	for op, n := range b.calls {
+		out[op] = n
+	}
+	return out
+}
+
 // match returns the fault that chooses this call, if any; the first added wins.
 func (b *Bucket) match(op Op, name string) *Fault {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	b.calls[op]++
 	var chosen *Fault
 	for _, f := range b.faults {
 		if f.Op != op || (f.Name != nil && !f.Name.MatchString(name)) {

@@ -77,5 +77,6 @@ func TestFaults(t *testing.T) {
 	p.Resume()
 	testutil.Ok(t, <-done)
 
+	testutil.Equals(t, 4, b.Calls()[OpGet])
 	testutil.Equals(t, map[Kind]int{KindError: 1, KindTruncate: 1, KindPartialUpload: 1, KindTimeout: 1, KindPause: 1}, b.Injected())
 }
