@@ -239,9 +239,13 @@ type askFunc func(ctx context.Context, hints *storage.LabelHints, extra ...[]*la
 
 // droppedValues returns the values of the index's answer that only fully covered series carry.
 func (q *maskedQuerier) droppedValues(ctx context.Context, ix labelIndex, ms []*labels.Matcher, sels []lookupSelector, ask askFunc) (map[string]struct{}, error) {
-	// The candidates: what the series each selector matches carry. A selector whose series carry
-	// nothing is out of the rest of the work.
+	// The candidates: what the series each selector matches carry. And what a series that no
+	// selector matches carries, which survives: asked at the same time, unless the look-up can be
+	// narrowed to the candidates.
+	sels = relax(sels)
+	combos := complement(sels)
 	cands := make([][]string, len(sels))
+	free := make([][]string, len(combos))
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(4)
 	for i, s := range sels {
@@ -250,6 +254,17 @@ func (q *maskedQuerier) droppedValues(ctx context.Context, ix labelIndex, ms []*
 			return err
 		})
 	}
+	askFree := func(only []*labels.Matcher) {
+		for i, c := range combos {
+			g.Go(func() (err error) {
+				free[i], err = ask(gctx, nil, c, only)
+				return err
+			})
+		}
+	}
+	if !ix.narrow {
+		askFree(nil)
+	}
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
@@ -257,7 +272,7 @@ func (q *maskedQuerier) droppedValues(ctx context.Context, ix labelIndex, ms []*
 	kept := sels[:0:0]
 	for i, s := range sels {
 		if len(cands[i]) == 0 {
-			continue
+			continue // Its series carry nothing: out of the rest of the work.
 		}
 		kept = append(kept, s)
 		for _, v := range cands[i] {
@@ -268,32 +283,21 @@ func (q *maskedQuerier) droppedValues(ctx context.Context, ix labelIndex, ms []*
 	if len(pending) == 0 {
 		return nil, nil
 	}
-
-	// What a series that no selector matches carries survives.
-	sels = relax(sels)
-	if combos := complement(sels); len(combos) > 0 {
-		if ix.narrow && len(pending) <= maxNarrowValues {
-			only := ix.restrict(sortedKeys(pending))[0]
-			for i := range combos {
-				combos[i] = append(combos[i], only...)
-			}
+	if ix.narrow {
+		var only []*labels.Matcher
+		if len(pending) <= maxNarrowValues {
+			only = ix.restrict(sortedKeys(pending))[0]
 		}
-		free := make([][]string, len(combos))
-		g, gctx := errgroup.WithContext(ctx)
+		g, gctx = errgroup.WithContext(ctx)
 		g.SetLimit(4)
-		for i, c := range combos {
-			g.Go(func() (err error) {
-				free[i], err = ask(gctx, nil, c)
-				return err
-			})
-		}
+		askFree(only)
 		if err := g.Wait(); err != nil {
 			return nil, err
 		}
-		for _, vals := range free {
-			for _, v := range vals {
-				delete(pending, v)
-			}
+	}
+	for _, vals := range free {
+		for _, v := range vals {
+			delete(pending, v)
 		}
 	}
 	if len(pending) == 0 {
