@@ -197,17 +197,28 @@ func (q *maskedQuerier) maskedLabels(ctx context.Context, ix labelIndex, hints *
 		return vals, err
 	}
 
-	// The index's own answer, asked while the candidates are worked out.
+	// The index's own answer, asked while the selectors are looked up. Label names are few: their
+	// whole answer is asked, and is the candidates (a name no series outside the selectors
+	// carries is carried by the selectors' series), so that no look-up reads the series the
+	// selectors match.
 	var answer []string
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() (err error) {
-		answer, err = ask(gctx, hints)
+		if ix.narrow {
+			answer, err = ask(gctx, hints)
+		} else {
+			answer, err = ask(gctx, nil)
+		}
 		return err
 	})
 	var dropped map[string]struct{}
 	sels, err := q.meetingSelectors(gctx, sel, ms)
 	if err == nil && len(sels) > 0 {
-		dropped, err = q.droppedValues(gctx, ix, ms, sels, ask)
+		if ix.narrow {
+			dropped, err = q.droppedValues(gctx, ix, ms, sels, ask, nil)
+		} else if err = g.Wait(); err == nil {
+			dropped, err = q.droppedValues(ctx, ix, ms, sels, ask, answer)
+		}
 	}
 	if gerr := g.Wait(); err == nil {
 		err = gerr
@@ -216,9 +227,12 @@ func (q *maskedQuerier) maskedLabels(ctx context.Context, ix labelIndex, hints *
 		return nil, ws.ws, err
 	}
 	if len(dropped) == 0 {
+		if !ix.narrow {
+			answer = limit(answer, hints)
+		}
 		return answer, ws.ws, nil
 	}
-	if hints != nil && hints.Limit > 0 && len(answer) >= hints.Limit {
+	if ix.narrow && hints != nil && hints.Limit > 0 && len(answer) >= hints.Limit {
 		// The limit cut the answer: ask again for enough values to fill it after masking.
 		h := *hints
 		h.Limit += len(dropped)
@@ -238,10 +252,10 @@ func (q *maskedQuerier) maskedLabels(ctx context.Context, ix labelIndex, hints *
 type askFunc func(ctx context.Context, hints *storage.LabelHints, extra ...[]*labels.Matcher) ([]string, error)
 
 // droppedValues returns the values of the index's answer that only fully covered series carry.
-func (q *maskedQuerier) droppedValues(ctx context.Context, ix labelIndex, ms []*labels.Matcher, sels []lookupSelector, ask askFunc) (map[string]struct{}, error) {
-	// The candidates: what the series each selector matches carry. And what a series that no
-	// selector matches carries, which survives: asked at the same time, unless the look-up can be
-	// narrowed to the candidates.
+// Unless given (the label names), the candidates are what the series each selector matches carry.
+func (q *maskedQuerier) droppedValues(ctx context.Context, ix labelIndex, ms []*labels.Matcher, sels []lookupSelector, ask askFunc, candidates []string) (map[string]struct{}, error) {
+	// The candidates, and what a series that no selector matches carries, which survives: asked
+	// at the same time, unless the look-up can be narrowed to the candidates.
 	sels = relax(sels)
 	combos := complement(sels)
 	cands := make([][]string, len(sels))
@@ -249,6 +263,10 @@ func (q *maskedQuerier) droppedValues(ctx context.Context, ix labelIndex, ms []*
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(4)
 	for i, s := range sels {
+		if candidates != nil {
+			cands[i] = candidates
+			continue
+		}
 		g.Go(func() (err error) {
 			cands[i], err = ask(gctx, nil, s.send)
 			return err
