@@ -24,7 +24,8 @@ import (
 //
 //   - the inner querier's index answers everything; masking can only take values out of it;
 //   - a value can only be taken out if a series that some live tombstone selector matches carries
-//     it (the candidates, asked of the index with the request's matchers and the selector's);
+//     it (the candidates, asked of the index with the request's matchers and the selector's; for
+//     label names, which are few, every name of the answer);
 //   - a candidate that a series no selector matches also carries survives (asked of the index with
 //     the request's matchers and the selectors' complement, where a few queries express it);
 //   - the remaining candidates are decided on the samples of the series that the selectors match,
@@ -52,7 +53,7 @@ type lookupSelector struct {
 	// superset of the selector's series; exact says whether they select exactly those.
 	send  []*labels.Matcher
 	exact bool
-	// key is an equality matcher of send, to rule the selector out when its value has no series.
+	// key is an equality matcher of send: the one relax keeps.
 	key *labels.Matcher
 }
 
@@ -399,8 +400,9 @@ func negate(m *labels.Matcher) *labels.Matcher {
 }
 
 // surviveSelected removes from pending what a series that the selectors match carries while it
-// keeps a sample in the window: the series no selector matches carry no pending value. A series of an exact selector can only keep a sample outside the tombstone's interval,
-// so only that part of the window is read, and not at all when the tombstone covers the window.
+// keeps a sample in the window: the series no selector matches carry no pending value. A series
+// of an exact selector can only keep a sample outside the tombstone's interval, so only that part
+// of the window is read, and nothing when the tombstone covers the window.
 func (q *maskedQuerier) surviveSelected(ctx context.Context, ix labelIndex, ms []*labels.Matcher, sels []lookupSelector, pending map[string]struct{}) error {
 	// The series of a single-matcher selector that deletes the whole window cannot survive: leave
 	// them out of what is read for the other selectors (a deleted tenant's series, say).
