@@ -40,6 +40,10 @@ const maxComplementQueries = 16
 // that the index checks only those.
 const maxNarrowValues = 500
 
+// probeStretch is how much of the window next to a tombstone's interval is read first to find the
+// series that keep samples.
+const probeStretch = 10 * 60 * 1000
+
 // pruneGroupAbove is how many values of one label keying selectors make it worth one index query
 // to learn which of them exist at all.
 const pruneGroupAbove = 8
@@ -159,13 +163,8 @@ func namesIndex(q storage.LabelQuerier) labelIndex {
 			return q.LabelNames(ctx, hints, ms...)
 		},
 		carried: func(ls labels.Labels, fn func(string)) { ls.Range(func(l labels.Label) { fn(l.Name) }) },
-		restrict: func(names []string) [][]*labels.Matcher {
-			out := make([][]*labels.Matcher, len(names))
-			for i, n := range names {
-				out[i] = []*labels.Matcher{labels.MustNewMatcher(labels.MatchNotEqual, n, "")}
-			}
-			return out
-		},
+		// Any series may carry a name: one read of them all.
+		restrict: func([]string) [][]*labels.Matcher { return [][]*labels.Matcher{nil} },
 	}
 }
 
@@ -253,78 +252,149 @@ func (q *maskedQuerier) maskedLabels(ctx context.Context, ix labelIndex, hints *
 type askFunc func(ctx context.Context, hints *storage.LabelHints, extra ...[]*labels.Matcher) ([]string, error)
 
 // droppedValues returns the values of the index's answer that only fully covered series carry.
-// Unless given (the label names), the candidates are what the series each selector matches carry.
+// The selectors split in two: those whose tombstone deletes the whole window of exactly their
+// series (a deleted tenant: their series cannot survive, and are many), and the others (a
+// stretch of one metric: their series are read, only where their tombstone leaves samples).
+//
+//   - A value no selector's series carries stays (it is no candidate).
+//   - A value the first kind's series carry stays only if a series outside them carries it: one
+//     look-up of their complement, narrowed to those values.
+//   - A value the other kind's series carry, and that a series outside the first kind carries,
+//     stays if one of those series keeps a sample in the window (read first), or else if a series
+//     outside every selector carries it (a look-up of all the selectors' complement, narrowed).
+//
+// The label names (candidates: the whole answer, they are few) are not narrowed.
 func (q *maskedQuerier) droppedValues(ctx context.Context, ix labelIndex, ms []*labels.Matcher, sels []lookupSelector, ask askFunc, candidates []string) (map[string]struct{}, error) {
-	// The candidates, and what a series that no selector matches carries, which survives: asked
-	// at the same time, unless the look-up can be narrowed to the candidates.
 	sels = relax(sels)
-	combos := complement(sels)
-	cands := make([][]string, len(sels))
-	free := make([][]string, len(combos))
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(4)
-	for i, s := range sels {
-		if candidates != nil {
-			cands[i] = candidates
-			continue
+	var whole, rest []lookupSelector
+	for _, s := range sels {
+		if s.exact && s.wholeWindow(q.mint, q.maxt) {
+			whole = append(whole, s)
+		} else {
+			rest = append(rest, s)
 		}
-		g.Go(func() (err error) {
-			cands[i], err = ask(gctx, nil, s.send)
-			return err
-		})
 	}
-	askFree := func(only []*labels.Matcher) {
-		for i, c := range combos {
+
+	// The candidates of each kind. For label names the first kind's are the whole answer: their
+	// series are many, the other kind's few.
+	candsOf := func(ctx context.Context, sels []lookupSelector, first bool) (map[string]struct{}, error) {
+		out := map[string]struct{}{}
+		if len(sels) == 0 {
+			return out, nil
+		}
+		if candidates != nil && first {
+			for _, v := range candidates {
+				out[v] = struct{}{}
+			}
+			return out, nil
+		}
+		vals := make([][]string, len(sels))
+		g, gctx := errgroup.WithContext(ctx)
+		g.SetLimit(4)
+		for i, s := range sels {
 			g.Go(func() (err error) {
-				free[i], err = ask(gctx, nil, c, only)
+				vals[i], err = ask(gctx, nil, s.send)
 				return err
 			})
 		}
+		if err := g.Wait(); err != nil {
+			return nil, err
+		}
+		for _, vs := range vals {
+			for _, v := range vs {
+				out[v] = struct{}{}
+			}
+		}
+		return out, nil
 	}
-	if !ix.narrow {
-		askFree(nil)
+	var wholeCands, restCands map[string]struct{}
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() (err error) {
+		wholeCands, err = candsOf(gctx, whole, true)
+		return err
+	})
+	g.Go(func() (err error) {
+		restCands, err = candsOf(gctx, rest, false)
+		return err
+	})
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	dropped := map[string]struct{}{}
+	// outside holds the candidates a series outside the first kind carries.
+	outside := map[string]struct{}{}
+	for v := range restCands {
+		if _, ok := wholeCands[v]; !ok {
+			outside[v] = struct{}{} // Carried by the other kind's series, which are outside.
+		}
+	}
+	if len(wholeCands) > 0 {
+		vals, err := q.askComplement(ctx, ix, ask, whole, wholeCands)
+		if err != nil {
+			return nil, err
+		}
+		for v := range wholeCands {
+			if _, ok := vals[v]; ok {
+				outside[v] = struct{}{}
+			} else {
+				dropped[v] = struct{}{}
+			}
+		}
+	}
+	// Of what a series outside the first kind carries, the other kind's candidates are in doubt.
+	doubt := map[string]struct{}{}
+	for v := range outside {
+		if _, ok := restCands[v]; ok {
+			doubt[v] = struct{}{}
+		}
+	}
+	if len(doubt) == 0 {
+		return dropped, nil
+	}
+	if err := q.surviveSelected(ctx, ix, ms, whole, rest, doubt); err != nil {
+		return nil, err
+	}
+	if len(doubt) > 0 {
+		vals, err := q.askComplement(ctx, ix, ask, sels, doubt)
+		if err != nil {
+			return nil, err
+		}
+		for v := range doubt {
+			if _, ok := vals[v]; !ok {
+				dropped[v] = struct{}{}
+			}
+		}
+	}
+	return dropped, nil
+}
+
+// askComplement returns what the series that none of the selectors select carry, of vals (all of
+// it, for label names).
+func (q *maskedQuerier) askComplement(ctx context.Context, ix labelIndex, ask askFunc, sels []lookupSelector, vals map[string]struct{}) (map[string]struct{}, error) {
+	combos := complement(sels)
+	var only []*labels.Matcher
+	if ix.narrow && len(vals) <= maxNarrowValues {
+		only = ix.restrict(sortedKeys(vals))[0]
+	}
+	found := make([][]string, len(combos))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(4)
+	for i, c := range combos {
+		g.Go(func() (err error) {
+			found[i], err = ask(gctx, nil, c, only)
+			return err
+		})
 	}
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
-	pending := map[string]struct{}{}
-	kept := sels[:0:0]
-	for i, s := range sels {
-		if len(cands[i]) == 0 {
-			continue // Its series carry nothing: out of the rest of the work.
-		}
-		kept = append(kept, s)
-		for _, v := range cands[i] {
-			pending[v] = struct{}{}
+	out := map[string]struct{}{}
+	for _, vs := range found {
+		for _, v := range vs {
+			out[v] = struct{}{}
 		}
 	}
-	sels = kept
-	if len(pending) == 0 {
-		return nil, nil
-	}
-	if ix.narrow {
-		var only []*labels.Matcher
-		if len(pending) <= maxNarrowValues {
-			only = ix.restrict(sortedKeys(pending))[0]
-		}
-		g, gctx = errgroup.WithContext(ctx)
-		g.SetLimit(4)
-		askFree(only)
-		if err := g.Wait(); err != nil {
-			return nil, err
-		}
-	}
-	for _, vals := range free {
-		for _, v := range vals {
-			delete(pending, v)
-		}
-	}
-	if len(pending) == 0 {
-		return nil, nil
-	}
-
-	// The rest is decided on the samples of the series the selectors match.
-	return pending, q.surviveSelected(ctx, ix, ms, sels, pending)
+	return out, nil
 }
 
 // relax keeps the selectors' complement within maxComplementQueries index queries: while the
@@ -399,41 +469,51 @@ func negate(m *labels.Matcher) *labels.Matcher {
 	return labels.MustNewMatcher(t, m.Name, m.Value)
 }
 
-// surviveSelected removes from pending what a series that the selectors match carries while it
-// keeps a sample in the window: the series no selector matches carry no pending value. A series
-// of an exact selector can only keep a sample outside the tombstone's interval, so only that part
-// of the window is read, and nothing when the tombstone covers the window.
-func (q *maskedQuerier) surviveSelected(ctx context.Context, ix labelIndex, ms []*labels.Matcher, sels []lookupSelector, pending map[string]struct{}) error {
-	// The series of a single-matcher selector that deletes the whole window cannot survive: leave
-	// them out of what is read for the other selectors (a deleted tenant's series, say).
+// surviveSelected removes from pending what a series that the other kind of selectors (rest)
+// match carries while it keeps a sample in the window, leaving out the series of the first kind
+// (whole) where one matcher expresses them. A series of an exact selector can only keep a sample
+// outside the tombstone's interval, so only that part of the window is read: first the stretch
+// next to the interval (where a series that keeps samples has them), then the rest.
+func (q *maskedQuerier) surviveSelected(ctx context.Context, ix labelIndex, ms []*labels.Matcher, whole, rest []lookupSelector, pending map[string]struct{}) error {
 	var exclude []*labels.Matcher
-	for _, s := range sels {
-		if s.exact && len(s.send) == 1 && s.wholeWindow(q.mint, q.maxt) {
+	for _, s := range whole {
+		if len(s.send) == 1 {
 			exclude = append(exclude, negate(s.send[0]))
 		}
 	}
-	for _, s := range sels {
-		var ranges [][2]int64
-		switch {
-		case !s.exact:
-			ranges = [][2]int64{{q.mint, q.maxt}}
-		case s.wholeWindow(q.mint, q.maxt):
-			continue
-		default:
-			if s.t.Start > q.mint {
-				ranges = append(ranges, [2]int64{q.mint, s.t.Start - 1})
+	for _, near := range []bool{true, false} {
+		for _, s := range rest {
+			var ranges [][2]int64
+			switch {
+			case !s.exact:
+				if near {
+					continue
+				}
+				ranges = [][2]int64{{q.mint, q.maxt}}
+			default:
+				if s.t.Start > q.mint {
+					lo := q.mint
+					if near && s.t.Start-q.mint > probeStretch {
+						lo = s.t.Start - probeStretch
+					}
+					ranges = append(ranges, [2]int64{lo, s.t.Start - 1})
+				}
+				if s.t.End < q.maxt {
+					hi := q.maxt
+					if near && q.maxt-s.t.End > probeStretch {
+						hi = s.t.End + probeStretch
+					}
+					ranges = append(ranges, [2]int64{s.t.End + 1, hi})
+				}
 			}
-			if s.t.End < q.maxt {
-				ranges = append(ranges, [2]int64{s.t.End + 1, q.maxt})
-			}
-		}
-		for _, r := range ranges {
-			if len(pending) == 0 {
-				return nil
-			}
-			sel := append(append(slices.Clone(ms), s.send...), exclude...)
-			if err := q.survive(ctx, ix, sel, r[0], r[1], !s.exact, pending); err != nil {
-				return err
+			for _, r := range ranges {
+				if len(pending) == 0 {
+					return nil
+				}
+				sel := append(append(slices.Clone(ms), s.send...), exclude...)
+				if err := q.survive(ctx, ix, sel, r[0], r[1], !s.exact, pending); err != nil {
+					return err
+				}
 			}
 		}
 	}
