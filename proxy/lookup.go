@@ -329,7 +329,7 @@ func (q *maskedQuerier) droppedValues(ctx context.Context, ix labelIndex, ms []*
 		}
 	}
 	if len(wholeCands) > 0 {
-		vals, err := q.askComplement(ctx, ix, ask, whole, wholeCands)
+		vals, err := q.askComplement(ctx, ix, ask, ms, whole, wholeCands)
 		if err != nil {
 			return nil, err
 		}
@@ -355,7 +355,7 @@ func (q *maskedQuerier) droppedValues(ctx context.Context, ix labelIndex, ms []*
 		return nil, err
 	}
 	if len(doubt) > 0 {
-		vals, err := q.askComplement(ctx, ix, ask, sels, doubt)
+		vals, err := q.askComplement(ctx, ix, ask, ms, sels, doubt)
 		if err != nil {
 			return nil, err
 		}
@@ -370,8 +370,11 @@ func (q *maskedQuerier) droppedValues(ctx context.Context, ix labelIndex, ms []*
 
 // askComplement returns what the series that none of the selectors select carry, of vals (all of
 // it, for label names).
-func (q *maskedQuerier) askComplement(ctx context.Context, ix labelIndex, ask askFunc, sels []lookupSelector, vals map[string]struct{}) (map[string]struct{}, error) {
+func (q *maskedQuerier) askComplement(ctx context.Context, ix labelIndex, ask askFunc, ms []*labels.Matcher, sels []lookupSelector, vals map[string]struct{}) (map[string]struct{}, error) {
 	combos := complement(sels)
+	if !ix.narrow && q.chunks != nil {
+		return q.namesOutside(ctx, ms, combos, vals)
+	}
 	var only []*labels.Matcher
 	if ix.narrow && len(vals) <= maxNarrowValues {
 		only = ix.restrict(sortedKeys(vals))[0]
@@ -392,6 +395,30 @@ func (q *maskedQuerier) askComplement(ctx context.Context, ix labelIndex, ask as
 	for _, vs := range found {
 		for _, v := range vs {
 			out[v] = struct{}{}
+		}
+	}
+	return out, nil
+}
+
+// namesOutside returns the names a series selected by ms and one of the combos carries, over a
+// block's own index (the querier has a chunk querier): the block's look-up of label names reads
+// every series its matchers select, but a series set is read lazily, so asking whether one series
+// carries a name costs the first posting.
+func (q *maskedQuerier) namesOutside(ctx context.Context, ms []*labels.Matcher, combos [][]*labels.Matcher, names map[string]struct{}) (map[string]struct{}, error) {
+	out := map[string]struct{}{}
+	hints := &storage.SelectHints{Start: math.MinInt64, End: math.MaxInt64, Func: "series"}
+	for n := range names {
+		for _, c := range combos {
+			sel := append(append(slices.Clone(ms), c...), labels.MustNewMatcher(labels.MatchNotEqual, n, ""))
+			ss := q.inner.Select(ctx, false, hints, sel...)
+			found := ss.Next()
+			if err := ss.Err(); err != nil {
+				return nil, err
+			}
+			if found {
+				out[n] = struct{}{}
+				break
+			}
 		}
 	}
 	return out, nil
