@@ -372,8 +372,10 @@ func (q *maskedQuerier) droppedValues(ctx context.Context, ix labelIndex, ms []*
 // it, for label names).
 func (q *maskedQuerier) askComplement(ctx context.Context, ix labelIndex, ask askFunc, ms []*labels.Matcher, sels []lookupSelector, vals map[string]struct{}) (map[string]struct{}, error) {
 	combos := complement(sels)
-	if !ix.narrow && q.chunks != nil {
-		return q.namesOutside(ctx, ms, combos, vals)
+	if !ix.narrow {
+		if exists := q.seriesExistence(); exists != nil {
+			return namesOutside(ctx, exists, ms, combos, vals)
+		}
 	}
 	var only []*labels.Matcher
 	if ix.narrow && len(vals) <= maxNarrowValues {
@@ -400,28 +402,50 @@ func (q *maskedQuerier) askComplement(ctx context.Context, ix labelIndex, ask as
 	return out, nil
 }
 
-// namesOutside returns the names a series selected by ms and one of the combos carries, over a
-// block's own index (the querier has a chunk querier): the block's look-up of label names reads
-// every series its matchers select, but a series set is read lazily, so asking whether one series
-// carries a name costs the first posting.
-func (q *maskedQuerier) namesOutside(ctx context.Context, ms []*labels.Matcher, combos [][]*labels.Matcher, names map[string]struct{}) (map[string]struct{}, error) {
-	out := map[string]struct{}{}
-	hints := &storage.SelectHints{Start: math.MinInt64, End: math.MaxInt64, Func: "series"}
-	for n := range names {
-		for _, c := range combos {
-			sel := append(append(slices.Clone(ms), c...), labels.MustNewMatcher(labels.MatchNotEqual, n, ""))
-			ss := q.inner.Select(ctx, false, hints, sel...)
-			found := ss.Next()
-			if err := ss.Err(); err != nil {
-				return nil, err
-			}
-			if found {
-				out[n] = struct{}{}
-				break
-			}
-		}
+// seriesExistence returns how to ask whether any series matches, at the cost of finding the
+// first: over a block's index a series set is read lazily; an upstream answers its series
+// endpoint with limit=1. Nil where there is no such way.
+func (q *maskedQuerier) seriesExistence() func(ctx context.Context, ms []*labels.Matcher) (bool, error) {
+	if up, ok := q.inner.(*upstreamQuerier); ok {
+		return up.anySeries
 	}
-	return out, nil
+	if q.chunks == nil {
+		return nil
+	}
+	return func(ctx context.Context, ms []*labels.Matcher) (bool, error) {
+		ss := q.inner.Select(ctx, false, &storage.SelectHints{Start: math.MinInt64, End: math.MaxInt64, Func: "series"}, ms...)
+		found := ss.Next()
+		return found, ss.Err()
+	}
+}
+
+// namesOutside returns the names that a series selected by ms and one of the combos carries,
+// asking per name whether such a series exists: a look-up of label names reads every series its
+// matchers select, and those outside the tombstones are most.
+func namesOutside(ctx context.Context, exists func(context.Context, []*labels.Matcher) (bool, error), ms []*labels.Matcher, combos [][]*labels.Matcher, names map[string]struct{}) (map[string]struct{}, error) {
+	var mu sync.Mutex
+	out := map[string]struct{}{}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(4)
+	for n := range names {
+		g.Go(func() error {
+			for _, c := range combos {
+				sel := append(append(slices.Clone(ms), c...), labels.MustNewMatcher(labels.MatchNotEqual, n, ""))
+				found, err := exists(gctx, sel)
+				if err != nil {
+					return err
+				}
+				if found {
+					mu.Lock()
+					out[n] = struct{}{}
+					mu.Unlock()
+					return nil
+				}
+			}
+			return nil
+		})
+	}
+	return out, g.Wait()
 }
 
 // relax keeps the selectors' complement within maxComplementQueries index queries: while the
