@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/labels"
@@ -628,7 +629,8 @@ func (q *maskedQuerier) scan(ctx context.Context, ms []*labels.Matcher, lo, hi i
 		}
 		return css.Err()
 	}
-	ss := q.inner.Select(ctx, false, &storage.SelectHints{Start: lo, End: hi}, ms...)
+	start, end := clampWindow(lo, hi)
+	ss := q.inner.Select(ctx, false, &storage.SelectHints{Start: start, End: end}, ms...)
 	var it chunkenc.Iterator
 	var err error
 	for ss.Next() {
@@ -644,6 +646,16 @@ func (q *maskedQuerier) scan(ctx context.Context, ms []*labels.Matcher, lo, hi i
 		}
 	}
 	return ss.Err()
+}
+
+// sampleSpan is the widest window the query API's range selector can express (its duration in
+// nanoseconds must fit 64 bits): about 292 years. A look-up with no start or end asks from the
+// year -292277 to the year 292277; sample reads ask for the part of that from 1897 to 2189.
+const sampleSpan = math.MaxInt64 / int64(time.Millisecond)
+
+// clampWindow returns the part of [lo, hi] that a sample read asks for.
+func clampWindow(lo, hi int64) (int64, int64) {
+	return max(lo, -sampleSpan/4), min(hi, sampleSpan/4*3-1)
 }
 
 // sampleOutside reports whether the iterator has a sample in [lo, hi] that no interval covers,
