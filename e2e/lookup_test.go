@@ -126,7 +126,11 @@ func TestLookupBucketMode(t *testing.T) { lookupMode(t, false) }
 // TestLookupUpstreamMode runs it against lethe-proxy in front of a Prometheus (remote read).
 func TestLookupUpstreamMode(t *testing.T) { lookupMode(t, true) }
 
-func lookupMode(t *testing.T, upstream bool) {
+// TestLookupQueryAPIMode runs it against lethe-proxy reading the Prometheus through its query
+// API, as it reads Thanos Query, Mimir or VictoriaMetrics.
+func TestLookupQueryAPIMode(t *testing.T) { lookupMode(t, true, "--upstream.read=query-api") }
+
+func lookupMode(t *testing.T, upstream bool, flags ...string) {
 	began := time.Now()
 	ctx := context.Background()
 	series := lookupSeriesSet()
@@ -154,7 +158,7 @@ func lookupMode(t *testing.T, upstream bool) {
 	untouched := startPrometheus(t, dirs)
 	var proxy *proxyProc
 	if upstream {
-		proxy = startProxy(t, bucketDir, "--tombstones.refresh-interval=100ms", "--upstream.url="+untouched.URL)
+		proxy = startProxy(t, bucketDir, append([]string{"--tombstones.refresh-interval=100ms", "--upstream.url=" + untouched.URL}, flags...)...)
 	} else {
 		proxy = startProxy(t, bucketDir, "--tombstones.refresh-interval=100ms")
 		proxy.waitMetric(t, "lethe_proxy_blocks_loaded", lookupBlocks)

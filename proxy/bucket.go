@@ -175,7 +175,9 @@ func (s *BucketBlocks) Querier(snap *Snapshot, mint, maxt int64) (storage.Querie
 			}
 			return nil, errors.Wrapf(err, "query block %s", meta.ULID)
 		}
-		mq := newMaskedQuerier(q, snap, lb.ext, mint, maxt)
+		// The block holds samples in [MinTime, MaxTime) only: its masking looks no further, so
+		// that a tombstone outside the block costs its look-ups nothing.
+		mq := newMaskedQuerier(q, snap, lb.ext, max(mint, meta.MinTime), min(maxt, meta.MaxTime-1))
 		mq.chunks = cq
 		qs = append(qs, &extQuerier{inner: mq, ext: lb.ext})
 	}

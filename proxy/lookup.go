@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/labels"
@@ -24,7 +25,8 @@ import (
 //
 //   - the inner querier's index answers everything; masking can only take values out of it;
 //   - a value can only be taken out if a series that some live tombstone selector matches carries
-//     it (the candidates, asked of the index with the request's matchers and the selector's);
+//     it (the candidates, asked of the index with the request's matchers and the selector's; for
+//     label names, which are few, every name of the answer);
 //   - a candidate that a series no selector matches also carries survives (asked of the index with
 //     the request's matchers and the selectors' complement, where a few queries express it);
 //   - the remaining candidates are decided on the samples of the series that the selectors match,
@@ -39,6 +41,10 @@ const maxComplementQueries = 16
 // that the index checks only those.
 const maxNarrowValues = 500
 
+// probeStretch is how much of the window next to a tombstone's interval is read first to find the
+// series that keep samples.
+const probeStretch = 10 * 60 * 1000
+
 // pruneGroupAbove is how many values of one label keying selectors make it worth one index query
 // to learn which of them exist at all.
 const pruneGroupAbove = 8
@@ -52,7 +58,7 @@ type lookupSelector struct {
 	// superset of the selector's series; exact says whether they select exactly those.
 	send  []*labels.Matcher
 	exact bool
-	// key is an equality matcher of send, to rule the selector out when its value has no series.
+	// key is an equality matcher of send: the one relax keeps.
 	key *labels.Matcher
 }
 
@@ -158,13 +164,8 @@ func namesIndex(q storage.LabelQuerier) labelIndex {
 			return q.LabelNames(ctx, hints, ms...)
 		},
 		carried: func(ls labels.Labels, fn func(string)) { ls.Range(func(l labels.Label) { fn(l.Name) }) },
-		restrict: func(names []string) [][]*labels.Matcher {
-			out := make([][]*labels.Matcher, len(names))
-			for i, n := range names {
-				out[i] = []*labels.Matcher{labels.MustNewMatcher(labels.MatchNotEqual, n, "")}
-			}
-			return out
-		},
+		// Any series may carry a name: one read of them all.
+		restrict: func([]string) [][]*labels.Matcher { return [][]*labels.Matcher{nil} },
 	}
 }
 
@@ -197,17 +198,28 @@ func (q *maskedQuerier) maskedLabels(ctx context.Context, ix labelIndex, hints *
 		return vals, err
 	}
 
-	// The index's own answer, asked while the candidates are worked out.
+	// The index's own answer, asked while the selectors are looked up. Label names are few: their
+	// whole answer is asked, and is the candidates (a name no series outside the selectors
+	// carries is carried by the selectors' series), so that no look-up reads the series the
+	// selectors match.
 	var answer []string
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() (err error) {
-		answer, err = ask(gctx, hints)
+		if ix.narrow {
+			answer, err = ask(gctx, hints)
+		} else {
+			answer, err = ask(gctx, nil)
+		}
 		return err
 	})
 	var dropped map[string]struct{}
 	sels, err := q.meetingSelectors(gctx, sel, ms)
 	if err == nil && len(sels) > 0 {
-		dropped, err = q.droppedValues(gctx, ix, ms, sels, ask)
+		if ix.narrow {
+			dropped, err = q.droppedValues(gctx, ix, ms, sels, ask, nil)
+		} else if err = g.Wait(); err == nil {
+			dropped, err = q.droppedValues(ctx, ix, ms, sels, ask, answer)
+		}
 	}
 	if gerr := g.Wait(); err == nil {
 		err = gerr
@@ -216,9 +228,12 @@ func (q *maskedQuerier) maskedLabels(ctx context.Context, ix labelIndex, hints *
 		return nil, ws.ws, err
 	}
 	if len(dropped) == 0 {
+		if !ix.narrow {
+			answer = limit(answer, hints)
+		}
 		return answer, ws.ws, nil
 	}
-	if hints != nil && hints.Limit > 0 && len(answer) >= hints.Limit {
+	if ix.narrow && hints != nil && hints.Limit > 0 && len(answer) >= hints.Limit {
 		// The limit cut the answer: ask again for enough values to fill it after masking.
 		h := *hints
 		h.Limit += len(dropped)
@@ -238,70 +253,200 @@ func (q *maskedQuerier) maskedLabels(ctx context.Context, ix labelIndex, hints *
 type askFunc func(ctx context.Context, hints *storage.LabelHints, extra ...[]*labels.Matcher) ([]string, error)
 
 // droppedValues returns the values of the index's answer that only fully covered series carry.
-func (q *maskedQuerier) droppedValues(ctx context.Context, ix labelIndex, ms []*labels.Matcher, sels []lookupSelector, ask askFunc) (map[string]struct{}, error) {
-	// The candidates: what the series each selector matches carry. A selector whose series carry
-	// nothing is out of the rest of the work.
-	cands := make([][]string, len(sels))
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(4)
-	for i, s := range sels {
-		g.Go(func() (err error) {
-			cands[i], err = ask(gctx, nil, s.send)
-			return err
-		})
-	}
-	if err := g.Wait(); err != nil {
-		return nil, err
-	}
-	pending := map[string]struct{}{}
-	kept := sels[:0:0]
-	for i, s := range sels {
-		if len(cands[i]) == 0 {
-			continue
+// The selectors split in two: those whose tombstone deletes the whole window of exactly their
+// series (a deleted tenant: their series cannot survive, and are many), and the others (a
+// stretch of one metric: their series are read, only where their tombstone leaves samples).
+//
+//   - A value no selector's series carries stays (it is no candidate).
+//   - A value the first kind's series carry stays only if a series outside them carries it: one
+//     look-up of their complement, narrowed to those values.
+//   - A value the other kind's series carry, and that a series outside the first kind carries,
+//     stays if one of those series keeps a sample in the window (read first), or else if a series
+//     outside every selector carries it (a look-up of all the selectors' complement, narrowed).
+//
+// The label names (candidates: the whole answer, they are few) are not narrowed.
+func (q *maskedQuerier) droppedValues(ctx context.Context, ix labelIndex, ms []*labels.Matcher, sels []lookupSelector, ask askFunc, candidates []string) (map[string]struct{}, error) {
+	sels = relax(sels)
+	var whole, rest []lookupSelector
+	for _, s := range sels {
+		if s.exact && s.wholeWindow(q.mint, q.maxt) {
+			whole = append(whole, s)
+		} else {
+			rest = append(rest, s)
 		}
-		kept = append(kept, s)
-		for _, v := range cands[i] {
-			pending[v] = struct{}{}
-		}
-	}
-	sels = kept
-	if len(pending) == 0 {
-		return nil, nil
 	}
 
-	// What a series that no selector matches carries survives.
-	sels = relax(sels)
-	if combos := complement(sels); len(combos) > 0 {
-		if ix.narrow && len(pending) <= maxNarrowValues {
-			only := ix.restrict(sortedKeys(pending))[0]
-			for i := range combos {
-				combos[i] = append(combos[i], only...)
-			}
+	// The candidates of each kind. For label names the first kind's are the whole answer: their
+	// series are many, the other kind's few.
+	candsOf := func(ctx context.Context, sels []lookupSelector, first bool) (map[string]struct{}, error) {
+		out := map[string]struct{}{}
+		if len(sels) == 0 {
+			return out, nil
 		}
-		free := make([][]string, len(combos))
+		if candidates != nil && first {
+			for _, v := range candidates {
+				out[v] = struct{}{}
+			}
+			return out, nil
+		}
+		vals := make([][]string, len(sels))
 		g, gctx := errgroup.WithContext(ctx)
 		g.SetLimit(4)
-		for i, c := range combos {
+		for i, s := range sels {
 			g.Go(func() (err error) {
-				free[i], err = ask(gctx, nil, c)
+				vals[i], err = ask(gctx, nil, s.send)
 				return err
 			})
 		}
 		if err := g.Wait(); err != nil {
 			return nil, err
 		}
-		for _, vals := range free {
-			for _, v := range vals {
-				delete(pending, v)
+		for _, vs := range vals {
+			for _, v := range vs {
+				out[v] = struct{}{}
+			}
+		}
+		return out, nil
+	}
+	var wholeCands, restCands map[string]struct{}
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() (err error) {
+		wholeCands, err = candsOf(gctx, whole, true)
+		return err
+	})
+	g.Go(func() (err error) {
+		restCands, err = candsOf(gctx, rest, false)
+		return err
+	})
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	dropped := map[string]struct{}{}
+	// outside holds the candidates a series outside the first kind carries.
+	outside := map[string]struct{}{}
+	for v := range restCands {
+		if _, ok := wholeCands[v]; !ok {
+			outside[v] = struct{}{} // Carried by the other kind's series, which are outside.
+		}
+	}
+	if len(wholeCands) > 0 {
+		vals, err := q.askComplement(ctx, ix, ask, ms, whole, wholeCands)
+		if err != nil {
+			return nil, err
+		}
+		for v := range wholeCands {
+			if _, ok := vals[v]; ok {
+				outside[v] = struct{}{}
+			} else {
+				dropped[v] = struct{}{}
 			}
 		}
 	}
-	if len(pending) == 0 {
-		return nil, nil
+	// Of what a series outside the first kind carries, the other kind's candidates are in doubt.
+	doubt := map[string]struct{}{}
+	for v := range outside {
+		if _, ok := restCands[v]; ok {
+			doubt[v] = struct{}{}
+		}
 	}
+	if len(doubt) == 0 {
+		return dropped, nil
+	}
+	if err := q.surviveSelected(ctx, ix, ms, whole, rest, doubt); err != nil {
+		return nil, err
+	}
+	if len(doubt) > 0 {
+		vals, err := q.askComplement(ctx, ix, ask, ms, sels, doubt)
+		if err != nil {
+			return nil, err
+		}
+		for v := range doubt {
+			if _, ok := vals[v]; !ok {
+				dropped[v] = struct{}{}
+			}
+		}
+	}
+	return dropped, nil
+}
 
-	// The rest is decided on the samples of the series the selectors match.
-	return pending, q.surviveSelected(ctx, ix, ms, sels, pending)
+// askComplement returns what the series that none of the selectors select carry, of vals (all of
+// it, for label names).
+func (q *maskedQuerier) askComplement(ctx context.Context, ix labelIndex, ask askFunc, ms []*labels.Matcher, sels []lookupSelector, vals map[string]struct{}) (map[string]struct{}, error) {
+	combos := complement(sels)
+	if !ix.narrow {
+		if exists := q.seriesExistence(); exists != nil {
+			return namesOutside(ctx, exists, ms, combos, vals)
+		}
+	}
+	var only []*labels.Matcher
+	if ix.narrow && len(vals) <= maxNarrowValues {
+		only = ix.restrict(sortedKeys(vals))[0]
+	}
+	found := make([][]string, len(combos))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(4)
+	for i, c := range combos {
+		g.Go(func() (err error) {
+			found[i], err = ask(gctx, nil, c, only)
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	out := map[string]struct{}{}
+	for _, vs := range found {
+		for _, v := range vs {
+			out[v] = struct{}{}
+		}
+	}
+	return out, nil
+}
+
+// seriesExistence returns how to ask whether any series matches, at the cost of finding the
+// first: over a block's index a series set is read lazily; an upstream answers its series
+// endpoint with limit=1. Nil where there is no such way.
+func (q *maskedQuerier) seriesExistence() func(ctx context.Context, ms []*labels.Matcher) (bool, error) {
+	if up, ok := q.inner.(*upstreamQuerier); ok {
+		return up.anySeries
+	}
+	if q.chunks == nil {
+		return nil
+	}
+	return func(ctx context.Context, ms []*labels.Matcher) (bool, error) {
+		ss := q.inner.Select(ctx, false, &storage.SelectHints{Start: math.MinInt64, End: math.MaxInt64, Func: "series"}, ms...)
+		found := ss.Next()
+		return found, ss.Err()
+	}
+}
+
+// namesOutside returns the names that a series selected by ms and one of the combos carries,
+// asking per name whether such a series exists: a look-up of label names reads every series its
+// matchers select, and those outside the tombstones are most.
+func namesOutside(ctx context.Context, exists func(context.Context, []*labels.Matcher) (bool, error), ms []*labels.Matcher, combos [][]*labels.Matcher, names map[string]struct{}) (map[string]struct{}, error) {
+	var mu sync.Mutex
+	out := map[string]struct{}{}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(4)
+	for n := range names {
+		g.Go(func() error {
+			for _, c := range combos {
+				sel := append(append(slices.Clone(ms), c...), labels.MustNewMatcher(labels.MatchNotEqual, n, ""))
+				found, err := exists(gctx, sel)
+				if err != nil {
+					return err
+				}
+				if found {
+					mu.Lock()
+					out[n] = struct{}{}
+					mu.Unlock()
+					return nil
+				}
+			}
+			return nil
+		})
+	}
+	return out, g.Wait()
 }
 
 // relax keeps the selectors' complement within maxComplementQueries index queries: while the
@@ -376,40 +521,51 @@ func negate(m *labels.Matcher) *labels.Matcher {
 	return labels.MustNewMatcher(t, m.Name, m.Value)
 }
 
-// surviveSelected removes from pending what a series that the selectors match carries while it
-// keeps a sample in the window: the series no selector matches carry no pending value. A series of an exact selector can only keep a sample outside the tombstone's interval,
-// so only that part of the window is read, and not at all when the tombstone covers the window.
-func (q *maskedQuerier) surviveSelected(ctx context.Context, ix labelIndex, ms []*labels.Matcher, sels []lookupSelector, pending map[string]struct{}) error {
-	// The series of a single-matcher selector that deletes the whole window cannot survive: leave
-	// them out of what is read for the other selectors (a deleted tenant's series, say).
+// surviveSelected removes from pending what a series that the other kind of selectors (rest)
+// match carries while it keeps a sample in the window, leaving out the series of the first kind
+// (whole) where one matcher expresses them. A series of an exact selector can only keep a sample
+// outside the tombstone's interval, so only that part of the window is read: first the stretch
+// next to the interval (where a series that keeps samples has them), then the rest.
+func (q *maskedQuerier) surviveSelected(ctx context.Context, ix labelIndex, ms []*labels.Matcher, whole, rest []lookupSelector, pending map[string]struct{}) error {
 	var exclude []*labels.Matcher
-	for _, s := range sels {
-		if s.exact && len(s.send) == 1 && s.wholeWindow(q.mint, q.maxt) {
+	for _, s := range whole {
+		if len(s.send) == 1 {
 			exclude = append(exclude, negate(s.send[0]))
 		}
 	}
-	for _, s := range sels {
-		var ranges [][2]int64
-		switch {
-		case !s.exact:
-			ranges = [][2]int64{{q.mint, q.maxt}}
-		case s.wholeWindow(q.mint, q.maxt):
-			continue
-		default:
-			if s.t.Start > q.mint {
-				ranges = append(ranges, [2]int64{q.mint, s.t.Start - 1})
+	for _, near := range []bool{true, false} {
+		for _, s := range rest {
+			var ranges [][2]int64
+			switch {
+			case !s.exact:
+				if near {
+					continue
+				}
+				ranges = [][2]int64{{q.mint, q.maxt}}
+			default:
+				if s.t.Start > q.mint {
+					lo := q.mint
+					if near && s.t.Start-q.mint > probeStretch {
+						lo = s.t.Start - probeStretch
+					}
+					ranges = append(ranges, [2]int64{lo, s.t.Start - 1})
+				}
+				if s.t.End < q.maxt {
+					hi := q.maxt
+					if near && q.maxt-s.t.End > probeStretch {
+						hi = s.t.End + probeStretch
+					}
+					ranges = append(ranges, [2]int64{s.t.End + 1, hi})
+				}
 			}
-			if s.t.End < q.maxt {
-				ranges = append(ranges, [2]int64{s.t.End + 1, q.maxt})
-			}
-		}
-		for _, r := range ranges {
-			if len(pending) == 0 {
-				return nil
-			}
-			sel := append(append(slices.Clone(ms), s.send...), exclude...)
-			if err := q.survive(ctx, ix, sel, r[0], r[1], !s.exact, pending); err != nil {
-				return err
+			for _, r := range ranges {
+				if len(pending) == 0 {
+					return nil
+				}
+				sel := append(append(slices.Clone(ms), s.send...), exclude...)
+				if err := q.survive(ctx, ix, sel, r[0], r[1], !s.exact, pending); err != nil {
+					return err
+				}
 			}
 		}
 	}
@@ -473,7 +629,8 @@ func (q *maskedQuerier) scan(ctx context.Context, ms []*labels.Matcher, lo, hi i
 		}
 		return css.Err()
 	}
-	ss := q.inner.Select(ctx, false, &storage.SelectHints{Start: lo, End: hi}, ms...)
+	start, end := clampWindow(lo, hi)
+	ss := q.inner.Select(ctx, false, &storage.SelectHints{Start: start, End: end}, ms...)
 	var it chunkenc.Iterator
 	var err error
 	for ss.Next() {
@@ -489,6 +646,16 @@ func (q *maskedQuerier) scan(ctx context.Context, ms []*labels.Matcher, lo, hi i
 		}
 	}
 	return ss.Err()
+}
+
+// sampleSpan is the widest window the query API's range selector can express (its duration in
+// nanoseconds must fit 64 bits): about 292 years. A look-up with no start or end asks from the
+// year -292277 to the year 292277; sample reads ask for the part of that from 1897 to 2189.
+const sampleSpan = math.MaxInt64 / int64(time.Millisecond)
+
+// clampWindow returns the part of [lo, hi] that a sample read asks for.
+func clampWindow(lo, hi int64) (int64, int64) {
+	return max(lo, -sampleSpan/4), min(hi, sampleSpan/4*3-1)
 }
 
 // sampleOutside reports whether the iterator has a sample in [lo, hi] that no interval covers,

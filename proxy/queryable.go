@@ -51,6 +51,7 @@ func (q *maskedQuerier) Select(ctx context.Context, sortSeries bool, hints *stor
 	if dropEmpty {
 		h := *hints
 		h.Func = ""
+		h.Start, h.End = clampWindow(h.Start, h.End)
 		inner = q.inner.Select(ctx, sortSeries, &h, ms...)
 	} else {
 		inner = q.inner.Select(ctx, sortSeries, hints, ms...)
