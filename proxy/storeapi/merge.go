@@ -26,14 +26,15 @@ type frame struct {
 // and sends the survivors merged in label order, as StoreAPI requires; series of equal labels from
 // several stores follow each other, which Thanos Query merges. A store that fails adds a warning
 // when partial is true, and fails the call otherwise; what it sent before stays sent, filtered.
-func (s *Server) merge(ctx context.Context, req *storepb.SeriesRequest, partial bool, filter func(*storepb.Series, labels.Labels) (*storepb.Series, error), send func(*storepb.SeriesResponse) error) error {
+// The filter is given each series' labels when masked is set (and else, with one store, none).
+func (s *Server) merge(ctx context.Context, req *storepb.SeriesRequest, partial, masked bool, filter func(*storepb.Series, labels.Labels) (*storepb.Series, error), send func(*storepb.SeriesResponse) error) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
 	streams := make([]chan frame, len(s.stores))
 	for i, st := range s.stores {
 		streams[i] = make(chan frame, streamBuffer)
-		go s.stream(ctx, st, req, filter, streams[i])
+		go s.stream(ctx, st, req, masked || len(s.stores) > 1, filter, streams[i])
 	}
 
 	// heads holds each open stream's next series; a nil channel is a stream that ended.
@@ -86,8 +87,9 @@ func (s *Server) merge(ctx context.Context, req *storepb.SeriesRequest, partial 
 	}
 }
 
-// stream reads one store's Series stream into out, filtered, and closes out.
-func (s *Server) stream(ctx context.Context, st Store, req *storepb.SeriesRequest, filter func(*storepb.Series, labels.Labels) (*storepb.Series, error), out chan<- frame) {
+// stream reads one store's Series stream into out, filtered, and closes out. Series labels are
+// built only withLabels.
+func (s *Server) stream(ctx context.Context, st Store, req *storepb.SeriesRequest, withLabels bool, filter func(*storepb.Series, labels.Labels) (*storepb.Series, error), out chan<- frame) {
 	defer close(out)
 	put := func(f frame) bool {
 		select {
@@ -104,7 +106,10 @@ func (s *Server) stream(ctx context.Context, st Store, req *storepb.SeriesReques
 	}
 	var builder labels.ScratchBuilder
 	one := func(series *storepb.Series) bool {
-		lset := seriesLabels(series, &builder)
+		lset := labels.EmptyLabels()
+		if withLabels {
+			lset = seriesLabels(series, &builder)
+		}
 		kept, err := filter(series, lset)
 		if err != nil {
 			return put(frame{err: err}) && false

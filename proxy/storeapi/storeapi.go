@@ -186,7 +186,54 @@ func (s *Server) series(ctx context.Context, snap *proxy.Snapshot, req *storepb.
 		up.SkipChunks = false
 	}
 	filter := seriesFilter{server: s, snap: snap, req: req, masked: masked}
-	return s.merge(ctx, up, partialResponse(req.PartialResponseDisabled, req.PartialResponseStrategy), filter.filter, send)
+	out := &batcher{send: send, size: int(req.ResponseBatchSize), limit: req.Limit}
+	err := s.merge(ctx, up, partialResponse(req.PartialResponseDisabled, req.PartialResponseStrategy), masked, filter.filter, out.add)
+	if err != nil && !errors.Is(err, errLimit) {
+		return err
+	}
+	return out.flush()
+}
+
+// errLimit ends a Series call that has sent the series its limit asks for.
+var errLimit = errors.New("series limit reached")
+
+// batcher sends series in batches of the size the client asked for (response_batch_size), and
+// anything else at once.
+// With a limit, it sends no more series than that, as Thanos' own proxy.
+type batcher struct {
+	send  func(*storepb.SeriesResponse) error
+	size  int
+	limit int64
+	sent  int64
+	batch []*storepb.Series
+}
+
+func (b *batcher) add(r *storepb.SeriesResponse) error {
+	s := r.GetSeries()
+	if s == nil {
+		return b.send(r)
+	}
+	if b.limit > 0 && b.sent >= b.limit {
+		return errLimit
+	}
+	b.sent++
+	if b.size <= 1 {
+		return b.send(r)
+	}
+	b.batch = append(b.batch, s)
+	if len(b.batch) < b.size {
+		return nil
+	}
+	return b.flush()
+}
+
+func (b *batcher) flush() error {
+	if len(b.batch) == 0 {
+		return nil
+	}
+	r := &storepb.SeriesResponse{Result: &storepb.SeriesResponse_Batch{Batch: &storepb.SeriesBatch{Series: b.batch}}}
+	b.batch = nil
+	return b.send(r)
 }
 
 // seriesFilter removes deleted samples from one request's series.
@@ -319,6 +366,10 @@ func (s *Server) survivingSeries(ctx context.Context, snap *proxy.Snapshot, mint
 		switch v := r.Result.(type) {
 		case *storepb.SeriesResponse_Series:
 			fn(seriesLabels(v.Series, &builder))
+		case *storepb.SeriesResponse_Batch:
+			for _, s := range v.Batch.Series {
+				fn(seriesLabels(s, &builder))
+			}
 		case *storepb.SeriesResponse_Warning:
 			warnings = append(warnings, v.Warning)
 		}

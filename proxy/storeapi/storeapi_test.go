@@ -43,15 +43,15 @@ func (s *testStore) Series(req *storepb.SeriesRequest, srv storepb.Store_SeriesS
 	if s.err != nil {
 		return s.err
 	}
+	c := chunkenc.NewXORChunk()
+	app, err := c.Appender()
+	if err != nil {
+		return err
+	}
+	for ts := t0; ts < t0+3_600_000; ts += 60_000 {
+		app.Append(0, ts, float64(ts-t0))
+	}
 	for _, ls := range s.series {
-		c := chunkenc.NewXORChunk()
-		app, err := c.Appender()
-		if err != nil {
-			return err
-		}
-		for ts := t0; ts < t0+3_600_000; ts += 60_000 {
-			app.Append(0, ts, float64(ts-t0))
-		}
 		out := &storepb.Series{}
 		ls.Range(func(l labels.Label) { out.Labels = append(out.Labels, &labelpb.Label{Name: l.Name, Value: l.Value}) })
 		if !req.SkipChunks {
@@ -93,7 +93,7 @@ func (s *testStore) Info(context.Context, *infopb.InfoRequest) (*infopb.InfoResp
 }
 
 // serve serves srv's services on 127.0.0.1:0 and returns a connection to it.
-func serve(t *testing.T, register func(*grpc.Server)) *grpc.ClientConn {
+func serve(t testing.TB, register func(*grpc.Server)) *grpc.ClientConn {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	testutil.Ok(t, err)
@@ -120,7 +120,7 @@ type deletion struct {
 	start, end int64
 }
 
-func newFixture(t *testing.T, stores []*testStore, dels ...deletion) *fixture {
+func newFixture(t testing.TB, stores []*testStore, dels ...deletion) *fixture {
 	t.Helper()
 	f := &fixture{now: time.UnixMilli(t0 + 7_200_000)}
 	reg := prometheus.NewRegistry()
@@ -152,6 +152,7 @@ type seriesAnswer struct {
 	series   []string
 	samples  map[string][]int64
 	warnings []string
+	batches  int
 }
 
 func (f *fixture) series(t *testing.T, req *storepb.SeriesRequest) (seriesAnswer, error) {
@@ -172,17 +173,23 @@ func (f *fixture) series(t *testing.T, req *storepb.SeriesRequest) (seriesAnswer
 			a.warnings = append(a.warnings, w)
 			continue
 		}
-		s := r.GetSeries()
-		key := seriesLabels(s, &b).String()
-		a.series = append(a.series, key)
-		for _, c := range s.Chunks {
-			chk, err := decodeChunk(c.Raw)
-			testutil.Ok(t, err)
-			it := chk.Iterator(nil)
-			for it.Next() != chunkenc.ValNone {
-				a.samples[key] = append(a.samples[key], it.AtT())
+		batch := []*storepb.Series{r.GetSeries()}
+		if r.GetBatch() != nil {
+			batch = r.GetBatch().Series
+			a.batches++
+		}
+		for _, s := range batch {
+			key := seriesLabels(s, &b).String()
+			a.series = append(a.series, key)
+			for _, c := range s.Chunks {
+				chk, err := decodeChunk(c.Raw)
+				testutil.Ok(t, err)
+				it := chk.Iterator(nil)
+				for it.Next() != chunkenc.ValNone {
+					a.samples[key] = append(a.samples[key], it.AtT())
+				}
+				testutil.Ok(t, it.Err())
 			}
-			testutil.Ok(t, it.Err())
 		}
 	}
 }
@@ -220,9 +227,26 @@ func TestSeriesMergesStoresAndRemovesDeletedSamples(t *testing.T) {
 	testutil.Equals(t, minutes(0, 60), got.samples[a1.String()])
 	testutil.Equals(t, append(minutes(0, 10), minutes(20, 60)...), got.samples[a2.String()], "the cut series keeps what is outside the deleted range")
 	testutil.Equals(t, []string{"store warning", "store warning"}, got.warnings, "the stores' warnings pass through")
+	testutil.Equals(t, 0, got.batches)
+
+	// Batches of the size asked, the same series in them.
+	req := upRequest(storepb.PartialResponseStrategy_WARN)
+	req.ResponseBatchSize = 2
+	batched, err := f.series(t, req)
+	testutil.Ok(t, err)
+	testutil.Equals(t, got.series, batched.series)
+	testutil.Equals(t, got.samples, batched.samples)
+	testutil.Equals(t, 2, batched.batches)
+
+	// A limit holds over the merged stores.
+	req.Limit = 2
+	limited, err := f.series(t, req)
+	testutil.Ok(t, err)
+	testutil.Equals(t, got.series[:2], limited.series)
+	req.Limit = 0
 
 	// A series look-up (no chunks) leaves out a series with nothing left in the window.
-	req := upRequest(storepb.PartialResponseStrategy_WARN)
+	req = upRequest(storepb.PartialResponseStrategy_WARN)
 	req.SkipChunks, req.MinTime, req.MaxTime = true, t0+11*60_000, t0+19*60_000
 	got, err = f.series(t, req)
 	testutil.Ok(t, err)
