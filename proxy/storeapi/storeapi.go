@@ -341,17 +341,22 @@ func (s *Server) LabelValues(ctx context.Context, req *storepb.LabelValuesReques
 	return &storepb.LabelValuesResponse{Values: sortedLimit(values, req.Limit), Warnings: warnings}, nil
 }
 
+// maxExactLookups bounds the series that survivingSeries checks one request each.
+const maxExactLookups = 64
+
 // survivingSeries calls fn with the labels of every series selected by matchers that keeps a
-// sample in [mint, maxt], and returns the stores' warnings.
+// sample in [mint, maxt], and returns the stores' warnings. It lists the series without chunks
+// first; only those a tombstone covers in part need their chunks read, one exact look-up each
+// (or, for more than maxExactLookups of them, one look-up with chunks of all that matchers select).
 func (s *Server) survivingSeries(ctx context.Context, snap *proxy.Snapshot, mint, maxt int64, ms []*storepb.LabelMatcher, prDisabled bool, pr storepb.PartialResponseStrategy, fn func(labels.Labels)) ([]string, error) {
 	if len(ms) == 0 {
 		// Stores want a matcher; every series has a name.
 		ms = []*storepb.LabelMatcher{{Type: storepb.LabelMatcher_RE, Name: labels.MetricName, Value: ".+"}}
 	}
-	matchers, err := promMatchers(ms)
-	if err != nil {
+	if _, err := promMatchers(ms); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
+	partial := partialResponse(prDisabled, pr)
 	req := &storepb.SeriesRequest{
 		MinTime: mint, MaxTime: maxt, Matchers: ms, SkipChunks: true,
 		// Aggregates summarise the raw samples; the raw ones tell which survive exactly.
@@ -360,22 +365,85 @@ func (s *Server) survivingSeries(ctx context.Context, snap *proxy.Snapshot, mint
 	}
 	var (
 		warnings []string
+		suspects = map[string]labels.Labels{}
+		found    = map[string]struct{}{}
 		builder  labels.ScratchBuilder
 	)
-	err = s.series(ctx, snap, req, matchers, func(r *storepb.SeriesResponse) error {
+	// The filters run in one goroutine per store and only read; what they let through is
+	// handled here, in the merge's goroutine.
+	pass := func(series *storepb.Series, _ labels.Labels) (*storepb.Series, error) { return series, nil }
+	each := func(r *storepb.SeriesResponse, do func(labels.Labels)) error {
 		switch v := r.Result.(type) {
 		case *storepb.SeriesResponse_Series:
-			fn(seriesLabels(v.Series, &builder))
-		case *storepb.SeriesResponse_Batch:
-			for _, s := range v.Batch.Series {
-				fn(seriesLabels(s, &builder))
-			}
+			do(seriesLabels(v.Series, &builder))
 		case *storepb.SeriesResponse_Warning:
 			warnings = append(warnings, v.Warning)
 		}
 		return nil
+	}
+	// Pass 1: every series, no chunks.
+	err := s.merge(ctx, req, partial, true, pass, func(r *storepb.SeriesResponse) error {
+		return each(r, func(lset labels.Labels) {
+			if len(snap.Intervals(lset, labels.EmptyLabels(), nil)) == 0 {
+				fn(lset)
+				return
+			}
+			suspects[lset.String()] = lset
+		})
 	})
-	return warnings, err
+	if err != nil || len(suspects) == 0 {
+		return warnings, err
+	}
+
+	// Pass 2: the chunks of the series a tombstone meets; a series that keeps a sample in the
+	// window gets through.
+	withChunks := proto.CloneOf(req)
+	withChunks.SkipChunks = false
+	keep := func(series *storepb.Series, lset labels.Labels) (*storepb.Series, error) {
+		if _, ok := suspects[lset.String()]; !ok {
+			return nil, nil
+		}
+		ok, err := survives(series.Chunks, snap.Intervals(lset, labels.EmptyLabels(), nil), mint, maxt, 0)
+		if err != nil || !ok {
+			return nil, errors.Wrapf(err, "series %s", redacted(lset))
+		}
+		return &storepb.Series{Labels: series.Labels}, nil
+	}
+	collect := func(r *storepb.SeriesResponse) error {
+		return each(r, func(lset labels.Labels) {
+			if key := lset.String(); !contains(found, key) {
+				found[key] = struct{}{}
+				fn(lset)
+			}
+		})
+	}
+	if len(suspects) > maxExactLookups {
+		err := s.merge(ctx, withChunks, partial, true, keep, collect)
+		s.seriesDropped.Add(float64(len(suspects) - len(found)))
+		return warnings, err
+	}
+	keys := make([]string, 0, len(suspects))
+	for k := range suspects {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		exact := proto.CloneOf(withChunks)
+		exact.Matchers = nil
+		suspects[k].Range(func(l labels.Label) {
+			exact.Matchers = append(exact.Matchers, &storepb.LabelMatcher{Type: storepb.LabelMatcher_EQ, Name: l.Name, Value: l.Value})
+		})
+		if err := s.merge(ctx, exact, partial, true, keep, collect); err != nil {
+			return warnings, err
+		}
+	}
+	s.seriesDropped.Add(float64(len(suspects) - len(found)))
+	return warnings, nil
+}
+
+func contains(set map[string]struct{}, k string) bool {
+	_, ok := set[k]
+	return ok
 }
 
 func (s *Server) passLabelNames(ctx context.Context, req *storepb.LabelNamesRequest) (*storepb.LabelNamesResponse, error) {
