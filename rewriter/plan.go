@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/prometheus/tsdb/index"
 	"github.com/thanos-io/objstore"
 
+	"github.com/lethe-project/lethe/block/chunkcut"
 	"github.com/lethe-project/lethe/block"
 	"github.com/lethe-project/lethe/tombstones"
 )
@@ -294,7 +295,7 @@ func (p *Planner) planBlock(ctx context.Context, meta *block.Meta, cands []*tomb
 		ivs = ix.Intervals(lset, ext, ivs[:0])
 		var share float64
 		for _, c := range chks {
-			share += coveredFraction(ivs, windowStart(c.MinTime, meta.Resolution()), c.MaxTime)
+			share += coveredFraction(ivs, chunkcut.WindowStart(c.MinTime, meta.Resolution()), c.MaxTime)
 		}
 		if share == 0 {
 			continue

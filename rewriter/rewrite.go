@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/prometheus/tsdb/chunks"
 	"github.com/prometheus/prometheus/tsdb/index"
 
+	"github.com/lethe-project/lethe/block/chunkcut"
 	"github.com/lethe-project/lethe/block"
 	"github.com/lethe-project/lethe/tombstones"
 )
@@ -405,11 +406,11 @@ func (d *deleter) droppedSeries(ctx context.Context, ir *index.Reader, cr *chunk
 		}
 		survives := false
 		for _, c := range chks {
-			if mint := windowStart(c.MinTime, d.resolution); !ivs.Overlaps(mint, c.MaxTime) {
+			if mint := chunkcut.WindowStart(c.MinTime, d.resolution); !ivs.Overlaps(mint, c.MaxTime) {
 				survives = true
 				break
 			}
-			if covers(ivs, c.MinTime, c.MaxTime) {
+			if chunkcut.Covers(ivs, c.MinTime, c.MaxTime) {
 				continue
 			}
 			chk, err := cr.chunk(c)
@@ -438,30 +439,6 @@ func (d *deleter) droppedSeries(ctx context.Context, ir *index.Reader, cr *chunk
 		}
 	}
 	return dropped, all.Err()
-}
-
-// windowStart is where the raw samples behind a chunk begin. Thanos stamps a downsampled
-// aggregate with the end of its window, so an aggregate chunk starting at t also summarises raw
-// samples from the start of t's window on; a raw chunk (resolution 0) starts where it says.
-func windowStart(t, resolution int64) int64 {
-	if resolution <= 0 {
-		return t
-	}
-	w := t % resolution
-	if w < 0 {
-		w += resolution
-	}
-	return t - w
-}
-
-// covers reports whether one interval covers all of [mint, maxt].
-func covers(ivs tombstones.Intervals, mint, maxt int64) bool {
-	for _, iv := range ivs {
-		if iv.Mint <= mint && maxt <= iv.Maxt {
-			return true
-		}
-	}
-	return false
 }
 
 // removableSymbols returns the strings that only dropped series use: a leaked label value leaves
@@ -531,10 +508,10 @@ func (d *deleter) rewriteChunks(cr *chunkFiles, chks []chunks.Meta, ivs tombston
 		}
 		st.bytesRead += int64(len(chk.Bytes()))
 		switch {
-		case !ivs.Overlaps(windowStart(c.MinTime, d.resolution), c.MaxTime):
+		case !ivs.Overlaps(chunkcut.WindowStart(c.MinTime, d.resolution), c.MaxTime):
 			st.chunksCopied++
 			out = append(out, chunks.Meta{Chunk: chk, MinTime: c.MinTime, MaxTime: c.MaxTime})
-		case covers(ivs, c.MinTime, c.MaxTime):
+		case chunkcut.Covers(ivs, c.MinTime, c.MaxTime):
 			st.chunksGone++
 		default:
 			if isRaw(chk) {
@@ -552,7 +529,7 @@ func (d *deleter) rewriteChunks(cr *chunkFiles, chks []chunks.Meta, ivs tombston
 				out = append(out, *m)
 				continue
 			}
-			re, err := reencode(chk, ivs)
+			re, err := chunkcut.Raw(chk, ivs)
 			if err != nil {
 				return nil, err
 			}
@@ -564,86 +541,17 @@ func (d *deleter) rewriteChunks(cr *chunkFiles, chks []chunks.Meta, ivs tombston
 }
 
 // cutRaw cuts a chunk of an encoding Prometheus does not know: a Thanos aggregate chunk loses the
-// windows a deleted range meets (nil if none is left); any other chunk, or an aggregate cutAggr
+// windows a deleted range meets (nil if none is left); any other chunk, or an aggregate chunkcut.Aggr
 // cannot cut, is dropped whole (nil).
 func (d *deleter) cutRaw(chk chunkenc.Chunk, ivs tombstones.Intervals) (*chunks.Meta, error) {
-	if chk.Encoding() != aggrEncoding {
+	if chk.Encoding() != chunkcut.AggrEncoding {
 		return nil, nil
 	}
-	b, mint, maxt, ok, err := cutAggr(chk.Bytes(), ivs, d.resolution)
+	b, mint, maxt, ok, err := chunkcut.Aggr(chk.Bytes(), ivs, d.resolution)
 	if err != nil || !ok || b == nil {
 		return nil, errors.Wrap(err, "cut aggregate chunk")
 	}
-	return &chunks.Meta{Chunk: &rawChunk{enc: aggrEncoding, b: b}, MinTime: mint, MaxTime: maxt}, nil
-}
-
-// reencode writes the samples of a chunk that no interval covers into new chunks of the same
-// encoding.
-func reencode(chk chunkenc.Chunk, ivs tombstones.Intervals) ([]chunks.Meta, error) {
-	it := tombstones.NewIterator(chk.Iterator(nil), ivs)
-	var (
-		out  []chunks.Meta
-		cur  *chunks.Meta
-		app  chunkenc.Appender
-		emit = func() {
-			if cur != nil {
-				out = append(out, *cur)
-			}
-		}
-		start = func(c chunkenc.Chunk, t int64) error {
-			emit()
-			a, err := c.Appender()
-			if err != nil {
-				return err
-			}
-			cur, app = &chunks.Meta{Chunk: c, MinTime: t, MaxTime: t}, a
-			return nil
-		}
-	)
-	for vt := it.Next(); vt != chunkenc.ValNone; vt = it.Next() {
-		t, st := it.AtT(), it.AtST()
-		if cur == nil {
-			c, err := chunkenc.NewEmptyChunk(chk.Encoding())
-			if err != nil {
-				return nil, err
-			}
-			if err := start(c, t); err != nil {
-				return nil, err
-			}
-		}
-		var (
-			next    chunkenc.Chunk
-			recoded bool
-			err     error
-		)
-		switch vt {
-		case chunkenc.ValFloat:
-			_, v := it.At()
-			app.Append(st, t, v)
-		case chunkenc.ValHistogram:
-			_, h := it.AtHistogram(nil)
-			next, recoded, app, err = app.AppendHistogram(nil, st, t, h, false)
-		case chunkenc.ValFloatHistogram:
-			_, fh := it.AtFloatHistogram(nil)
-			next, recoded, app, err = app.AppendFloatHistogram(nil, st, t, fh, false)
-		}
-		if err != nil {
-			return nil, errors.Wrap(err, "re-encode")
-		}
-		switch {
-		case next != nil && recoded:
-			cur.Chunk = next
-		case next != nil:
-			out = append(out, *cur)
-			cur = &chunks.Meta{Chunk: next, MinTime: t}
-		}
-		cur.MaxTime = t
-	}
-	if err := it.Err(); err != nil {
-		return nil, errors.Wrap(err, "decode chunk")
-	}
-	emit()
-	return out, nil
+	return &chunks.Meta{Chunk: &rawChunk{enc: chunkcut.AggrEncoding, b: b}, MinTime: mint, MaxTime: maxt}, nil
 }
 
 // redactedLabels names a series in errors and logs by its metric name only: its other label

@@ -1,4 +1,4 @@
-package rewriter
+package chunkcut
 
 import (
 	"encoding/binary"
@@ -14,6 +14,9 @@ import (
 
 const res5m = int64(300_000)
 
+// t0 is 2026-11-01T00:00:00Z.
+const t0 = int64(1793491200000)
+
 type tv struct {
 	t int64
 	v float64
@@ -24,10 +27,10 @@ type tv struct {
 // window's end or the last raw sample; the counter aggregate starts with the first raw sample
 // and ends with the last raw value at the last window's timestamp. It returns the chunk and the
 // windows' samples per aggregate.
-func thanosAggr(t testing.TB, raw []tv) ([]byte, [aggrTypes][]tv) {
+func thanosAggr(t testing.TB, raw []tv) ([]byte, [AggrTypes][]tv) {
 	t.Helper()
-	var want [aggrTypes][]tv
-	want[aggrCounter] = append(want[aggrCounter], raw[0])
+	var want [AggrTypes][]tv
+	want[AggrCounter] = append(want[AggrCounter], raw[0])
 	var (
 		counter, last float64
 		i             int
@@ -40,7 +43,7 @@ func thanosAggr(t testing.TB, raw []tv) ([]byte, [aggrTypes][]tv) {
 		for ; i < len(raw) && raw[i].t <= end; i++ {
 			v := raw[i].v
 			switch {
-			case n == 0 && len(want[aggrCount]) == 0:
+			case n == 0 && len(want[AggrCount]) == 0:
 				counter = v
 			case v >= last:
 				counter += v - last
@@ -54,8 +57,8 @@ func thanosAggr(t testing.TB, raw []tv) ([]byte, [aggrTypes][]tv) {
 			want[k] = append(want[k], tv{end, v})
 		}
 	}
-	want[aggrCounter] = append(want[aggrCounter], tv{want[aggrCount][len(want[aggrCount])-1].t, raw[len(raw)-1].v})
-	var cs [aggrTypes]chunkenc.Chunk
+	want[AggrCounter] = append(want[AggrCounter], tv{want[AggrCount][len(want[AggrCount])-1].t, raw[len(raw)-1].v})
+	var cs [AggrTypes]chunkenc.Chunk
 	for k := range cs {
 		c := chunkenc.NewXORChunk()
 		app, err := c.Appender()
@@ -68,11 +71,11 @@ func thanosAggr(t testing.TB, raw []tv) ([]byte, [aggrTypes][]tv) {
 	return encodeAggr(cs), want
 }
 
-func aggrSamples(t *testing.T, b []byte) [aggrTypes][]tv {
+func aggrSamples(t *testing.T, b []byte) [AggrTypes][]tv {
 	t.Helper()
 	cs, err := parseAggr(b)
 	testutil.Ok(t, err)
-	var out [aggrTypes][]tv
+	var out [AggrTypes][]tv
 	for k, c := range cs {
 		it := c.Iterator(nil)
 		for it.Next() == chunkenc.ValFloat {
@@ -96,7 +99,7 @@ func TestCutAggr(t *testing.T) {
 	}
 	chk, want := thanosAggr(t, raw)
 	testutil.Equals(t, want, aggrSamples(t, chk), "the aggregate chunk round-trips")
-	windows := len(want[aggrCount])
+	windows := len(want[AggrCount])
 	testutil.Equals(t, 24, windows)
 	minute := func(m int64) int64 { return t0 + m*60_000 }
 
@@ -113,7 +116,7 @@ func TestCutAggr(t *testing.T) {
 		{"a deleted range between two samples of window 10 still takes it", tombstones.Intervals{{Mint: minute(52) + 40_000, Maxt: minute(52) + 50_000}}, []int{10}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			out, mint, maxt, ok, err := cutAggr(chk, tc.ivs, res5m)
+			out, mint, maxt, ok, err := Aggr(chk, tc.ivs, res5m)
 			testutil.Ok(t, err)
 			testutil.Assert(t, ok && out != nil)
 			got := aggrSamples(t, out)
@@ -121,16 +124,16 @@ func TestCutAggr(t *testing.T) {
 			for _, i := range tc.gone {
 				gone[i] = true
 			}
-			var exp [aggrTypes][]tv
-			for k := aggrCount; k < aggrCounter; k++ {
+			var exp [AggrTypes][]tv
+			for k := AggrCount; k < AggrCounter; k++ {
 				for i, s := range want[k] {
 					if !gone[i] {
 						exp[k] = append(exp[k], s)
 					}
 				}
 			}
-			testutil.Equals(t, exp[aggrCount][0].t, mint)
-			testutil.Equals(t, exp[aggrCount][len(exp[aggrCount])-1].t, maxt)
+			testutil.Equals(t, exp[AggrCount][0].t, mint)
+			testutil.Equals(t, exp[AggrCount][len(exp[AggrCount])-1].t, maxt)
 			// The counter keeps its first raw sample and the windows before the first that goes,
 			// then the max of the last of those as its last raw value.
 			first := windows
@@ -138,28 +141,28 @@ func TestCutAggr(t *testing.T) {
 				first = min(first, i)
 			}
 			if first > 0 {
-				exp[aggrCounter] = append(exp[aggrCounter], want[aggrCounter][:first+1]...)
-				exp[aggrCounter] = append(exp[aggrCounter], want[aggrMax][first-1])
+				exp[AggrCounter] = append(exp[AggrCounter], want[AggrCounter][:first+1]...)
+				exp[AggrCounter] = append(exp[AggrCounter], want[AggrMax][first-1])
 			}
 			testutil.Equals(t, exp, got)
 			// No sample of any aggregate lies in a deleted range, nor its window.
 			for k := range got {
 				for _, s := range got[k] {
-					testutil.Assert(t, !tc.ivs.Overlaps(windowStart(s.t, res5m), s.t), "aggregate %d keeps %v", k, s)
+					testutil.Assert(t, !tc.ivs.Overlaps(WindowStart(s.t, res5m), s.t), "aggregate %d keeps %v", k, s)
 				}
 			}
 		})
 	}
 
 	t.Run("every window", func(t *testing.T) {
-		out, _, _, ok, err := cutAggr(chk, tombstones.Intervals{{Mint: minute(-5), Maxt: minute(200)}}, res5m)
+		out, _, _, ok, err := Aggr(chk, tombstones.Intervals{{Mint: minute(-5), Maxt: minute(200)}}, res5m)
 		testutil.Ok(t, err)
 		testutil.Assert(t, ok && out == nil)
 	})
 	t.Run("corrupt", func(t *testing.T) {
 		huge := binary.AppendUvarint(nil, ^uint64(0))
 		for _, b := range [][]byte{{}, {5, 1, 2}, {1}, append(huge, 1, 2, 3), append(append([]byte{}, chk...), 0)} {
-			_, _, _, _, err := cutAggr(b, tombstones.Intervals{{Mint: minute(0), Maxt: minute(1)}}, res5m)
+			_, _, _, _, err := Aggr(b, tombstones.Intervals{{Mint: minute(0), Maxt: minute(1)}}, res5m)
 			testutil.NotOk(t, err, "%v", b)
 		}
 	})
@@ -169,9 +172,9 @@ func TestCutAggr(t *testing.T) {
 // counter (float histograms, the sum a gauge) per window; cutting keeps the other windows'
 // count and sum as they were, and the counter up to the first window cut.
 func TestCutAggrHistograms(t *testing.T) {
-	var cs [aggrTypes]chunkenc.Chunk
-	cs[aggrCount], cs[aggrSum], cs[aggrCounter] = chunkenc.NewXORChunk(), chunkenc.NewFloatHistogramChunk(), chunkenc.NewFloatHistogramChunk()
-	var apps [aggrTypes]chunkenc.Appender
+	var cs [AggrTypes]chunkenc.Chunk
+	cs[AggrCount], cs[AggrSum], cs[AggrCounter] = chunkenc.NewXORChunk(), chunkenc.NewFloatHistogramChunk(), chunkenc.NewFloatHistogramChunk()
+	var apps [AggrTypes]chunkenc.Appender
 	for k, c := range cs {
 		if c != nil {
 			app, err := c.Appender()
@@ -190,8 +193,8 @@ func TestCutAggrHistograms(t *testing.T) {
 		sum := synth.ExponentialHistogram(uint64(w), float64(w), []int64{w, 2 * w, 1}).ToFloat(nil)
 		sum.CounterResetHint = histogram.GaugeType
 		counter := synth.ExponentialHistogram(uint64(10*w), float64(10*w), []int64{10 * w, 20 * w, 10 * w}).ToFloat(nil)
-		apps[aggrCount].Append(0, ts, 5)
-		for k, fh := range map[int]*histogram.FloatHistogram{aggrSum: sum, aggrCounter: counter} {
+		apps[AggrCount].Append(0, ts, 5)
+		for k, fh := range map[int]*histogram.FloatHistogram{AggrSum: sum, AggrCounter: counter} {
 			next, _, app, err := apps[k].AppendFloatHistogram(nil, 0, ts, fh, false)
 			testutil.Ok(t, err)
 			testutil.Assert(t, next == nil, "one chunk per aggregate")
@@ -203,18 +206,18 @@ func TestCutAggrHistograms(t *testing.T) {
 		cs, err := parseAggr(b)
 		testutil.Ok(t, err)
 		var out []window
-		it := cs[aggrCount].Iterator(nil)
+		it := cs[AggrCount].Iterator(nil)
 		for it.Next() == chunkenc.ValFloat {
 			ts, v := it.At()
 			out = append(out, window{t: ts, count: v})
 		}
 		testutil.Ok(t, it.Err())
-		for _, k := range []int{aggrSum, aggrCounter} {
+		for _, k := range []int{AggrSum, AggrCounter} {
 			it := cs[k].Iterator(nil)
 			for i := 0; it.Next() == chunkenc.ValFloatHistogram; i++ {
 				ts, fh := it.AtFloatHistogram(nil)
 				testutil.Equals(t, out[i].t, ts)
-				if k == aggrSum {
+				if k == AggrSum {
 					out[i].sum = fh.String()
 				} else {
 					out[i].counter = fh.String()
@@ -229,7 +232,7 @@ func TestCutAggrHistograms(t *testing.T) {
 
 	// Windows 5 to 7 and the last one.
 	ivs := tombstones.Intervals{{Mint: t0 + 5*res5m + 1000, Maxt: t0 + 7*res5m + 1000}, {Mint: t0 + 23*res5m + 1000, Maxt: t0 + 23*res5m + 2000}}
-	out, mint, maxt, ok, err := cutAggr(chk, ivs, res5m)
+	out, mint, maxt, ok, err := Aggr(chk, ivs, res5m)
 	testutil.Ok(t, err)
 	testutil.Assert(t, ok && out != nil)
 	exp := append(append([]window{}, want[:5]...), want[8:23]...)
@@ -255,7 +258,7 @@ func TestCutAggrLeaksNothingOfAGauge(t *testing.T) {
 		raw = append(raw, tv{t0 + 30_000 + m*60_000, v})
 	}
 	chk, _ := thanosAggr(t, raw)
-	out, _, _, ok, err := cutAggr(chk, tombstones.Intervals{{Mint: t0 + 600_000, Maxt: t0 + 899_999}}, res5m)
+	out, _, _, ok, err := Aggr(chk, tombstones.Intervals{{Mint: t0 + 600_000, Maxt: t0 + 899_999}}, res5m)
 	testutil.Ok(t, err)
 	testutil.Assert(t, ok && out != nil)
 	for k, ss := range aggrSamples(t, out) {
@@ -278,7 +281,7 @@ func FuzzCutAggr(f *testing.F) {
 	f.Add([]byte{3, 1, 0, 0, 0}, int64(0), int64(1))
 	f.Fuzz(func(t *testing.T, b []byte, from, length int64) {
 		ivs := tombstones.Intervals{{Mint: t0 + from, Maxt: t0 + from + max(length, 0)}}
-		out, _, _, ok, err := cutAggr(b, ivs, res5m)
+		out, _, _, ok, err := Aggr(b, ivs, res5m)
 		if err != nil || !ok || out == nil {
 			return
 		}

@@ -1,4 +1,4 @@
-package rewriter
+package chunkcut
 
 import (
 	"encoding/binary"
@@ -17,20 +17,25 @@ import (
 // if earlier). The counter aggregate also starts with the first raw sample and ends with the last
 // raw value, stamped again at the last window's timestamp: Thanos' ApplyCounterResetsSeriesIterator
 // compares that value with the next chunk's first to find counter resets between chunks.
-const aggrEncoding = chunkenc.Encoding(0xff)
+const AggrEncoding = chunkenc.Encoding(0xff)
 
+// The aggregates of a downsampled chunk, in the order Thanos encodes them.
 const (
-	aggrCount = iota
-	aggrSum
-	aggrMin
-	aggrMax
-	aggrCounter
-	aggrTypes
+	AggrCount = iota
+	AggrSum
+	AggrMin
+	AggrMax
+	AggrCounter
+	AggrTypes
 )
 
+// Aggregates are the chunks of one downsampled chunk, indexed by AggrCount..AggrCounter; an absent
+// aggregate is nil.
+type Aggregates [AggrTypes]chunkenc.Chunk
+
 // parseAggr splits an aggregate chunk into its chunks; an absent aggregate is nil.
-func parseAggr(b []byte) ([aggrTypes]chunkenc.Chunk, error) {
-	var out [aggrTypes]chunkenc.Chunk
+func parseAggr(b []byte) (Aggregates, error) {
+	var out Aggregates
 	for i := range out {
 		l, n := binary.Uvarint(b)
 		if n <= 0 || (l > 0 && (len(b)-n < 1 || l > uint64(len(b)-n-1))) {
@@ -54,7 +59,7 @@ func parseAggr(b []byte) ([aggrTypes]chunkenc.Chunk, error) {
 }
 
 // encodeAggr is the inverse of parseAggr.
-func encodeAggr(cs [aggrTypes]chunkenc.Chunk) []byte {
+func encodeAggr(cs Aggregates) []byte {
 	var b []byte
 	for _, c := range cs {
 		if c == nil {
@@ -68,53 +73,69 @@ func encodeAggr(cs [aggrTypes]chunkenc.Chunk) []byte {
 	return b
 }
 
-// cutAggr returns an aggregate chunk without the windows that a deleted range meets. Count, sum,
-// min and max lose the samples of those windows and keep the others. The counter aggregate is a
-// running total from the chunk's first raw sample on, so each of its values after a deleted window
-// depends on the deleted samples (for a gauge, or a counter reset there, it would give them away):
-// it keeps only the windows before the first one that goes. Its last raw value (which Thanos
-// compares with the next chunk's first value to find counter resets) becomes the maximum of the
-// last window it keeps, the last value of a window without a reset. Native histogram aggregates
-// (count, sum and counter, one sample per window) are cut the same way. It returns a nil chunk if
-// no window is left, and ok false for a chunk it cannot cut (an aggregate it does not know, or one
-// whose samples no longer fit one chunk), which the caller drops whole.
-func cutAggr(data []byte, ivs tombstones.Intervals, resolution int64) (chk []byte, mint, maxt int64, ok bool, err error) {
+// Aggr returns an aggregate chunk (AggrEncoding's bytes) without the windows that a deleted range
+// meets, as CutAggregates does; nil if no window is left. ok is false for a chunk it cannot cut,
+// which the caller drops whole.
+func Aggr(data []byte, ivs tombstones.Intervals, resolution int64) (chk []byte, mint, maxt int64, ok bool, err error) {
 	aggrs, err := parseAggr(data)
 	if err != nil {
 		return nil, 0, 0, false, err
 	}
-	first := aggrFirst(aggrs)
-	if first < 0 {
-		return nil, 0, 0, false, nil
-	}
-	kept := func(t int64) bool { return !ivs.Overlaps(windowStart(t, resolution), t) }
-	var out [aggrTypes]chunkenc.Chunk
-	windows, cutAt, cut, ok, err := filterChunk(aggrs[first], kept, &out[first])
-	if err != nil || !ok {
-		return nil, 0, 0, false, errors.Wrapf(err, "aggregate %d", first)
-	}
-	if len(windows) == 0 {
+	out, mint, maxt, cut, ok, err := CutAggregates(aggrs, ivs, resolution)
+	switch {
+	case err != nil || !ok:
+		return nil, 0, 0, false, err
+	case !cut:
+		return data, mint, maxt, true, nil
+	case aggrFirst(out) < 0:
 		return nil, 0, 0, true, nil
 	}
+	return encodeAggr(out), mint, maxt, true, nil
+}
+
+// CutAggregates returns the aggregates without the windows that a deleted range meets, and the
+// timestamps of the first and last window left. Count, sum, min and max lose the samples of those
+// windows and keep the others. The counter aggregate is a running total from the chunk's first raw
+// sample on, so each of its values after a deleted window depends on the deleted samples (for a
+// gauge, or a counter reset there, it would give them away): it keeps only the windows before the
+// first one that goes. Its last raw value (which Thanos compares with the next chunk's first value
+// to find counter resets) becomes the maximum of the last window it keeps, the last value of a
+// window without a reset. Native histogram aggregates (count, sum and counter, one sample per
+// window) are cut the same way. cut is false if no window goes (out is then aggrs); with no window
+// left, every aggregate of out is nil. ok is false for aggregates it cannot cut (none it knows, or
+// samples that no longer fit one chunk), which the caller drops whole.
+func CutAggregates(aggrs Aggregates, ivs tombstones.Intervals, resolution int64) (out Aggregates, mint, maxt int64, cut, ok bool, err error) {
+	first := aggrFirst(aggrs)
+	if first < 0 {
+		return out, 0, 0, false, false, nil
+	}
+	kept := func(t int64) bool { return !ivs.Overlaps(WindowStart(t, resolution), t) }
+	windows, cutAt, cut, ok, err := filterChunk(aggrs[first], kept, &out[first])
+	if err != nil || !ok {
+		return Aggregates{}, 0, 0, false, false, errors.Wrapf(err, "aggregate %d", first)
+	}
+	if len(windows) == 0 {
+		return Aggregates{}, 0, 0, true, true, nil
+	}
 	if !cut {
-		return data, windows[0], windows[len(windows)-1], true, nil
+		return aggrs, windows[0], windows[len(windows)-1], false, true, nil
 	}
 	for i, c := range aggrs {
 		if c == nil || i == first {
 			continue
 		}
 		keep := kept
-		if i == aggrCounter {
+		if i == AggrCounter {
 			keep = func(t int64) bool { return t < cutAt && kept(t) }
 		}
 		if _, _, _, ok, err := filterChunk(c, keep, &out[i]); err != nil || !ok {
-			return nil, 0, 0, false, errors.Wrapf(err, "aggregate %d", i)
+			return Aggregates{}, 0, 0, false, false, errors.Wrapf(err, "aggregate %d", i)
 		}
 	}
-	if err := closeCounter(out[aggrCounter], aggrs[aggrMax], cutAt); err != nil {
-		return nil, 0, 0, false, err
+	if err := closeCounter(out[AggrCounter], aggrs[AggrMax], cutAt); err != nil {
+		return Aggregates{}, 0, 0, false, false, err
 	}
-	return encodeAggr(out), windows[0], windows[len(windows)-1], true, nil
+	return out, windows[0], windows[len(windows)-1], true, true, nil
 }
 
 // closeCounter ends a float counter aggregate cut before cutAt with its last raw value, the
@@ -205,8 +226,8 @@ func filterChunk(c chunkenc.Chunk, keep func(int64) bool, out *chunkenc.Chunk) (
 }
 
 // aggrFirst is the first aggregate present other than the counter: its samples are the windows.
-func aggrFirst(aggrs [aggrTypes]chunkenc.Chunk) int {
-	for i := aggrCount; i < aggrCounter; i++ {
+func aggrFirst(aggrs Aggregates) int {
+	for i := AggrCount; i < AggrCounter; i++ {
 		if aggrs[i] != nil {
 			return i
 		}

@@ -1,0 +1,54 @@
+package storeapi
+
+import (
+	"context"
+	"errors"
+	"io"
+	"strconv"
+	"testing"
+
+	"github.com/efficientgo/core/testutil"
+	"github.com/prometheus/prometheus/model/labels"
+	"google.golang.org/grpc"
+
+	"github.com/lethe-project/lethe/internal/storepb"
+)
+
+// BenchmarkSeries streams 10,000 series of one 60-sample chunk from a store, asked directly and
+// through lethe: untouched (no tombstone can meet the request), and masked (every series loses 10
+// of its 60 minutes, so every chunk is re-encoded).
+func BenchmarkSeries(b *testing.B) {
+	var series []labels.Labels
+	for i := range 10_000 {
+		series = append(series, labels.FromStrings("__name__", "up", "instance", strconv.Itoa(100_000+i), "job", "node"))
+	}
+	store := &testStore{series: series}
+	direct := storepb.NewStoreClient(serve(b, func(g *grpc.Server) { storepb.RegisterStoreServer(g, store) }))
+	untouched := newFixture(b, []*testStore{store}, deletion{`other{job="x"}`, t0, t0 + 60_000})
+	masked := newFixture(b, []*testStore{store}, deletion{`up{job="node"}`, t0 + 20*60_000, t0 + 30*60_000 - 1})
+
+	req := upRequest(storepb.PartialResponseStrategy_WARN)
+	for _, c := range []struct {
+		name   string
+		client storepb.StoreClient
+	}{{"direct", direct}, {"lethe-untouched", untouched.client}, {"lethe-masked", masked.client}} {
+		b.Run(c.name, func(b *testing.B) {
+			for b.Loop() {
+				cl, err := c.client.Series(context.Background(), req)
+				testutil.Ok(b, err)
+				n := 0
+				for {
+					r, err := cl.Recv()
+					if errors.Is(err, io.EOF) {
+						break
+					}
+					testutil.Ok(b, err)
+					if r.GetSeries() != nil {
+						n++
+					}
+				}
+				testutil.Equals(b, len(series), n)
+			}
+		})
+	}
+}

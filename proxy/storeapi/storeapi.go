@@ -1,0 +1,573 @@
+// Package storeapi serves Thanos' gRPC StoreAPI (Info, Series, LabelNames, LabelValues) in front
+// of other StoreAPI servers (store gateways, sidecars, receivers, queriers) with every sample a
+// live tombstone covers removed from the Series stream: Thanos Query points its --endpoint at it
+// instead of at the stores, and deduplication, downsampling and PromQL stay Thanos' own.
+package storeapi
+
+import (
+	"context"
+	"log/slog"
+	"math"
+	"slices"
+	"sort"
+	"time"
+
+	"github.com/efficientgo/core/errors"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+	"github.com/prometheus/prometheus/model/labels"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/lethe-project/lethe/internal/storepb"
+	"github.com/lethe-project/lethe/internal/storepb/infopb"
+	"github.com/lethe-project/lethe/internal/storepb/labelpb"
+	"github.com/lethe-project/lethe/proxy"
+)
+
+// Mask gives the tombstones in force for one request (proxy.Mask does).
+type Mask interface {
+	Current() (*proxy.Snapshot, error)
+}
+
+// Store is one StoreAPI server behind the filter.
+type Store struct {
+	// Name identifies the store in warnings and logs (its address).
+	Name  string
+	Store storepb.StoreClient
+	Info  infopb.InfoClient
+}
+
+// NewStore returns the store served over conn.
+func NewStore(name string, conn grpc.ClientConnInterface) Store {
+	return Store{Name: name, Store: storepb.NewStoreClient(conn), Info: infopb.NewInfoClient(conn)}
+}
+
+// Server is the StoreAPI filter.
+type Server struct {
+	storepb.UnimplementedStoreServer
+	infopb.UnimplementedInfoServer
+
+	logger      *slog.Logger
+	mask        Mask
+	stores      []Store
+	infoTimeout time.Duration
+
+	seriesMasked  prometheus.Counter
+	seriesDropped prometheus.Counter
+	chunksCut     prometheus.Counter
+	storeErrors   *prometheus.CounterVec
+}
+
+// NewServer returns a filter in front of the stores.
+func NewServer(logger *slog.Logger, reg prometheus.Registerer, mask Mask, stores []Store) *Server {
+	f := promauto.With(reg)
+	return &Server{
+		logger:      logger,
+		mask:        mask,
+		stores:      stores,
+		infoTimeout: 10 * time.Second,
+		seriesMasked: f.NewCounter(prometheus.CounterOpts{
+			Name: "lethe_proxy_storeapi_series_masked_total",
+			Help: "Series streamed through the StoreAPI filter that a tombstone covers in part or whole.",
+		}),
+		seriesDropped: f.NewCounter(prometheus.CounterOpts{
+			Name: "lethe_proxy_storeapi_series_dropped_total",
+			Help: "Series left out of the StoreAPI Series stream because tombstones cover all their samples.",
+		}),
+		chunksCut: f.NewCounter(prometheus.CounterOpts{
+			Name: "lethe_proxy_storeapi_chunks_cut_total",
+			Help: "Chunks the StoreAPI filter re-encoded or cut at a deleted range.",
+		}),
+		storeErrors: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "lethe_proxy_storeapi_store_errors_total",
+			Help: "StoreAPI calls to a store behind the filter that failed.",
+		}, []string{"store", "method"}),
+	}
+}
+
+// Register serves the Store and Info services on s.
+func (s *Server) Register(g *grpc.Server) {
+	storepb.RegisterStoreServer(g, s)
+	infopb.RegisterInfoServer(g, s)
+}
+
+// Info merges the stores' label sets and time ranges, as Thanos' own proxy does. It advertises no
+// support for without_replica_labels: the filter needs the replica labels to match tombstones,
+// and Thanos Query then removes them itself.
+func (s *Server) Info(ctx context.Context, _ *infopb.InfoRequest) (*infopb.InfoResponse, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.infoTimeout)
+	defer cancel()
+
+	type answer struct {
+		resp *infopb.InfoResponse
+		err  error
+	}
+	answers := make([]answer, len(s.stores))
+	done := make(chan struct{}, len(s.stores))
+	for i, st := range s.stores {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			r, err := st.Info.Info(ctx, &infopb.InfoRequest{})
+			answers[i] = answer{r, err}
+		}()
+	}
+	for range s.stores {
+		<-done
+	}
+
+	var (
+		sets     = map[string]*labelpb.ZLabelSet{}
+		info     = &infopb.StoreInfo{MinTime: math.MaxInt64, MaxTime: math.MinInt64}
+		answered int
+		lastErr  error
+	)
+	for i, a := range answers {
+		if a.err != nil {
+			s.storeErrors.WithLabelValues(s.stores[i].Name, "Info").Inc()
+			s.logger.Warn("store info", "store", s.stores[i].Name, "err", a.err)
+			lastErr = a.err
+			continue
+		}
+		if a.resp.Store == nil {
+			continue // Not a StoreAPI server: nothing of it is served.
+		}
+		answered++
+		for _, ls := range a.resp.LabelSets {
+			sets[zLabelsToProm(ls.Labels).String()] = ls
+		}
+		info.MinTime = min(info.MinTime, a.resp.Store.MinTime)
+		info.MaxTime = max(info.MaxTime, a.resp.Store.MaxTime)
+		info.TsdbInfos = append(info.TsdbInfos, a.resp.Store.TsdbInfos...)
+	}
+	if answered == 0 {
+		if lastErr != nil {
+			return nil, status.Error(codes.Unavailable, errors.Wrap(lastErr, "no store behind lethe answers Info").Error())
+		}
+		return nil, status.Error(codes.Unavailable, "no StoreAPI server behind lethe")
+	}
+	keys := make([]string, 0, len(sets))
+	for k := range sets {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	resp := &infopb.InfoResponse{ComponentType: "store", Store: info}
+	for _, k := range keys {
+		resp.LabelSets = append(resp.LabelSets, sets[k])
+	}
+	return resp, nil
+}
+
+// Series streams the stores' series, merged in label order, without the samples live tombstones
+// cover; a series with nothing left is dropped. Without tombstones in force it fails: it never
+// serves data that may have been deleted since.
+func (s *Server) Series(req *storepb.SeriesRequest, srv storepb.Store_SeriesServer) error {
+	snap, err := s.mask.Current()
+	if err != nil {
+		return status.Error(codes.Unavailable, err.Error())
+	}
+	matchers, err := promMatchers(req.Matchers)
+	if err != nil {
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	return s.series(srv.Context(), snap, req, matchers, srv.Send)
+}
+
+// series fans req out to the stores and sends what survives the snapshot's tombstones.
+func (s *Server) series(ctx context.Context, snap *proxy.Snapshot, req *storepb.SeriesRequest, matchers []*labels.Matcher, send func(*storepb.SeriesResponse) error) error {
+	up := proto.CloneOf(req)
+	// The replica labels are needed to match tombstones; Thanos Query drops them itself.
+	up.WithoutReplicaLabels = nil
+	masked := snap.MayMatch(matchers, labels.EmptyLabels(), req.MinTime, req.MaxTime)
+	if masked && req.SkipChunks {
+		// Whether a series keeps a sample in the range is told by its chunks.
+		up.SkipChunks = false
+	}
+	filter := seriesFilter{server: s, snap: snap, req: req, masked: masked}
+	out := &batcher{send: send, size: int(req.ResponseBatchSize), limit: req.Limit}
+	err := s.merge(ctx, up, partialResponse(req.PartialResponseDisabled, req.PartialResponseStrategy), masked, filter.filter, out.add)
+	if err != nil && !errors.Is(err, errLimit) {
+		return err
+	}
+	return out.flush()
+}
+
+// errLimit ends a Series call that has sent the series its limit asks for.
+var errLimit = errors.New("series limit reached")
+
+// batcher sends series in batches of the size the client asked for (response_batch_size), and
+// anything else at once.
+// With a limit, it sends no more series than that, as Thanos' own proxy.
+type batcher struct {
+	send  func(*storepb.SeriesResponse) error
+	size  int
+	limit int64
+	sent  int64
+	batch []*storepb.Series
+}
+
+func (b *batcher) add(r *storepb.SeriesResponse) error {
+	s := r.GetSeries()
+	if s == nil {
+		return b.send(r)
+	}
+	if b.limit > 0 && b.sent >= b.limit {
+		return errLimit
+	}
+	b.sent++
+	if b.size <= 1 {
+		return b.send(r)
+	}
+	b.batch = append(b.batch, s)
+	if len(b.batch) < b.size {
+		return nil
+	}
+	return b.flush()
+}
+
+func (b *batcher) flush() error {
+	if len(b.batch) == 0 {
+		return nil
+	}
+	r := &storepb.SeriesResponse{Result: &storepb.SeriesResponse_Batch{Batch: &storepb.SeriesBatch{Series: b.batch}}}
+	b.batch = nil
+	return b.send(r)
+}
+
+// seriesFilter removes deleted samples from one request's series.
+type seriesFilter struct {
+	server *Server
+	snap   *proxy.Snapshot
+	req    *storepb.SeriesRequest
+	masked bool
+}
+
+// filter returns the series without deleted samples, or nil when none is left.
+func (f seriesFilter) filter(series *storepb.Series, lset labels.Labels) (*storepb.Series, error) {
+	if !f.masked {
+		return series, nil
+	}
+	ivs := f.snap.Intervals(lset, labels.EmptyLabels(), nil)
+	if len(ivs) == 0 {
+		if f.req.SkipChunks {
+			return &storepb.Series{Labels: series.Labels}, nil
+		}
+		return series, nil
+	}
+	f.server.seriesMasked.Inc()
+	if f.req.SkipChunks {
+		ok, err := survives(series.Chunks, ivs, f.req.MinTime, f.req.MaxTime, f.req.MaxResolutionWindow)
+		if err != nil || !ok {
+			if err == nil {
+				f.server.seriesDropped.Inc()
+			}
+			return nil, err
+		}
+		return &storepb.Series{Labels: series.Labels}, nil
+	}
+	chks, err := cutSeries(series.Chunks, ivs, f.req.MaxResolutionWindow)
+	if err != nil {
+		return nil, errors.Wrapf(err, "series %s", redacted(lset))
+	}
+	if chks == nil {
+		f.server.seriesDropped.Inc()
+		return nil, nil
+	}
+	if len(chks) != len(series.Chunks) || !slices.Equal(chks, series.Chunks) {
+		f.server.chunksCut.Inc()
+	}
+	return &storepb.Series{Labels: series.Labels, Chunks: chks}, nil
+}
+
+// LabelNames answers the stores' label names. When a tombstone may meet the request, the names
+// come from the series that keep a sample in the range instead: a name carried only by deleted
+// samples never appears.
+func (s *Server) LabelNames(ctx context.Context, req *storepb.LabelNamesRequest) (*storepb.LabelNamesResponse, error) {
+	snap, err := s.mask.Current()
+	if err != nil {
+		return nil, status.Error(codes.Unavailable, err.Error())
+	}
+	matchers, err := promMatchers(req.Matchers)
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	if !snap.MayMatch(matchers, labels.EmptyLabels(), req.Start, req.End) {
+		return s.passLabelNames(ctx, req)
+	}
+	names := map[string]struct{}{}
+	warnings, err := s.survivingSeries(ctx, snap, req.Start, req.End, req.Matchers, req.PartialResponseDisabled, req.PartialResponseStrategy, func(lset labels.Labels) {
+		lset.Range(func(l labels.Label) {
+			if !slices.Contains(req.WithoutReplicaLabels, l.Name) {
+				names[l.Name] = struct{}{}
+			}
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &storepb.LabelNamesResponse{Names: sortedLimit(names, req.Limit), Warnings: warnings}, nil
+}
+
+// LabelValues answers the stores' values of a label, as LabelNames does its names.
+func (s *Server) LabelValues(ctx context.Context, req *storepb.LabelValuesRequest) (*storepb.LabelValuesResponse, error) {
+	snap, err := s.mask.Current()
+	if err != nil {
+		return nil, status.Error(codes.Unavailable, err.Error())
+	}
+	if req.Label == "" {
+		return nil, status.Error(codes.InvalidArgument, "label name parameter cannot be empty")
+	}
+	matchers, err := promMatchers(req.Matchers)
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	if !snap.MayMatch(matchers, labels.EmptyLabels(), req.Start, req.End) {
+		return s.passLabelValues(ctx, req)
+	}
+	if slices.Contains(req.WithoutReplicaLabels, req.Label) {
+		return &storepb.LabelValuesResponse{}, nil // As Thanos' stores answer.
+	}
+	values := map[string]struct{}{}
+	warnings, err := s.survivingSeries(ctx, snap, req.Start, req.End, req.Matchers, req.PartialResponseDisabled, req.PartialResponseStrategy, func(lset labels.Labels) {
+		if v := lset.Get(req.Label); v != "" {
+			values[v] = struct{}{}
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &storepb.LabelValuesResponse{Values: sortedLimit(values, req.Limit), Warnings: warnings}, nil
+}
+
+// maxExactLookups bounds the series that survivingSeries checks one request each.
+const maxExactLookups = 64
+
+// survivingSeries calls fn with the labels of every series selected by matchers that keeps a
+// sample in [mint, maxt], and returns the stores' warnings. It lists the series without chunks
+// first; only those a tombstone covers in part need their chunks read, one exact look-up each
+// (or, for more than maxExactLookups of them, one look-up with chunks of all that matchers select).
+func (s *Server) survivingSeries(ctx context.Context, snap *proxy.Snapshot, mint, maxt int64, ms []*storepb.LabelMatcher, prDisabled bool, pr storepb.PartialResponseStrategy, fn func(labels.Labels)) ([]string, error) {
+	if len(ms) == 0 {
+		// Stores want a matcher; every series has a name.
+		ms = []*storepb.LabelMatcher{{Type: storepb.LabelMatcher_RE, Name: labels.MetricName, Value: ".+"}}
+	}
+	if _, err := promMatchers(ms); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	partial := partialResponse(prDisabled, pr)
+	req := &storepb.SeriesRequest{
+		MinTime: mint, MaxTime: maxt, Matchers: ms, SkipChunks: true,
+		// Aggregates summarise the raw samples; the raw ones tell which survive exactly.
+		MaxResolutionWindow:     0,
+		PartialResponseDisabled: prDisabled, PartialResponseStrategy: pr,
+	}
+	var (
+		warnings []string
+		suspects = map[string]labels.Labels{}
+		found    = map[string]struct{}{}
+		builder  labels.ScratchBuilder
+	)
+	// The filters run in one goroutine per store and only read; what they let through is
+	// handled here, in the merge's goroutine.
+	pass := func(series *storepb.Series, _ labels.Labels) (*storepb.Series, error) { return series, nil }
+	each := func(r *storepb.SeriesResponse, do func(labels.Labels)) error {
+		switch v := r.Result.(type) {
+		case *storepb.SeriesResponse_Series:
+			do(seriesLabels(v.Series, &builder))
+		case *storepb.SeriesResponse_Warning:
+			warnings = append(warnings, v.Warning)
+		}
+		return nil
+	}
+	// Pass 1: every series, no chunks.
+	err := s.merge(ctx, req, partial, true, pass, func(r *storepb.SeriesResponse) error {
+		return each(r, func(lset labels.Labels) {
+			if len(snap.Intervals(lset, labels.EmptyLabels(), nil)) == 0 {
+				fn(lset)
+				return
+			}
+			suspects[lset.String()] = lset
+		})
+	})
+	if err != nil || len(suspects) == 0 {
+		return warnings, err
+	}
+
+	// Pass 2: the chunks of the series a tombstone meets; a series that keeps a sample in the
+	// window gets through.
+	withChunks := proto.CloneOf(req)
+	withChunks.SkipChunks = false
+	keep := func(series *storepb.Series, lset labels.Labels) (*storepb.Series, error) {
+		if _, ok := suspects[lset.String()]; !ok {
+			return nil, nil
+		}
+		ok, err := survives(series.Chunks, snap.Intervals(lset, labels.EmptyLabels(), nil), mint, maxt, 0)
+		if err != nil || !ok {
+			return nil, errors.Wrapf(err, "series %s", redacted(lset))
+		}
+		return &storepb.Series{Labels: series.Labels}, nil
+	}
+	collect := func(r *storepb.SeriesResponse) error {
+		return each(r, func(lset labels.Labels) {
+			if key := lset.String(); !contains(found, key) {
+				found[key] = struct{}{}
+				fn(lset)
+			}
+		})
+	}
+	if len(suspects) > maxExactLookups {
+		err := s.merge(ctx, withChunks, partial, true, keep, collect)
+		s.seriesDropped.Add(float64(len(suspects) - len(found)))
+		return warnings, err
+	}
+	keys := make([]string, 0, len(suspects))
+	for k := range suspects {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		exact := proto.CloneOf(withChunks)
+		exact.Matchers = nil
+		suspects[k].Range(func(l labels.Label) {
+			exact.Matchers = append(exact.Matchers, &storepb.LabelMatcher{Type: storepb.LabelMatcher_EQ, Name: l.Name, Value: l.Value})
+		})
+		if err := s.merge(ctx, exact, partial, true, keep, collect); err != nil {
+			return warnings, err
+		}
+	}
+	s.seriesDropped.Add(float64(len(suspects) - len(found)))
+	return warnings, nil
+}
+
+func contains(set map[string]struct{}, k string) bool {
+	_, ok := set[k]
+	return ok
+}
+
+func (s *Server) passLabelNames(ctx context.Context, req *storepb.LabelNamesRequest) (*storepb.LabelNamesResponse, error) {
+	names := map[string]struct{}{}
+	warnings, err := fanOut(ctx, s, "LabelNames", partialResponse(req.PartialResponseDisabled, req.PartialResponseStrategy), func(ctx context.Context, st Store) ([]string, error) {
+		r, err := st.Store.LabelNames(ctx, req)
+		if err != nil {
+			return nil, err
+		}
+		for _, n := range r.Names {
+			names[n] = struct{}{}
+		}
+		return r.Warnings, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &storepb.LabelNamesResponse{Names: sortedLimit(names, req.Limit), Warnings: warnings}, nil
+}
+
+func (s *Server) passLabelValues(ctx context.Context, req *storepb.LabelValuesRequest) (*storepb.LabelValuesResponse, error) {
+	values := map[string]struct{}{}
+	warnings, err := fanOut(ctx, s, "LabelValues", partialResponse(req.PartialResponseDisabled, req.PartialResponseStrategy), func(ctx context.Context, st Store) ([]string, error) {
+		r, err := st.Store.LabelValues(ctx, req)
+		if err != nil {
+			return nil, err
+		}
+		for _, v := range r.Values {
+			values[v] = struct{}{}
+		}
+		return r.Warnings, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &storepb.LabelValuesResponse{Values: sortedLimit(values, req.Limit), Warnings: warnings}, nil
+}
+
+// fanOut calls each store in turn (label look-ups are small) and gathers their warnings. A store
+// that fails adds a warning when partial responses are allowed, and fails the call otherwise.
+func fanOut(ctx context.Context, s *Server, method string, partial bool, call func(context.Context, Store) ([]string, error)) ([]string, error) {
+	var warnings []string
+	for _, st := range s.stores {
+		w, err := call(ctx, st)
+		if err != nil {
+			s.storeErrors.WithLabelValues(st.Name, method).Inc()
+			if !partial {
+				return nil, storeError(st, err)
+			}
+			warnings = append(warnings, errors.Wrapf(err, "store %s", st.Name).Error())
+			continue
+		}
+		warnings = append(warnings, w...)
+	}
+	return warnings, nil
+}
+
+// partialResponse reports whether a failing store may be left out with a warning.
+func partialResponse(disabled bool, strategy storepb.PartialResponseStrategy) bool {
+	return !disabled && strategy != storepb.PartialResponseStrategy_ABORT
+}
+
+// storeError keeps the store's gRPC code and names the store.
+func storeError(st Store, err error) error {
+	return status.Error(status.Code(err), errors.Wrapf(err, "store %s", st.Name).Error())
+}
+
+func sortedLimit(set map[string]struct{}, limit int64) []string {
+	out := make([]string, 0, len(set))
+	for v := range set {
+		out = append(out, v)
+	}
+	sort.Strings(out)
+	if limit > 0 && int64(len(out)) > limit {
+		out = out[:limit]
+	}
+	return out
+}
+
+func promMatchers(ms []*storepb.LabelMatcher) ([]*labels.Matcher, error) {
+	out := make([]*labels.Matcher, 0, len(ms))
+	for _, m := range ms {
+		var t labels.MatchType
+		switch m.Type {
+		case storepb.LabelMatcher_EQ:
+			t = labels.MatchEqual
+		case storepb.LabelMatcher_NEQ:
+			t = labels.MatchNotEqual
+		case storepb.LabelMatcher_RE:
+			t = labels.MatchRegexp
+		case storepb.LabelMatcher_NRE:
+			t = labels.MatchNotRegexp
+		default:
+			return nil, errors.Newf("unknown matcher type %d", m.Type)
+		}
+		pm, err := labels.NewMatcher(t, m.Name, m.Value)
+		if err != nil {
+			return nil, errors.Wrapf(err, "matcher %s", m.Name)
+		}
+		out = append(out, pm)
+	}
+	return out, nil
+}
+
+func seriesLabels(s *storepb.Series, b *labels.ScratchBuilder) labels.Labels {
+	b.Reset()
+	for _, l := range s.Labels {
+		b.Add(l.Name, l.Value)
+	}
+	b.Sort()
+	return b.Labels()
+}
+
+func zLabelsToProm(ls []*labelpb.Label) labels.Labels {
+	var b labels.ScratchBuilder
+	for _, l := range ls {
+		b.Add(l.Name, l.Value)
+	}
+	b.Sort()
+	return b.Labels()
+}
+
+// redacted names a series by its metric name only: its other label values may be what is being
+// deleted.
+func redacted(ls labels.Labels) string {
+	return ls.Get(labels.MetricName) + "{...}"
+}
