@@ -429,7 +429,8 @@ func checkShard(t *testing.T, where string, w workload, inv invocation, env map[
 	testutil.Assert(t, m != nil, "%s: --shard=%s: want $(VAR)/n with VAR the completion index", where, v)
 	testutil.Assert(t, indexed, "%s: --shard from a completion index needs completionMode: Indexed", where)
 	n, _ := strconv.Atoi(m[2])
-	testutil.Assert(t, w.job.Completions != nil && int(*w.job.Completions) == n, "%s: --shard i/%d but completions %v", where, n, w.job.Completions)
+	testutil.Assert(t, w.job.Completions != nil, "%s: --shard i/%d needs completions: %d", where, n, n)
+	testutil.Equals(t, n, int(*w.job.Completions), "%s: --shard i/%d against the Job's completions", where, n)
 	testutil.Assert(t, w.job.Parallelism == nil || *w.job.Parallelism <= *w.job.Completions, "%s: parallelism above completions", where)
 	e := env[m[1]]
 	testutil.Assert(t, m[1] == "JOB_COMPLETION_INDEX" || (e.ValueFrom != nil && e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == completionIndexField),
