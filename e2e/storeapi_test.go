@@ -11,8 +11,10 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -304,20 +306,9 @@ func sapiAnswer(t *testing.T, p *benchProc, path string, params url.Values) stri
 	return normalizeAnswer(t, resp.StatusCode, body, nil)
 }
 
-// TestStoreAPIFilterInThanosStack compares what Thanos Query answers through lethe's StoreAPI
-// filter with the ground truth: query, query_range, series and label look-ups, inside, across and
-// outside the deleted ranges, two replicas deduplicated, a native histogram included. Then it
-// makes the tombstones stale and checks that the filter fails closed through the querier.
-func TestStoreAPIFilterInThanosStack(t *testing.T) {
-	masked, truth := sapiBuckets(t, sapiTestBlock, sapiDeletions)
-
-	clock := &sapiClock{now: time.Now()}
-	_, maskedStore := sapiStore(t, masked)
-	_, truthStore := sapiStore(t, truth)
-	lethe := sapiFilter(t, masked, clock, maskedStore)
-	viaLethe := sapiQuerier(t, lethe, `count(temperature)`, sapiT0+thxHour)
-	want := sapiQuerier(t, truthStore, `count(temperature)`, sapiT0+thxHour)
-
+// sapiBattery is every request kind of the battery, inside, across and outside the deleted
+// ranges: queries and range queries of every data type, series and label look-ups.
+func sapiBattery() []sapiRequest {
 	at := func(m int64) string { return formatPromTime(sapiT0 + m*sapiMin) }
 	var requests []sapiRequest
 	exprs := []string{
@@ -361,6 +352,25 @@ func TestStoreAPIFilterInThanosStack(t *testing.T) {
 		)
 	}
 
+	return requests
+}
+
+// TestStoreAPIFilterInThanosStack compares what Thanos Query answers through lethe's StoreAPI
+// filter with the ground truth: query, query_range, series and label look-ups, inside, across and
+// outside the deleted ranges, two replicas deduplicated, a native histogram included. Then it
+// makes the tombstones stale and checks that the filter fails closed through the querier.
+func TestStoreAPIFilterInThanosStack(t *testing.T) {
+	masked, truth := sapiBuckets(t, sapiTestBlock, sapiDeletions)
+
+	clock := &sapiClock{now: time.Now()}
+	_, maskedStore := sapiStore(t, masked)
+	_, truthStore := sapiStore(t, truth)
+	lethe := sapiFilter(t, masked, clock, maskedStore)
+	viaLethe := sapiQuerier(t, lethe, `count(temperature)`, sapiT0+thxHour)
+	want := sapiQuerier(t, truthStore, `count(temperature)`, sapiT0+thxHour)
+
+	at := func(m int64) string { return formatPromTime(sapiT0 + m*sapiMin) }
+	requests := sapiBattery()
 	same := sapiCompare(t, viaLethe, want, requests)
 	t.Logf("%d of %d requests through lethe's StoreAPI filter equal the ground truth", same, len(requests))
 
@@ -517,4 +527,35 @@ func TestStoreAPIFilterDownsampled(t *testing.T) {
 	direct := sapiQuerier(t, maskedStore, `count(load)`, sapiT0+thxHour)
 	q := url.Values{"query": {`count_over_time(load{user_id="1"}[1h])`}, "time": {at(11, 0)}, "max_source_resolution": {"5m"}}
 	testutil.Assert(t, sapiAnswer(t, direct, "/api/v1/query", q) != sapiAnswer(t, viaLethe, "/api/v1/query", q), "the store's own answer equals lethe's: nothing was masked")
+}
+
+// TestStoreAPIModeThroughTheBinary runs the StoreAPI mode as operators do: the lethe-proxy binary
+// with --store.endpoint in front of a real store gateway and --grpc-address as Thanos Query's
+// --endpoint; the querier through it answers the battery as the ground truth, and lethe's HTTP
+// server keeps serving its health and deletion endpoints beside the gRPC one.
+func TestStoreAPIModeThroughTheBinary(t *testing.T) {
+	masked, truth := sapiBuckets(t, sapiTestBlock, sapiDeletions)
+	_, maskedStore := sapiStore(t, masked)
+	_, truthStore := sapiStore(t, truth)
+
+	grpcAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	dir := t.TempDir()
+	conf := masked.confFile(t)
+	lethe := startBenchProc(t, "lethe-proxy", dir, binaries.proxy, func(addr string) []string {
+		return []string{"--store.endpoint=" + maskedStore, "--grpc-address=" + grpcAddr, "--web.listen-address=" + addr,
+			"--objstore.config-file=" + conf, "--data-dir=" + filepath.Join(dir, "data")}
+	})
+	viaLethe := sapiQuerier(t, grpcAddr, `count(temperature)`, sapiT0+thxHour)
+	want := sapiQuerier(t, truthStore, `count(temperature)`, sapiT0+thxHour)
+
+	requests := sapiBattery()
+	same := sapiCompare(t, viaLethe, want, requests)
+	t.Logf("%d of %d requests through lethe-proxy --store.endpoint equal the ground truth", same, len(requests))
+
+	for _, path := range []string{"/-/ready", "/-/healthy", "/metrics"} {
+		resp, err := lethe.client.Get(lethe.URL + path)
+		testutil.Ok(t, err)
+		testutil.Ok(t, resp.Body.Close())
+		testutil.Equals(t, http.StatusOK, resp.StatusCode, path)
+	}
 }

@@ -40,6 +40,8 @@ func main() {
 			"for longer than --tombstones.max-staleness, queries fail with 503 rather than serve deleted data.",
 		Flags: append(bucketcfg.Flags(),
 			&cli.StringFlag{Name: "web.listen-address", Value: ":9095", Usage: "Address to serve the API, /metrics, /-/healthy and /-/ready on."},
+			&cli.StringSliceFlag{Name: "store.endpoint", Usage: "A Thanos StoreAPI server (HOST:PORT: store gateway, sidecar, receiver, querier) to serve the StoreAPI in front of, with tombstoned samples removed; repeatable. Point Thanos Query's --endpoint at --grpc-address instead of at these."},
+			&cli.StringFlag{Name: "grpc-address", Value: ":10901", Usage: "Where to serve Thanos' gRPC StoreAPI when --store.endpoint is given."},
 			&cli.StringFlag{Name: "upstream.url", Usage: "Prometheus-compatible server to answer in front of (Prometheus, Thanos Query, Mimir, VictoriaMetrics), e.g. http://prometheus:9090 or http://mimir/prometheus. Without it, the bucket's blocks are served."},
 			&cli.StringFlag{Name: "upstream.read", Value: proxy.ReadAuto, Usage: "How to read raw series from the upstream: auto (remote read where offered, else the query API), remote-read or query-api."},
 			&cli.StringFlag{Name: "upstream.external-labels", Usage: "The upstream's external labels as name=value,... ('' for none). By default they are read from the upstream's /api/v1/status/config."},
@@ -184,6 +186,11 @@ func serve(c *cli.Context) error {
 	})
 	ctx, cancel := context.WithCancel(c.Context)
 	g.Add(func() error { return mask.Run(ctx, c.Duration("tombstones.refresh-interval")) }, func(error) { cancel() })
+	if eps := c.StringSlice("store.endpoint"); len(eps) > 0 {
+		if err := addStoreAPI(&g, logger, reg, mask, eps, c.String("grpc-address")); err != nil {
+			return err
+		}
+	}
 	g.Add(run.SignalHandler(c.Context, os.Interrupt, syscall.SIGTERM))
 	err = g.Run()
 	var sig run.SignalError
