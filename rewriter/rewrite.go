@@ -605,6 +605,12 @@ func (d *deleter) cutRaw(chk chunkenc.Chunk, ivs tombstones.Intervals) (*chunks.
 // reencode writes the samples of a chunk that no interval covers into new chunks of the same
 // encoding.
 func reencode(chk chunkenc.Chunk, ivs tombstones.Intervals) ([]chunks.Meta, error) {
+	// A float chunk whose end is deleted keeps its first bits: nothing to encode.
+	if m, ok, err := xorKeptPrefix(chk, ivs); err != nil {
+		return nil, err
+	} else if ok {
+		return []chunks.Meta{m}, nil
+	}
 	it := tombstones.NewIterator(chk.Iterator(nil), ivs)
 	var (
 		out  []chunks.Meta
