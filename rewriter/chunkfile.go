@@ -25,10 +25,20 @@ type chunkFiles struct {
 	// arena holds the bytes of the chunks read since the last reset: one series' chunks share it
 	// instead of each allocating.
 	arena []byte
+	// out are the chunks handed out since the last reset, which gives them back to the pool.
+	out []chunkenc.Chunk
 }
 
-// reset lets the arena be reused; the chunks read before must no longer be used.
-func (c *chunkFiles) reset() { c.arena = c.arena[:0] }
+// reset lets the arena and the chunks read since the last reset be reused; those chunks must no
+// longer be used.
+func (c *chunkFiles) reset() {
+	c.arena = c.arena[:0]
+	for i, chk := range c.out {
+		_ = c.pool.Put(chk) // Only a chunk of an unknown encoding fails, and it holds nothing.
+		c.out[i] = nil
+	}
+	c.out = c.out[:0]
+}
 
 type segment struct {
 	f   *os.File
@@ -109,6 +119,7 @@ func (c *chunkFiles) chunk(m chunks.Meta) (chunkenc.Chunk, uint32, error) {
 	if err != nil {
 		return nil, 0, errors.Wrapf(err, "chunk in %s at %d", s.f.Name(), off)
 	}
+	c.out = append(c.out, chk)
 	return chk, crc, nil
 }
 

@@ -449,6 +449,7 @@ func (d *deleter) droppedSeries(ctx context.Context, ir *index.Reader, cr *chunk
 		if !survives {
 			dropped[all.At()] = struct{}{}
 		}
+		cr.reset()
 	}
 	return dropped, all.Err()
 }

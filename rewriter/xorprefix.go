@@ -20,56 +20,21 @@ func xorKeptPrefix(chk chunkenc.Chunk, ivs tombstones.Intervals) (m chunks.Meta,
 	if chk.Encoding() != chunkenc.EncXOR {
 		return m, false, nil
 	}
-	it := chk.Iterator(nil)
-	k, cut := 0, false
-	for it.Next() != chunkenc.ValNone {
-		t := it.AtT()
-		switch covered := ivs.Covers(t); {
-		case covered:
-			cut = true
-		case cut:
-			return m, false, nil // A sample after the cut survives.
-		default:
-			if k == 0 {
-				m.MinTime = t
-			}
-			m.MaxTime = t
-			k++
-		}
-	}
-	if err := it.Err(); err != nil {
-		return m, false, errors.Wrap(err, "decode chunk")
-	}
-	if k == 0 || !cut {
-		return m, false, nil
-	}
+	// One pass over the stream decodes the timestamps, skips the values and notes where the
+	// last kept sample ends.
 	b := chk.Bytes()
-	n, err := xorPrefixBits(b, k)
-	if err != nil {
-		return m, false, err
+	if len(b) < 2 {
+		return m, false, errors.Newf("XOR chunk of %d bytes", len(b))
 	}
-	out := make([]byte, 2+(n+7)/8)
-	binary.BigEndian.PutUint16(out, uint16(k))
-	copy(out[2:], b[2:])
-	if r := n % 8; r != 0 {
-		out[len(out)-1] &= byte(0xff << (8 - r)) // The bits after the k-th sample's are not written.
-	}
-	c, err := chunkenc.FromData(chunkenc.EncXOR, out)
-	if err != nil {
-		return m, false, err
-	}
-	m.Chunk = c
-	return m, true, nil
-}
-
-// xorPrefixBits returns how many bits of the XOR chunk b's stream (after its 2-byte header) its
-// first k samples take.
-func xorPrefixBits(b []byte, k int) (int, error) {
-	if len(b) < 2 || int(binary.BigEndian.Uint16(b)) < k {
-		return 0, errors.Newf("XOR chunk of %d bytes has fewer than %d samples", len(b), k)
-	}
-	r := bitReader{b: b[2:]}
-	leading, trailing := uint8(0xff), uint8(0)
+	var (
+		r                 = bitReader{b: b[2:]}
+		total             = int(binary.BigEndian.Uint16(b))
+		t                 int64
+		tDelta            uint64
+		leading, trailing = uint8(0xff), uint8(0)
+		k, bits, iv       int
+		cut               bool
+	)
 	value := func() {
 		if r.bit() == 0 {
 			return // Unchanged.
@@ -84,35 +49,56 @@ func xorPrefixBits(b []byte, k int) (int, error) {
 		}
 		r.skip(64 - int(leading) - int(trailing))
 	}
-	varint := func() {
-		for i := 0; i < binary.MaxVarintLen64 && r.bits(8)&0x80 != 0; i++ {
-		}
-	}
-	for i := 0; i < k && r.err == nil; i++ {
+	for i := 0; i < total; i++ {
 		switch i {
 		case 0:
-			varint()
+			t, r.err = binary.ReadVarint(&r)
 			r.skip(64)
 		case 1:
-			varint()
+			tDelta, r.err = binary.ReadUvarint(&r)
+			t += int64(tDelta)
 			value()
 		default:
-			// Delta of delta: 0, or 10, 110, 1110, 1111 and 14, 17, 20 or 64 bits.
-			size := 0
-			for _, s := range []int{14, 17, 20, 64} {
-				if r.bit() == 0 {
-					break
-				}
-				size = s
-			}
-			r.skip(size)
+			tDelta = uint64(int64(tDelta) + r.dod())
+			t += int64(tDelta)
 			value()
 		}
+		if r.err != nil {
+			return m, false, errors.Wrapf(r.err, "decode XOR chunk: sample %d", i)
+		}
+		// The intervals are sorted and disjoint, the timestamps ascending.
+		for iv < len(ivs) && ivs[iv].Maxt < t {
+			iv++
+		}
+		switch covered := iv < len(ivs) && ivs[iv].Mint <= t; {
+		case covered:
+			cut = true
+		case cut:
+			return m, false, nil // A sample after the cut survives.
+		default:
+			if k == 0 {
+				m.MinTime = t
+			}
+			m.MaxTime = t
+			k++
+			bits = r.pos
+		}
 	}
-	if r.err != nil {
-		return 0, errors.Wrapf(r.err, "XOR chunk: sample %d", k)
+	if k == 0 || !cut {
+		return m, false, nil
 	}
-	return r.pos, nil
+	out := make([]byte, 2+(bits+7)/8)
+	binary.BigEndian.PutUint16(out, uint16(k))
+	copy(out[2:], b[2:])
+	if r := bits % 8; r != 0 {
+		out[len(out)-1] &= byte(0xff << (8 - r)) // The bits after the k-th sample's are not written.
+	}
+	c, err := chunkenc.FromData(chunkenc.EncXOR, out)
+	if err != nil {
+		return m, false, err
+	}
+	m.Chunk = c
+	return m, true, nil
 }
 
 // bitReader reads a bit stream, most significant bit first.
@@ -124,6 +110,7 @@ type bitReader struct {
 
 func (r *bitReader) bit() uint64 { return r.bits(1) }
 
+// bits reads n <= 64 bits.
 func (r *bitReader) bits(n int) uint64 {
 	if r.err != nil || r.pos+n > 8*len(r.b) {
 		if r.err == nil {
@@ -132,9 +119,12 @@ func (r *bitReader) bits(n int) uint64 {
 		return 0
 	}
 	var v uint64
-	for i := 0; i < n; i++ {
-		v = v<<1 | uint64(r.b[r.pos/8]>>(7-r.pos%8))&1
-		r.pos++
+	for n > 0 {
+		off := r.pos % 8
+		take := min(8-off, n)
+		v = v<<take | uint64(r.b[r.pos/8]>>(8-off-take))&(1<<take-1)
+		r.pos += take
+		n -= take
 	}
 	return v
 }
@@ -145,4 +135,33 @@ func (r *bitReader) skip(n int) {
 		return
 	}
 	r.pos += n
+}
+
+// ReadByte reads 8 bits, for the varints of the stream, which are not byte-aligned.
+func (r *bitReader) ReadByte() (byte, error) {
+	v := r.bits(8)
+	return byte(v), r.err
+}
+
+// dod reads a delta of delta of timestamps: 0, or 10, 110, 1110 or 1111 and a signed number of
+// 14, 17, 20 or 64 bits.
+func (r *bitReader) dod() int64 {
+	size := 0
+	for _, s := range []int{14, 17, 20, 64} {
+		if r.bit() == 0 {
+			break
+		}
+		size = s
+	}
+	switch size {
+	case 0:
+		return 0
+	case 64:
+		return int64(r.bits(64))
+	}
+	v := r.bits(size)
+	if v > 1<<(size-1) {
+		v -= 1 << size // Negative.
+	}
+	return int64(v)
 }

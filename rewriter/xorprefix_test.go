@@ -30,7 +30,7 @@ func TestXORKeptPrefixIsTheEncodingOfThePrefix(t *testing.T) {
 			}
 		},
 	}
-	gaps := []int64{15_000, 15_000, 15_001, 14_000, 16_000, 15_000 + 70_000, 15_000, 1 << 40, 15_000, 15_000 - 500_000 + 600_000}
+	gaps := []int64{15_000, 15_000, 15_001, 14_000, 16_000, 50_000, 15_000 + 70_000, 15_000, 1 << 40, 15_000, 15_000 - 500_000 + 600_000}
 	for name, value := range series {
 		t.Run(name, func(t *testing.T) {
 			var ts []int64
