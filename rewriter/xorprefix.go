@@ -35,20 +35,6 @@ func xorKeptPrefix(chk chunkenc.Chunk, ivs tombstones.Intervals) (m chunks.Meta,
 		k, bits, iv       int
 		cut               bool
 	)
-	value := func() {
-		if r.bit() == 0 {
-			return // Unchanged.
-		}
-		if r.bit() == 1 {
-			leading = uint8(r.bits(5))
-			mbits := uint8(r.bits(6))
-			if mbits == 0 {
-				mbits = 64
-			}
-			trailing = 64 - leading - mbits
-		}
-		r.skip(64 - int(leading) - int(trailing))
-	}
 	for i := 0; i < total; i++ {
 		switch i {
 		case 0:
@@ -57,11 +43,11 @@ func xorKeptPrefix(chk chunkenc.Chunk, ivs tombstones.Intervals) (m chunks.Meta,
 		case 1:
 			tDelta, r.err = binary.ReadUvarint(&r)
 			t += int64(tDelta)
-			value()
+			r.skipValue(&leading, &trailing)
 		default:
 			tDelta = uint64(int64(tDelta) + r.dod())
 			t += int64(tDelta)
-			value()
+			r.skipValue(&leading, &trailing)
 		}
 		if r.err != nil {
 			return m, false, errors.Wrapf(r.err, "decode XOR chunk: sample %d", i)
@@ -108,7 +94,14 @@ type bitReader struct {
 	err error
 }
 
-func (r *bitReader) bit() uint64 { return r.bits(1) }
+func (r *bitReader) bit() uint64 {
+	if r.pos >= 8*len(r.b) {
+		return r.bits(1) // Sets the error.
+	}
+	v := uint64(r.b[r.pos>>3]>>(7-r.pos&7)) & 1
+	r.pos++
+	return v
+}
 
 // bits reads n <= 64 bits.
 func (r *bitReader) bits(n int) uint64 {
@@ -117,6 +110,12 @@ func (r *bitReader) bits(n int) uint64 {
 			r.err = errors.New("stream ends early")
 		}
 		return 0
+	}
+	if i := r.pos >> 3; n <= 56 && i+8 <= len(r.b) {
+		// The 8 bytes from the current one hold at least 57 bits from the position on.
+		v := binary.BigEndian.Uint64(r.b[i:]) << (r.pos & 7) >> (64 - n)
+		r.pos += n
+		return v
 	}
 	var v uint64
 	for n > 0 {
@@ -130,11 +129,33 @@ func (r *bitReader) bits(n int) uint64 {
 }
 
 func (r *bitReader) skip(n int) {
+	if r.err == nil && n < 0 {
+		r.err = errors.New("corrupt stream: negative length") // Leading and trailing zeros over 64.
+	}
 	if r.err == nil && r.pos+n > 8*len(r.b) {
 		r.err = errors.New("stream ends early")
+	}
+	if r.err != nil {
 		return
 	}
 	r.pos += n
+}
+
+// skipValue skips an XOR-encoded value: 0 (unchanged), or 1 and the bits of its XOR with the
+// previous value, under the previous leading and trailing zero counts (0) or new ones (1).
+func (r *bitReader) skipValue(leading, trailing *uint8) {
+	if r.bit() == 0 {
+		return
+	}
+	if r.bit() == 1 {
+		*leading = uint8(r.bits(5))
+		mbits := uint8(r.bits(6))
+		if mbits == 0 {
+			mbits = 64
+		}
+		*trailing = 64 - *leading - mbits
+	}
+	r.skip(64 - int(*leading) - int(*trailing))
 }
 
 // ReadByte reads 8 bits, for the varints of the stream, which are not byte-aligned.

@@ -85,3 +85,16 @@ func xorChunkOf(t *testing.T, ts []int64, vs []float64) chunkenc.Chunk {
 	}
 	return c
 }
+
+// A chunk cut short is an error, not a panic or a wrong prefix.
+func TestXORKeptPrefixTruncatedChunk(t *testing.T) {
+	ts := []int64{10, 20, 35, 40, 1 << 40}
+	c := xorChunkOf(t, ts, []float64{1, 2.5, -3, 4e300, 5})
+	for n := 0; n < len(c.Bytes()); n++ {
+		short, err := chunkenc.FromData(chunkenc.EncXOR, c.Bytes()[:n])
+		testutil.Ok(t, err)
+		_, ok, err := xorKeptPrefix(short, tombstones.Intervals{{Mint: 40, Maxt: math.MaxInt64}})
+		testutil.NotOk(t, err, "%d bytes", n)
+		testutil.Assert(t, !ok)
+	}
+}
