@@ -9,8 +9,10 @@ package e2e
 //	                          through objstore (every byte read and written once: the physical
 //	                          limit of any rewrite that leaves a new block beside the old one)
 //	rewrite4x/lethe-vs-thanos the same as rewrite/lethe-vs-thanos on the 4x block
+//	rewrite4x/lethe-vs-copy   the same as rewrite/lethe-vs-copy on the 4x block
 //	memory/lethe4x-vs-lethe1x `lethe-rewriter run` on a block of 4x the series vs on the 1x block,
-//	                          at the same --batch.series: peak memory should stay flat
+//	                          at the same --batch.series: peak memory should stay flat, and the
+//	                          time ratio is the 4x/1x time ratio (linear: about 4)
 //
 // The bucket is a FILESYSTEM bucket holding one 2h Thanos block (25,000 series, a sample every
 // 15s; the 4x block has four times the series) and three due tombstones: a handful of series
@@ -27,8 +29,12 @@ package e2e
 // (lethe-ms, baseline-ms), the median of the paired time ratios (lethe/baseline), each process'
 // peak RSS (VmHWM, which counts the pages of mmapped block files it touched) and peak anonymous
 // RSS (RssAnon: heap and stacks, what it cannot give back), both polled from /proc, and the median
-// paired ratio of each (RSS-lethe/baseline, anon-lethe/baseline). The copy runs in the
-// benchmark's process: it has no memory figures.
+// paired ratio of each (RSS-lethe/baseline, anon-lethe/baseline), and each side's CPU time (user
+// and system, from the child's rusage) per GB of source block (lethe-cpu-s/GB,
+// baseline-cpu-s/GB). The copy runs in the benchmark's process, on one locked OS thread: it has
+// no memory figures, and its CPU time is that thread's rusage.
+// LETHE_BENCH_PERF=<dir> runs every lethe-rewriter under `perf record -g`, its profiles written
+// to dir (a profiling aid: the memory figures are then perf's, the times include its overhead).
 // The blocks are written once per `go test -bench` run, by BenchmarkRewrite itself, and the
 // outputs of the first iteration of rewrite/lethe-vs-thanos are checked after the timing: lethe's
 // new block and Thanos' new block must hold exactly the samples the deletions leave, series by
@@ -55,6 +61,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -149,8 +156,8 @@ func BenchmarkRewrite(b *testing.B) {
 		fx.log(b)
 		var first [2]string
 		fx.compare(b, [2]rbenchSide{
-			{"lethe", func() (rbenchUsage, string, error) { return fx.runLethe(fx.one) }},
-			{"thanos", func() (rbenchUsage, string, error) { return fx.runThanos(fx.one) }},
+			fx.side("lethe", fx.one, fx.runLethe),
+			fx.side("thanos", fx.one, fx.runThanos),
 		}, func(i int, buckets [2]string) bool {
 			if i == 0 {
 				first = buckets
@@ -171,22 +178,26 @@ func BenchmarkRewrite(b *testing.B) {
 	b.Run("rewrite/lethe-vs-copy", func(b *testing.B) {
 		fx.log(b)
 		fx.compare(b, [2]rbenchSide{
-			{"lethe", func() (rbenchUsage, string, error) { return fx.runLethe(fx.one) }},
-			{"copy", func() (rbenchUsage, string, error) { return fx.copyBlock(fx.one) }},
+			fx.side("lethe", fx.one, fx.runLethe),
+			fx.side("copy", fx.one, fx.copyBlock),
 		}, nil)
 	})
 	b.Run("rewrite4x/lethe-vs-thanos", func(b *testing.B) {
 		fx.log(b)
 		fx.compare(b, [2]rbenchSide{
-			{"lethe", func() (rbenchUsage, string, error) { return fx.runLethe(fx.four) }},
-			{"thanos", func() (rbenchUsage, string, error) { return fx.runThanos(fx.four) }},
+			fx.side("lethe", fx.four, fx.runLethe),
+			fx.side("thanos", fx.four, fx.runThanos),
 		}, nil)
+	})
+	b.Run("rewrite4x/lethe-vs-copy", func(b *testing.B) {
+		fx.log(b)
+		fx.compare(b, [2]rbenchSide{fx.side("lethe", fx.four, fx.runLethe), fx.side("copy", fx.four, fx.copyBlock)}, nil)
 	})
 	b.Run("memory/lethe4x-vs-lethe1x", func(b *testing.B) {
 		fx.log(b)
 		fx.compare(b, [2]rbenchSide{
-			{"lethe4x", func() (rbenchUsage, string, error) { return fx.runLethe(fx.four) }},
-			{"lethe1x", func() (rbenchUsage, string, error) { return fx.runLethe(fx.one) }},
+			fx.side("lethe4x", fx.four, fx.runLethe),
+			fx.side("lethe1x", fx.one, fx.runLethe),
 		}, nil)
 	})
 }
@@ -204,7 +215,14 @@ func (fx *rbenchFixture) log(b *testing.B) {
 // the bucket directory it left (removed after the iteration unless keep says otherwise).
 type rbenchSide struct {
 	name string
-	run  func() (rbenchUsage, string, error)
+	// gb is the size of the block it rewrites or copies, in GB (10^9 bytes).
+	gb  float64
+	run func() (rbenchUsage, string, error)
+}
+
+// side is the side name that runs run on blk.
+func (fx *rbenchFixture) side(name string, blk *rbenchBlock, run func(*rbenchBlock) (rbenchUsage, string, error)) rbenchSide {
+	return rbenchSide{name: name, gb: float64(blk.bytes) / 1e9, run: func() (rbenchUsage, string, error) { return run(blk) }}
 }
 
 // rbenchUsage is one run's wall time and peak memory; memory is NaN for work done in the
@@ -212,6 +230,7 @@ type rbenchSide struct {
 type rbenchUsage struct {
 	wall           time.Duration
 	maxRSS, anon   float64 // MiB
+	cpu            float64 // user + system seconds
 	chunksCopied   int
 	chunksReencode int
 	chunksDropped  int
@@ -225,6 +244,7 @@ func (fx *rbenchFixture) compare(b *testing.B, sides [2]rbenchSide, keep func(i 
 		walls  [2][]time.Duration
 		rss    [2][]float64
 		anon   [2][]float64
+		cpu    [2][]float64
 		ratios [3][]float64 // time, RSS, anon
 		last   rbenchUsage
 	)
@@ -255,6 +275,7 @@ func (fx *rbenchFixture) compare(b *testing.B, sides [2]rbenchSide, keep func(i 
 			walls[s] = append(walls[s], use[s].wall)
 			rss[s] = append(rss[s], use[s].maxRSS)
 			anon[s] = append(anon[s], use[s].anon)
+			cpu[s] = append(cpu[s], use[s].cpu/sides[s].gb)
 		}
 		ratios[0] = append(ratios[0], float64(use[0].wall)/float64(use[1].wall))
 		ratios[1] = append(ratios[1], use[0].maxRSS/use[1].maxRSS)
@@ -271,6 +292,7 @@ func (fx *rbenchFixture) compare(b *testing.B, sides [2]rbenchSide, keep func(i 
 	}{
 		{"lethe-peak-RSS-MiB", rss[0]}, {"baseline-peak-RSS-MiB", rss[1]}, {"RSS-lethe/baseline", ratios[1]},
 		{"lethe-peak-anon-MiB", anon[0]}, {"baseline-peak-anon-MiB", anon[1]}, {"anon-lethe/baseline", ratios[2]},
+		{"lethe-cpu-s/GB", cpu[0]}, {"baseline-cpu-s/GB", cpu[1]},
 	} {
 		if v := dashMedian(m.v); !math.IsNaN(v) {
 			b.ReportMetric(v, m.unit)
@@ -371,6 +393,13 @@ func (fx *rbenchFixture) copyBlock(blk *rbenchBlock) (rbenchUsage, string, error
 	}
 	ctx := context.Background()
 	var n int64
+	// The copy's CPU time is its thread's: it runs on this locked thread only.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var r0, r1 syscall.Rusage
+	if err := syscall.Getrusage(rusageThread, &r0); err != nil {
+		return u, dir, err
+	}
 	t0 := time.Now()
 	err = src.Iter(ctx, blk.id.String()+"/", func(name string) error {
 		rc, err := src.Get(ctx, name)
@@ -386,11 +415,18 @@ func (fx *rbenchFixture) copyBlock(blk *rbenchBlock) (rbenchUsage, string, error
 		return nil
 	}, objstore.WithRecursiveIter())
 	u.wall = time.Since(t0)
+	if rerr := syscall.Getrusage(rusageThread, &r1); rerr != nil && err == nil {
+		err = rerr
+	}
+	u.cpu = time.Duration(r1.Utime.Nano() + r1.Stime.Nano() - r0.Utime.Nano() - r0.Stime.Nano()).Seconds()
 	if err == nil && n != blk.bytes {
 		err = fmt.Errorf("copied %d bytes of a %d-byte block", n, blk.bytes)
 	}
 	return u, dir, err
 }
+
+// rusageThread is Linux' RUSAGE_THREAD: getrusage of the calling thread.
+const rusageThread = 1
 
 type rbenchCounter struct {
 	r io.Reader
@@ -414,6 +450,10 @@ func rbenchExec(bin, dir string, args ...string) (rbenchUsage, string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), rbenchTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, args...)
+	if prof := os.Getenv("LETHE_BENCH_PERF"); prof != "" && filepath.Base(bin) == "lethe-rewriter" {
+		// Profiling aid: run lethe-rewriter under perf record (its memory figures are then perf's).
+		cmd = exec.CommandContext(ctx, "perf", append([]string{"record", "-g", "-o", filepath.Join(prof, fmt.Sprintf("perf-%d.data", time.Now().UnixNano())), "--", bin}, args...)...)
+	}
 	var out bytes.Buffer
 	cmd.Dir, cmd.Stdout, cmd.Stderr = dir, &out, &out
 	t0 := time.Now()
@@ -452,6 +492,9 @@ func rbenchExec(bin, dir string, args ...string) (rbenchUsage, string, error) {
 	}()
 	err := cmd.Wait()
 	u.wall = time.Since(t0)
+	if cmd.ProcessState != nil {
+		u.cpu = (cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()).Seconds()
+	}
 	close(stop)
 	peak := <-polled
 	u.maxRSS, u.anon = peak[0]/1024, peak[1]/1024

@@ -25,10 +25,20 @@ type chunkFiles struct {
 	// arena holds the bytes of the chunks read since the last reset: one series' chunks share it
 	// instead of each allocating.
 	arena []byte
+	// out are the chunks handed out since the last reset, which gives them back to the pool.
+	out []chunkenc.Chunk
 }
 
-// reset lets the arena be reused; the chunks read before must no longer be used.
-func (c *chunkFiles) reset() { c.arena = c.arena[:0] }
+// reset lets the arena and the chunks read since the last reset be reused; those chunks must no
+// longer be used.
+func (c *chunkFiles) reset() {
+	c.arena = c.arena[:0]
+	for i, chk := range c.out {
+		_ = c.pool.Put(chk) // Only a chunk of an unknown encoding fails, and it holds nothing.
+		c.out[i] = nil
+	}
+	c.out = c.out[:0]
+}
 
 type segment struct {
 	f   *os.File
@@ -74,19 +84,20 @@ func (s *segment) seek(off int64) error {
 	return nil
 }
 
-// chunk reads the chunk a meta points at and checks its CRC.
-func (c *chunkFiles) chunk(m chunks.Meta) (chunkenc.Chunk, error) {
+// chunk reads the chunk a meta points at and checks its CRC, which it returns: a chunk copied as
+// it is keeps it.
+func (c *chunkFiles) chunk(m chunks.Meta) (chunkenc.Chunk, uint32, error) {
 	seq, off := chunks.BlockChunkRef(m.Ref).Unpack()
 	if seq >= len(c.segs) {
-		return nil, errors.Newf("chunk ref %d: segment %d of %d", m.Ref, seq+1, len(c.segs))
+		return nil, 0, errors.Newf("chunk ref %d: segment %d of %d", m.Ref, seq+1, len(c.segs))
 	}
 	s := c.segs[seq]
 	if err := s.seek(int64(off)); err != nil {
-		return nil, errors.Wrapf(err, "seek in %s", s.f.Name())
+		return nil, 0, errors.Wrapf(err, "seek in %s", s.f.Name())
 	}
 	length, err := binary.ReadUvarint(s.r)
 	if err != nil {
-		return nil, errors.Wrapf(err, "read chunk header in %s at %d", s.f.Name(), off)
+		return nil, 0, errors.Wrapf(err, "read chunk header in %s at %d", s.f.Name(), off)
 	}
 	n := chunks.ChunkEncodingSize + int(length) + crc32.Size
 	if cap(c.arena)-len(c.arena) < n {
@@ -96,18 +107,20 @@ func (c *chunkFiles) chunk(m chunks.Meta) (chunkenc.Chunk, error) {
 	body := c.arena[len(c.arena) : len(c.arena)+n]
 	c.arena = c.arena[:len(c.arena)+n]
 	if _, err := io.ReadFull(s.r, body); err != nil {
-		return nil, errors.Wrapf(err, "read chunk in %s at %d", s.f.Name(), off)
+		return nil, 0, errors.Wrapf(err, "read chunk in %s at %d", s.f.Name(), off)
 	}
 	s.pos = int64(off) + int64(uvarintSize(length)) + int64(len(body))
 	data := body[:len(body)-crc32.Size]
-	if crc32.Checksum(data, castagnoli) != binary.BigEndian.Uint32(body[len(data):]) {
-		return nil, errors.Newf("chunk in %s at %d: checksum mismatch", s.f.Name(), off)
+	crc := binary.BigEndian.Uint32(body[len(data):])
+	if crc32.Checksum(data, castagnoli) != crc {
+		return nil, 0, errors.Newf("chunk in %s at %d: checksum mismatch", s.f.Name(), off)
 	}
 	chk, err := c.pool.Get(chunkenc.Encoding(data[0]), data[1:])
 	if err != nil {
-		return nil, errors.Wrapf(err, "chunk in %s at %d", s.f.Name(), off)
+		return nil, 0, errors.Wrapf(err, "chunk in %s at %d", s.f.Name(), off)
 	}
-	return chk, nil
+	c.out = append(c.out, chk)
+	return chk, crc, nil
 }
 
 func uvarintSize(x uint64) int {

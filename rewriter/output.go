@@ -119,6 +119,15 @@ func (o *output) cut() error {
 // writeChunk appends a chunk and returns its reference.
 func (o *output) writeChunk(c chunkenc.Chunk) (chunks.ChunkRef, error) {
 	data := c.Bytes()
+	crc := crc32.Update(crc32.Update(0, castagnoli, []byte{byte(c.Encoding())}), castagnoli, data)
+	return o.writeChunkCRC(c, crc)
+}
+
+// writeChunkCRC appends a chunk whose checksum (of its encoding byte and data) is known: a chunk
+// copied from the source, whose checksum was checked when it was read, is written without
+// computing it again.
+func (o *output) writeChunkCRC(c chunkenc.Chunk, crc uint32) (chunks.ChunkRef, error) {
+	data := c.Bytes()
 	size := int64(binary.MaxVarintLen32 + chunks.ChunkEncodingSize + len(data) + crc32.Size)
 	if o.seg == nil || (o.segSize > chunks.SegmentHeaderSize && o.segSize+size > segmentSize) {
 		if err := o.cut(); err != nil {
@@ -128,13 +137,19 @@ func (o *output) writeChunk(c chunkenc.Chunk) (chunks.ChunkRef, error) {
 	ref := chunks.ChunkRef(chunks.NewBlockChunkRef(uint64(o.segSeq), uint64(o.segSize)))
 	o.buf = binary.AppendUvarint(o.buf[:0], uint64(len(data)))
 	o.buf = append(o.buf, byte(c.Encoding()))
-	o.buf = append(o.buf, data...)
-	crc := crc32.Checksum(o.buf[len(o.buf)-len(data)-1:], castagnoli)
+	head := len(o.buf)
 	o.buf = binary.BigEndian.AppendUint32(o.buf, crc)
-	if _, err := o.segW.Write(o.buf); err != nil {
+	// Header, data and checksum straight into the segment's buffer: the data is not copied twice.
+	if _, err := o.segW.Write(o.buf[:head]); err != nil {
 		return 0, errors.Wrap(err, "write chunk")
 	}
-	o.segSize += int64(len(o.buf))
+	if _, err := o.segW.Write(data); err != nil {
+		return 0, errors.Wrap(err, "write chunk")
+	}
+	if _, err := o.segW.Write(o.buf[head:]); err != nil {
+		return 0, errors.Wrap(err, "write chunk")
+	}
+	o.segSize += int64(len(o.buf) + len(data))
 	o.segments[len(o.segments)-1].Size = o.segSize
 	return ref, nil
 }

@@ -97,6 +97,10 @@ type deleter struct {
 	// boundary after each such interval, so that a crash redoes at most that much of a block.
 	checkpointEvery time.Duration
 	save            func(context.Context, *checkpoint) error
+	// metas and crcs are one series' output chunks, reused from series to series; crcs[i] is
+	// the checksum a copied chunk keeps, -1 for a chunk written anew.
+	metas []chunks.Meta
+	crcs  []int64
 }
 
 // checkpoint is where a rewrite stopped inside a block: how many series of the source it has
@@ -246,6 +250,7 @@ func (d *deleter) rewrite(ctx context.Context, srcDir, dst string, resume *check
 	}
 	var (
 		builder labels.ScratchBuilder
+		lset    labels.Labels
 		chks    []chunks.Meta
 		refs    []uint32
 		ivs     tombstones.Intervals
@@ -275,7 +280,9 @@ func (d *deleter) rewrite(ctx context.Context, srcDir, dst string, resume *check
 			if err := src.series(all.At(), &builder, &chks, &refs); err != nil {
 				return st, nil, errors.Wrap(err, "read series")
 			}
-			if err := d.streamSeries(cr, out, iw, builder.Labels(), refs, chks, &ivs, &st); err != nil {
+			// The labels are not kept past the series: their memory is reused.
+			builder.Overwrite(&lset)
+			if err := d.streamSeries(cr, out, iw, lset, refs, chks, &ivs, &st); err != nil {
 				return st, nil, err
 			}
 		}
@@ -334,16 +341,22 @@ func sortedRefs(m map[storage.SeriesRef]struct{}) []storage.SeriesRef {
 // streamSeries writes one series' remaining chunks and its index entry.
 func (d *deleter) streamSeries(cr *chunkFiles, out *output, iw *indexWriter, lset labels.Labels, refs []uint32, chks []chunks.Meta, ivs *tombstones.Intervals, st *stats) error {
 	*ivs = d.ix.Intervals(lset, d.ext, (*ivs)[:0])
-	metas, err := d.rewriteChunks(cr, chks, *ivs, st)
-	if err != nil {
+	if err := d.rewriteChunks(cr, chks, *ivs, st); err != nil {
 		return errors.Wrapf(err, "series %s", redactedLabels(lset))
 	}
+	metas := d.metas
 	if len(metas) == 0 {
 		// Pass 1 found a sample; a chunk that decodes to none contradicts it.
 		return errors.Newf("series %s lost every sample in pass 2 only", redactedLabels(lset))
 	}
+	var err error
 	for i := range metas {
-		if metas[i].Ref, err = out.writeChunk(metas[i].Chunk); err != nil {
+		if crc := d.crcs[i]; crc >= 0 {
+			metas[i].Ref, err = out.writeChunkCRC(metas[i].Chunk, uint32(crc))
+		} else {
+			metas[i].Ref, err = out.writeChunk(metas[i].Chunk)
+		}
+		if err != nil {
 			return err
 		}
 		st.samplesOut += uint64(metas[i].Chunk.NumSamples())
@@ -413,7 +426,7 @@ func (d *deleter) droppedSeries(ctx context.Context, ir *index.Reader, cr *chunk
 			if chunkcut.Covers(ivs, c.MinTime, c.MaxTime) {
 				continue
 			}
-			chk, err := cr.chunk(c)
+			chk, _, err := cr.chunk(c)
 			if err != nil {
 				return nil, errors.Wrap(err, "read chunk")
 			}
@@ -437,6 +450,7 @@ func (d *deleter) droppedSeries(ctx context.Context, ir *index.Reader, cr *chunk
 		if !survives {
 			dropped[all.At()] = struct{}{}
 		}
+		cr.reset()
 	}
 	return dropped, all.Err()
 }
@@ -498,19 +512,31 @@ func removableSymbols(ctx context.Context, ir *index.Reader, dropped map[storage
 	return removable, nil
 }
 
-// rewriteChunks returns the series' chunks without the deleted samples.
-func (d *deleter) rewriteChunks(cr *chunkFiles, chks []chunks.Meta, ivs tombstones.Intervals, st *stats) ([]chunks.Meta, error) {
-	out := make([]chunks.Meta, 0, len(chks))
+// rewriteChunks sets d.metas to the series' chunks without the deleted samples, and d.crcs to
+// the checksums of those copied as they are.
+func (d *deleter) rewriteChunks(cr *chunkFiles, chks []chunks.Meta, ivs tombstones.Intervals, st *stats) error {
+	out, crcs := d.metas[:0], d.crcs[:0]
+	defer func() {
+		// A re-encoded chunk has no checksum yet.
+		for len(crcs) < len(out) {
+			crcs = append(crcs, -1)
+		}
+		d.metas, d.crcs = out, crcs
+	}()
 	for _, c := range chks {
-		chk, err := cr.chunk(c)
+		chk, crc, err := cr.chunk(c)
 		if err != nil {
-			return nil, errors.Wrap(err, "read chunk")
+			return errors.Wrap(err, "read chunk")
 		}
 		st.bytesRead += int64(len(chk.Bytes()))
 		switch {
 		case !ivs.Overlaps(chunkcut.WindowStart(c.MinTime, d.resolution), c.MaxTime):
 			st.chunksCopied++
+			for len(crcs) < len(out) {
+				crcs = append(crcs, -1)
+			}
 			out = append(out, chunks.Meta{Chunk: chk, MinTime: c.MinTime, MaxTime: c.MaxTime})
+			crcs = append(crcs, int64(crc))
 		case chunkcut.Covers(ivs, c.MinTime, c.MaxTime):
 			st.chunksGone++
 		default:
@@ -519,7 +545,7 @@ func (d *deleter) rewriteChunks(cr *chunkFiles, chks []chunks.Meta, ivs tombston
 				// survives in an aggregate. One that cannot be cut goes whole.
 				m, err := d.cutRaw(chk, ivs)
 				if err != nil {
-					return nil, err
+					return err
 				}
 				if m == nil {
 					st.chunksGone++
@@ -531,13 +557,13 @@ func (d *deleter) rewriteChunks(cr *chunkFiles, chks []chunks.Meta, ivs tombston
 			}
 			re, err := chunkcut.Raw(chk, ivs)
 			if err != nil {
-				return nil, err
+				return err
 			}
 			st.chunksRewritten++
 			out = append(out, re...)
 		}
 	}
-	return out, nil
+	return nil
 }
 
 // cutRaw cuts a chunk of an encoding Prometheus does not know: a Thanos aggregate chunk loses the

@@ -39,6 +39,12 @@ func Covers(ivs tombstones.Intervals, mint, maxt int64) bool {
 // Raw writes the samples of a chunk that no interval covers into new chunks of the same
 // encoding.
 func Raw(chk chunkenc.Chunk, ivs tombstones.Intervals) ([]chunks.Meta, error) {
+	// A float chunk whose end is deleted keeps its first bits: nothing to encode.
+	if m, ok, err := xorKeptPrefix(chk, ivs); err != nil {
+		return nil, err
+	} else if ok {
+		return []chunks.Meta{m}, nil
+	}
 	it := tombstones.NewIterator(chk.Iterator(nil), ivs)
 	var (
 		out  []chunks.Meta
