@@ -408,12 +408,15 @@ func normalizeFuzzAnswer(t *testing.T, status int, body []byte, err error) strin
 var fuzzDuplicates = regexp.MustCompile(`(found duplicate series for the match group \{[^}]*\} on the (?:right|left) hand-side of the operation: )\[.*?\];`)
 
 // fuzzOracleStable asks the oracle again, more often for an expression whose answer may depend on
-// an order Prometheus does not define (ties in topk and bottomk, count_values, a limit), and
+// an order Prometheus does not define (ties in topk and bottomk, count_values, histogram_quantile,
+// a limit cutting a vector), and
 // reports whether it answered want every time.
 func fuzzOracleStable(ask func() string, want string, c batteryCase) bool {
 	n, q := 1, c.params.Get("query")
-	if c.params.Get("limit") != "" || strings.Contains(q, "topk") || strings.Contains(q, "bottomk") || strings.Contains(q, "count_values") {
-		n = 4
+	if c.params.Get("limit") != "" || strings.Contains(q, "topk") || strings.Contains(q, "bottomk") ||
+		strings.Contains(q, "count_values") || strings.Contains(q, "histogram_quantile") {
+		// histogram_quantile groups its buckets in a map: its output order is random.
+		n = 6
 	}
 	for i := 0; i < n; i++ {
 		if ask() != want {
@@ -421,6 +424,70 @@ func fuzzOracleStable(ask func() string, want string, c batteryCase) bool {
 		}
 	}
 	return true
+}
+
+// fuzzUnorderedLimit reports whether a query's limit cuts a vector whose order Prometheus does not
+// define: histogram_quantile groups its buckets in a map (promql/functions.go), count_values its
+// values, and topk and bottomk break ties by the order of their input. Any cut of the right size
+// is then a right answer.
+func fuzzUnorderedLimit(c batteryCase) bool {
+	q := c.params.Get("query")
+	return c.kind == "query" && c.params.Get("limit") != "" && (strings.Contains(q, "histogram_quantile") ||
+		strings.Contains(q, "count_values") || strings.Contains(q, "topk") || strings.Contains(q, "bottomk"))
+}
+
+// fuzzLimitedSubset returns want if got is as good an answer to a query whose limit cuts an
+// unordered vector: the same answer but for which results the cut kept, as many of them, each a
+// result of the whole answer (the oracle's, without the limit). Otherwise it returns got.
+func fuzzLimitedSubset(t *testing.T, cl batteryClient, oracleURL string, c batteryCase, want, got string) string {
+	whole := c
+	whole.params = url.Values{}
+	for k, v := range c.params {
+		if k != "limit" {
+			whole.params[k] = v
+		}
+	}
+	s, body, err := cl.do(oracleURL, whole, false)
+	all := normalizeFuzzAnswer(t, s, body, err)
+	type answer struct {
+		rest    string
+		results []string
+	}
+	parse := func(a string) (answer, bool) {
+		status, js, ok := strings.Cut(a, " ")
+		var doc map[string]any
+		if !ok || json.Unmarshal([]byte(js), &doc) != nil {
+			return answer{}, false
+		}
+		data, _ := doc["data"].(map[string]any)
+		res, ok := data["result"].([]any)
+		if !ok {
+			return answer{}, false
+		}
+		out := answer{}
+		for _, r := range res {
+			out.results = append(out.results, canonicalJSON(r))
+		}
+		delete(data, "result")
+		out.rest = status + " " + canonicalJSON(doc)
+		return out, true
+	}
+	w, ok1 := parse(want)
+	g, ok2 := parse(got)
+	a, ok3 := parse(all)
+	if !ok1 || !ok2 || !ok3 || w.rest != g.rest || len(w.results) != len(g.results) {
+		return got
+	}
+	in := map[string]bool{}
+	for _, r := range a.results {
+		in[r] = true
+	}
+	for _, r := range g.results {
+		if !in[r] {
+			return got
+		}
+	}
+	return want
 }
 
 // limitedTruth renders what a series or label look-up with a limit must answer, as Prometheus'
@@ -505,6 +572,33 @@ var fuzzKnownIssues = []struct {
 		match: func(_ string, c batteryCase, oracle, proxy string) bool {
 			return c.kind == "series" && c.params.Get("limit") != "" &&
 				strings.Replace(proxy, `,"warnings":["results truncated due to limit"]`, "", 1) == oracle
+		},
+	},
+	{
+		// A label look-up with a limit whose masked answer holds no more than the limit: the
+		// proxy still warns "results truncated due to limit" (it seems to keep the warning of
+		// the upstream's or the block's unmasked answer). With a selector of a series deleted
+		// forever the answer is empty and warns: it tells that deleted data exists.
+		issue: "fuzz: label look-ups with a limit warn of truncation when the masked answer was not truncated",
+		match: func(_ string, c batteryCase, oracle, proxy string) bool {
+			return (c.kind == "labels" || c.kind == "label_values") && c.params.Get("limit") != "" &&
+				strings.Replace(proxy, `,"warnings":["results truncated due to limit"]`, "", 1) == oracle
+		},
+	},
+	{
+		// A series or label look-up over a window that holds no timestamp of the sample grid
+		// (e.g. 1ms between two samples): lethe's contract is the series with a sample in the
+		// window, which is none; lethe-proxy lists the series whose chunks overlap it (as
+		// Prometheus' own /api/v1/series does), sometimes in one mode and not in the other.
+		// Nothing deleted is shown: no sample lies in such a window.
+		issue: "fuzz: look-ups over a window between two samples list series by chunk overlap",
+		match: func(_ string, c batteryCase, oracle, proxy string) bool {
+			if c.kind != "series" && c.kind != "labels" && c.kind != "label_values" || c.params.Get("start") == "" {
+				return false
+			}
+			start, end := parseBatteryTime(c.params.Get("start")), parseBatteryTime(c.params.Get("end"))
+			first := blockStart + (max(start-blockStart, 0)+batteryStep-1)/batteryStep*batteryStep
+			return (first > end || first >= batteryEnd) && strings.HasPrefix(proxy, "200 ")
 		},
 	},
 	{
@@ -610,7 +704,7 @@ func TestFuzzProxy(t *testing.T) {
 			defer wg.Done()
 			for c := range work {
 				want := answer(oracle.URL, c.batteryCase)
-				if (c.kind == "query" || c.kind == "query_range") && !fuzzOracleStable(func() string { return answer(oracle.URL, c.batteryCase) }, want, c.batteryCase) {
+				if (c.kind == "query" || c.kind == "query_range") && !fuzzUnorderedLimit(c.batteryCase) && !fuzzOracleStable(func() string { return answer(oracle.URL, c.batteryCase) }, want, c.batteryCase) {
 					// Some answers depend on an order Prometheus does not define (a limit cutting
 					// count_values' output, the series an error about duplicates names): the
 					// oracle itself answers differently from one request to the next, so no
@@ -624,6 +718,9 @@ func TestFuzzProxy(t *testing.T) {
 				for _, px := range proxies {
 					s, body, err := cl.do(px.p.URL, c.batteryCase, c.post)
 					got := normalizeFuzzAnswer(t, s, body, err)
+					if got != want && fuzzUnorderedLimit(c.batteryCase) {
+						got = fuzzLimitedSubset(t, cl, oracle.URL, c.batteryCase, want, got)
+					}
 					mu.Lock()
 					comparisons++
 					byKind[c.kind]++
