@@ -838,7 +838,7 @@ func TestFuzzProxy(t *testing.T) {
 	if replaying {
 		width = math.MaxInt
 	}
-	var report strings.Builder
+	var report, full strings.Builder
 	failing := 0
 	for i, m := range mismatches {
 		note := ""
@@ -851,14 +851,20 @@ func TestFuzzProxy(t *testing.T) {
 		if m.known == "" || strict {
 			failing++
 		}
-		if i < 40 {
-			o, p := focus(m.oracle, m.proxy)
-			if replaying {
-				o, p = m.oracle, m.proxy // a replayed case shows both answers whole
-			}
-			fmt.Fprintf(&report, "\n#%d seed %d case %d, proxy in %s mode%s\n  %s %s\n  oracle: %s\n  proxy:  %s\n  replay: %s\n",
-				i+1, m.c.seed, m.c.index, m.mode, note, m.c.kind, m.c.batteryCase, clip(o, width), clip(p, width), m.c.replay())
+		o, p := focus(m.oracle, m.proxy)
+		if replaying {
+			o, p = m.oracle, m.proxy // a replayed case shows both answers whole
 		}
+		line := fmt.Sprintf("\n#%d seed %d case %d, proxy in %s mode%s\n  %s %s\n  oracle: %s\n  proxy:  %s\n  replay: %s\n",
+			i+1, m.c.seed, m.c.index, m.mode, note, m.c.kind, m.c.batteryCase, clip(o, width), clip(p, width), m.c.replay())
+		if i < 40 {
+			report.WriteString(line)
+		}
+		full.WriteString(line)
+	}
+	// LETHE_FUZZ_REPORT=FILE writes every mismatch, not only the first 40.
+	if f := os.Getenv("LETHE_FUZZ_REPORT"); f != "" {
+		testutil.Ok(t, os.WriteFile(f, []byte(full.String()), 0o644))
 	}
 	if len(mismatches) > 40 {
 		fmt.Fprintf(&report, "\n... and %d more\n", len(mismatches)-40)
