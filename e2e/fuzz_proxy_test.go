@@ -601,17 +601,6 @@ var fuzzKnownIssues = []struct {
 	panic string
 }{
 	{
-		// proxy/proxy.go builds its promql.Engine without NoStepSubqueryIntervalFn, so a subquery
-		// without a step ("[30m:]") dereferences a nil function: the request's connection is
-		// dropped (net/http recovers the panic), in both modes. Prometheus uses the global
-		// evaluation_interval (1m by default).
-		issue: "fuzz: a subquery without a step panics lethe-proxy's engine (NoStepSubqueryIntervalFn unset)",
-		match: func(_ string, c batteryCase, oracle, proxy string) bool {
-			return strings.Contains(c.params.Get("query"), ":]") && strings.HasPrefix(proxy, "request failed: ")
-		},
-		panic: "promql.(*Engine).getLastSubqueryInterval(",
-	},
-	{
 		// With stats=all|true the proxy counts in seriesTouched the series whose every sample a
 		// tombstone masks; Prometheus after delete_series + clean_tombstones has no such series.
 		// The count tells a caller how many deleted series a selector matches.

@@ -99,6 +99,9 @@ func New(mask *Mask, source Source, logger *slog.Logger, reg *prometheus.Registr
 		LookbackDelta:        cfg.LookbackDelta,
 		EnableAtModifier:     true,
 		EnableNegativeOffset: true,
+		// A subquery without a step ("[30m:]") steps at the evaluation interval, as Prometheus'
+		// global default of 1m.
+		NoStepSubqueryIntervalFn: func(int64) int64 { return time.Minute.Milliseconds() },
 	})
 	api := v1.NewAPI(engine, &queryable{p: p}, nil, emptyExemplars{},
 		nil, nil, nil,

@@ -23,8 +23,8 @@ import (
 	"github.com/prometheus/prometheus/tsdb/index"
 	"github.com/thanos-io/objstore"
 
-	"github.com/lethe-project/lethe/block/chunkcut"
 	"github.com/lethe-project/lethe/block"
+	"github.com/lethe-project/lethe/block/chunkcut"
 	"github.com/lethe-project/lethe/tombstones"
 )
 

@@ -18,8 +18,8 @@ import (
 	"github.com/prometheus/prometheus/tsdb/chunks"
 	"github.com/prometheus/prometheus/tsdb/index"
 
-	"github.com/lethe-project/lethe/block/chunkcut"
 	"github.com/lethe-project/lethe/block"
+	"github.com/lethe-project/lethe/block/chunkcut"
 	"github.com/lethe-project/lethe/tombstones"
 )
 
