@@ -295,7 +295,12 @@ func (inv invocation) listenPort(t *testing.T, flag string) int32 {
 	return int32(n)
 }
 
+// listenFlags are the flags that make a binary listen; the StoreAPI's --grpc-address listens only
+// when --store.endpoint turns that mode on.
 var listenFlags = []string{"web.listen-address", "grpc-address"}
+
+// listenEnabledBy names the flag without which a listen flag opens no port.
+var listenEnabledBy = map[string]string{"grpc-address": "store.endpoint"}
 
 func readInvocation(t *testing.T, c corev1.Container, img *dockerfile, bins map[string]binary, helps map[string]binaryHelp) invocation {
 	t.Helper()
@@ -389,6 +394,11 @@ func checkWorkload(t *testing.T, w workload, kust kusttypes.Kustomization, img *
 		// Ports: each listening flag has its containerPort, and each containerPort its flag.
 		ports := map[int32]bool{}
 		for _, f := range listenFlags {
+			if on, ok := listenEnabledBy[f]; ok {
+				if _, set := inv.flags[on]; !set {
+					continue
+				}
+			}
 			if port := inv.listenPort(t, f); port != 0 {
 				ports[port] = true
 				testutil.Assert(t, containerPort(c, intstr.FromInt32(port)) != nil, "%s: --%s listens on %d, no containerPort says so", where, f, port)
