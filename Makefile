@@ -22,9 +22,11 @@ build:
 # The end-to-end tests run real Prometheus, promtool and Thanos binaries, built once from the
 # module proxy (tools/) and cached under ~/.cache/lethe; the deletions page is driven in Debian's
 # headless chromium, installed once by tools/chromium.sh.
+# CGO_ENABLED=0 as the Dockerfile builds: the tests, the e2e binaries and the deploy test's static
+# builds then share one build cache.
 test:
-	$(GO) vet -stdmethods=false ./...
-	LETHE_PROMETHEUS=$$(tools/build.sh prometheus) LETHE_PROMTOOL=$$(tools/build.sh promtool) \
+	CGO_ENABLED=0 $(GO) vet -stdmethods=false ./...
+	CGO_ENABLED=0 LETHE_PROMETHEUS=$$(tools/build.sh prometheus) LETHE_PROMTOOL=$$(tools/build.sh promtool) \
 		LETHE_THANOS=$$(tools/build.sh thanos) LETHE_CHROMIUM=$$(tools/chromium.sh) $(GO) test -count=1 -timeout 20m ./...
 
 # The newcomer's demo: a local bucket of real TSDB blocks, a tombstone registered on the series
