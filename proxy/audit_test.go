@@ -242,3 +242,34 @@ func TestAuditLinePerTombstoneAction(t *testing.T) {
 	testutil.Equals(t, map[string]any{"action": "cancel", "outcome": "refused", "tombstone": "01M86065CWNBFDYWAT4K034EY4", "author": "", "reason": "typo",
 		"token": "alice", "user": "", "cert_subject": "", "remote": remote}, pick(lines[4]))
 }
+
+func TestAuditLineOfThePagesActions(t *testing.T) {
+	f := newFixture(t, nil)
+	p, logs := securedProxy(t, f, Config{AdminTokens: map[string]string{"alice": aliceToken}})
+	srv := httptest.NewServer(p)
+	defer srv.Close()
+	c := newPageClient(t, srv.URL)
+	code, body := c.post("/login", url.Values{"token": {aliceToken}, "next": {"/"}})
+	testutil.Equals(t, http.StatusOK, code, body)
+	csrf := csrfOf(t, body)
+
+	code, body = c.post("/tombstones", url.Values{"csrf": {csrf}, "match[]": {`{user_id="2"}`}, "start": {fmt.Sprint(t0 / 1000)},
+		"end": {fmt.Sprint((t0 + 7_200_000) / 1000)}, "reason": {"GDPR #7"}, "author": {"carol"}})
+	testutil.Equals(t, http.StatusOK, code, body)
+	testutil.Equals(t, 1, len(f.mask.live))
+	id := f.mask.live[0].ID.String()
+	code, body = c.post("/tombstones/"+id+"/cancel", url.Values{"csrf": {csrf}, "reason": {"wrong user"}, "author": {"dave"}})
+	testutil.Equals(t, http.StatusOK, code, body)
+
+	lines := logs.auditLines(t)
+	testutil.Equals(t, 2, len(lines), "%v", lines)
+	for i, want := range []map[string]any{
+		{"action": "add", "outcome": "ok", "tombstone": id, "author": "carol", "reason": "GDPR #7", "token": "alice", "path": "/tombstones"},
+		{"action": "cancel", "outcome": "ok", "tombstone": id, "author": "dave", "reason": "wrong user", "token": "alice", "path": "/tombstones/" + id + "/cancel"},
+	} {
+		for k, v := range want {
+			testutil.Equals(t, v, lines[i][k], "line %d %s", i, k)
+		}
+		testutil.Assert(t, strings.HasPrefix(lines[i]["remote"].(string), "127.0.0.1:"), "%v", lines[i])
+	}
+}
