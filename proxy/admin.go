@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"crypto/subtle"
 	"encoding/json"
 	"net/http"
 	"strconv"
@@ -28,16 +27,15 @@ func (p *Proxy) registerAdmin() {
 	p.handle("/api/v1/tombstones/{id}/cancel", p.admin(p.cancelTombstone), http.MethodPost)
 }
 
-// admin refuses requests without the admin bearer token; with no token configured the deletion
-// API is off.
+// admin refuses requests without an admin bearer token or an admin basic-auth user; with none
+// configured the deletion API is off.
 func (p *Proxy) admin(next http.HandlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if p.cfg.AdminToken == "" {
+		if len(p.cfg.adminTokens) == 0 && len(p.cfg.AdminUsers) == 0 {
 			writeError(w, http.StatusForbidden, "unavailable", "the deletion API is disabled: start lethe-proxy with --web.admin-token-file")
 			return
 		}
-		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(p.cfg.AdminToken)) != 1 {
+		if c := p.identify(r); !c.admin {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="lethe-proxy admin"`)
 			writeError(w, http.StatusUnauthorized, "unauthorized", "a valid admin bearer token is required")
 			return
@@ -48,6 +46,26 @@ func (p *Proxy) admin(next http.HandlerFunc) http.Handler {
 		}
 		next(w, r)
 	})
+}
+
+// reader authorizes a read endpoint when Config.ReadAuth asks for it; it answers the request
+// itself when it returns false.
+func (p *Proxy) reader(w http.ResponseWriter, r *http.Request) bool {
+	if !p.cfg.ReadAuth {
+		return true
+	}
+	if c := p.identify(r); c.admin || c.reader {
+		return true
+	}
+	w.Header().Set("WWW-Authenticate", `Bearer realm="lethe-proxy"`)
+	writeError(w, http.StatusUnauthorized, "unauthorized", "a valid bearer token, basic-auth user or client certificate is required")
+	return false
+}
+
+// isReadPath reports whether a path is one of the read endpoints: the query API, not the deletion
+// API, the page or the proxy's own endpoints.
+func isReadPath(path string) bool {
+	return strings.HasPrefix(path, "/api/v1/") && !strings.HasPrefix(path, "/api/v1/admin/") && !strings.HasPrefix(path, "/api/v1/tombstones")
 }
 
 // spec reads a tombstone request: Prometheus' match[], start and end, and lethe's own fields.
@@ -92,8 +110,22 @@ func specFromForm(r *http.Request) (tombstones.Spec, error) {
 }
 
 // register validates, checks that the selectors match stored data, writes the tombstone and masks
-// it here at once.
+// it here at once. It writes the audit line of the attempt, whatever its outcome.
 func (p *Proxy) register(r *http.Request) (*tombstones.Tombstone, int, error) {
+	t, code, err := p.registerTombstone(r)
+	action := "add"
+	if strings.HasSuffix(r.URL.Path, "/delete_series") {
+		action = "delete_series"
+	}
+	id, author, reason := "", r.Form.Get("author"), r.Form.Get("reason")
+	if t != nil {
+		id, author, reason = t.ID.String(), t.Author, t.Reason
+	}
+	p.audit(r, action, id, author, reason, err)
+	return t, code, err
+}
+
+func (p *Proxy) registerTombstone(r *http.Request) (*tombstones.Tombstone, int, error) {
 	spec, err := specFromForm(r)
 	if err != nil {
 		return nil, http.StatusBadRequest, err
@@ -122,7 +154,6 @@ func (p *Proxy) register(r *http.Request) (*tombstones.Tombstone, int, error) {
 	if err := p.mask.add(t); err != nil {
 		return nil, http.StatusInternalServerError, err
 	}
-	p.logger.Info("tombstone registered through the API", "tombstone", t.ID.String(), "author", t.Author, "remote", r.RemoteAddr)
 	return t, http.StatusOK, nil
 }
 
@@ -192,22 +223,29 @@ func (p *Proxy) listTombstones(w http.ResponseWriter, r *http.Request) {
 }
 
 func (p *Proxy) entry(w http.ResponseWriter, r *http.Request) (*tombstones.Set, *tombstones.Entry, bool) {
-	id, err := ulid.ParseStrict(r.PathValue("id"))
+	set, e, code, err := p.lookup(r)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, "bad_data", strconv.Quote(r.PathValue("id"))+" is not a tombstone id")
-		return nil, nil, false
-	}
-	set, err := p.mask.store.Sync(r.Context())
-	if err != nil {
-		writeError(w, http.StatusServiceUnavailable, "unavailable", err.Error())
-		return nil, nil, false
-	}
-	e, ok := set.Get(id)
-	if !ok {
-		writeError(w, http.StatusNotFound, "not_found", "no tombstone with id "+id.String())
+		writeError(w, code, errorType(code), err.Error())
 		return nil, nil, false
 	}
 	return set, e, true
+}
+
+// lookup finds the tombstone the path names in a fresh sync of the store.
+func (p *Proxy) lookup(r *http.Request) (*tombstones.Set, *tombstones.Entry, int, error) {
+	id, err := ulid.ParseStrict(r.PathValue("id"))
+	if err != nil {
+		return nil, nil, http.StatusBadRequest, errors.New(strconv.Quote(r.PathValue("id")) + " is not a tombstone id")
+	}
+	set, err := p.mask.store.Sync(r.Context())
+	if err != nil {
+		return nil, nil, http.StatusServiceUnavailable, err
+	}
+	e, ok := set.Get(id)
+	if !ok {
+		return nil, nil, http.StatusNotFound, errors.New("no tombstone with id " + id.String())
+	}
+	return set, e, http.StatusOK, nil
 }
 
 func (p *Proxy) showTombstone(w http.ResponseWriter, r *http.Request) {
@@ -216,13 +254,19 @@ func (p *Proxy) showTombstone(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// cancelTombstone cancels a tombstone and writes the audit line of the attempt, whatever its
+// outcome.
 func (p *Proxy) cancelTombstone(w http.ResponseWriter, r *http.Request) {
-	_, e, ok := p.entry(w, r)
-	if !ok {
-		return
+	reason, author := r.Form.Get("reason"), r.Form.Get("author")
+	_, e, code, err := p.lookup(r)
+	if err == nil {
+		if _, err = p.mask.store.Cancel(r.Context(), e.ID, reason, author); err != nil {
+			code = http.StatusBadRequest
+		}
 	}
-	if _, err := p.mask.store.Cancel(r.Context(), e.ID, r.Form.Get("reason"), r.Form.Get("author")); err != nil {
-		writeError(w, http.StatusBadRequest, "bad_data", err.Error())
+	p.audit(r, "cancel", r.PathValue("id"), author, reason, err)
+	if err != nil {
+		writeError(w, code, errorType(code), err.Error())
 		return
 	}
 	if err := p.mask.Refresh(r.Context()); err != nil {
@@ -240,6 +284,10 @@ func errorType(code int) string {
 		return "bad_data"
 	case http.StatusServiceUnavailable:
 		return "unavailable"
+	case http.StatusNotFound:
+		return "not_found"
+	case http.StatusRequestEntityTooLarge:
+		return "bad_data"
 	}
 	return "internal"
 }

@@ -7,6 +7,7 @@ import (
 	"context"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -70,6 +71,9 @@ func NewMask(store *tombstones.Store, logger *slog.Logger, reg prometheus.Regist
 // index stays in force until it is older than the staleness bound.
 func (m *Mask) Refresh(ctx context.Context) error {
 	set, err := m.store.Sync(ctx)
+	if err == nil {
+		err = unreadableTombstone(set)
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if err == nil {
@@ -92,6 +96,20 @@ func (m *Mask) Refresh(ctx context.Context) error {
 	m.lastErr = err
 	m.logger.Error("refresh tombstones", "err", err)
 	return err
+}
+
+// unreadableTombstone fails a refresh that found a tombstone object it cannot decode: what it
+// deletes is unknown, so a set without it may show deleted data. The last good index stays in
+// force until the staleness bound, then the proxy fails closed until the object decodes or is
+// removed. A broken cancellation or applied record is no such danger: its tombstone keeps masking.
+func unreadableTombstone(set *tombstones.Set) error {
+	for _, b := range set.Broken {
+		id, ok := strings.CutSuffix(strings.TrimPrefix(b.Object, tombstones.Prefix), ".json")
+		if _, err := ulid.ParseStrict(id); ok && err == nil && b.Object == tombstones.Prefix+id+".json" {
+			return errors.Newf("tombstone object %s is unusable (%s): cannot tell what it deletes", b.Object, b.Err)
+		}
+	}
+	return nil
 }
 
 // Run refreshes every interval until ctx ends.

@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"github.com/grafana/regexp"
 	"log/slog"
+	"maps"
 	"net/http"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -42,8 +44,29 @@ type Config struct {
 	// LookbackDelta is Prometheus' --query.lookback-delta; zero takes the upstream's own where it
 	// is known, so that answers are the upstream's, else Prometheus' 5m.
 	LookbackDelta time.Duration
-	// AdminToken is the bearer token the deletion API demands; empty disables that API.
+	// AdminToken is the bearer token the deletion API demands; the audit log names its caller
+	// "admin". With it, AdminTokens and AdminUsers all empty, the deletion API is disabled.
 	AdminToken string
+	// AdminTokens are further bearer tokens for the deletion API, by the name the audit log gives
+	// their caller.
+	AdminTokens map[string]string
+	// AdminUsers are basic-auth users the deletion API admits without a token. They count only
+	// with BasicAuthVerified.
+	AdminUsers []string
+	// ReadTokens are bearer tokens, by name, for the read endpoints (everything under /api/v1/
+	// but the deletion API). With any, or with ReadAuth, those endpoints demand a read or admin
+	// token, a verified basic-auth user or a verified client certificate.
+	ReadTokens map[string]string
+	ReadAuth   bool
+	// BasicAuthVerified says that the server in front of the proxy (exporter-toolkit's web config
+	// with basic_auth_users) verified every request's basic-auth user: only then is that user an
+	// identity here.
+	BasicAuthVerified bool
+	// Limits bounds what one request may ask for; zero fields take the defaults.
+	Limits Limits
+
+	// adminTokens is AdminToken (as "admin") and AdminTokens together.
+	adminTokens map[string]string
 }
 
 func (c Config) withDefaults(source Source) Config {
@@ -62,6 +85,19 @@ func (c Config) withDefaults(source Source) Config {
 	if c.LookbackDelta == 0 {
 		c.LookbackDelta = 5 * time.Minute
 	}
+	c.adminTokens = map[string]string{}
+	for name, token := range c.AdminTokens {
+		c.adminTokens[name] = token
+	}
+	if c.AdminToken != "" {
+		c.adminTokens[AdminTokenName] = c.AdminToken
+	} else if len(c.AdminTokens) > 0 {
+		// The deletions page keys its CSRF tokens with AdminToken: take the first named token.
+		names := slices.Sorted(maps.Keys(c.AdminTokens))
+		c.AdminToken = c.AdminTokens[names[0]]
+	}
+	c.ReadAuth = c.ReadAuth || len(c.ReadTokens) > 0
+	c.Limits = c.Limits.withDefaults()
 	return c
 }
 
@@ -152,14 +188,18 @@ func New(mask *Mask, source Source, logger *slog.Logger, reg *prometheus.Registr
 
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) { p.mux.ServeHTTP(w, r) }
 
-// handle registers h on path for the given methods, with metrics.
+// handle registers h on path for the given methods, with metrics, the request bounds and, for the
+// read endpoints, their authorization.
 func (p *Proxy) handle(path string, h http.Handler, methods ...string) {
 	label := path
+	read := isReadPath(path)
 	for _, m := range methods {
 		p.mux.Handle(m+" "+path, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			start := time.Now()
 			rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
-			h.ServeHTTP(rec, r)
+			if p.bounded(rec, r, read) && (!read || p.reader(rec, r)) {
+				h.ServeHTTP(rec, r)
+			}
 			p.requests.WithLabelValues(label, strconv.Itoa(rec.code)).Inc()
 			p.duration.WithLabelValues(label).Observe(time.Since(start).Seconds())
 		}))
