@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/exporter-toolkit/web"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/urfave/cli/v2"
+	"go.yaml.in/yaml/v2"
 
 	"github.com/lethe-project/lethe/internal/bucketcfg"
 	"github.com/lethe-project/lethe/internal/cliflags"
@@ -51,8 +52,14 @@ func main() {
 			&cli.Int64Flag{Name: "upstream.max-response-size", Value: proxy.DefaultMaxResponseBytes, Usage: "Largest upstream answer body read, in bytes; a larger answer fails the request with an error that says so."},
 			&cli.Uint64Flag{Name: "upstream.remote-read-frame-limit", Value: 50_000_000, Usage: "Largest frame of a streamed remote-read answer, in bytes (Prometheus' chunked_read_limit)."},
 			&cli.DurationFlag{Name: "upstream.lookback-delta", Usage: "The upstream's own --query.lookback-delta. By default it is read from the upstream's /api/v1/status/flags where it serves them."},
-			&cli.StringFlag{Name: "web.admin-token-file", Usage: "File holding the bearer token the deletion API (delete_series, /api/v1/tombstones) demands. Without it that API is disabled."},
-			&cli.StringFlag{Name: "web.config.file", Usage: "Prometheus exporter-toolkit web configuration (TLS, basic auth) for every endpoint."},
+			&cli.StringFlag{Name: "web.admin-token-file", Usage: "File holding the bearer token the deletion API (delete_series, /api/v1/tombstones, the page) demands: one token (named admin in the audit log) or one name:token line per operator. Without it (or --web.admin-user) that API is disabled."},
+			&cli.StringSliceFlag{Name: "web.admin-user", Usage: "Basic-auth user of --web.config.file the deletion API admits without a token (repeatable)."},
+			&cli.StringFlag{Name: "web.read-token-file", Usage: "File of name:token lines (or one token) for the query API. With it, or with --web.read-auth, the query API demands a read or admin token, a basic-auth user of --web.config.file or a verified client certificate."},
+			&cli.BoolFlag{Name: "web.read-auth", Usage: "The query API demands credentials (see --web.read-token-file) even without a read token file."},
+			&cli.StringFlag{Name: "web.config.file", Usage: "Prometheus exporter-toolkit web configuration (TLS, client certificates, basic auth) for every endpoint; its basic-auth users and client certificate subjects are named in the audit log."},
+			&cli.Int64Flag{Name: "web.max-body-bytes", Value: proxy.DefaultMaxBodyBytes, Usage: "Largest request body (a POSTed form) accepted; larger ones get 413."},
+			&cli.IntFlag{Name: "query.max-length", Value: proxy.DefaultMaxQueryLength, Usage: "Longest query or match[] parameter accepted, in bytes; longer ones get 400 bad_data."},
+			&cli.DurationFlag{Name: "query.max-range", Value: proxy.DefaultMaxRange, Usage: "Longest end - start of a range query (query_range, query_exemplars); longer ones get 400 bad_data."},
 			&cli.StringFlag{Name: "data-dir", Value: "./data/proxy", Usage: "Where the bucket's blocks are copied to be served (bucket mode)."},
 			&cli.DurationFlag{Name: "blocks.sync-interval", Value: 30 * time.Second, Usage: "How often to look for new and deleted blocks in the bucket (bucket mode)."},
 			&cli.DurationFlag{Name: "tombstones.refresh-interval", Value: 10 * time.Second, Usage: "How often to refresh tombstones from the bucket. A tombstone added elsewhere masks here within this interval."},
@@ -151,23 +158,39 @@ func serve(c *cli.Context) error {
 		source = blocks
 	}
 
-	var token string
-	if f := c.String("web.admin-token-file"); f != "" {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			return errors.Wrap(err, "--web.admin-token-file")
-		}
-		if token = strings.TrimSpace(string(b)); len(token) < 16 {
-			return errors.New("--web.admin-token-file: the token must be at least 16 characters")
-		}
-	}
-	p := proxy.New(mask, source, logger, reg, proxy.Config{
-		AdminToken:     token,
+	pcfg := proxy.Config{
+		AdminUsers:     c.StringSlice("web.admin-user"),
+		ReadAuth:       c.Bool("web.read-auth"),
 		QueryTimeout:   c.Duration("query.timeout"),
 		MaxSamples:     c.Int("query.max-samples"),
 		MaxConcurrency: c.Int("query.max-concurrency"),
-		LookbackDelta:  c.Duration("query.lookback-delta"), // Zero when unset: the upstream's own, else 5m.
-	})
+		LookbackDelta:  c.Duration("query.lookback-delta"),
+		Limits: proxy.Limits{
+			MaxBodyBytes:   c.Int64("web.max-body-bytes"),
+			MaxQueryLength: c.Int("query.max-length"),
+			MaxRange:       c.Duration("query.max-range"),
+		},
+	}
+	if f := c.String("web.admin-token-file"); f != "" {
+		if pcfg.AdminTokens, err = proxy.ReadTokenFile(f); err != nil {
+			return errors.Wrap(err, "--web.admin-token-file")
+		}
+	}
+	if f := c.String("web.read-token-file"); f != "" {
+		if pcfg.ReadTokens, err = proxy.ReadTokenFile(f); err != nil {
+			return errors.Wrap(err, "--web.read-token-file")
+		}
+	}
+	webConfig := c.String("web.config.file")
+	if webConfig != "" {
+		if pcfg.BasicAuthVerified, err = webConfigHasUsers(webConfig); err != nil {
+			return errors.Wrap(err, "--web.config.file")
+		}
+	}
+	if len(pcfg.AdminUsers) > 0 && !pcfg.BasicAuthVerified {
+		return errors.New("--web.admin-user needs basic_auth_users in --web.config.file")
+	}
+	p := proxy.New(mask, source, logger, reg, pcfg)
 
 	l, err := net.Listen("tcp", c.String("web.listen-address"))
 	if err != nil {
@@ -176,7 +199,6 @@ func serve(c *cli.Context) error {
 	srv := &http.Server{Handler: p, ReadHeaderTimeout: 30 * time.Second}
 	logger.Info("lethe-proxy serving", "address", l.Addr().String(), "grafana_url", grafanaURL(l.Addr()))
 
-	webConfig := c.String("web.config.file")
 	g.Add(func() error {
 		return web.Serve(l, srv, &web.FlagConfig{WebConfigFile: &webConfig}, logger)
 	}, func(error) {
@@ -199,6 +221,22 @@ func serve(c *cli.Context) error {
 		return nil
 	}
 	return err
+}
+
+// webConfigHasUsers reports whether an exporter-toolkit web configuration lists basic_auth_users:
+// then the toolkit verified every request's basic-auth user before the proxy sees it.
+func webConfigHasUsers(path string) (bool, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return false, err
+	}
+	var cfg struct {
+		Users map[string]string `yaml:"basic_auth_users"`
+	}
+	if err := yaml.Unmarshal(b, &cfg); err != nil {
+		return false, err
+	}
+	return len(cfg.Users) > 0, nil
 }
 
 // grafanaURL is the address to give Grafana's data source.
