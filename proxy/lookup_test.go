@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"math"
 	"math/rand"
+	"net/http/httptest"
+	"net/url"
 	"slices"
 	"strings"
 	"testing"
@@ -19,6 +21,7 @@ import (
 	"github.com/prometheus/prometheus/tsdb"
 	"github.com/prometheus/prometheus/tsdb/chunkenc"
 	"github.com/prometheus/prometheus/tsdb/chunks"
+	"github.com/thanos-io/objstore"
 
 	"github.com/lethe-project/lethe/tombstones"
 )
@@ -284,6 +287,7 @@ func TestLookupAgreesWithSamples(t *testing.T) {
 			series = append(series, lookupSeries{ls, span(from, to, int64(1+rng.Intn(3)))})
 		}
 		b := openLookupBlock(t, series)
+		up := newBlockUpstream(t, b, ext)
 		var specs []tombstones.Spec
 		for i := 0; i < 1+rng.Intn(5); i++ {
 			start, end := int64(rng.Intn(80))*10-100, int64(0)
@@ -309,6 +313,15 @@ func TestLookupAgreesWithSamples(t *testing.T) {
 			}
 			specs = append(specs, sp)
 		}
+		if round%4 == 1 {
+			// More tombstones meeting one look-up than the selectors' complement can express:
+			// they are relaxed, and their series are read over the whole window.
+			for i := 0; i < 1+maxComplementQueries; i++ {
+				start := int64(rng.Intn(60)) * 10
+				end := start + int64(rng.Intn(30))*10
+				specs = append(specs, tombstones.Spec{Selectors: []string{fmt.Sprintf(`{inst=%q, job=%q}`, fmt.Sprint(rng.Intn(4)), pick("x", "y"))}, Start: &start, End: &end, Redact: rng.Intn(2) == 0})
+			}
+		}
 		if round%3 == 0 {
 			// Many tombstones on instances that have no series: ruled out by one look-up.
 			for i := 0; i < 30; i++ {
@@ -329,11 +342,19 @@ func TestLookupAgreesWithSamples(t *testing.T) {
 				lim = 1 + rng.Intn(3)
 			}
 			strict, sampled := lookupBounds(series, snap, ext, ms, name, mint, maxt)
-			for _, withChunks := range []bool{true, false} {
-				q := lookupQuerier(t, b, snap, ext, mint, maxt, withChunks)
+			for _, mode := range []string{"chunks", "samples", "query-api"} {
+				var q *maskedQuerier
+				switch mode {
+				case "query-api":
+					uq, err := up.Querier(snap, mint, maxt)
+					testutil.Ok(t, err)
+					q = uq.(*maskedQuerier)
+				default:
+					q = lookupQuerier(t, b, snap, ext, mint, maxt, mode == "chunks")
+				}
 				got := lookup(t, q, name, lim, ms...)
-				msg, args := "round %d: %q of %v over [%d, %d] limit %d chunks %v; tombstones %s", []any{round, name, ms, mint, maxt, lim, withChunks, describeSpecs(specs)}
-				if withChunks {
+				msg, args := "round %d: %q of %v over [%d, %d] limit %d mode %s; tombstones %s", []any{round, name, ms, mint, maxt, lim, mode, describeSpecs(specs)}
+				if mode == "chunks" {
 					between(t, got, strict, strict, lim, msg, args...)
 					continue
 				}
@@ -370,6 +391,31 @@ func TestSeriesLookupSkipsCoveredSeries(t *testing.T) {
 		testutil.Ok(t, ss.Err())
 		testutil.Equals(t, c.want, got, "[%d, %d]", c.mint, c.maxt)
 	}
+}
+
+// blockSource serves a block unmasked.
+type blockSource struct{ b *tsdb.Block }
+
+func (s blockSource) Querier(_ *Snapshot, mint, maxt int64) (storage.Querier, error) {
+	return tsdb.NewBlockQuerier(s.b, mint, maxt)
+}
+
+// newBlockUpstream returns an upstream read through its query API (as lethe-proxy reads Thanos
+// Query): a lethe-proxy with no tombstones over the block, which answers with Prometheus' own API
+// code. ext are the upstream's external labels, which its series do not carry.
+func newBlockUpstream(t *testing.T, b *tsdb.Block, ext labels.Labels) *Upstream {
+	t.Helper()
+	ctx := context.Background()
+	logger := slog.New(slog.DiscardHandler)
+	plain := NewMask(tombstones.NewStore(objstore.NewInMemBucket(), nil), logger, prometheus.NewRegistry(), time.Hour)
+	testutil.Ok(t, plain.Refresh(ctx))
+	srv := httptest.NewServer(New(plain, blockSource{b}, logger, prometheus.NewRegistry(), Config{}))
+	t.Cleanup(srv.Close)
+	u, err := url.Parse(srv.URL)
+	testutil.Ok(t, err)
+	up, err := NewUpstream(ctx, UpstreamConfig{URL: u, Read: ReadQueryAPI, ExternalLabels: &ext, LookbackDelta: 5 * time.Minute}, logger, prometheus.NewRegistry())
+	testutil.Ok(t, err)
+	return up
 }
 
 func describeSpecs(specs []tombstones.Spec) string {
