@@ -425,3 +425,33 @@ func describeSpecs(specs []tombstones.Spec) string {
 	}
 	return strings.Join(out, "; ")
 }
+
+// TestLookupLimitWarnsOnlyWhenMaskedAnswerIsCut checks that a label look-up with a limit, over an
+// upstream whose unmasked answer the limit cuts, carries no truncation warning when the masked
+// answer fits the limit: the warning would tell that deleted values exist.
+func TestLookupLimitWarnsOnlyWhenMaskedAnswerIsCut(t *testing.T) {
+	var series []lookupSeries
+	for _, u := range []string{"u1", "u2", "u3", "u4", "u5"} {
+		series = append(series, lookupSeries{labels.FromStrings("__name__", "req", "user", u), span(0, 990, 10)})
+	}
+	b := openLookupBlock(t, series)
+	up := newBlockUpstream(t, b, labels.EmptyLabels())
+	store := tombstones.NewStore(nil, nil, tombstones.WithClock(func() time.Time { return time.UnixMilli(1000) }))
+	snap := lookupSnapshot(t, store, []tombstones.Spec{
+		{Selectors: []string{`{user=~"u3|u4|u5"}`}, Start: ptr(math.MinInt64), End: ptr(10_000)},
+	})
+	for _, c := range []struct {
+		hintLimit int // the API's limit plus one, as Prometheus' API asks its querier.
+		want      []string
+	}{{3, []string{"u1", "u2"}}, {2, []string{"u1", "u2"}}} {
+		q, err := up.Querier(snap, 0, 990)
+		testutil.Ok(t, err)
+		vals, ws, err := q.LabelValues(context.Background(), "user", &storage.LabelHints{Limit: c.hintLimit})
+		testutil.Ok(t, err)
+		testutil.Equals(t, c.want, vals)
+		names, nws, err := q.LabelNames(context.Background(), &storage.LabelHints{Limit: c.hintLimit}, labels.MustNewMatcher(labels.MatchEqual, "user", "u3"))
+		testutil.Ok(t, err)
+		testutil.Equals(t, 0, len(names), "names %v", names)
+		testutil.Equals(t, 0, len(ws)+len(nws), "limit %d: warnings %v %v", c.hintLimit, ws.AsErrors(), nws.AsErrors())
+	}
+}
