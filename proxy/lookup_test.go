@@ -455,3 +455,43 @@ func TestLookupLimitWarnsOnlyWhenMaskedAnswerIsCut(t *testing.T) {
 		testutil.Equals(t, 0, len(ws)+len(nws), "limit %d: warnings %v %v", c.hintLimit, ws.AsErrors(), nws.AsErrors())
 	}
 }
+
+// TestSelectDropsSeriesWithoutSurvivingSamples checks that a query's select leaves out a series
+// that keeps no sample in the selected range (it would count in stats' seriesTouched, telling how
+// many deleted series a selector matches), and keeps one that keeps a sample there.
+func TestSelectDropsSeriesWithoutSurvivingSamples(t *testing.T) {
+	series := []lookupSeries{
+		{labels.FromStrings("__name__", "req", "user", "gone"), span(0, 990, 10)},
+		{labels.FromStrings("__name__", "req", "user", "half"), span(0, 990, 10)},
+		{labels.FromStrings("__name__", "req", "user", "inside"), span(300, 500, 10)},
+		{labels.FromStrings("__name__", "req", "user", "kept"), span(0, 990, 10)},
+	}
+	b := openLookupBlock(t, series)
+	store := tombstones.NewStore(nil, nil, tombstones.WithClock(func() time.Time { return time.UnixMilli(1000) }))
+	snap := lookupSnapshot(t, store, []tombstones.Spec{
+		{Selectors: []string{`{user="gone"}`}, Start: ptr(math.MinInt64), End: ptr(10_000)},
+		{Selectors: []string{`{user="half"}`}, Start: ptr(0), End: ptr(499)},
+		{Selectors: []string{`{user="inside"}`}, Start: ptr(200), End: ptr(600)},
+	})
+	up := newBlockUpstream(t, b, labels.EmptyLabels())
+	for _, c := range []struct {
+		mint, maxt int64
+		want       []string
+	}{{0, 990, []string{"half", "kept"}}, {0, 499, []string{"kept"}}, {495, 505, []string{"half", "kept"}}, {250, 350, []string{"kept"}}} {
+		for _, mode := range []string{"block", "query-api"} {
+			var q storage.Querier = lookupQuerier(t, b, snap, labels.EmptyLabels(), c.mint, c.maxt, false)
+			if mode == "query-api" {
+				var err error
+				q, err = up.Querier(snap, c.mint, c.maxt)
+				testutil.Ok(t, err)
+			}
+			ss := q.Select(context.Background(), true, &storage.SelectHints{Start: c.mint, End: c.maxt}, labels.MustNewMatcher(labels.MatchEqual, "__name__", "req"))
+			var got []string
+			for ss.Next() {
+				got = append(got, ss.At().Labels().Get("user"))
+			}
+			testutil.Ok(t, ss.Err())
+			testutil.Equals(t, c.want, got, "%s [%d, %d]", mode, c.mint, c.maxt)
+		}
+	}
+}
