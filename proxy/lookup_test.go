@@ -16,6 +16,7 @@ import (
 	"github.com/efficientgo/core/testutil"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/promql"
 	"github.com/prometheus/prometheus/promql/parser"
 	"github.com/prometheus/prometheus/storage"
 	"github.com/prometheus/prometheus/tsdb"
@@ -492,6 +493,48 @@ func TestSelectDropsSeriesWithoutSurvivingSamples(t *testing.T) {
 			}
 			testutil.Ok(t, ss.Err())
 			testutil.Equals(t, c.want, got, "%s [%d, %d]", mode, c.mint, c.maxt)
+		}
+	}
+}
+
+// queryableFunc is a storage.Queryable of a function.
+type queryableFunc func(mint, maxt int64) (storage.Querier, error)
+
+func (f queryableFunc) Querier(mint, maxt int64) (storage.Querier, error) { return f(mint, maxt) }
+
+// TestUpstreamSelectOrdersMatchersAsTSDB checks that absent() of a selector with several matchers
+// on one label has the same labels over an upstream as over a block: Prometheus' TSDB reorders the
+// selector's own matchers when it selects (those that select series first), and absent() reads
+// its labels from them afterwards.
+func TestUpstreamSelectOrdersMatchersAsTSDB(t *testing.T) {
+	series := []lookupSeries{{labels.FromStrings("__name__", "http_requests_total", "job", "api", "user_id", "u3"), span(0, 990_000, 10_000)}}
+	b := openLookupBlock(t, series)
+	up := newBlockUpstream(t, b, labels.EmptyLabels())
+	store := tombstones.NewStore(nil, nil, tombstones.WithClock(func() time.Time { return time.UnixMilli(1000) }))
+	snap := lookupSnapshot(t, store, []tombstones.Spec{{Selectors: []string{`{job="api",user_id="u3"}`}, Start: ptr(math.MinInt64), End: ptr(10_000)}})
+	engine := promql.NewEngine(promql.EngineOpts{MaxSamples: 1_000_000, Timeout: time.Minute, LookbackDelta: 5 * time.Minute})
+	for _, c := range []struct{ query, want string }{
+		{`absent(http_requests_total{room!="[ab]",room=~"b",room="b"})`, `{}`},
+		{`absent(http_requests_total{room!="a",room="b"})`, `{}`},
+		{`absent(http_requests_total{job!="x",room="b"})`, `{room="b"}`},
+		{`absent(nothing{job="x",job="y"})`, `{}`},
+	} {
+		for _, mode := range []string{"block", "query-api"} {
+			qa := queryableFunc(func(mint, maxt int64) (storage.Querier, error) {
+				if mode == "query-api" {
+					return up.Querier(snap, mint, maxt)
+				}
+				q, err := tsdb.NewBlockQuerier(b, mint, maxt)
+				return newMaskedQuerier(q, snap, labels.EmptyLabels(), mint, maxt), err
+			})
+			q, err := engine.NewInstantQuery(context.Background(), qa, nil, c.query, time.UnixMilli(500_000))
+			testutil.Ok(t, err)
+			r := q.Exec(context.Background())
+			testutil.Ok(t, r.Err)
+			v, err := r.Vector()
+			testutil.Ok(t, err)
+			testutil.Equals(t, 1, len(v), "%s %s", mode, c.query)
+			testutil.Equals(t, c.want, v[0].Metric.String(), "%s %s", mode, c.query)
 		}
 	}
 }
