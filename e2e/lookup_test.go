@@ -77,6 +77,36 @@ var lookupDeletions = []batteryDeletion{
 	{"one series' first hour of the second block", []string{`node_load1{instance="i-1"}`}, lt(2 * time.Hour), lt(3 * time.Hour)},
 }
 
+// lookupManyDeletions are the deletions of the query-API mode's extra look-ups: more tombstones
+// on one series than the selectors' complement can express (17 five-minute stretches of i-0's
+// sda, a minute apart), so that the look-up reads their series, and a redacted one, whose
+// selector the proxy cannot send exactly. redacted says which are written redacted.
+var lookupManyDeletions, lookupManyRedacted = func() ([]batteryDeletion, []bool) {
+	var dels []batteryDeletion
+	var redacted []bool
+	for k := 0; k < 17; k++ {
+		from := 10*time.Minute + time.Duration(k)*6*time.Minute
+		dels = append(dels, batteryDeletion{fmt.Sprintf("i-0's sda, stretch %d", k), []string{`node_disk_io_time_seconds_total{instance="i-0",device="sda"}`}, lt(from), lt(from + 5*time.Minute)})
+		redacted = append(redacted, false)
+	}
+	dels = append(dels, batteryDeletion{"i-3's load for 20 minutes, redacted", []string{`node_load1{instance="i-3",job="node"}`}, lt(20 * time.Minute), lt(40 * time.Minute)})
+	return dels, append(redacted, true)
+}()
+
+// lookupManyWindows are the windows of the extra look-ups: one stretch of the 17 (sda is deleted
+// there on i-0), the span of them all (it survives between them), a gap between two, and the
+// redacted deletion's interval and its edge.
+func lookupManyWindows() [][2]int64 {
+	first, last, redacted := lookupManyDeletions[0], lookupManyDeletions[16], lookupManyDeletions[17]
+	return [][2]int64{
+		{first.start, first.end},
+		{first.start, last.end},
+		{first.end + lookupStep, first.end + 3*lookupStep},
+		{redacted.start, redacted.end},
+		{redacted.start - lookupStep, redacted.start},
+	}
+}
+
 // lookupWindows are the look-ups' windows: all the data, each deletion's own interval, and
 // stretches where a deletion's last (or first) sample meets the next surviving one.
 func lookupWindows() [][2]int64 {
@@ -93,12 +123,11 @@ func lookupWindows() [][2]int64 {
 	return out
 }
 
-func lookupCases() []batteryCase {
+func lookupCases(matchSets [][]string, windows [][2]int64) []batteryCase {
 	var cases []batteryCase
-	matchSets := [][]string{nil, {`node_load1`}, {`{instance="i-2"}`}, {`{tenant="t-del"}`}, {`node_cpu_seconds_total`}, {`{__name__=~"node_.*",mode!="idle"}`}}
 	names := []string{"__name__", "instance", "tenant", "mode", "device", "secret"}
 	for _, ms := range matchSets {
-		for _, w := range lookupWindows() {
+		for _, w := range windows {
 			params := url.Values{}
 			if ms != nil {
 				params["match[]"] = ms
@@ -127,10 +156,21 @@ func TestLookupBucketMode(t *testing.T) { lookupMode(t, false) }
 func TestLookupUpstreamMode(t *testing.T) { lookupMode(t, true) }
 
 // TestLookupQueryAPIMode runs it against lethe-proxy reading the Prometheus through its query
-// API, as it reads Thanos Query, Mimir or VictoriaMetrics.
+// API, as it reads Thanos Query, Mimir or VictoriaMetrics, with the extra deletions: 17
+// tombstones meeting one look-up, and a redacted one.
 func TestLookupQueryAPIMode(t *testing.T) { lookupMode(t, true, "--upstream.read=query-api") }
 
 func lookupMode(t *testing.T, upstream bool, flags ...string) {
+	matchSets := [][]string{nil, {`node_load1`}, {`{instance="i-2"}`}, {`{tenant="t-del"}`}, {`node_cpu_seconds_total`}, {`{__name__=~"node_.*",mode!="idle"}`}}
+	windows := lookupWindows()
+	dels := slices.Clone(lookupDeletions)
+	redacted := make([]bool, len(dels))
+	if slices.Contains(flags, "--upstream.read=query-api") {
+		matchSets = append(matchSets, []string{`{instance="i-0"}`}, []string{`{instance="i-3"}`}, []string{`node_disk_io_time_seconds_total`})
+		windows = append(windows, lookupManyWindows()...)
+		dels = append(dels, lookupManyDeletions...)
+		redacted = append(redacted, lookupManyRedacted...)
+	}
 	began := time.Now()
 	ctx := context.Background()
 	series := lookupSeriesSet()
@@ -155,6 +195,10 @@ func lookupMode(t *testing.T, upstream bool, flags ...string) {
 		testutil.Ok(t, block.Upload(ctx, bkt, dir, meta))
 	}
 
+	// The bucket's redaction key, which the proxy reads when it starts.
+	key, err := tombstones.LoadOrCreateBucketKey(ctx, bkt)
+	testutil.Ok(t, err)
+
 	untouched := startPrometheus(t, dirs)
 	var proxy *proxyProc
 	if upstream {
@@ -166,26 +210,26 @@ func lookupMode(t *testing.T, upstream bool, flags ...string) {
 
 	// The deletions, and tombstones on instances that have no series (the proxy must rule them
 	// out, and they change no answer), written behind the running proxy's back.
-	store := tombstones.NewStore(bkt, nil)
-	add := func(sels []string, start, end int64) {
+	store := tombstones.NewStore(bkt, nil, tombstones.WithRedactionKey(key))
+	add := func(sels []string, start, end int64, redact bool) {
 		if end == math.MaxInt64 {
 			end = lookupEnd + 365*24*3_600_000
 		}
-		_, err := store.Add(ctx, tombstones.Spec{Selectors: sels, Start: &start, End: &end, Reason: "look-up battery", Author: "e2e"})
+		_, err := store.Add(ctx, tombstones.Spec{Selectors: sels, Start: &start, End: &end, Redact: redact, Reason: "look-up battery", Author: "e2e"})
 		testutil.Ok(t, err)
 	}
-	for _, d := range lookupDeletions {
-		add(d.matchers, d.start, d.end)
+	for i, d := range dels {
+		add(d.matchers, d.start, d.end, redacted[i])
 	}
 	for i := 0; i < lookupAbsent; i++ {
-		add([]string{fmt.Sprintf(`{instance="gone-%d"}`, i)}, math.MinInt64, lookupEnd)
+		add([]string{fmt.Sprintf(`{instance="gone-%d"}`, i)}, math.MinInt64, lookupEnd, false)
 	}
-	proxy.waitMetric(t, "lethe_proxy_tombstones_loaded", float64(len(lookupDeletions)+lookupAbsent))
-	oracle := startOracle(t, dirs, lookupDeletions)
+	proxy.waitMetric(t, "lethe_proxy_tombstones_loaded", float64(len(dels)+lookupAbsent))
+	oracle := startOracle(t, dirs, dels)
 	t.Logf("data, proxy, tombstones and oracle ready in %v", time.Since(began).Round(time.Millisecond))
 
 	cl := batteryClient{client: &http.Client{Timeout: time.Minute}}
-	cases := lookupCases()
+	cases := lookupCases(matchSets, windows)
 	discriminating, mismatches := 0, 0
 	for i, c := range cases {
 		want := truthOf(t, cl, oracle.URL, c).expected(t, c)

@@ -227,6 +227,11 @@ func (q *maskedQuerier) maskedLabels(ctx context.Context, ix labelIndex, hints *
 	if err != nil {
 		return nil, ws.ws, err
 	}
+	if hints != nil && hints.Limit > 0 {
+		// The inner answer's truncation warning is about the unmasked values; Prometheus' API
+		// warns itself when the masked answer holds more than the limit.
+		ws.ws = withoutTruncation(ws.ws)
+	}
 	if len(dropped) == 0 {
 		if !ix.narrow {
 			answer = limit(answer, hints)
@@ -248,6 +253,23 @@ func (q *maskedQuerier) maskedLabels(ctx context.Context, ix labelIndex, hints *
 		}
 	}
 	return limit(out, hints), ws.ws, nil
+}
+
+// truncatedWarning is the warning Prometheus' API gives when a limit cuts an answer.
+const truncatedWarning = "results truncated due to limit"
+
+// withoutTruncation returns the annotations without the truncation warning.
+func withoutTruncation(ws annotations.Annotations) annotations.Annotations {
+	var out annotations.Annotations
+	for k, err := range ws {
+		if err.Error() != truncatedWarning {
+			if out == nil {
+				out = annotations.Annotations{}
+			}
+			out[k] = err
+		}
+	}
+	return out
 }
 
 type askFunc func(ctx context.Context, hints *storage.LabelHints, extra ...[]*labels.Matcher) ([]string, error)

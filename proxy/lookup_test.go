@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"math"
 	"math/rand"
+	"net/http/httptest"
+	"net/url"
 	"slices"
 	"strings"
 	"testing"
@@ -14,11 +16,13 @@ import (
 	"github.com/efficientgo/core/testutil"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/promql"
 	"github.com/prometheus/prometheus/promql/parser"
 	"github.com/prometheus/prometheus/storage"
 	"github.com/prometheus/prometheus/tsdb"
 	"github.com/prometheus/prometheus/tsdb/chunkenc"
 	"github.com/prometheus/prometheus/tsdb/chunks"
+	"github.com/thanos-io/objstore"
 
 	"github.com/lethe-project/lethe/tombstones"
 )
@@ -284,6 +288,7 @@ func TestLookupAgreesWithSamples(t *testing.T) {
 			series = append(series, lookupSeries{ls, span(from, to, int64(1+rng.Intn(3)))})
 		}
 		b := openLookupBlock(t, series)
+		up := newBlockUpstream(t, b, ext)
 		var specs []tombstones.Spec
 		for i := 0; i < 1+rng.Intn(5); i++ {
 			start, end := int64(rng.Intn(80))*10-100, int64(0)
@@ -309,6 +314,15 @@ func TestLookupAgreesWithSamples(t *testing.T) {
 			}
 			specs = append(specs, sp)
 		}
+		if round%4 == 1 {
+			// More tombstones meeting one look-up than the selectors' complement can express:
+			// they are relaxed, and their series are read over the whole window.
+			for i := 0; i < 1+maxComplementQueries; i++ {
+				start := int64(rng.Intn(60)) * 10
+				end := start + int64(rng.Intn(30))*10
+				specs = append(specs, tombstones.Spec{Selectors: []string{fmt.Sprintf(`{inst=%q, job=%q}`, fmt.Sprint(rng.Intn(4)), pick("x", "y"))}, Start: &start, End: &end, Redact: rng.Intn(2) == 0})
+			}
+		}
 		if round%3 == 0 {
 			// Many tombstones on instances that have no series: ruled out by one look-up.
 			for i := 0; i < 30; i++ {
@@ -329,11 +343,19 @@ func TestLookupAgreesWithSamples(t *testing.T) {
 				lim = 1 + rng.Intn(3)
 			}
 			strict, sampled := lookupBounds(series, snap, ext, ms, name, mint, maxt)
-			for _, withChunks := range []bool{true, false} {
-				q := lookupQuerier(t, b, snap, ext, mint, maxt, withChunks)
+			for _, mode := range []string{"chunks", "samples", "query-api"} {
+				var q *maskedQuerier
+				switch mode {
+				case "query-api":
+					uq, err := up.Querier(snap, mint, maxt)
+					testutil.Ok(t, err)
+					q = uq.(*maskedQuerier)
+				default:
+					q = lookupQuerier(t, b, snap, ext, mint, maxt, mode == "chunks")
+				}
 				got := lookup(t, q, name, lim, ms...)
-				msg, args := "round %d: %q of %v over [%d, %d] limit %d chunks %v; tombstones %s", []any{round, name, ms, mint, maxt, lim, withChunks, describeSpecs(specs)}
-				if withChunks {
+				msg, args := "round %d: %q of %v over [%d, %d] limit %d mode %s; tombstones %s", []any{round, name, ms, mint, maxt, lim, mode, describeSpecs(specs)}
+				if mode == "chunks" {
 					between(t, got, strict, strict, lim, msg, args...)
 					continue
 				}
@@ -372,10 +394,147 @@ func TestSeriesLookupSkipsCoveredSeries(t *testing.T) {
 	}
 }
 
+// blockSource serves a block unmasked.
+type blockSource struct{ b *tsdb.Block }
+
+func (s blockSource) Querier(_ *Snapshot, mint, maxt int64) (storage.Querier, error) {
+	return tsdb.NewBlockQuerier(s.b, mint, maxt)
+}
+
+// newBlockUpstream returns an upstream read through its query API (as lethe-proxy reads Thanos
+// Query): a lethe-proxy with no tombstones over the block, which answers with Prometheus' own API
+// code. ext are the upstream's external labels, which its series do not carry.
+func newBlockUpstream(t *testing.T, b *tsdb.Block, ext labels.Labels) *Upstream {
+	t.Helper()
+	ctx := context.Background()
+	logger := slog.New(slog.DiscardHandler)
+	plain := NewMask(tombstones.NewStore(objstore.NewInMemBucket(), nil), logger, prometheus.NewRegistry(), time.Hour)
+	testutil.Ok(t, plain.Refresh(ctx))
+	srv := httptest.NewServer(New(plain, blockSource{b}, logger, prometheus.NewRegistry(), Config{}))
+	t.Cleanup(srv.Close)
+	u, err := url.Parse(srv.URL)
+	testutil.Ok(t, err)
+	up, err := NewUpstream(ctx, UpstreamConfig{URL: u, Read: ReadQueryAPI, ExternalLabels: &ext, LookbackDelta: 5 * time.Minute}, logger, prometheus.NewRegistry())
+	testutil.Ok(t, err)
+	return up
+}
+
 func describeSpecs(specs []tombstones.Spec) string {
 	var out []string
 	for _, sp := range specs {
 		out = append(out, fmt.Sprintf("%v [%d, %d] redact=%v", sp.Selectors, *sp.Start, *sp.End, sp.Redact))
 	}
 	return strings.Join(out, "; ")
+}
+
+// TestLookupLimitWarnsOnlyWhenMaskedAnswerIsCut checks that a label look-up with a limit, over an
+// upstream whose unmasked answer the limit cuts, carries no truncation warning when the masked
+// answer fits the limit: the warning would tell that deleted values exist.
+func TestLookupLimitWarnsOnlyWhenMaskedAnswerIsCut(t *testing.T) {
+	var series []lookupSeries
+	for _, u := range []string{"u1", "u2", "u3", "u4", "u5"} {
+		series = append(series, lookupSeries{labels.FromStrings("__name__", "req", "user", u), span(0, 990, 10)})
+	}
+	b := openLookupBlock(t, series)
+	up := newBlockUpstream(t, b, labels.EmptyLabels())
+	store := tombstones.NewStore(nil, nil, tombstones.WithClock(func() time.Time { return time.UnixMilli(1000) }))
+	snap := lookupSnapshot(t, store, []tombstones.Spec{
+		{Selectors: []string{`{user=~"u3|u4|u5"}`}, Start: ptr(math.MinInt64), End: ptr(10_000)},
+	})
+	for _, c := range []struct {
+		hintLimit int // the API's limit plus one, as Prometheus' API asks its querier.
+		want      []string
+	}{{3, []string{"u1", "u2"}}, {2, []string{"u1", "u2"}}} {
+		q, err := up.Querier(snap, 0, 990)
+		testutil.Ok(t, err)
+		vals, ws, err := q.LabelValues(context.Background(), "user", &storage.LabelHints{Limit: c.hintLimit})
+		testutil.Ok(t, err)
+		testutil.Equals(t, c.want, vals)
+		names, nws, err := q.LabelNames(context.Background(), &storage.LabelHints{Limit: c.hintLimit}, labels.MustNewMatcher(labels.MatchEqual, "user", "u3"))
+		testutil.Ok(t, err)
+		testutil.Equals(t, 0, len(names), "names %v", names)
+		testutil.Equals(t, 0, len(ws)+len(nws), "limit %d: warnings %v %v", c.hintLimit, ws.AsErrors(), nws.AsErrors())
+	}
+}
+
+// TestSelectDropsSeriesWithoutSurvivingSamples checks that a query's select leaves out a series
+// that keeps no sample in the selected range (it would count in stats' seriesTouched, telling how
+// many deleted series a selector matches), and keeps one that keeps a sample there.
+func TestSelectDropsSeriesWithoutSurvivingSamples(t *testing.T) {
+	series := []lookupSeries{
+		{labels.FromStrings("__name__", "req", "user", "gone"), span(0, 990, 10)},
+		{labels.FromStrings("__name__", "req", "user", "half"), span(0, 990, 10)},
+		{labels.FromStrings("__name__", "req", "user", "inside"), span(300, 500, 10)},
+		{labels.FromStrings("__name__", "req", "user", "kept"), span(0, 990, 10)},
+	}
+	b := openLookupBlock(t, series)
+	store := tombstones.NewStore(nil, nil, tombstones.WithClock(func() time.Time { return time.UnixMilli(1000) }))
+	snap := lookupSnapshot(t, store, []tombstones.Spec{
+		{Selectors: []string{`{user="gone"}`}, Start: ptr(math.MinInt64), End: ptr(10_000)},
+		{Selectors: []string{`{user="half"}`}, Start: ptr(0), End: ptr(499)},
+		{Selectors: []string{`{user="inside"}`}, Start: ptr(200), End: ptr(600)},
+	})
+	up := newBlockUpstream(t, b, labels.EmptyLabels())
+	for _, c := range []struct {
+		mint, maxt int64
+		want       []string
+	}{{0, 990, []string{"half", "kept"}}, {0, 499, []string{"kept"}}, {495, 505, []string{"half", "kept"}}, {250, 350, []string{"kept"}}} {
+		for _, mode := range []string{"block", "query-api"} {
+			var q storage.Querier = lookupQuerier(t, b, snap, labels.EmptyLabels(), c.mint, c.maxt, false)
+			if mode == "query-api" {
+				var err error
+				q, err = up.Querier(snap, c.mint, c.maxt)
+				testutil.Ok(t, err)
+			}
+			ss := q.Select(context.Background(), true, &storage.SelectHints{Start: c.mint, End: c.maxt}, labels.MustNewMatcher(labels.MatchEqual, "__name__", "req"))
+			var got []string
+			for ss.Next() {
+				got = append(got, ss.At().Labels().Get("user"))
+			}
+			testutil.Ok(t, ss.Err())
+			testutil.Equals(t, c.want, got, "%s [%d, %d]", mode, c.mint, c.maxt)
+		}
+	}
+}
+
+// queryableFunc is a storage.Queryable of a function.
+type queryableFunc func(mint, maxt int64) (storage.Querier, error)
+
+func (f queryableFunc) Querier(mint, maxt int64) (storage.Querier, error) { return f(mint, maxt) }
+
+// TestUpstreamSelectOrdersMatchersAsTSDB checks that absent() of a selector with several matchers
+// on one label has the same labels over an upstream as over a block: Prometheus' TSDB reorders the
+// selector's own matchers when it selects (those that select series first), and absent() reads
+// its labels from them afterwards.
+func TestUpstreamSelectOrdersMatchersAsTSDB(t *testing.T) {
+	series := []lookupSeries{{labels.FromStrings("__name__", "http_requests_total", "job", "api", "user_id", "u3"), span(0, 990_000, 10_000)}}
+	b := openLookupBlock(t, series)
+	up := newBlockUpstream(t, b, labels.EmptyLabels())
+	store := tombstones.NewStore(nil, nil, tombstones.WithClock(func() time.Time { return time.UnixMilli(1000) }))
+	snap := lookupSnapshot(t, store, []tombstones.Spec{{Selectors: []string{`{job="api",user_id="u3"}`}, Start: ptr(math.MinInt64), End: ptr(10_000)}})
+	engine := promql.NewEngine(promql.EngineOpts{MaxSamples: 1_000_000, Timeout: time.Minute, LookbackDelta: 5 * time.Minute})
+	for _, c := range []struct{ query, want string }{
+		{`absent(http_requests_total{room!="[ab]",room=~"b",room="b"})`, `{}`},
+		{`absent(http_requests_total{room!="a",room="b"})`, `{}`},
+		{`absent(http_requests_total{job!="x",room="b"})`, `{room="b"}`},
+		{`absent(nothing{job="x",job="y"})`, `{}`},
+	} {
+		for _, mode := range []string{"block", "query-api"} {
+			qa := queryableFunc(func(mint, maxt int64) (storage.Querier, error) {
+				if mode == "query-api" {
+					return up.Querier(snap, mint, maxt)
+				}
+				q, err := tsdb.NewBlockQuerier(b, mint, maxt)
+				return newMaskedQuerier(q, snap, labels.EmptyLabels(), mint, maxt), err
+			})
+			q, err := engine.NewInstantQuery(context.Background(), qa, nil, c.query, time.UnixMilli(500_000))
+			testutil.Ok(t, err)
+			r := q.Exec(context.Background())
+			testutil.Ok(t, r.Err)
+			v, err := r.Vector()
+			testutil.Ok(t, err)
+			testutil.Equals(t, 1, len(v), "%s %s", mode, c.query)
+			testutil.Equals(t, c.want, v[0].Metric.String(), "%s %s", mode, c.query)
+		}
+	}
 }

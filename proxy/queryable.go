@@ -47,8 +47,7 @@ func (q *maskedQuerier) Select(ctx context.Context, sortSeries bool, hints *stor
 	}
 	// Series lookups carry no samples, so a series' survival must be decided on its samples.
 	var inner storage.SeriesSet
-	dropEmpty := hints != nil && hints.Func == "series"
-	if dropEmpty {
+	if hints != nil && hints.Func == "series" {
 		h := *hints
 		h.Func = ""
 		h.Start, h.End = clampWindow(h.Start, h.End)
@@ -56,7 +55,7 @@ func (q *maskedQuerier) Select(ctx context.Context, sortSeries bool, hints *stor
 	} else {
 		inner = q.inner.Select(ctx, sortSeries, hints, ms...)
 	}
-	return &maskedSeriesSet{SeriesSet: inner, q: q, mint: mint, maxt: maxt, dropEmpty: dropEmpty}
+	return &maskedSeriesSet{SeriesSet: inner, q: q, mint: mint, maxt: maxt}
 }
 
 // LabelValues answers from the inner querier's index, leaving out the values that only series
@@ -108,13 +107,14 @@ func limit(vals []string, hints *storage.LabelHints) []string {
 	return vals
 }
 
-// maskedSeriesSet wraps the series that tombstones cover; with dropEmpty it also leaves out series
-// that keep no sample in [mint, maxt].
+// maskedSeriesSet wraps the series that tombstones cover, and leaves out those of them that keep
+// no sample in [mint, maxt]: as after Prometheus' clean_tombstones, such a series is not there
+// (it would count in a query's stats, and be listed by a series look-up). Only the series a
+// tombstone meets in the range are read for it.
 type maskedSeriesSet struct {
 	storage.SeriesSet
 	q          *maskedQuerier
 	mint, maxt int64
-	dropEmpty  bool
 	cur        storage.Series
 	ivs        tombstones.Intervals
 	err        error
@@ -138,19 +138,17 @@ func (s *maskedSeriesSet) Next() bool {
 		masked := &maskedSeries{Series: series, ivs: slices.Clone(s.ivs)}
 		s.q.snap.metrics.seriesMasked.Inc()
 		s.q.snap.hits.add(series.Labels(), s.q.ext, s.q.snap.index)
-		if s.dropEmpty {
-			keeps := false
-			if !coversWindow(s.ivs, s.mint, s.maxt) {
-				var err error
-				if keeps, err = masked.hasSampleIn(s.mint, s.maxt); err != nil {
-					s.err = err
-					return false
-				}
+		keeps := false
+		if !coversWindow(s.ivs, s.mint, s.maxt) {
+			var err error
+			if keeps, err = masked.hasSampleIn(s.mint, s.maxt); err != nil {
+				s.err = err
+				return false
 			}
-			if !keeps {
-				s.q.snap.metrics.seriesHidden.Inc()
-				continue
-			}
+		}
+		if !keeps {
+			s.q.snap.metrics.seriesHidden.Inc()
+			continue
 		}
 		s.cur = masked
 		return true

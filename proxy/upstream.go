@@ -224,6 +224,7 @@ type upstreamQuerier struct {
 }
 
 func (q *upstreamQuerier) Select(ctx context.Context, sortSeries bool, hints *storage.SelectHints, ms ...*labels.Matcher) storage.SeriesSet {
+	orderAsTSDB(ms)
 	mint, maxt := q.mint, q.maxt
 	if hints != nil {
 		mint, maxt = hints.Start, hints.End
@@ -238,6 +239,31 @@ func (q *upstreamQuerier) Select(ctx context.Context, sortSeries bool, hints *st
 		return storage.ErrSeriesSet(q.u.queryError(err, q.snap.MayMatch(ms, q.u.ext, math.MinInt64, math.MaxInt64)))
 	}
 	return ss
+}
+
+// orderAsTSDB reorders the matchers in place as Prometheus' TSDB does when it selects series
+// (tsdb.PostingsForMatchers): those that select series first, those that only take series away
+// after, each kind in its order. The engine passes a selector's own matchers, and absent() takes
+// its labels from them after the select, so Prometheus' answer depends on that order.
+func orderAsTSDB(ms []*labels.Matcher) {
+	mustBeSet := make(map[string]bool, len(ms))
+	for _, m := range ms {
+		if !m.Matches("") {
+			mustBeSet[m.Name] = true
+		}
+	}
+	subtracts := func(m *labels.Matcher) bool {
+		return !mustBeSet[m.Name] || (m.Type == labels.MatchNotEqual || m.Type == labels.MatchNotRegexp) && m.Matches("")
+	}
+	slices.SortStableFunc(ms, func(a, b *labels.Matcher) int {
+		switch sa, sb := subtracts(a), subtracts(b); {
+		case !sa && sb:
+			return -1
+		case sa && !sb:
+			return 1
+		}
+		return 0
+	})
 }
 
 // queryError is an upstream failure as lethe's engine reports it: a missed deadline as
