@@ -308,16 +308,129 @@ func (m *penaltyMerge) Err() error {
 	return m.b.Err()
 }
 
+// counterResets reads a counter as Thanos Query reads raw data for counter functions (rate,
+// increase, irate, resets: its COUNTER aggregate): every drop is taken as a reset and the values
+// made monotonic from the first sample on, NaN (stale markers included) left out. resets() is
+// then 0 through Thanos; rate() and increase() equal Prometheus' own up to rounding, which this
+// reproduces. Histograms pass as they are.
+type counterResets struct {
+	it      chunkenc.Iterator
+	typ     chunkenc.ValueType
+	n       int
+	lastT   int64
+	lastV   float64
+	total   float64
+	started bool
+}
+
+func (c *counterResets) Next() chunkenc.ValueType {
+	c.started = true
+	for {
+		c.typ = c.it.Next()
+		if c.typ == chunkenc.ValNone {
+			return c.typ
+		}
+		if c.typ != chunkenc.ValFloat {
+			c.lastT = c.it.AtT()
+			return c.typ
+		}
+		t, v := c.it.At()
+		switch {
+		case math.IsNaN(v):
+			continue
+		case c.n == 0:
+			c.total = v
+		case t <= c.lastT:
+			if t == c.lastT {
+				c.lastV = v
+			}
+			continue
+		case v >= c.lastV:
+			c.total += v - c.lastV
+		default:
+			c.total += v
+		}
+		c.n++
+		c.lastT, c.lastV = t, v
+		return c.typ
+	}
+}
+
+func (c *counterResets) Seek(t int64) chunkenc.ValueType {
+	for !c.started || (c.typ != chunkenc.ValNone && c.lastT < t) {
+		if c.Next() == chunkenc.ValNone {
+			return chunkenc.ValNone
+		}
+	}
+	return c.typ
+}
+
+func (c *counterResets) At() (int64, float64) { return c.lastT, c.total }
+
+func (c *counterResets) AtHistogram(h *histogram.Histogram) (int64, *histogram.Histogram) {
+	return c.it.AtHistogram(h)
+}
+
+func (c *counterResets) AtFloatHistogram(fh *histogram.FloatHistogram) (int64, *histogram.FloatHistogram) {
+	return c.it.AtFloatHistogram(fh)
+}
+
+func (c *counterResets) AtT() int64  { return c.lastT }
+func (c *counterResets) AtST() int64 { return c.it.AtST() }
+func (c *counterResets) Err() error  { return c.it.Err() }
+
+// bounded reads it's samples in [mint, maxt] only.
+type bounded struct {
+	chunkenc.Iterator
+	mint, maxt int64
+}
+
+func (b *bounded) Next() chunkenc.ValueType {
+	typ := b.Iterator.Next()
+	if typ == chunkenc.ValNone {
+		return typ
+	}
+	if b.Iterator.AtT() < b.mint {
+		if typ = b.Iterator.Seek(b.mint); typ == chunkenc.ValNone {
+			return typ
+		}
+	}
+	if b.Iterator.AtT() > b.maxt {
+		return chunkenc.ValNone
+	}
+	return typ
+}
+
+func (b *bounded) Seek(t int64) chunkenc.ValueType {
+	if t > b.maxt {
+		return chunkenc.ValNone
+	}
+	typ := b.Iterator.Seek(max(t, b.mint))
+	if typ != chunkenc.ValNone && b.Iterator.AtT() > b.maxt {
+		return chunkenc.ValNone
+	}
+	return typ
+}
+
+// replicaSamples reads one replica's chunks in [mint, maxt], as counters where counter is set.
+func replicaSamples(chks []*storepb.AggrChunk, mint, maxt int64, counter bool) chunkenc.Iterator {
+	if !counter {
+		return newChunksIterator(chks, mint, maxt)
+	}
+	// Thanos makes the whole chunks monotonic first, then bounds them.
+	return &bounded{Iterator: &counterResets{it: newChunksIterator(chks, math.MinInt64, math.MaxInt64)}, mint: mint, maxt: maxt}
+}
+
 // dedupIterator reads a series' chunks as its replicas merged; with one replica it reads them
 // as they are.
 func dedupIterator(chks []*storepb.AggrChunk, mint, maxt int64, counter bool) chunkenc.Iterator {
 	groups := splitReplicas(chks)
 	if len(groups) == 1 {
-		return newChunksIterator(groups[0], mint, maxt)
+		return replicaSamples(groups[0], mint, maxt, counter)
 	}
-	var it replicaIterator = &counterReplica{Iterator: newChunksIterator(groups[0], mint, maxt), counter: counter}
+	var it replicaIterator = &counterReplica{Iterator: replicaSamples(groups[0], mint, maxt, counter), counter: counter}
 	for _, g := range groups[1:] {
-		it = newPenaltyMerge(it, &counterReplica{Iterator: newChunksIterator(g, mint, maxt), counter: counter})
+		it = newPenaltyMerge(it, &counterReplica{Iterator: replicaSamples(g, mint, maxt, counter), counter: counter})
 	}
 	return it
 }

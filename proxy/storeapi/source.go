@@ -301,11 +301,13 @@ func (s *sourceSeries) Iterator(chunkenc.Iterator) chunkenc.Iterator {
 		return chunkenc.NewNopIterator()
 	}
 	if !s.dedup {
-		return newChunksIterator(s.chks, s.mint, s.maxt)
+		return replicaSamples(s.chks, s.mint, s.maxt, s.counter)
 	}
 	return dedupIterator(s.chks, s.mint, s.maxt, s.counter)
 }
 
+// LabelValues and LabelNames answer as Thanos Query's HTTP API does: its answers keep the replica
+// labels and their values, deduplicated or not.
 func (q *sourceQuerier) LabelValues(ctx context.Context, name string, hints *storage.LabelHints, ms ...*labels.Matcher) ([]string, annotations.Annotations, error) {
 	o, err := q.options(ctx)
 	if err != nil {
@@ -313,7 +315,7 @@ func (q *sourceQuerier) LabelValues(ctx context.Context, name string, hints *sto
 	}
 	req := &storepb.LabelValuesRequest{
 		Label: name, PartialResponseStrategy: o.strategy, Start: q.mint, End: q.maxt,
-		Matchers: storeMatchers(ms), WithoutReplicaLabels: o.replicaLabels, Limit: labelLimit(hints),
+		Matchers: storeMatchers(ms), Limit: labelLimit(hints),
 	}
 	return q.labels(o, hints, func(st Store) ([]string, []string, error) {
 		r, err := st.Store.LabelValues(ctx, req)
@@ -331,7 +333,7 @@ func (q *sourceQuerier) LabelNames(ctx context.Context, hints *storage.LabelHint
 	}
 	req := &storepb.LabelNamesRequest{
 		PartialResponseStrategy: o.strategy, Start: q.mint, End: q.maxt,
-		Matchers: storeMatchers(ms), WithoutReplicaLabels: o.replicaLabels, Limit: labelLimit(hints),
+		Matchers: storeMatchers(ms), Limit: labelLimit(hints),
 	}
 	return q.labels(o, hints, func(st Store) ([]string, []string, error) {
 		r, err := st.Store.LabelNames(ctx, req)
