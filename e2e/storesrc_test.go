@@ -71,6 +71,41 @@ func TestStoreSourceInFrontOfThanosQuery(t *testing.T) {
 	viaLethe := ssrcProxy(t, masked, directGRPC)
 
 	at := func(m int64) string { return formatPromTime(sapiT0 + m*sapiMin) }
+	same := ssrcCompare(t, viaLethe, want, ssrcBattery())
+	t.Logf("%d of %d requests through lethe-proxy --upstream.store equal the ground truth", same, len(ssrcBattery()))
+
+	// All-time look-ups return data.
+	for _, p := range []string{"/api/v1/labels", "/api/v1/label/__name__/values"} {
+		got := sapiAnswer(t, viaLethe, p, url.Values{})
+		testutil.Assert(t, strings.Contains(got, "http_requests_total") || strings.Contains(got, "__name__"), "%s with no start and end: %s", p, got)
+	}
+	// lethe masked something: the querier asked directly answers otherwise.
+	q := url.Values{"query": {`count_over_time(http_requests_total{instance="web-1"}[2h])`}, "time": {at(120)}}
+	testutil.Assert(t, sapiAnswer(t, direct, "/api/v1/query", q) != sapiAnswer(t, viaLethe, "/api/v1/query", q), "the querier's own answer equals lethe's: nothing was masked")
+}
+
+// ssrcCompare is sapiCompare between lethe-proxy and a Thanos querier, whose query answers carry
+// an empty "analysis" object that Prometheus' API (lethe's) does not have.
+func ssrcCompare(t *testing.T, viaLethe, want *benchProc, requests []sapiRequest) int {
+	t.Helper()
+	same := 0
+	for _, r := range requests {
+		got := sapiAnswer(t, viaLethe, r.path, r.params)
+		exp := strings.Replace(sapiAnswer(t, want, r.path, r.params), `"data":{"analysis":{},`, `"data":{`, 1)
+		testutil.Assert(t, !strings.Contains(got, "s3cret"), "%s %v leaks the deleted label value: %s", r.path, r.params, got)
+		if got != exp {
+			t.Errorf("%s %v\nthrough lethe: %.2000s\nground truth:  %.2000s", r.path, r.params, got, exp)
+			continue
+		}
+		same++
+	}
+	return same
+}
+
+// ssrcBattery is every request kind inside, across and outside the deleted ranges of
+// sapiDeletions, replicas deduplicated, native histograms included.
+func ssrcBattery() []sapiRequest {
+	at := func(m int64) string { return formatPromTime(sapiT0 + m*sapiMin) }
 	var requests []sapiRequest
 	exprs := []string{
 		`http_requests_total`,
@@ -114,33 +149,25 @@ func TestStoreSourceInFrontOfThanosQuery(t *testing.T) {
 			sapiRequest{p, url.Values{"match[]": {`{job="web"}`}, "start": {at(60)}, "end": {at(120)}}},
 		)
 	}
-	same := ssrcCompare(t, viaLethe, want, requests)
-	t.Logf("%d of %d requests through lethe-proxy --upstream.store equal the ground truth", same, len(requests))
-
-	// All-time look-ups return data.
-	for _, p := range []string{"/api/v1/labels", "/api/v1/label/__name__/values"} {
-		got := sapiAnswer(t, viaLethe, p, url.Values{})
-		testutil.Assert(t, strings.Contains(got, "http_requests_total") || strings.Contains(got, "__name__"), "%s with no start and end: %s", p, got)
-	}
-	// lethe masked something: the querier asked directly answers otherwise.
-	q := url.Values{"query": {`count_over_time(http_requests_total{instance="web-1"}[2h])`}, "time": {at(120)}}
-	testutil.Assert(t, sapiAnswer(t, direct, "/api/v1/query", q) != sapiAnswer(t, viaLethe, "/api/v1/query", q), "the querier's own answer equals lethe's: nothing was masked")
+	return requests
 }
 
-// ssrcCompare is sapiCompare between lethe-proxy and a Thanos querier, whose query answers carry
-// an empty "analysis" object that Prometheus' API (lethe's) does not have.
-func ssrcCompare(t *testing.T, viaLethe, want *benchProc, requests []sapiRequest) int {
-	t.Helper()
-	same := 0
-	for _, r := range requests {
-		got := sapiAnswer(t, viaLethe, r.path, r.params)
-		exp := strings.Replace(sapiAnswer(t, want, r.path, r.params), `"data":{"analysis":{},`, `"data":{`, 1)
-		testutil.Assert(t, !strings.Contains(got, "s3cret"), "%s %v leaks the deleted label value: %s", r.path, r.params, got)
-		if got != exp {
-			t.Errorf("%s %v\nthrough lethe: %.2000s\nground truth:  %.2000s", r.path, r.params, got, exp)
-			continue
-		}
-		same++
-	}
-	return same
+// TestStoreSourceInStoreAPIMode: lethe-proxy --store.endpoint=<store gateway> (the StoreAPI
+// mode, with no --upstream.url) answers its own PromQL API from the store gateway directly,
+// deduplicating the replicas itself, as the ground truth querier does.
+func TestStoreSourceInStoreAPIMode(t *testing.T) {
+	masked, truth := sapiBuckets(t, sapiTestBlock, sapiDeletions)
+	_, maskedStore := sapiStore(t, masked)
+	_, truthStore := sapiStore(t, truth)
+	want, _ := ssrcQuerier(t, truthStore, `count(temperature)`, sapiT0+thxHour)
+	dir := t.TempDir()
+	viaLethe := startBenchProc(t, "lethe-proxy", dir, binaries.proxy, func(addr string) []string {
+		return []string{masked.conf, "--store.endpoint=" + maskedStore, "--upstream.replica-label=replica",
+			"--grpc-address=" + fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+			"--web.listen-address=" + addr, "--data-dir=" + filepath.Join(dir, "data"), "--log.level=warn"}
+	})
+	ssrcWaitData(t, viaLethe, `count(temperature)`, sapiT0+thxHour)
+	requests := ssrcBattery()
+	same := ssrcCompare(t, viaLethe, want, requests)
+	t.Logf("%d of %d requests through lethe-proxy --store.endpoint equal the ground truth", same, len(requests))
 }
