@@ -41,11 +41,11 @@ func main() {
 			"for longer than --tombstones.max-staleness, queries fail with 503 rather than serve deleted data.",
 		Flags: append(bucketcfg.Flags(),
 			&cli.StringFlag{Name: "web.listen-address", Value: ":9095", Usage: "Address to serve the API, /metrics, /-/healthy and /-/ready on."},
+			&cli.StringSliceFlag{Name: "store.endpoint", Usage: "A Thanos StoreAPI server (HOST:PORT: store gateway, sidecar, receiver, querier) to serve the StoreAPI in front of, with tombstoned samples removed; repeatable. Point Thanos Query's --endpoint at --grpc-address instead of at these."},
+			&cli.StringFlag{Name: "grpc-address", Value: ":10901", Usage: "Where to serve Thanos' gRPC StoreAPI when --store.endpoint is given."},
 			&cli.StringFlag{Name: "upstream.url", Usage: "Prometheus-compatible server to answer in front of (Prometheus, Thanos Query, Mimir, VictoriaMetrics), e.g. http://prometheus:9090 or http://mimir/prometheus. Without it, the bucket's blocks are served."},
 			&cli.StringSliceFlag{Name: "upstream.store", Usage: "Thanos StoreAPI (HOST:PORT, plain gRPC; repeatable) to read raw series from instead of --upstream.url: Thanos Query's own gRPC address, or store gateways, sidecars and receivers directly. Native histograms included, streamed."},
 			&cli.StringSliceFlag{Name: "upstream.replica-label", Usage: "Label that tells replicas apart (repeatable), as Thanos Query's --query.replica-label: replicas read through --upstream.store (or --store.endpoint) are deduplicated as Thanos does."},
-			&cli.StringSliceFlag{Name: "store.endpoint", Usage: "StoreAPI server to serve Thanos' gRPC StoreAPI in front of (HOST:PORT, repeatable), masked, on --grpc-address. Without --upstream.url and --upstream.store, the HTTP query API reads these stores too."},
-			&cli.StringFlag{Name: "grpc-address", Value: ":10901", Usage: "Address to serve the StoreAPI on (with --store.endpoint)."},
 			&cli.StringFlag{Name: "upstream.read", Value: proxy.ReadAuto, Usage: "How to read raw series from the upstream: auto (remote read where offered, else the query API), remote-read or query-api."},
 			&cli.StringFlag{Name: "upstream.external-labels", Usage: "The upstream's external labels as name=value,... ('' for none). By default they are read from the upstream's /api/v1/status/config."},
 			&cli.StringFlag{Name: "upstream.http-config-file", Usage: "Prometheus HTTP client configuration (tls_config, basic_auth, authorization, oauth2, ...) for requests to the upstream."},
@@ -113,14 +113,11 @@ func serve(c *cli.Context) error {
 
 	var source proxy.Source
 	var g run.Group
+	// Without --upstream.url the query API reads raw series through the StoreAPI: from
+	// --upstream.store, else (the StoreAPI mode) from the --store.endpoint stores.
 	raw, upstreamStores, endpoints := c.String("upstream.url"), c.StringSlice("upstream.store"), c.StringSlice("store.endpoint")
 	if raw != "" && len(upstreamStores) > 0 {
 		return errors.New("--upstream.url and --upstream.store: give one of them")
-	}
-	if len(endpoints) > 0 {
-		if err := addStoreAPI(&g, logger, reg, mask, endpoints, c.String("grpc-address")); err != nil {
-			return err
-		}
 	}
 	if raw == "" && (len(upstreamStores) > 0 || len(endpoints) > 0) {
 		addrs := upstreamStores
@@ -214,6 +211,11 @@ func serve(c *cli.Context) error {
 	})
 	ctx, cancel := context.WithCancel(c.Context)
 	g.Add(func() error { return mask.Run(ctx, c.Duration("tombstones.refresh-interval")) }, func(error) { cancel() })
+	if eps := c.StringSlice("store.endpoint"); len(eps) > 0 {
+		if err := addStoreAPI(&g, logger, reg, mask, eps, c.String("grpc-address")); err != nil {
+			return err
+		}
+	}
 	g.Add(run.SignalHandler(c.Context, os.Interrupt, syscall.SIGTERM))
 	err = g.Run()
 	var sig run.SignalError
