@@ -60,6 +60,8 @@ type readOptions struct {
 	dedup         bool
 	replicaLabels []string
 	strategy      storepb.PartialResponseStrategy
+	// rawOnly is the max_source_resolution asked for that raw data answers instead.
+	rawOnly string
 }
 
 func (q *sourceQuerier) options(ctx context.Context) (readOptions, error) {
@@ -89,9 +91,11 @@ func (q *sourceQuerier) options(ctx context.Context) (readOptions, error) {
 		o.replicaLabels = v
 	}
 	if v := pt.Get("max_source_resolution"); v != "" && v != "0" && v != "0s" && v != "raw" {
-		// Raw data is read: an aggregate's window could meet a deleted range.
-		if _, err := model.ParseDuration(v); err != nil && v != "auto" {
+		if d, err := model.ParseDuration(v); err != nil && v != "auto" {
 			return o, errors.Newf("max_source_resolution %q: want a duration, raw or auto", v)
+		} else if v == "auto" || d > 0 {
+			// Raw data is read, never downsampled aggregates: the answer is exact, and says so.
+			o.rawOnly = v
 		}
 	}
 	if !o.dedup {
@@ -150,6 +154,9 @@ func (q *sourceQuerier) Select(ctx context.Context, _ bool, hints *storage.Selec
 		drop: o.replicaLabels, dedup: o.dedup, counter: counterFunc(fn),
 		mint: mint, maxt: maxt, partial: o.partial(), cancel: cancel,
 	}
+	if o.rawOnly != "" {
+		set.ws.Add(errors.Newf("lethe-proxy reads raw data through the StoreAPI: max_source_resolution=%s is answered from raw samples", o.rawOnly))
+	}
 	for _, st := range q.src.stores {
 		cl, err := st.Store.Series(ctx, req)
 		if err != nil {
@@ -176,6 +183,9 @@ type storeCursor struct {
 	pending []*storepb.Series
 	head    *storepb.Series
 	lset    labels.Labels
+	// prev is the labels of the series before head: a stream out of label order (a store that
+	// does not sort without the replica labels) would deduplicate wrongly, so it fails.
+	prev labels.Labels
 }
 
 // sourceSeriesSet merges the stores' streams in label order; series of equal labels (replica
@@ -235,7 +245,11 @@ func (s *sourceSeriesSet) advance(c *storeCursor) bool {
 		}
 	}
 	s.builder.Sort()
-	c.lset = s.builder.Labels()
+	c.prev, c.lset = c.lset, s.builder.Labels()
+	if labels.Compare(c.lset, c.prev) < 0 {
+		s.err = errors.Newf("store %s sends series out of label order without the replica labels %v (it does not support without_replica_labels): use it without --upstream.replica-label, or behind Thanos Query", c.name, s.drop)
+		return false
+	}
 	return true
 }
 
