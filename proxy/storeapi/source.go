@@ -165,7 +165,7 @@ func (q *sourceQuerier) Select(ctx context.Context, _ bool, hints *storage.Selec
 			}
 			continue
 		}
-		c := &storeCursor{name: st.Name, cl: cl}
+		c := &storeCursor{name: st.Name, frames: receive(ctx, cl)}
 		if set.advance(c) {
 			set.cursors = append(set.cursors, c)
 		}
@@ -176,10 +176,41 @@ func (q *sourceQuerier) Select(ctx context.Context, _ bool, hints *storage.Selec
 	return set
 }
 
+// framesAhead is how many frames of a store's stream are received ahead of the query's reading:
+// the store streams on while the query decodes, in bounded memory.
+const framesAhead = 64
+
+// received is one frame of a store's stream, or the error that ended it (io.EOF at its end).
+type received struct {
+	r   *storepb.SeriesResponse
+	err error
+}
+
+// receive reads the stream into the returned channel, at most framesAhead frames ahead, until it
+// ends or ctx is done.
+func receive(ctx context.Context, cl storepb.Store_SeriesClient) <-chan received {
+	out := make(chan received, framesAhead)
+	go func() {
+		defer close(out)
+		for {
+			r, err := cl.Recv()
+			select {
+			case out <- received{r: r, err: err}:
+			case <-ctx.Done():
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	return out
+}
+
 // storeCursor is one store's Series stream, one series ahead.
 type storeCursor struct {
 	name    string
-	cl      storepb.Store_SeriesClient
+	frames  <-chan received
 	pending []*storepb.Series
 	head    *storepb.Series
 	lset    labels.Labels
@@ -220,7 +251,13 @@ func (s *sourceSeriesSet) failed(store string, err error) bool {
 // advance reads c's next series into its head; false when c has no more (or failed).
 func (s *sourceSeriesSet) advance(c *storeCursor) bool {
 	for len(c.pending) == 0 {
-		r, err := c.cl.Recv()
+		f, ok := <-c.frames
+		if !ok {
+			// The query was cancelled or closed before the stream ended.
+			s.failed(c.name, errors.New("stream ended before its end"))
+			return false
+		}
+		r, err := f.r, f.err
 		if errors.Is(err, io.EOF) {
 			return false
 		}
