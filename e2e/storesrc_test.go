@@ -132,6 +132,8 @@ func ssrcBattery() []sapiRequest {
 		requests = append(requests,
 			sapiRequest{"/api/v1/query_range", url.Values{"query": {e}, "start": {at(0)}, "end": {at(120)}, "step": {"60"}}},
 			sapiRequest{"/api/v1/query_range", url.Values{"query": {e}, "start": {at(25)}, "end": {at(55)}, "step": {"15"}}},
+			sapiRequest{"/api/v1/query", url.Values{"query": {e}, "time": {at(45)}, "dedup": {"false"}}},
+			sapiRequest{"/api/v1/query", url.Values{"query": {e}, "time": {at(15)}, "partial_response": {"false"}}},
 		)
 	}
 	for _, m := range []string{`auth_tokens_seen_total`, `{job="web"}`, `{__name__=~".+"}`, `{user_id="42"}`, `request_duration_seconds`} {
