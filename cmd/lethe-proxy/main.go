@@ -29,6 +29,7 @@ import (
 	"github.com/lethe-project/lethe/internal/bucketcfg"
 	"github.com/lethe-project/lethe/internal/cliflags"
 	"github.com/lethe-project/lethe/proxy"
+	"github.com/lethe-project/lethe/proxy/storeapi"
 	"github.com/lethe-project/lethe/tombstones"
 )
 
@@ -44,6 +45,8 @@ func main() {
 			&cli.StringSliceFlag{Name: "store.endpoint", Usage: "A Thanos StoreAPI server (HOST:PORT: store gateway, sidecar, receiver, querier) to serve the StoreAPI in front of, with tombstoned samples removed; repeatable. Point Thanos Query's --endpoint at --grpc-address instead of at these."},
 			&cli.StringFlag{Name: "grpc-address", Value: ":10901", Usage: "Where to serve Thanos' gRPC StoreAPI when --store.endpoint is given."},
 			&cli.StringFlag{Name: "upstream.url", Usage: "Prometheus-compatible server to answer in front of (Prometheus, Thanos Query, Mimir, VictoriaMetrics), e.g. http://prometheus:9090 or http://mimir/prometheus. Without it, the bucket's blocks are served."},
+			&cli.StringSliceFlag{Name: "upstream.store", Usage: "Thanos StoreAPI (HOST:PORT, plain gRPC; repeatable) to read raw series from instead of --upstream.url: Thanos Query's own gRPC address, or store gateways, sidecars and receivers directly. Native histograms included, streamed."},
+			&cli.StringSliceFlag{Name: "upstream.replica-label", Usage: "Label that tells replicas apart (repeatable), as Thanos Query's --query.replica-label: replicas read through --upstream.store (or --store.endpoint) are deduplicated as Thanos does."},
 			&cli.StringFlag{Name: "upstream.read", Value: proxy.ReadAuto, Usage: "How to read raw series from the upstream: auto (remote read where offered, else the query API), remote-read or query-api."},
 			&cli.StringFlag{Name: "upstream.external-labels", Usage: "The upstream's external labels as name=value,... ('' for none). By default they are read from the upstream's /api/v1/status/config."},
 			&cli.StringFlag{Name: "upstream.http-config-file", Usage: "Prometheus HTTP client configuration (tls_config, basic_auth, authorization, oauth2, ...) for requests to the upstream."},
@@ -117,7 +120,29 @@ func serve(c *cli.Context) error {
 
 	var source proxy.Source
 	var g run.Group
-	if raw := c.String("upstream.url"); raw != "" {
+	// Without --upstream.url the query API reads raw series through the StoreAPI: from
+	// --upstream.store, else (the StoreAPI mode) from the --store.endpoint stores.
+	raw, upstreamStores, endpoints := c.String("upstream.url"), c.StringSlice("upstream.store"), c.StringSlice("store.endpoint")
+	if raw != "" && len(upstreamStores) > 0 {
+		return errors.New("--upstream.url and --upstream.store: give one of them")
+	}
+	if raw == "" && (len(upstreamStores) > 0 || len(endpoints) > 0) {
+		addrs := upstreamStores
+		if len(addrs) == 0 {
+			addrs = endpoints
+		}
+		stores, closeStores, err := storeapi.Dial(addrs)
+		if err != nil {
+			return errors.Wrap(err, "--upstream.store")
+		}
+		defer func() {
+			if err := closeStores(); err != nil {
+				logger.Error("close store connections", "err", err)
+			}
+		}()
+		source = storeapi.NewSource(stores, c.StringSlice("upstream.replica-label"), false)
+		logger.Info("reading raw series through the StoreAPI", "stores", addrs, "replica_labels", c.StringSlice("upstream.replica-label"))
+	} else if raw != "" {
 		cfg, err := upstreamConfig(c, raw)
 		if err != nil {
 			return err

@@ -1,0 +1,228 @@
+package e2e
+
+// BenchmarkStoreSource: a node-exporter-like counter block of two replicas behind `thanos store`
+// and `thanos query`; each dashboard query is asked of the querier directly, of lethe-proxy
+// reading through the querier's StoreAPI (--upstream.store, replicas deduplicated by lethe) and of
+// lethe-proxy reading through its query API (--upstream.url), untouched and under a tombstone.
+// Each leaf reports the median time of each side, the median paired ratio to the querier, and
+// the peak RSS (VmHWM) of every process over the leaf. Every answer through --upstream.store is
+// first checked against the querier's (untouched) so that the timing is of correct work.
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/tsdb"
+	"github.com/thanos-io/objstore/providers/filesystem"
+
+	"github.com/lethe-project/lethe/block"
+)
+
+const (
+	ssrcBenchInstances = 100
+	ssrcBenchCPUs      = 8
+	ssrcBenchT0        = sapiT0
+)
+
+var ssrcBenchModes = []string{"idle", "user", "system", "iowait"}
+
+// ssrcBenchWrite writes the 2h block of one replica into bkt.
+func ssrcBenchWrite(b *testing.B, bkt *filesystem.Bucket, replica string) {
+	dir := b.TempDir()
+	w, err := tsdb.NewBlockWriter(slog.New(slog.DiscardHandler), dir, 2*thxHour)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer w.Close()
+	ctx := context.Background()
+	app := w.Appender(ctx)
+	var series []labels.Labels
+	for i := 0; i < ssrcBenchInstances; i++ {
+		for c := 0; c < ssrcBenchCPUs; c++ {
+			for _, m := range ssrcBenchModes {
+				series = append(series, labels.FromStrings("__name__", "node_cpu_seconds_total", "job", []string{"node", "db"}[i%2],
+					"instance", fmt.Sprintf("i-%d", i), "cpu", strconv.Itoa(c), "mode", m))
+			}
+		}
+	}
+	for ts := ssrcBenchT0; ts < ssrcBenchT0+2*thxHour; ts += sapiStep {
+		for k, ls := range series {
+			if _, err := app.Append(0, ls, ts, float64(k%13+1)*float64(ts-ssrcBenchT0)/1000); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	if err := app.Commit(); err != nil {
+		b.Fatal(err)
+	}
+	id, err := w.Flush(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	bdir := filepath.Join(dir, id.String())
+	raw, err := os.ReadFile(filepath.Join(bdir, block.MetaFilename))
+	if err != nil {
+		b.Fatal(err)
+	}
+	meta, err := block.DecodeMeta(raw)
+	if err != nil {
+		b.Fatal(err)
+	}
+	meta.Thanos = &block.Thanos{Version: 1, Labels: map[string]string{"cluster": "c1", "replica": replica}, Source: "sidecar"}
+	if err := block.Upload(ctx, bkt, bdir, meta); err != nil {
+		b.Fatal(err)
+	}
+}
+
+func ssrcBenchPort(b *testing.B) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func ssrcBenchGet(b *testing.B, p *benchProc, path string, params url.Values) string {
+	resp, err := p.client.Get(p.URL + path + "?" + params.Encode())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if resp.StatusCode != 200 {
+		b.Fatalf("%s %s: %d %.500s", p.name, params.Get("query"), resp.StatusCode, body)
+	}
+	var doc map[string]any
+	if err := json.Unmarshal(body, &doc); err != nil {
+		b.Fatalf("%s: %v: %.200s", p.name, err, body)
+	}
+	if data, ok := doc["data"].(map[string]any); ok {
+		delete(data, "analysis") // Thanos' empty query analysis.
+	}
+	norm, err := json.Marshal(doc)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return string(norm)
+}
+
+func BenchmarkStoreSource(b *testing.B) {
+	thanos := toolPath(b, "thanos", "LETHE_THANOS")
+	bucketDir := filepath.Join(b.TempDir(), "bucket")
+	if err := os.MkdirAll(bucketDir, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	bkt, err := filesystem.NewBucket(bucketDir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, r := range []string{"r0", "r1"} {
+		ssrcBenchWrite(b, bkt, r)
+	}
+	conf := "--objstore.config=type: FILESYSTEM\nconfig: {directory: " + bucketDir + "}"
+	rfc := func(ms int64) string { return time.UnixMilli(ms).UTC().Format(time.RFC3339Nano) }
+	out, err := exec.Command(binaries.lethe, conf, "tombstone", "add", "--match", `node_cpu_seconds_total{instance="i-3"}`,
+		"--start", rfc(ssrcBenchT0+30*sapiMin), "--end", rfc(ssrcBenchT0+50*sapiMin),
+		"--undelete-window", "0s", "--max-wait", "0s", "--reason", "bench", "--author", "bench").CombinedOutput()
+	if err != nil {
+		b.Fatalf("lethe tombstone add: %v: %s", err, out)
+	}
+
+	storeGRPC := ssrcBenchPort(b)
+	startBenchProc(b, "thanos-store", b.TempDir(), thanos, func(addr string) []string {
+		return []string{"store", conf, "--data-dir=" + b.TempDir(), "--http-address=" + addr, "--grpc-address=" + storeGRPC,
+			"--http-grace-period=0s", "--grpc-grace-period=0s", "--log.level=warn"}
+	})
+	queryGRPC := ssrcBenchPort(b)
+	querier := startBenchProc(b, "thanos-query", b.TempDir(), thanos, func(addr string) []string {
+		return []string{"query", "--http-address=" + addr, "--grpc-address=" + queryGRPC, "--endpoint=" + storeGRPC,
+			"--query.replica-label=replica", "--http-grace-period=0s", "--grpc-grace-period=0s", "--log.level=warn"}
+	})
+	proxyArgs := func(dir string, extra ...string) func(string) []string {
+		return func(addr string) []string {
+			return append([]string{conf, "--web.listen-address=" + addr, "--data-dir=" + filepath.Join(dir, "data"), "--log.level=warn"}, extra...)
+		}
+	}
+	dir := b.TempDir()
+	viaStore := startBenchProc(b, "lethe-proxy-store", dir, binaries.proxy, proxyArgs(dir, "--upstream.store="+queryGRPC, "--upstream.replica-label=replica"))
+	dir = b.TempDir()
+	viaAPI := startBenchProc(b, "lethe-proxy-api", dir, binaries.proxy, proxyArgs(dir, "--upstream.url="+querier.URL))
+
+	end := formatPromTime(ssrcBenchT0 + 2*thxHour - sapiMin)
+	start := formatPromTime(ssrcBenchT0 + sapiMin)
+	queries := []struct{ name, expr string }{
+		{"untouched-rate", `sum by (job) (rate(node_cpu_seconds_total{instance!="i-3"}[5m]))`},
+		{"untouched-raw", `node_cpu_seconds_total{instance="i-7",mode="user"}`},
+		{"masked-rate", `sum by (job) (rate(node_cpu_seconds_total[5m]))`},
+		{"masked-instance", `sum by (mode) (rate(node_cpu_seconds_total{instance="i-3"}[5m]))`},
+	}
+	// Wait for the store to serve the blocks, then check the answers.
+	deadline := time.Now().Add(thxQueryTimeout)
+	for {
+		r := ssrcBenchGet(b, querier, "/api/v1/query", url.Values{"query": {`count(node_cpu_seconds_total)`}, "time": {end}})
+		if strings.Contains(r, `"value"`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("thanos query serves no data: %s", r)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	params := func(expr string) url.Values {
+		return url.Values{"query": {expr}, "start": {start}, "end": {end}, "step": {"15"}}
+	}
+	for _, q := range queries[:2] {
+		want := ssrcBenchGet(b, querier, "/api/v1/query_range", params(q.expr))
+		if got := ssrcBenchGet(b, viaStore, "/api/v1/query_range", params(q.expr)); got != want {
+			b.Fatalf("%s through --upstream.store differs from the querier:\n%.500s\n%.500s", q.name, got, want)
+		}
+	}
+	procs := []*benchProc{querier, viaStore, viaAPI}
+	for _, q := range queries {
+		b.Run(q.name, func(b *testing.B) {
+			for _, p := range procs {
+				_ = p.resetPeakRSS()
+			}
+			var tq, ts, ta, rs, ra []float64
+			timed := func(p *benchProc) float64 {
+				began := time.Now()
+				ssrcBenchGet(b, p, "/api/v1/query_range", params(q.expr))
+				return float64(time.Since(began).Microseconds()) / 1000
+			}
+			for i := 0; i < b.N; i++ {
+				d, s, a := timed(querier), timed(viaStore), timed(viaAPI)
+				tq, ts, ta = append(tq, d), append(ts, s), append(ta, a)
+				rs, ra = append(rs, s/d), append(ra, a/d)
+			}
+			med := func(v []float64) float64 { v = slices.Clone(v); slices.Sort(v); return v[len(v)/2] }
+			b.ReportMetric(med(tq), "querier-ms")
+			b.ReportMetric(med(ts), "store-ms")
+			b.ReportMetric(med(ta), "api-ms")
+			b.ReportMetric(med(rs), "store/querier")
+			b.ReportMetric(med(ra), "api/querier")
+			for _, p := range procs {
+				if mib, err := p.peakRSSMiB(); err == nil {
+					b.ReportMetric(mib, p.name+"-MiB")
+				}
+			}
+		})
+	}
+}
