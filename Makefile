@@ -60,11 +60,15 @@ demo: build
 		--web.listen-address :9095 --web.admin-token-file ./data/admin-token
 
 # Go benchmarks of the matcher index; the dashboard side by side (lethe-proxy against the upstream
-# Prometheus asked directly and against Prometheus after its own delete_series); the rewriter
+# Prometheus asked directly and against Prometheus after its own delete_series); label look-ups
+# through lethe against Prometheus' index; Thanos Query asked directly beside lethe-proxy reading
+# through its StoreAPI and its query API; the rewriter
 # against thanos tools bucket rewrite and a plain copy of the block: tables of ratios.
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./tombstones/ ./block/ ./rewriter/
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./tombstones/ ./block/ ./rewriter/ ./proxy/storeapi/
 	LETHE_PROMETHEUS=$$(tools/build.sh prometheus) $(GO) test -run '^$$' -bench Dashboard -benchtime $(DASHBOARD_RUNS)x -timeout 20m ./e2e/ | tee bench.out | $(GO) run ./tools/benchtable
+	LETHE_PROMETHEUS=$$(tools/build.sh prometheus) $(GO) test -run '^$$' -bench Lookups -benchtime 10x -timeout 30m ./e2e/ | tee bench-lookup.out | $(GO) run ./tools/benchtable
+	LETHE_THANOS=$$(tools/build.sh thanos) $(GO) test -run '^$$' -bench StoreSource -benchtime 8x -timeout 20m ./e2e/ | tee bench-store.out | $(GO) run ./tools/benchtable
 	LETHE_THANOS=$$(tools/build.sh thanos) $(GO) test -run '^$$' -bench Rewrite -benchtime $(REWRITE_RUNS)x -timeout 20m ./e2e/ | tee bench-rewrite.out | $(GO) run ./tools/benchtable
 
 lint:

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"math"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -70,6 +71,8 @@ func selectAll(t *testing.T, src *Source, snap *proxy.Snapshot, ms ...*labels.Ma
 	for _, w := range ss.Warnings() {
 		ws = append(ws, w.Error())
 	}
+	// Annotations are a set: their order is not part of the answer.
+	slices.Sort(ws)
 	return out, ws, ss.Err()
 }
 
