@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/efficientgo/core/errors"
 	"github.com/oklog/ulid/v2"
@@ -53,6 +54,23 @@ func NewBucketBlocks(bkt objstore.BucketReader, dir string, logger *slog.Logger,
 		blocks:   map[ulid.ULID]*localBlock{},
 		loaded:   f.NewGauge(prometheus.GaugeOpts{Name: "lethe_proxy_blocks_loaded", Help: "Blocks served from the bucket."}),
 		problems: f.NewGauge(prometheus.GaugeOpts{Name: "lethe_proxy_blocks_problems", Help: "Blocks of the bucket that could not be served at the last sync."}),
+	}
+}
+
+// Run syncs the blocks every interval until ctx is done. A failed sync is logged and leaves the
+// blocks of the last one served; the next tick tries again.
+func (s *BucketBlocks) Run(ctx context.Context, interval time.Duration) error {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			if err := s.Sync(ctx); err != nil && ctx.Err() == nil {
+				s.logger.Error("block sync", "err", err)
+			}
+		}
 	}
 }
 
