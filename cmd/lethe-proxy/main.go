@@ -166,20 +166,7 @@ func serve(c *cli.Context) error {
 			}
 		}()
 		bctx, bcancel := context.WithCancel(c.Context)
-		g.Add(func() error {
-			t := time.NewTicker(c.Duration("blocks.sync-interval"))
-			defer t.Stop()
-			for {
-				select {
-				case <-bctx.Done():
-					return nil
-				case <-t.C:
-					if err := blocks.Sync(bctx); err != nil && bctx.Err() == nil {
-						logger.Error("block sync", "err", err)
-					}
-				}
-			}
-		}, func(error) { bcancel() })
+		g.Add(func() error { return blocks.Run(bctx, c.Duration("blocks.sync-interval")) }, func(error) { bcancel() })
 		source = blocks
 	}
 
