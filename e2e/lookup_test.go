@@ -78,30 +78,31 @@ var lookupDeletions = []batteryDeletion{
 }
 
 // lookupManyDeletions are the deletions of the query-API mode's extra look-ups: more tombstones
-// on one series than the selectors' complement can express (17 five-minute stretches of i-0's
-// sda, a minute apart), so that the look-up reads their series, and a redacted one, whose
-// selector the proxy cannot send exactly. redacted says which are written redacted.
+// meeting one look-up than the selectors' complement can express (17 five-minute stretches that
+// together delete i-0's sda from 10m to 95m), so that the look-up reads their series, and a
+// redacted one, whose selector the proxy cannot send exactly. lookupManyRedacted says which are
+// written redacted.
 var lookupManyDeletions, lookupManyRedacted = func() ([]batteryDeletion, []bool) {
 	var dels []batteryDeletion
 	var redacted []bool
 	for k := 0; k < 17; k++ {
-		from := 10*time.Minute + time.Duration(k)*6*time.Minute
-		dels = append(dels, batteryDeletion{fmt.Sprintf("i-0's sda, stretch %d", k), []string{`node_disk_io_time_seconds_total{instance="i-0",device="sda"}`}, lt(from), lt(from + 5*time.Minute)})
+		from := 10*time.Minute + time.Duration(k)*5*time.Minute
+		dels = append(dels, batteryDeletion{fmt.Sprintf("i-0's sda, stretch %d", k), []string{`node_disk_io_time_seconds_total{instance="i-0",device="sda"}`}, lt(from), lt(from+5*time.Minute) - 1})
 		redacted = append(redacted, false)
 	}
 	dels = append(dels, batteryDeletion{"i-3's load for 20 minutes, redacted", []string{`node_load1{instance="i-3",job="node"}`}, lt(20 * time.Minute), lt(40 * time.Minute)})
 	return dels, append(redacted, true)
 }()
 
-// lookupManyWindows are the windows of the extra look-ups: one stretch of the 17 (sda is deleted
-// there on i-0), the span of them all (it survives between them), a gap between two, and the
-// redacted deletion's interval and its edge.
+// lookupManyWindows are the windows of the extra look-ups: the span of the 17 (sda is deleted
+// there on i-0), a part of it that several meet, its edge, and the redacted deletion's interval
+// and its edge.
 func lookupManyWindows() [][2]int64 {
 	first, last, redacted := lookupManyDeletions[0], lookupManyDeletions[16], lookupManyDeletions[17]
 	return [][2]int64{
-		{first.start, first.end},
 		{first.start, last.end},
-		{first.end + lookupStep, first.end + 3*lookupStep},
+		{first.start + 7*time.Minute.Milliseconds(), last.end - 7*time.Minute.Milliseconds()},
+		{last.end - lookupStep, last.end + lookupStep},
 		{redacted.start, redacted.end},
 		{redacted.start - lookupStep, redacted.start},
 	}

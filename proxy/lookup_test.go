@@ -317,10 +317,12 @@ func TestLookupAgreesWithSamples(t *testing.T) {
 		if round%4 == 1 {
 			// More tombstones meeting one look-up than the selectors' complement can express:
 			// they are relaxed, and their series are read over the whole window.
+			// Together they delete one instance and job from 0 to 679, in stretches of 40.
+			inst, job := fmt.Sprint(rng.Intn(4)), pick("x", "y")
 			for i := 0; i < 1+maxComplementQueries; i++ {
-				start := int64(rng.Intn(60)) * 10
-				end := start + int64(rng.Intn(30))*10
-				specs = append(specs, tombstones.Spec{Selectors: []string{fmt.Sprintf(`{inst=%q, job=%q}`, fmt.Sprint(rng.Intn(4)), pick("x", "y"))}, Start: &start, End: &end, Redact: rng.Intn(2) == 0})
+				start := int64(i) * 40
+				end := start + 39
+				specs = append(specs, tombstones.Spec{Selectors: []string{fmt.Sprintf(`{inst=%q, job=%q}`, inst, job)}, Start: &start, End: &end, Redact: rng.Intn(2) == 0})
 			}
 		}
 		if round%3 == 0 {
