@@ -54,7 +54,7 @@ func NewMask(store *tombstones.Store, logger *slog.Logger, reg prometheus.Regist
 	m.loaded = f.NewGauge(prometheus.GaugeOpts{Name: "lethe_proxy_tombstones_loaded", Help: "Tombstones the proxy masks (all but cancelled ones)."})
 	m.metrics = &maskMetrics{
 		seriesMasked: f.NewCounter(prometheus.CounterOpts{Name: "lethe_proxy_series_masked_total", Help: "Series read through the proxy that a tombstone covers in part or whole."}),
-		seriesHidden: f.NewCounter(prometheus.CounterOpts{Name: "lethe_proxy_series_hidden_total", Help: "Series left out of series and label look-ups because tombstones cover all their samples in the range."}),
+		seriesHidden: f.NewCounter(prometheus.CounterOpts{Name: "lethe_proxy_series_hidden_total", Help: "Series left out of selects and of series and label look-ups because tombstones cover all their samples in the range."}),
 	}
 	m.age = f.NewGaugeFunc(prometheus.GaugeOpts{Name: "lethe_proxy_tombstones_refresh_age_seconds", Help: "Seconds since the tombstones were last refreshed from the bucket."}, func() float64 {
 		m.mu.RLock()
