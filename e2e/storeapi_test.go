@@ -24,7 +24,6 @@ import (
 	"github.com/efficientgo/core/testutil"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/prometheus/model/labels"
-	"github.com/prometheus/prometheus/promql/parser"
 	"github.com/prometheus/prometheus/tsdb"
 	"github.com/prometheus/prometheus/tsdb/chunkenc"
 	"github.com/thanos-io/objstore/providers/filesystem"
@@ -166,26 +165,10 @@ func sapiBuckets(t *testing.T, blk sapiBlock, dels []thxDeletion) (masked, truth
 
 // sapiDeleted reports whether one of the deletions covers the sample.
 func sapiDeleted(t *testing.T, dels []thxDeletion) func(labels.Labels, int64) bool {
-	type sel struct {
-		ms         []*labels.Matcher
-		start, end int64
-	}
-	var sels []sel
-	for _, d := range dels {
-		ms, err := parser.NewParser(parser.Options{}).ParseMetricSelector(d.selector)
-		testutil.Ok(t, err)
-		sels = append(sels, sel{ms, d.start, d.end})
-	}
+	sels := thxSelectors(t, dels)
 	return func(ls labels.Labels, ts int64) bool {
 		for _, s := range sels {
-			if ts < s.start || ts > s.end {
-				continue
-			}
-			matches := true
-			for _, m := range s.ms {
-				matches = matches && m.Matches(ls.Get(m.Name))
-			}
-			if matches {
+			if ts >= s.start && ts <= s.end && s.matches(ls) {
 				return true
 			}
 		}
