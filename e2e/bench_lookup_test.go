@@ -344,32 +344,9 @@ func newLookupBenchSet(b *testing.B, promBin string, client *http.Client, name s
 // holds the tombstones.
 func startLookupBucketProxy(tb testing.TB, name, dir, bucketDir string, wantBlocks, wantTombstones int) *benchProc {
 	tb.Helper()
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		tb.Fatal(err)
-	}
-	conf := filepath.Join(dir, "bucket.yml")
-	if err := os.WriteFile(conf, []byte("type: FILESYSTEM\nconfig:\n  directory: "+strconv.Quote(bucketDir)+"\n"), 0o644); err != nil {
-		tb.Fatal(err)
-	}
-	p := startBenchProc(tb, name, dir, binaries.proxy, func(addr string) []string {
-		return []string{
-			"--objstore.config-file=" + conf,
-			"--web.listen-address=" + addr,
-			"--data-dir=" + filepath.Join(dir, "data"),
-			"--log.level=warn",
-		}
-	})
-	deadline := time.Now().Add(2 * dashProxyReadyTimeout)
-	for {
-		nb, nt := p.metric(tb, "lethe_proxy_blocks_loaded"), p.metric(tb, "lethe_proxy_tombstones_loaded")
-		if nb == float64(wantBlocks) && nt == float64(wantTombstones) {
-			return p
-		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("%s: %v blocks and %v tombstones loaded, want %d and %d; log:\n%s", name, nb, nt, wantBlocks, wantTombstones, p.logTail())
-		}
-		time.Sleep(promPollEvery)
-	}
+	p := startBucketProxy(tb, name, dir, bucketDir)
+	p.waitGauges(tb, 2*dashProxyReadyTimeout, gauge{"lethe_proxy_blocks_loaded", wantBlocks}, gauge{"lethe_proxy_tombstones_loaded", wantTombstones})
+	return p
 }
 
 func lookupGet(client *http.Client, p *benchProc, r lookupBenchRequest) ([]byte, error) {

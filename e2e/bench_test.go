@@ -715,6 +715,15 @@ func startBenchPrometheus(tb testing.TB, name, bin, dir string, blockDirs []stri
 // waits until it has loaded the bucket's tombstones.
 func startBenchProxy(tb testing.TB, name, dir, bucketDir, upstream string, wantTombstones int) *benchProc {
 	tb.Helper()
+	p := startBucketProxy(tb, name, dir, bucketDir, "--upstream.url="+upstream)
+	p.waitGauges(tb, dashProxyReadyTimeout, gauge{"lethe_proxy_tombstones_loaded", wantTombstones})
+	return p
+}
+
+// startBucketProxy runs lethe-proxy with a FILESYSTEM bucket at bucketDir, a data dir in dir and
+// the extra flags args (none: the proxy serves the bucket's blocks).
+func startBucketProxy(tb testing.TB, name, dir, bucketDir string, args ...string) *benchProc {
+	tb.Helper()
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		tb.Fatal(err)
 	}
@@ -722,23 +731,38 @@ func startBenchProxy(tb testing.TB, name, dir, bucketDir, upstream string, wantT
 	if err := os.WriteFile(conf, []byte("type: FILESYSTEM\nconfig:\n  directory: "+strconv.Quote(bucketDir)+"\n"), 0o644); err != nil {
 		tb.Fatal(err)
 	}
-	p := startBenchProc(tb, name, dir, binaries.proxy, func(addr string) []string {
-		return []string{
+	return startBenchProc(tb, name, dir, binaries.proxy, func(addr string) []string {
+		return append([]string{
 			"--objstore.config-file=" + conf,
-			"--upstream.url=" + upstream,
 			"--web.listen-address=" + addr,
 			"--data-dir=" + filepath.Join(dir, "data"),
 			"--log.level=warn",
-		}
+		}, args...)
 	})
-	deadline := time.Now().Add(dashProxyReadyTimeout)
+}
+
+// gauge is a metric and the value a process must report for it.
+type gauge struct {
+	name string
+	want int
+}
+
+// waitGauges waits until the process reports every gauge at its value, for at most timeout.
+func (p *benchProc) waitGauges(tb testing.TB, timeout time.Duration, gauges ...gauge) {
+	tb.Helper()
+	deadline := time.Now().Add(timeout)
 	for {
-		got := p.metric(tb, "lethe_proxy_tombstones_loaded")
-		if got == float64(wantTombstones) {
-			return p
+		var missed []string
+		for _, g := range gauges {
+			if got := p.metric(tb, g.name); got != float64(g.want) {
+				missed = append(missed, fmt.Sprintf("%s is %v, want %d", g.name, got, g.want))
+			}
+		}
+		if len(missed) == 0 {
+			return
 		}
 		if time.Now().After(deadline) {
-			tb.Fatalf("%s: lethe_proxy_tombstones_loaded is %v after %v, want %d; log:\n%s", name, got, dashProxyReadyTimeout, wantTombstones, p.logTail())
+			tb.Fatalf("%s after %v: %s; log:\n%s", p.name, timeout, strings.Join(missed, ", "), p.logTail())
 		}
 		time.Sleep(promPollEvery)
 	}

@@ -403,18 +403,7 @@ func TestCLIContractCommandLines(t *testing.T) {
 	testutil.Assert(t, strings.Contains(show, "state:           cancelled") && strings.Contains(show, "wrong user"), show)
 
 	// The plan: jobs for the due tombstone, and the pending ones with the blocks they will touch.
-	var p struct {
-		Jobs []struct {
-			Block string `json:"block"`
-		} `json:"jobs"`
-		Due     []string `json:"due"`
-		Pending []struct {
-			Tombstone string    `json:"tombstone"`
-			DueAt     time.Time `json:"due_at"`
-			Deadline  time.Time `json:"deadline"`
-			Blocks    []string  `json:"blocks"`
-		} `json:"pending"`
-	}
+	var p rwPlan
 	testutil.Ok(t, json.Unmarshal([]byte(ok(runBinary(t, binaries.rewriter, 2*time.Minute, nil, "plan", "--objstore.config-file", file, "--output", "json"), "plan json").stdout), &p))
 	testutil.Equals(t, []string{due}, p.Due)
 	testutil.Equals(t, 2, len(p.Jobs))

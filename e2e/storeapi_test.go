@@ -24,7 +24,6 @@ import (
 	"github.com/efficientgo/core/testutil"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/prometheus/model/labels"
-	"github.com/prometheus/prometheus/promql/parser"
 	"github.com/prometheus/prometheus/tsdb"
 	"github.com/prometheus/prometheus/tsdb/chunkenc"
 	"github.com/thanos-io/objstore/providers/filesystem"
@@ -166,26 +165,10 @@ func sapiBuckets(t *testing.T, blk sapiBlock, dels []thxDeletion) (masked, truth
 
 // sapiDeleted reports whether one of the deletions covers the sample.
 func sapiDeleted(t *testing.T, dels []thxDeletion) func(labels.Labels, int64) bool {
-	type sel struct {
-		ms         []*labels.Matcher
-		start, end int64
-	}
-	var sels []sel
-	for _, d := range dels {
-		ms, err := parser.NewParser(parser.Options{}).ParseMetricSelector(d.selector)
-		testutil.Ok(t, err)
-		sels = append(sels, sel{ms, d.start, d.end})
-	}
+	sels := thxSelectors(t, dels)
 	return func(ls labels.Labels, ts int64) bool {
 		for _, s := range sels {
-			if ts < s.start || ts > s.end {
-				continue
-			}
-			matches := true
-			for _, m := range s.ms {
-				matches = matches && m.Matches(ls.Get(m.Name))
-			}
-			if matches {
+			if ts >= s.start && ts <= s.end && s.matches(ls) {
 				return true
 			}
 		}
@@ -279,15 +262,21 @@ type sapiRequest struct {
 // from the ground truth, or that holds the deleted secret label value; it returns how many agree.
 func sapiCompare(t *testing.T, viaLethe, want *benchProc, requests []sapiRequest) int {
 	t.Helper()
+	return sapiCompareWith(t, viaLethe, want, requests, func(exp string) string { return exp })
+}
+
+// sapiCompareWith is sapiCompare with the ground truth's answers passed through wantAs first.
+func sapiCompareWith(t *testing.T, viaLethe, want *benchProc, requests []sapiRequest, wantAs func(string) string) int {
+	t.Helper()
 	same := 0
 	for _, r := range requests {
-		got, exp := sapiAnswer(t, viaLethe, r.path, r.params), sapiAnswer(t, want, r.path, r.params)
+		got, exp := sapiAnswer(t, viaLethe, r.path, r.params), wantAs(sapiAnswer(t, want, r.path, r.params))
 		testutil.Assert(t, !strings.Contains(got, "s3cret"), "%s %v leaks the deleted label value: %s", r.path, r.params, got)
 		if testing.Verbose() {
 			t.Logf("%s %v: %.300s", r.path, r.params, got)
 		}
 		if got != exp {
-			t.Errorf("%s %v\nthrough lethe: %s\nground truth:  %s", r.path, r.params, got, exp)
+			t.Errorf("%s %v\nthrough lethe: %.2000s\nground truth:  %.2000s", r.path, r.params, got, exp)
 			continue
 		}
 		same++
@@ -309,9 +298,7 @@ func sapiAnswer(t *testing.T, p *benchProc, path string, params url.Values) stri
 // sapiBattery is every request kind of the battery, inside, across and outside the deleted
 // ranges: queries and range queries of every data type, series and label look-ups.
 func sapiBattery() []sapiRequest {
-	at := func(m int64) string { return formatPromTime(sapiT0 + m*sapiMin) }
-	var requests []sapiRequest
-	exprs := []string{
+	return sapiRequests([]string{
 		`http_requests_total`,
 		`rate(http_requests_total[5m])`,
 		`sum by (job) (rate(http_requests_total[10m]))`,
@@ -325,7 +312,15 @@ func sapiBattery() []sapiRequest {
 		`request_duration_seconds`,
 		`histogram_quantile(0.5, sum by (job) (rate(request_duration_seconds[10m])))`,
 		`histogram_count(rate(request_duration_seconds[5m]))`,
-	}
+	}, nil)
+}
+
+// sapiRequests is the battery over exprs: each an instant query at minutes through the deleted
+// ranges, two range queries, one with dedup=false and what extra adds for it (at gives a minute's
+// time), then the series and label look-ups.
+func sapiRequests(exprs []string, extra func(e string, at func(m int64) string) []sapiRequest) []sapiRequest {
+	at := func(m int64) string { return formatPromTime(sapiT0 + m*sapiMin) }
+	var requests []sapiRequest
 	for _, e := range exprs {
 		for _, m := range []int64{5, 15, 35, 45, 62, 68, 75, 110} {
 			requests = append(requests, sapiRequest{"/api/v1/query", url.Values{"query": {e}, "time": {at(m)}}})
@@ -335,6 +330,9 @@ func sapiBattery() []sapiRequest {
 			sapiRequest{"/api/v1/query_range", url.Values{"query": {e}, "start": {at(25)}, "end": {at(55)}, "step": {"15"}}},
 			sapiRequest{"/api/v1/query", url.Values{"query": {e}, "time": {at(45)}, "dedup": {"false"}}},
 		)
+		if extra != nil {
+			requests = append(requests, extra(e, at)...)
+		}
 	}
 	for _, m := range []string{`auth_tokens_seen_total`, `{job="web"}`, `{__name__=~".+"}`, `{user_id="42"}`, `request_duration_seconds`} {
 		requests = append(requests,
@@ -351,7 +349,6 @@ func sapiBattery() []sapiRequest {
 			sapiRequest{p, url.Values{"match[]": {`{job="web"}`}, "start": {at(60)}, "end": {at(120)}}},
 		)
 	}
-
 	return requests
 }
 

@@ -315,21 +315,39 @@ func thxLiveSamples(t *testing.T, b cliBucket, l *block.Listing) (thxSamples, in
 	return out, dups
 }
 
+// thxSelector is one deletion's parsed selector and its inclusive range.
+type thxSelector struct {
+	ms         []*labels.Matcher
+	start, end int64
+}
+
+func thxSelectors(t *testing.T, dels []thxDeletion) []thxSelector {
+	t.Helper()
+	sels := make([]thxSelector, 0, len(dels))
+	for _, d := range dels {
+		ms, err := parser.NewParser(parser.Options{}).ParseMetricSelector(d.selector)
+		testutil.Ok(t, err, d.selector)
+		sels = append(sels, thxSelector{ms, d.start, d.end})
+	}
+	return sels
+}
+
+// matches reports whether every matcher of the selector matches ls.
+func (s thxSelector) matches(ls labels.Labels) bool {
+	for _, m := range s.ms {
+		if !m.Matches(ls.Get(m.Name)) {
+			return false
+		}
+	}
+	return true
+}
+
 // thxExpected returns the samples of all that survive the deletions, applied only to samples in
 // [from, to): a sample goes when a deletion's selector matches its labels plus the external labels
 // ext and its timestamp is in the deletion's inclusive range. It uses no lethe code.
 func thxExpected(t *testing.T, all thxSamples, dels []thxDeletion, ext map[string]string, from, to int64) thxSamples {
 	t.Helper()
-	type sel struct {
-		ms         []*labels.Matcher
-		start, end int64
-	}
-	var sels []sel
-	for _, d := range dels {
-		ms, err := parser.NewParser(parser.Options{}).ParseMetricSelector(d.selector)
-		testutil.Ok(t, err, d.selector)
-		sels = append(sels, sel{ms, d.start, d.end})
-	}
+	sels := thxSelectors(t, dels)
 	out := thxSamples{}
 	for key, se := range all {
 		lset, err := parser.NewParser(parser.Options{}).ParseMetricSelector(key)
@@ -344,11 +362,7 @@ func thxExpected(t *testing.T, all thxSamples, dels []thxDeletion, ext map[strin
 		ls := full.Labels()
 		var ivs [][2]int64
 		for _, s := range sels {
-			match := true
-			for _, m := range s.ms {
-				match = match && m.Matches(ls.Get(m.Name))
-			}
-			if match {
+			if s.matches(ls) {
 				ivs = append(ivs, [2]int64{max(s.start, from), min(s.end, to-1)})
 			}
 		}

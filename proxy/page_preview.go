@@ -3,11 +3,9 @@ package proxy
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"fmt"
 	"math"
 	"net/http"
-	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -17,7 +15,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/labels"
-	"github.com/prometheus/prometheus/promql/parser"
 	"github.com/prometheus/prometheus/storage"
 	"github.com/prometheus/prometheus/tsdb/chunkenc"
 
@@ -135,23 +132,11 @@ func hideRedacted(series []labels.Labels, sels [][]*labels.Matcher) []labels.Lab
 func (pg *page) matchedSeries(ctx context.Context, sels [][]*labels.Matcher, mint, maxt int64) ([]labels.Labels, error) {
 	var out []labels.Labels
 	if up, ok := pg.p.source.(*Upstream); ok {
-		params := url.Values{}
-		for _, sel := range sels {
-			params.Add("match[]", (&parser.VectorSelector{LabelMatchers: sel}).String())
-		}
-		params.Set("start", formatTime(tombstones.APITime(mint).UnixMilli()))
-		params.Set("end", formatTime(tombstones.APITime(maxt).UnixMilli()))
-		data, _, err := up.apiGet(ctx, "/api/v1/series", params)
+		series, err := up.series(ctx, sels, mint, maxt)
 		if err != nil {
 			return nil, err
 		}
-		var series []map[string]string
-		if err := json.Unmarshal(data, &series); err != nil {
-			return nil, errors.Wrap(err, "decode upstream series")
-		}
-		for _, s := range series {
-			out = append(out, labels.FromMap(s))
-		}
+		out = series
 	} else {
 		snap, err := pg.snapshot(nil)
 		if err != nil {

@@ -13,34 +13,17 @@ import (
 
 	"github.com/efficientgo/core/testutil"
 	"github.com/oklog/ulid/v2"
-	"github.com/prometheus/prometheus/model/labels"
 	"github.com/thanos-io/objstore"
 
 	"github.com/lethe-project/lethe/block"
 	"github.com/lethe-project/lethe/internal/objfault"
-	"github.com/lethe-project/lethe/internal/synth"
 	"github.com/lethe-project/lethe/tombstones"
 )
 
-// newMemFixture is newFixture over an in-memory bucket.
+// newMemFixture is newFixture over an in-memory bucket, with no token series.
 func newMemFixture(t *testing.T, users int) *fixture {
 	t.Helper()
-	bkt := objstore.NewInMemBucket()
-	f := &fixture{bkt: bkt, now: time.UnixMilli(t0 + 30*24*3_600_000)}
-	f.store = tombstones.NewStore(bkt, nil, tombstones.WithClock(func() time.Time { return f.now }))
-	var series []labels.Labels
-	for u := 0; u < users; u++ {
-		series = append(series, labels.FromStrings("__name__", "http_requests_total", "job", "api", "user_id", fmt.Sprint(u)))
-	}
-	for i := int64(0); i < 2; i++ {
-		id, err := synth.Upload(context.Background(), bkt, t.TempDir(), synth.Block{
-			Series: series, MinTime: t0 + i*7_200_000, MaxTime: t0 + (i+1)*7_200_000, Step: 60_000,
-			External: map[string]string{"cluster": "eu1"},
-		})
-		testutil.Ok(t, err)
-		f.ids = append(f.ids, id)
-	}
-	return f
+	return fixtureOver(t, objstore.NewInMemBucket(), userSeries(users))
 }
 
 // pausePoint is where a worker waits: a bucket call of its run.

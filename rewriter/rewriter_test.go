@@ -38,17 +38,31 @@ type fixture struct {
 	ids   []ulid.ULID
 }
 
+// newFixture is two 2h blocks in a FILESYSTEM bucket of one series a user and one series with a
+// leaked token.
 func newFixture(t *testing.T, users int) *fixture {
 	t.Helper()
 	bkt, err := filesystem.NewBucket(t.TempDir())
 	testutil.Ok(t, err)
-	f := &fixture{bkt: bkt, now: time.UnixMilli(t0 + 30*24*3_600_000)}
-	f.store = tombstones.NewStore(bkt, nil, tombstones.WithClock(func() time.Time { return f.now }))
-	var series []labels.Labels
+	series := append(userSeries(users), labels.FromStrings("__name__", "http_requests_total", "job", "api", "token", "s3cr3t-leaked"))
+	return fixtureOver(t, bkt, series)
+}
+
+// userSeries is one http_requests_total series a user, user_id 0 to users-1.
+func userSeries(users int) []labels.Labels {
+	series := make([]labels.Labels, 0, users+1)
 	for u := 0; u < users; u++ {
 		series = append(series, labels.FromStrings("__name__", "http_requests_total", "job", "api", "user_id", fmt.Sprint(u)))
 	}
-	series = append(series, labels.FromStrings("__name__", "http_requests_total", "job", "api", "token", "s3cr3t-leaked"))
+	return series
+}
+
+// fixtureOver uploads two 2h blocks of series from t0 into bkt, with a tombstone store whose
+// clock is the fixture's now, 30 days after t0.
+func fixtureOver(t *testing.T, bkt objstore.Bucket, series []labels.Labels) *fixture {
+	t.Helper()
+	f := &fixture{bkt: bkt, now: time.UnixMilli(t0 + 30*24*3_600_000)}
+	f.store = tombstones.NewStore(bkt, nil, tombstones.WithClock(func() time.Time { return f.now }))
 	for i := int64(0); i < 2; i++ {
 		id, err := synth.Upload(context.Background(), bkt, t.TempDir(), synth.Block{
 			Series: series, MinTime: t0 + i*7_200_000, MaxTime: t0 + (i+1)*7_200_000, Step: 60_000,

@@ -19,26 +19,40 @@ import (
 
 	"github.com/efficientgo/core/testutil"
 	"github.com/prometheus/prometheus/model/labels"
+	"github.com/thanos-io/objstore"
 	"github.com/thanos-io/objstore/providers/filesystem"
 
 	"github.com/lethe-project/lethe/internal/synth"
 	"github.com/lethe-project/lethe/tombstones"
 )
 
-// TestRunPushesMetrics: a cron run pushes its metrics to the Pushgateway when done.
-func TestRunPushesMetrics(t *testing.T) {
+// userSeries is one series of metric x a user, user_id 0 to n-1.
+func userSeries(n int) []labels.Labels {
+	series := make([]labels.Labels, 0, n)
+	for u := 0; u < n; u++ {
+		series = append(series, labels.FromStrings("__name__", "x", "user_id", fmt.Sprint(u)))
+	}
+	return series
+}
+
+// userBucket writes one two-hour block of userSeries(users), two days old, into a FILESYSTEM
+// bucket and returns the bucket and the --objstore.config flag for it.
+func userBucket(t *testing.T, users int) (objstore.Bucket, string) {
+	t.Helper()
 	dir := t.TempDir()
 	bkt, err := filesystem.NewBucket(dir)
 	testutil.Ok(t, err)
 	start := time.Now().Add(-48 * time.Hour).UnixMilli()
-	var series []labels.Labels
-	for u := 0; u < 4; u++ {
-		series = append(series, labels.FromStrings("__name__", "x", "user_id", fmt.Sprint(u)))
-	}
-	_, err = synth.Upload(context.Background(), bkt, t.TempDir(), synth.Block{Series: series, MinTime: start, MaxTime: start + 7_200_000, Step: 60_000})
+	_, err = synth.Upload(context.Background(), bkt, t.TempDir(), synth.Block{Series: userSeries(users), MinTime: start, MaxTime: start + 7_200_000, Step: 60_000})
 	testutil.Ok(t, err)
+	return bkt, "--objstore.config=type: FILESYSTEM\nconfig: {directory: " + dir + "}"
+}
+
+// TestRunPushesMetrics: a cron run pushes its metrics to the Pushgateway when done.
+func TestRunPushesMetrics(t *testing.T) {
+	bkt, conf := userBucket(t, 4)
 	zero := time.Duration(0)
-	_, err = tombstones.NewStore(bkt, nil).Add(context.Background(), tombstones.Spec{Selectors: []string{`{user_id="1"}`}, UndeleteWindow: &zero, MaxWait: &zero})
+	_, err := tombstones.NewStore(bkt, nil).Add(context.Background(), tombstones.Spec{Selectors: []string{`{user_id="1"}`}, UndeleteWindow: &zero, MaxWait: &zero})
 	testutil.Ok(t, err)
 
 	var (
@@ -54,7 +68,7 @@ func TestRunPushesMetrics(t *testing.T) {
 	defer gw.Close()
 
 	var stdout, stderr bytes.Buffer
-	code := run(context.Background(), []string{"lethe-rewriter", "--objstore.config=type: FILESYSTEM\nconfig: {directory: " + dir + "}",
+	code := run(context.Background(), []string{"lethe-rewriter", conf,
 		"run", "--tmp.dir", t.TempDir(), "--pushgateway.url", gw.URL, "--nice=false"}, &stdout, &stderr)
 	testutil.Equals(t, 0, code, stderr.String())
 	mu.Lock()
@@ -88,21 +102,11 @@ func TestBadInput(t *testing.T) {
 // TestGlobalFlagsOnEitherSide: the bucket, threshold and log flags work before and after the
 // command, as CONTRACT.md writes them.
 func TestGlobalFlagsOnEitherSide(t *testing.T) {
-	dir := t.TempDir()
-	bkt, err := filesystem.NewBucket(dir)
-	testutil.Ok(t, err)
-	start := time.Now().Add(-48 * time.Hour).UnixMilli()
-	var series []labels.Labels
-	for u := 0; u < 100; u++ {
-		series = append(series, labels.FromStrings("__name__", "x", "user_id", fmt.Sprint(u)))
-	}
-	_, err = synth.Upload(context.Background(), bkt, t.TempDir(), synth.Block{Series: series, MinTime: start, MaxTime: start + 7_200_000, Step: 60_000})
-	testutil.Ok(t, err)
+	bkt, conf := userBucket(t, 100)
 	zero := time.Duration(0)
 	// One user of 100: a deleted share of 1%, under the default threshold.
-	_, err = tombstones.NewStore(bkt, nil).Add(context.Background(), tombstones.Spec{Selectors: []string{`{user_id="1"}`}, UndeleteWindow: &zero})
+	_, err := tombstones.NewStore(bkt, nil).Add(context.Background(), tombstones.Spec{Selectors: []string{`{user_id="1"}`}, UndeleteWindow: &zero})
 	testutil.Ok(t, err)
-	conf := "--objstore.config=type: FILESYSTEM\nconfig: {directory: " + dir + "}"
 
 	for _, args := range [][]string{
 		{"lethe-rewriter", conf, "--threshold=0.005", "plan"},
@@ -239,10 +243,7 @@ func TestPlanShowsPending(t *testing.T) {
 	bkt, err := filesystem.NewBucket(dir)
 	testutil.Ok(t, err)
 	start := time.Now().Add(-48 * time.Hour).UnixMilli()
-	var series []labels.Labels
-	for u := 0; u < 4; u++ {
-		series = append(series, labels.FromStrings("__name__", "x", "user_id", fmt.Sprint(u)))
-	}
+	series := userSeries(4)
 	var blocks []string
 	for i := int64(0); i < 2; i++ {
 		id, err := synth.Upload(context.Background(), bkt, t.TempDir(), synth.Block{Series: series, MinTime: start + i*7_200_000, MaxTime: start + (i+1)*7_200_000, Step: 60_000})
