@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/thanos-io/objstore"
 
+	"github.com/lethe-project/lethe/rewriter"
 	"github.com/lethe-project/lethe/tombstones"
 )
 
@@ -45,9 +46,25 @@ func newPageFixture(t *testing.T) *pageFixture {
 	pf.mask = NewMask(pf.store, slog.New(slog.DiscardHandler), reg, time.Hour)
 	pf.mask.now = clock
 	testutil.Ok(t, pf.mask.Refresh(context.Background()))
-	pf.srv = httptest.NewServer(New(pf.mask, f.blocks, slog.New(slog.DiscardHandler), reg, Config{AdminToken: adminToken}))
+	pf.srv = httptest.NewServer(New(pf.mask, f.blocks, slog.New(slog.DiscardHandler), reg, Config{AdminToken: adminToken, Plan: testPlanner(f.bkt, key)}))
 	t.Cleanup(pf.srv.Close)
 	return pf
+}
+
+// testPlanner is lethe-rewriter's planner over bkt as cmd/lethe-proxy gives it to the page.
+func testPlanner(bkt objstore.BucketReader, key *tombstones.RedactionKey) PlanFunc {
+	return func(ctx context.Context, set *tombstones.Set, threshold float64) ([]PlannedJob, []string, error) {
+		plan, err := rewriter.NewPlanner(bkt, slog.New(slog.DiscardHandler), threshold, key).Plan(ctx, set)
+		if err != nil {
+			return nil, nil, err
+		}
+		jobs := make([]PlannedJob, 0, len(plan.Jobs))
+		for _, j := range plan.Jobs {
+			jobs = append(jobs, PlannedJob{Block: j.Block.String(), Series: j.Series, SeriesAffected: j.SeriesAffected,
+				DeletedShare: j.DeletedShare, Decision: j.Decision, Reason: j.Reason})
+		}
+		return jobs, plan.Problems, nil
+	}
 }
 
 func (pf *pageFixture) add(t *testing.T, spec tombstones.Spec) ulid.ULID {

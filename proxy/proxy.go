@@ -64,6 +64,9 @@ type Config struct {
 	BasicAuthVerified bool
 	// Limits bounds what one request may ask for; zero fields take the defaults.
 	Limits Limits
+	// Plan, when set, lets the deletions page show what lethe-rewriter's planner would do about
+	// a tombstone (bucket mode: the proxy reads the bucket's blocks).
+	Plan PlanFunc
 
 	// adminTokens is AdminToken (as "admin") and AdminTokens together.
 	adminTokens map[string]string

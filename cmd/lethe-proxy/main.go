@@ -183,6 +183,9 @@ func serve(c *cli.Context) error {
 			MaxRange:       c.Duration("query.max-range"),
 		},
 	}
+	if _, ok := source.(*proxy.BucketBlocks); ok {
+		pcfg.Plan = bucketPlanner(bkt, logger, store.RedactionKey())
+	}
 	if f := c.String("web.admin-token-file"); f != "" {
 		if pcfg.AdminTokens, err = proxy.ReadTokenFile(f); err != nil {
 			return errors.Wrap(err, "--web.admin-token-file")
