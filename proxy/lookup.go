@@ -618,7 +618,7 @@ func (q *maskedQuerier) survive(ctx context.Context, ix labelIndex, ms []*labels
 				return
 			}
 			ivs = q.snap.Intervals(ls, q.ext, ivs[:0])
-			if ivs.Overlaps(q.mint, q.maxt) && (coversWindow(ivs, lo, hi) || !keeps(ivs)) {
+			if ivs.Overlaps(q.mint, q.maxt) && (ivs.CoversRange(lo, hi) || !keeps(ivs)) {
 				return
 			}
 			ix.carried(ls, func(v string) { delete(pending, v) })
@@ -692,7 +692,7 @@ func sampleOutside(it chunkenc.Iterator, lo, hi int64, ivs tombstones.Intervals)
 		if ts > hi {
 			return false, nil
 		}
-		iv, covered := coveringInterval(ivs, ts)
+		iv, covered := ivs.Covering(ts)
 		if !covered {
 			return true, nil
 		}
@@ -702,29 +702,6 @@ func sampleOutside(it chunkenc.Iterator, lo, hi int64, ivs tombstones.Intervals)
 		t = iv.Maxt + 1
 	}
 	return false, nil
-}
-
-// coveringInterval returns the interval holding t.
-func coveringInterval(ivs tombstones.Intervals, t int64) (tombstones.Interval, bool) {
-	i, found := slices.BinarySearchFunc(ivs, t, func(x tombstones.Interval, t int64) int {
-		switch {
-		case x.Maxt < t:
-			return -1
-		case x.Mint > t:
-			return 1
-		}
-		return 0
-	})
-	if !found {
-		return tombstones.Interval{}, false
-	}
-	return ivs[i], true
-}
-
-// coversWindow reports whether the intervals cover all of [mint, maxt].
-func coversWindow(ivs tombstones.Intervals, mint, maxt int64) bool {
-	iv, ok := coveringInterval(ivs, mint)
-	return ok && iv.Maxt >= maxt
 }
 
 // chunkScan decides from a chunk series' chunk time ranges whether it keeps a sample in a range
@@ -747,7 +724,7 @@ func (c *chunkScan) keeps(s storage.ChunkSeries, lo, hi int64, ivs tombstones.In
 		if (m.MinTime >= lo && !ivs.Covers(m.MinTime)) || (m.MaxTime <= hi && !ivs.Covers(m.MaxTime)) {
 			return true
 		}
-		if coversWindow(ivs, a, b) {
+		if ivs.CoversRange(a, b) {
 			continue
 		}
 		c.smp = m.Chunk.Iterator(c.smp)

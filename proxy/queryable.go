@@ -139,7 +139,7 @@ func (s *maskedSeriesSet) Next() bool {
 		s.q.snap.metrics.seriesMasked.Inc()
 		s.q.snap.hits.add(series.Labels(), s.q.ext, s.q.snap.index)
 		keeps := false
-		if !coversWindow(s.ivs, s.mint, s.maxt) {
+		if !s.ivs.CoversRange(s.mint, s.maxt) {
 			var err error
 			if keeps, err = masked.hasSampleIn(s.mint, s.maxt); err != nil {
 				s.err = err

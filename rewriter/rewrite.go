@@ -423,7 +423,7 @@ func (d *deleter) droppedSeries(ctx context.Context, ir *index.Reader, cr *chunk
 				survives = true
 				break
 			}
-			if chunkcut.Covers(ivs, c.MinTime, c.MaxTime) {
+			if ivs.CoversRange(c.MinTime, c.MaxTime) {
 				continue
 			}
 			chk, _, err := cr.chunk(c)
@@ -537,7 +537,7 @@ func (d *deleter) rewriteChunks(cr *chunkFiles, chks []chunks.Meta, ivs tombston
 			}
 			out = append(out, chunks.Meta{Chunk: chk, MinTime: c.MinTime, MaxTime: c.MaxTime})
 			crcs = append(crcs, int64(crc))
-		case chunkcut.Covers(ivs, c.MinTime, c.MaxTime):
+		case ivs.CoversRange(c.MinTime, c.MaxTime):
 			st.chunksGone++
 		default:
 			if isRaw(chk) {

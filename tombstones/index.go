@@ -48,7 +48,13 @@ func touchesBefore(x Interval, t int64) bool { return x.Maxt != math.MaxInt64 &&
 
 // Covers reports whether t lies in one of the intervals.
 func (ivs Intervals) Covers(t int64) bool {
-	_, found := slices.BinarySearchFunc(ivs, t, func(x Interval, t int64) int {
+	_, found := ivs.Covering(t)
+	return found
+}
+
+// Covering returns the interval that holds t.
+func (ivs Intervals) Covering(t int64) (Interval, bool) {
+	i, found := slices.BinarySearchFunc(ivs, t, func(x Interval, t int64) int {
 		switch {
 		case x.Maxt < t:
 			return -1
@@ -57,7 +63,17 @@ func (ivs Intervals) Covers(t int64) bool {
 		}
 		return 0
 	})
-	return found
+	if !found {
+		return Interval{}, false
+	}
+	return ivs[i], true
+}
+
+// CoversRange reports whether the intervals cover all of [mint, maxt]: intervals that touch are
+// merged by Add, so one of them must hold the whole range.
+func (ivs Intervals) CoversRange(mint, maxt int64) bool {
+	iv, ok := ivs.Covering(mint)
+	return ok && iv.Maxt >= maxt
 }
 
 // Overlaps reports whether any interval meets [mint, maxt].

@@ -122,6 +122,14 @@ func TestIntervalsAddRandom(t *testing.T) {
 		for x := int64(-1); x <= domain; x++ {
 			testutil.Equals(t, x >= 0 && x < domain && want[x], got.Covers(x), "round %d: Covers(%d) of %v", round, x, got)
 		}
+		// CoversRange against every sample of the range.
+		for lo := int64(-1); lo <= domain; lo++ {
+			all := true
+			for hi := lo; hi <= domain; hi++ {
+				all = all && hi >= 0 && hi < domain && want[hi]
+				testutil.Equals(t, all, got.CoversRange(lo, hi), "round %d: CoversRange(%d, %d) of %v", round, lo, hi, got)
+			}
+		}
 	}
 }
 

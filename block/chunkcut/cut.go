@@ -26,16 +26,6 @@ func WindowStart(t, resolution int64) int64 {
 	return t - w
 }
 
-// Covers reports whether one interval covers all of [mint, maxt].
-func Covers(ivs tombstones.Intervals, mint, maxt int64) bool {
-	for _, iv := range ivs {
-		if iv.Mint <= mint && maxt <= iv.Maxt {
-			return true
-		}
-	}
-	return false
-}
-
 // Raw writes the samples of a chunk that no interval covers into new chunks of the same
 // encoding.
 func Raw(chk chunkenc.Chunk, ivs tombstones.Intervals) ([]chunks.Meta, error) {

@@ -64,7 +64,7 @@ func cutRawChunk(c *storepb.AggrChunk, ivs tombstones.Intervals) ([]*storepb.Agg
 	if !ivs.Overlaps(c.MinTime, c.MaxTime) {
 		return []*storepb.AggrChunk{c}, nil
 	}
-	if chunkcut.Covers(ivs, c.MinTime, c.MaxTime) {
+	if ivs.CoversRange(c.MinTime, c.MaxTime) {
 		return nil, nil
 	}
 	chk, err := decodeChunk(c.Raw)
@@ -105,7 +105,7 @@ func cutAggrChunk(c *storepb.AggrChunk, ivs tombstones.Intervals, maxResolution 
 	if !ivs.Overlaps(chunkcut.WindowStart(c.MinTime, res), c.MaxTime) {
 		return c, nil
 	}
-	if chunkcut.Covers(ivs, chunkcut.WindowStart(c.MinTime, res), c.MaxTime) {
+	if ivs.CoversRange(chunkcut.WindowStart(c.MinTime, res), c.MaxTime) {
 		return nil, nil
 	}
 	out, mint, maxt, cut, ok, err := chunkcut.CutAggregates(aggrs, ivs, res)
