@@ -60,18 +60,12 @@ func NewBucketBlocks(bkt objstore.BucketReader, dir string, logger *slog.Logger,
 // Run syncs the blocks every interval until ctx is done. A failed sync is logged and leaves the
 // blocks of the last one served; the next tick tries again.
 func (s *BucketBlocks) Run(ctx context.Context, interval time.Duration) error {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-			if err := s.Sync(ctx); err != nil && ctx.Err() == nil {
-				s.logger.Error("block sync", "err", err)
-			}
+	every(ctx, interval, func() {
+		if err := s.Sync(ctx); err != nil && ctx.Err() == nil {
+			s.logger.Error("block sync", "err", err)
 		}
-	}
+	})
+	return nil
 }
 
 // Sync makes the local set match the bucket's live raw blocks.

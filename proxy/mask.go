@@ -114,14 +114,22 @@ func unreadableTombstone(set *tombstones.Set) error {
 
 // Run refreshes every interval until ctx ends.
 func (m *Mask) Run(ctx context.Context, interval time.Duration) error {
+	every(ctx, interval, func() {
+		_ = m.Refresh(ctx) // Logged; staleness is judged at query time.
+	})
+	return nil
+}
+
+// every calls fn at each tick of interval until ctx ends.
+func every(ctx context.Context, interval time.Duration, fn func()) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			return nil
+			return
 		case <-t.C:
-			_ = m.Refresh(ctx) // Logged; staleness is judged at query time.
+			fn()
 		}
 	}
 }
