@@ -215,16 +215,24 @@ func FormatMillis(ms int64) string {
 	return time.UnixMilli(ms).UTC().Format(time.RFC3339Nano)
 }
 
-// ParseTime parses a time given as RFC 3339 or as (possibly fractional) Unix seconds, the two
-// forms Prometheus' HTTP API accepts.
+// promMinTime and promMaxTime are Prometheus' web/api/v1 MinTime and MaxTime, the open ends of
+// an optional time range. Clients that want all time send them printed as RFC 3339 (with more
+// than four year digits, which time.Parse does not read), and Prometheus accepts them.
+var (
+	promMinTime = time.Unix(math.MinInt64/1000+62135596801, 0).UTC()
+	promMaxTime = time.Unix(math.MaxInt64/1000-62135596801, 999999999).UTC()
+)
+
+// ParseTime parses a time as Prometheus' HTTP API does: Unix seconds as any float strconv reads
+// ("1767225600", "1.7672256e9", "1767225600.25"), rounded to the millisecond; RFC 3339; or
+// Prometheus' own printed MinTime and MaxTime. Non-finite and out-of-range numbers are refused.
 func ParseTime(s string) (time.Time, error) {
 	s = strings.TrimSpace(s)
 	if s == "" {
 		return time.Time{}, errors.New("empty time")
 	}
-	if isNumber(s) {
-		secs, err := strconv.ParseFloat(s, 64)
-		if err != nil || math.Abs(secs) > 9.2e9*1e3 {
+	if secs, err := strconv.ParseFloat(s, 64); err == nil || errors.Is(err, strconv.ErrRange) {
+		if err != nil || math.IsNaN(secs) || math.Abs(secs) > 9.2e9*1e3 {
 			return time.Time{}, errors.Newf("time %q is out of range", s)
 		}
 		// Round to the millisecond as Prometheus does: a float's fraction is inexact, and a
@@ -233,29 +241,17 @@ func ParseTime(s string) (time.Time, error) {
 		ms := math.Round(frac*1000) / 1000
 		return time.Unix(int64(whole), int64(ms*float64(time.Second))).UTC(), nil
 	}
+	switch s {
+	case promMinTime.Format(time.RFC3339Nano):
+		return promMinTime, nil
+	case promMaxTime.Format(time.RFC3339Nano):
+		return promMaxTime, nil
+	}
 	t, err := time.Parse(time.RFC3339Nano, s)
 	if err != nil {
 		return time.Time{}, errors.Newf("cannot parse %q as a time: want RFC 3339 (2026-01-02T15:04:05Z) or Unix seconds", s)
 	}
 	return t.UTC(), nil
-}
-
-func isNumber(s string) bool {
-	if s == "" {
-		return false
-	}
-	dot := false
-	for i, r := range s {
-		switch {
-		case r >= '0' && r <= '9':
-		case r == '.' && !dot:
-			dot = true
-		case (r == '-' || r == '+') && i == 0:
-		default:
-			return false
-		}
-	}
-	return true
 }
 
 // selectorString renders matchers as a series selector, metric name first.
