@@ -48,6 +48,8 @@ type Store struct {
 	objectsRead prometheus.Counter
 	broken      prometheus.Gauge
 	byState     *prometheus.GaugeVec
+	overdue     prometheus.Gauge
+	overdueAge  prometheus.Gauge
 	lastSync    prometheus.Gauge
 }
 
@@ -80,6 +82,8 @@ func NewStore(bkt objstore.Bucket, reg prometheus.Registerer, opts ...Option) *S
 	s.objectsRead = f.NewCounter(prometheus.CounterOpts{Name: "lethe_tombstones_objects_read_total", Help: "Tombstone objects downloaded; each is read once, as objects never change."})
 	s.broken = f.NewGauge(prometheus.GaugeOpts{Name: "lethe_tombstones_broken_objects", Help: "Objects under tombstones/ that could not be decoded at the last sync."})
 	s.byState = f.NewGaugeVec(prometheus.GaugeOpts{Name: "lethe_tombstones", Help: "Tombstones by state at the last sync."}, []string{"state"})
+	s.overdue = f.NewGauge(prometheus.GaugeOpts{Name: "lethe_tombstones_overdue", Help: "Tombstones past their deadline and not yet applied (counted in lethe_tombstones{state=\"due\"} too), at the last sync."})
+	s.overdueAge = f.NewGauge(prometheus.GaugeOpts{Name: "lethe_tombstones_overdue_max_seconds", Help: "How long the longest-overdue tombstone has been past its deadline at the last sync; 0 when none is."})
 	s.lastSync = f.NewGauge(prometheus.GaugeOpts{Name: "lethe_tombstones_last_sync_success_timestamp_seconds", Help: "When tombstones were last synced from the bucket."})
 	return s
 }
@@ -202,9 +206,16 @@ func (s *Store) Sync(ctx context.Context) (set *Set, err error) {
 	}
 	s.broken.Set(float64(len(set.Broken)))
 	counts := map[State]int{StatePending: 0, StateDue: 0, StateCancelled: 0, StateApplied: 0}
+	overdue, overdueAge := 0, time.Duration(0)
 	for _, e := range set.Entries {
 		counts[e.State(set.At)]++
+		if e.Overdue(set.At) {
+			overdue++
+			overdueAge = max(overdueAge, set.At.Sub(e.Deadline))
+		}
 	}
+	s.overdue.Set(float64(overdue))
+	s.overdueAge.Set(overdueAge.Seconds())
 	for st, n := range counts {
 		s.byState.WithLabelValues(string(st)).Set(float64(n))
 	}

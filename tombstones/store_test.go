@@ -235,6 +235,23 @@ func TestStoreLifecycle(t *testing.T) {
 				masking[tb.ID] = true
 			}
 			testutil.Equals(t, map[ulid.ULID]bool{kept.ID: true, applied.ID: true}, masking)
+
+			// The overdue gauges: none before the deadline; at 20 days the kept one is 6 days
+			// past its 14-day deadline (cancelled and applied ones never count).
+			for _, tc := range []struct {
+				at      time.Time
+				n, secs float64
+			}{
+				{at: fixed.Add(14*24*time.Hour - time.Second)},
+				{at: fixed.Add(20 * 24 * time.Hour), n: 1, secs: (6 * 24 * time.Hour).Seconds()},
+			} {
+				clock.now = tc.at
+				r := newClockStore(bkt, clock)
+				_, err := r.Sync(ctx)
+				testutil.Ok(t, err)
+				testutil.Equals(t, tc.n, promtestutil.ToFloat64(r.overdue), "overdue at %v", tc.at)
+				testutil.Equals(t, tc.secs, promtestutil.ToFloat64(r.overdueAge), "overdue seconds at %v", tc.at)
+			}
 		})
 	}
 }
