@@ -136,7 +136,7 @@ func LoadOrCreateBucketKey(ctx context.Context, bkt objstore.Bucket) (*Redaction
 }
 
 // LoadBucketKey reads the bucket's redaction key; it returns the bucket's not-found error if there is none.
-func LoadBucketKey(ctx context.Context, bkt objstore.Bucket) (*RedactionKey, error) {
+func LoadBucketKey(ctx context.Context, bkt objstore.BucketReader) (*RedactionKey, error) {
 	rc, err := bkt.Get(ctx, RedactionKeyObject)
 	if err != nil {
 		return nil, errors.Wrap(err, "get redaction key")
@@ -147,4 +147,18 @@ func LoadBucketKey(ctx context.Context, bkt objstore.Bucket) (*RedactionKey, err
 		return nil, errors.Wrap(err, "read redaction key")
 	}
 	return NewRedactionKey(b)
+}
+
+// ReaderKey returns the key that readers of tombstones (the proxy, the rewriter) match redacted
+// tombstones with: the one in keyFile if it is given, else the bucket's, else nil when the bucket
+// has none (then no tombstone can be redacted with the bucket's key).
+func ReaderKey(ctx context.Context, bkt objstore.BucketReader, keyFile string) (*RedactionKey, error) {
+	if keyFile != "" {
+		return ReadRedactionKeyFile(keyFile)
+	}
+	k, err := LoadBucketKey(ctx, bkt)
+	if err != nil && bkt.IsObjNotFoundErr(errors.Cause(err)) {
+		return nil, nil
+	}
+	return k, err
 }

@@ -126,23 +126,15 @@ func setup(c *cli.Context, reg prometheus.Registerer) (objstore.Bucket, *tombsto
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	var opts []tombstones.Option
-	if f := c.String("redact.key-file"); f != "" {
-		key, err := tombstones.ReadRedactionKeyFile(f)
-		if err != nil {
-			return nil, nil, nil, err
-		}
-		opts = append(opts, tombstones.WithRedactionKey(key))
-	} else if key, err := tombstones.LoadBucketKey(c.Context, bkt); err == nil {
-		opts = append(opts, tombstones.WithRedactionKey(key))
-	} else if !bkt.IsObjNotFoundErr(errors.Cause(err)) {
+	key, err := tombstones.ReaderKey(c.Context, bkt, c.String("redact.key-file"))
+	if err != nil {
 		return nil, nil, nil, err
 	}
 	t := c.Float64("threshold")
 	if t < 0 || t > 1 {
 		return nil, nil, nil, errors.Newf("--threshold %g: want a share between 0 and 1", t)
 	}
-	return bkt, tombstones.NewStore(bkt, reg, append(opts, tombstones.WithLogger(logger))...), logger, nil
+	return bkt, tombstones.NewStore(bkt, reg, tombstones.WithRedactionKey(key), tombstones.WithLogger(logger)), logger, nil
 }
 
 // planOutput is plan's JSON: the plan of due tombstones, and the pending ones.

@@ -248,12 +248,8 @@ func redactionKey(c *cli.Context, bkt objstore.Bucket, redact bool) (*tombstones
 	if !redact {
 		return nil, false, nil
 	}
-	if f := c.String("redact.key-file"); f != "" {
-		key, err := tombstones.ReadRedactionKeyFile(f)
-		return key, false, err
-	}
-	key, err := tombstones.LoadBucketKey(c.Context, bkt)
-	if err == nil || !bkt.IsObjNotFoundErr(errors.Cause(err)) {
+	key, err := tombstones.ReaderKey(c.Context, bkt, c.String("redact.key-file"))
+	if err != nil || key != nil {
 		return key, false, err
 	}
 	key, err = tombstones.NewRedactionKey([]byte(ulid.Make().String()))
