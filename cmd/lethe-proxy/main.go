@@ -100,19 +100,11 @@ func serve(c *cli.Context) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	var opts []tombstones.Option
-	if f := c.String("redact.key-file"); f != "" {
-		key, err := tombstones.ReadRedactionKeyFile(f)
-		if err != nil {
-			return err
-		}
-		opts = append(opts, tombstones.WithRedactionKey(key))
-	} else if key, err := tombstones.LoadBucketKey(c.Context, bkt); err == nil {
-		opts = append(opts, tombstones.WithRedactionKey(key))
-	} else if !bkt.IsObjNotFoundErr(errors.Cause(err)) {
+	key, err := tombstones.ReaderKey(c.Context, bkt, c.String("redact.key-file"))
+	if err != nil {
 		return err
 	}
-	store := tombstones.NewStore(bkt, reg, append(opts, tombstones.WithLogger(logger))...)
+	store := tombstones.NewStore(bkt, reg, tombstones.WithRedactionKey(key), tombstones.WithLogger(logger))
 	mask := proxy.NewMask(store, logger, reg, c.Duration("tombstones.max-staleness"))
 	if err := mask.Refresh(c.Context); err != nil {
 		logger.Error("initial tombstone refresh failed; queries fail until one succeeds", "err", err)
