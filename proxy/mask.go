@@ -36,6 +36,7 @@ type Mask struct {
 	index    *tombstones.Index
 	live     []*tombstones.Tombstone
 	sels     *selectorIndex
+	splits   *splits
 	lastSync time.Time
 	lastErr  error
 	// local are tombstones this process wrote that no refresh has listed yet; a refresh that began
@@ -89,6 +90,7 @@ func (m *Mask) Refresh(ctx context.Context) error {
 		if ix, err = tombstones.NewIndex(live, m.store.RedactionKey()); err == nil {
 			m.index, m.live, m.lastSync, m.lastErr = ix, live, set.At, nil
 			m.sels = newSelectorIndex(live)
+			m.splits = &splits{byNames: map[string]split{}}
 			m.loaded.Set(float64(len(live)))
 			return nil
 		}
@@ -143,6 +145,8 @@ type Snapshot struct {
 	hits *hits
 	// sels is built once per index and shared by the snapshots taken from it.
 	sels *selectorIndex
+	// splits holds the snapshot's splits by label names (see SplitNaming), made once per index.
+	splits *splits
 }
 
 // hits is the set of tombstones that masked series in one query.
@@ -199,7 +203,7 @@ func (m *Mask) Current() (*Snapshot, error) {
 		}
 		return nil, errors.Wrap(ErrStale, msg)
 	}
-	return &Snapshot{index: m.index, live: m.live, metrics: m.metrics, sels: m.sels}, nil
+	return &Snapshot{index: m.index, live: m.live, metrics: m.metrics, sels: m.sels, splits: m.splits}, nil
 }
 
 // Intervals returns the deleted intervals of a series with the given labels and external labels.

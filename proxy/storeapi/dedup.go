@@ -1,7 +1,10 @@
 package storeapi
 
 import (
+	"bytes"
+	"cmp"
 	"math"
+	"slices"
 
 	"github.com/efficientgo/core/errors"
 	"github.com/prometheus/prometheus/model/histogram"
@@ -26,6 +29,51 @@ const initialPenalty = 5000
 // adjusted at a switch.
 func counterFunc(f string) bool {
 	return f == "rate" || f == "increase" || f == "irate" || f == "resets"
+}
+
+// sortChunks orders the chunks of one series from several replicas or stores as Thanos' proxy
+// does before deduplication: by MinTime, then MaxTime, then encoding and, last, bytes in
+// descending order; chunks identical to one before them are left out. The order decides which
+// replica a group of overlapping chunks is read as, and so which replica's samples the penalty
+// rule takes where replicas differ.
+func sortChunks(chks []*storepb.AggrChunk) []*storepb.AggrChunk {
+	slices.SortStableFunc(chks, compareChunks)
+	return slices.CompactFunc(chks, func(a, b *storepb.AggrChunk) bool { return compareChunks(a, b) == 0 })
+}
+
+func compareChunks(a, b *storepb.AggrChunk) int {
+	if c := cmp.Compare(a.MinTime, b.MinTime); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(a.MaxTime, b.MaxTime); c != 0 {
+		return c
+	}
+	for _, f := range []func(*storepb.AggrChunk) *storepb.Chunk{
+		(*storepb.AggrChunk).GetRaw, (*storepb.AggrChunk).GetCount, (*storepb.AggrChunk).GetSum,
+		(*storepb.AggrChunk).GetMin, (*storepb.AggrChunk).GetMax, (*storepb.AggrChunk).GetCounter,
+	} {
+		if c := compareChunk(f(a), f(b)); c != 0 {
+			return c
+		}
+	}
+	return 0
+}
+
+// compareChunk orders a missing chunk after a present one, then by encoding, then by bytes in
+// descending order.
+func compareChunk(a, b *storepb.Chunk) int {
+	switch {
+	case a == nil && b == nil:
+		return 0
+	case a == nil:
+		return 1
+	case b == nil:
+		return -1
+	}
+	if c := cmp.Compare(a.Type, b.Type); c != 0 {
+		return c
+	}
+	return bytes.Compare(b.Data, a.Data)
 }
 
 // splitReplicas splits time-sorted chunks into groups of chunks that do not overlap, in order:

@@ -24,7 +24,9 @@ import (
 // the query reaches it, and its chunks when its samples are read. Replicas are deduplicated as
 // Thanos Query does: the replica labels are dropped and the replicas' samples merged by the
 // penalty rule (see dedup.go). Masking is the proxy's own (proxy.MaskQuerier), over the
-// deduplicated series.
+// deduplicated series, except for tombstones that name a replica label: those mask each replica's
+// series before the replicas are merged, as Prometheus' delete_series on that replica would (see
+// proxy.Snapshot.SplitNaming).
 //
 // Thanos Query's request parameters keep their meaning where the proxy passes them on:
 // dedup=false reads every replica as its own series, replicaLabels[] replaces the replica labels,
@@ -44,11 +46,18 @@ func NewSource(stores []Store, replicaLabels []string, partial bool) *Source {
 // Querier returns a querier over [mint, maxt] masked with snap. The stores' series carry their
 // external labels, so tombstones match those as series labels.
 func (s *Source) Querier(snap *proxy.Snapshot, mint, maxt int64) (storage.Querier, error) {
-	return proxy.MaskQuerier(&sourceQuerier{src: s, mint: mint, maxt: maxt}, snap, labels.EmptyLabels(), mint, maxt), nil
+	naming, others, err := snap.SplitNaming(s.replicaLabels)
+	if err != nil {
+		return nil, err
+	}
+	return proxy.MaskQuerier(&sourceQuerier{src: s, naming: naming, mint: mint, maxt: maxt}, others, labels.EmptyLabels(), mint, maxt), nil
 }
 
 type sourceQuerier struct {
-	src        *Source
+	src *Source
+	// naming are the live tombstones that name a replica label, applied to each replica's series
+	// before the replicas are merged; nil when there are none.
+	naming     *proxy.Snapshot
 	mint, maxt int64
 
 	mu      sync.Mutex // Look-ups select concurrently.
@@ -136,6 +145,12 @@ func (q *sourceQuerier) Select(ctx context.Context, _ bool, hints *storage.Selec
 	if hints != nil {
 		mint, maxt, fn, limit = hints.Start, hints.End, hints.Func, int64(hints.Limit)
 	}
+	return q.read(ctx, o, mint, maxt, fn, limit, ms)
+}
+
+// read streams the stores' series in [mint, maxt] that the matchers select; fn is the PromQL
+// function the series are read for ("series" for look-ups: no samples read).
+func (q *sourceQuerier) read(ctx context.Context, o readOptions, mint, maxt int64, fn string, limit int64, ms []*labels.Matcher) storage.SeriesSet {
 	req := &storepb.SeriesRequest{
 		MinTime:                 mint,
 		MaxTime:                 maxt,
@@ -146,14 +161,22 @@ func (q *sourceQuerier) Select(ctx context.Context, _ bool, hints *storage.Selec
 		WithoutReplicaLabels:    o.replicaLabels,
 		Limit:                   limit,
 	}
+	set := &sourceSeriesSet{
+		drop: o.replicaLabels, dedup: o.dedup, counter: counterFunc(fn), series: fn == "series",
+		mint: mint, maxt: maxt, partial: o.partial(),
+	}
+	if q.naming != nil && q.naming.MayMatch(ms, labels.EmptyLabels(), mint, maxt) {
+		// Each replica is masked with its replica labels, so the stores must send them; the
+		// limit counts series after the merge, so it is applied here.
+		set.naming, set.limit = q.naming, limit
+		req.WithoutReplicaLabels, req.SkipChunks, req.Limit = nil, false, 0
+		set.resort = len(o.replicaLabels) > 0
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	q.mu.Lock()
 	q.cancels = append(q.cancels, cancel)
 	q.mu.Unlock()
-	set := &sourceSeriesSet{
-		drop: o.replicaLabels, dedup: o.dedup, counter: counterFunc(fn),
-		mint: mint, maxt: maxt, partial: o.partial(), cancel: cancel,
-	}
+	set.cancel = cancel
 	if o.rawOnly != "" {
 		set.ws.Add(errors.Newf("lethe-proxy reads raw data through the StoreAPI: max_source_resolution=%s is answered from raw samples", o.rawOnly))
 	}
@@ -166,6 +189,9 @@ func (q *sourceQuerier) Select(ctx context.Context, _ bool, hints *storage.Selec
 			continue
 		}
 		c := &storeCursor{name: st.Name, frames: receive(ctx, cl)}
+		if set.resort {
+			set.drain(c)
+		}
 		if set.advance(c) {
 			set.cursors = append(set.cursors, c)
 		}
@@ -217,6 +243,16 @@ type storeCursor struct {
 	// prev is the labels of the series before head: a stream out of label order (a store that
 	// does not sort without the replica labels) would deduplicate wrongly, so it fails.
 	prev labels.Labels
+	// sorted holds the whole stream, sorted without the replica labels, once drained (see
+	// sourceSeriesSet.drain); advance then reads it instead of the stream.
+	sorted  []sortedSeries
+	drained bool
+}
+
+// sortedSeries is one series of a drained stream, with its labels without the replica labels.
+type sortedSeries struct {
+	lset   labels.Labels
+	series *storepb.Series
 }
 
 // sourceSeriesSet merges the stores' streams in label order; series of equal labels (replica
@@ -229,6 +265,15 @@ type sourceSeriesSet struct {
 	mint, maxt int64
 	partial    bool
 	cancel     context.CancelFunc
+	// series is a series look-up: the series' samples are not read, only whether one is left.
+	series bool
+	// naming masks each replica's series before the merge (see sourceQuerier.naming); resort
+	// says the stores send the replicas with their replica labels, so each stream is drained and
+	// sorted without them.
+	naming *proxy.Snapshot
+	resort bool
+	// limit is the most series Next returns, when the stores were not told (0: no limit).
+	limit, returned int64
 
 	builder labels.ScratchBuilder
 	cur     storage.Series
@@ -248,22 +293,22 @@ func (s *sourceSeriesSet) failed(store string, err error) bool {
 	return false
 }
 
-// advance reads c's next series into its head; false when c has no more (or failed).
-func (s *sourceSeriesSet) advance(c *storeCursor) bool {
+// receiveSeries returns c's next series from its stream; false when c has no more (or failed).
+func (s *sourceSeriesSet) receiveSeries(c *storeCursor) (*storepb.Series, bool) {
 	for len(c.pending) == 0 {
 		f, ok := <-c.frames
 		if !ok {
 			// The query was cancelled or closed before the stream ended.
 			s.failed(c.name, errors.New("stream ended before its end"))
-			return false
+			return nil, false
 		}
 		r, err := f.r, f.err
 		if errors.Is(err, io.EOF) {
-			return false
+			return nil, false
 		}
 		if err != nil {
 			s.failed(c.name, err)
-			return false
+			return nil, false
 		}
 		switch v := r.Result.(type) {
 		case *storepb.SeriesResponse_Series:
@@ -274,15 +319,95 @@ func (s *sourceSeriesSet) advance(c *storeCursor) bool {
 			s.ws.Add(errors.Newf("store %s: %s", c.name, v.Warning))
 		}
 	}
-	c.head, c.pending = c.pending[0], c.pending[1:]
+	var head *storepb.Series
+	head, c.pending = c.pending[0], c.pending[1:]
+	return head, true
+}
+
+// nextSeries returns c's next series from its stream with what s.naming deletes of it removed,
+// skipping series with nothing left.
+func (s *sourceSeriesSet) nextSeries(c *storeCursor) (*storepb.Series, bool) {
+	for {
+		head, ok := s.receiveSeries(c)
+		if !ok || s.naming == nil {
+			return head, ok
+		}
+		head, err := s.maskReplica(head)
+		if err != nil {
+			s.err = errors.Wrapf(err, "store %s", c.name)
+			return nil, false
+		}
+		if head != nil {
+			return head, true
+		}
+	}
+}
+
+// maskReplica returns the series, with its replica labels, without the samples s.naming deletes
+// of it; nil when none is left in the window.
+func (s *sourceSeriesSet) maskReplica(series *storepb.Series) (*storepb.Series, error) {
+	ivs := s.naming.Intervals(zLabelsToProm(series.Labels), labels.EmptyLabels(), nil)
+	if len(ivs) == 0 {
+		return series, nil
+	}
+	if s.series {
+		ok, err := survives(series.Chunks, ivs, s.mint, s.maxt, 0)
+		if err != nil || !ok {
+			return nil, err
+		}
+		return series, nil
+	}
+	chks, err := cutSeries(series.Chunks, ivs, 0)
+	if err != nil || chks == nil {
+		return nil, err
+	}
+	return &storepb.Series{Labels: series.Labels, Chunks: chks}, nil
+}
+
+// withoutDropped returns the series' labels without the replica labels s drops.
+func (s *sourceSeriesSet) withoutDropped(series *storepb.Series) labels.Labels {
 	s.builder.Reset()
-	for _, l := range c.head.Labels {
+	for _, l := range series.Labels {
 		if !slices.Contains(s.drop, l.Name) {
 			s.builder.Add(l.Name, l.Value)
 		}
 	}
 	s.builder.Sort()
-	c.prev, c.lset = c.lset, s.builder.Labels()
+	return s.builder.Labels()
+}
+
+// drain reads c's whole stream and sorts it by the labels without the replica labels, as Thanos'
+// proxy does for stores that cannot sort without them: the replicas of a series meet again. It
+// holds the stream's chunks in memory, so it serves only the queries a tombstone on a replica
+// label may meet.
+func (s *sourceSeriesSet) drain(c *storeCursor) {
+	for {
+		series, ok := s.nextSeries(c)
+		if !ok {
+			break
+		}
+		c.sorted = append(c.sorted, sortedSeries{lset: s.withoutDropped(series), series: series})
+	}
+	slices.SortStableFunc(c.sorted, func(a, b sortedSeries) int { return labels.Compare(a.lset, b.lset) })
+	c.drained = true
+}
+
+// advance reads c's next series into its head; false when c has no more (or failed).
+func (s *sourceSeriesSet) advance(c *storeCursor) bool {
+	if c.drained {
+		if len(c.sorted) == 0 || s.err != nil {
+			return false
+		}
+		c.head, c.lset = c.sorted[0].series, c.sorted[0].lset
+		c.sorted = c.sorted[1:]
+		return true
+	}
+	head, ok := s.nextSeries(c)
+	if !ok {
+		return false
+	}
+	c.head = head
+	c.prev, c.lset = c.lset, s.withoutDropped(head)
 	if labels.Compare(c.lset, c.prev) < 0 {
 		s.err = errors.Newf("store %s sends series out of label order without the replica labels %v (it does not support without_replica_labels): use it without --upstream.replica-label, or behind Thanos Query", c.name, s.drop)
 		return false
@@ -291,10 +416,11 @@ func (s *sourceSeriesSet) advance(c *storeCursor) bool {
 }
 
 func (s *sourceSeriesSet) Next() bool {
-	if s.err != nil || len(s.cursors) == 0 {
+	if s.err != nil || len(s.cursors) == 0 || (s.limit > 0 && s.returned >= s.limit) {
 		s.cancel()
 		return false
 	}
+	s.returned++
 	lset := s.cursors[0].lset
 	for _, c := range s.cursors[1:] {
 		if labels.Compare(c.lset, lset) < 0 {
@@ -318,16 +444,7 @@ func (s *sourceSeriesSet) Next() bool {
 		}
 	}
 	s.cursors = open
-	// Stores send a series' chunks sorted; the replicas' and the stores' are sorted together.
-	slices.SortStableFunc(chks, func(a, b *storepb.AggrChunk) int {
-		if a.MinTime != b.MinTime {
-			if a.MinTime < b.MinTime {
-				return -1
-			}
-			return 1
-		}
-		return 0
-	})
+	chks = sortChunks(chks)
 	s.cur = &sourceSeries{lset: lset, chks: chks, mint: s.mint, maxt: s.maxt, dedup: s.dedup, counter: s.counter}
 	return true
 }
@@ -364,6 +481,13 @@ func (q *sourceQuerier) LabelValues(ctx context.Context, name string, hints *sto
 	if err != nil {
 		return nil, nil, err
 	}
+	if q.naming != nil && q.naming.MayMatch(append(slices.Clone(ms), labels.MustNewMatcher(labels.MatchNotEqual, name, "")), labels.EmptyLabels(), q.mint, q.maxt) {
+		return q.survivingLabels(ctx, o, hints, ms, func(ls labels.Labels, add func(string)) {
+			if v := ls.Get(name); v != "" {
+				add(v)
+			}
+		})
+	}
 	req := &storepb.LabelValuesRequest{
 		Label: name, PartialResponseStrategy: o.strategy, Start: q.mint, End: q.maxt,
 		Matchers: storeMatchers(ms), Limit: labelLimit(hints),
@@ -382,6 +506,11 @@ func (q *sourceQuerier) LabelNames(ctx context.Context, hints *storage.LabelHint
 	if err != nil {
 		return nil, nil, err
 	}
+	if q.naming != nil && q.naming.MayMatch(ms, labels.EmptyLabels(), q.mint, q.maxt) {
+		return q.survivingLabels(ctx, o, hints, ms, func(ls labels.Labels, add func(string)) {
+			ls.Range(func(l labels.Label) { add(l.Name) })
+		})
+	}
 	req := &storepb.LabelNamesRequest{
 		PartialResponseStrategy: o.strategy, Start: q.mint, End: q.maxt,
 		Matchers: storeMatchers(ms), Limit: labelLimit(hints),
@@ -393,6 +522,28 @@ func (q *sourceQuerier) LabelNames(ctx context.Context, hints *storage.LabelHint
 		}
 		return r.Names, r.Warnings, nil
 	})
+}
+
+// survivingLabels answers a look-up that a tombstone on a replica label may meet from the series
+// themselves, each replica masked with its replica labels: a label name or value carried only by
+// one replica's deleted samples never appears. collect adds what a surviving series carries.
+func (q *sourceQuerier) survivingLabels(ctx context.Context, o readOptions, hints *storage.LabelHints, ms []*labels.Matcher, collect func(labels.Labels, func(string))) ([]string, annotations.Annotations, error) {
+	// Thanos Query's look-ups keep the replica labels: every replica is read as its own series.
+	o.dedup, o.replicaLabels = false, nil
+	set := q.read(ctx, o, q.mint, q.maxt, "series", 0, ms)
+	found := map[string]struct{}{}
+	add := func(v string) { found[v] = struct{}{} }
+	for set.Next() {
+		collect(set.At().Labels(), add)
+	}
+	if err := set.Err(); err != nil {
+		return nil, nil, err
+	}
+	limit := int64(math.MaxInt64)
+	if l := labelLimit(hints); l > 0 {
+		limit = l
+	}
+	return sortedLimit(found, limit), set.Warnings(), nil
 }
 
 func labelLimit(hints *storage.LabelHints) int64 {
