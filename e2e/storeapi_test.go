@@ -83,8 +83,11 @@ func sapiValue(i int, ts int64) float64 {
 // sapiBlock is what sapiWrite writes: float series with their values and native histograms,
 // sampled every step in [mint, maxt).
 type sapiBlock struct {
-	series     []labels.Labels
-	value      func(i int, ts int64) float64
+	series []labels.Labels
+	value  func(i int, ts int64) float64
+	// byReplica, when set, gives each replica's own samples instead of value: the sample of float
+	// series i at ts, and whether the replica has one.
+	byReplica  func(replica string, i int, ts int64) (float64, bool)
 	histograms []labels.Labels
 	mint, maxt int64
 	step       int64
@@ -97,7 +100,19 @@ var sapiTestBlock = sapiBlock{series: sapiSeries, value: sapiValue, histograms: 
 // says, and uploads it.
 func sapiWrite(t *testing.T, bkt *filesystem.Bucket, replica string, blk sapiBlock, drop func(labels.Labels, int64) bool) {
 	t.Helper()
-	ext := map[string]string{"cluster": "c1", "replica": replica}
+	bdir, meta := sapiWriteDir(t, replica, blk, drop)
+	testutil.Ok(t, block.Upload(context.Background(), bkt, bdir, meta))
+}
+
+// sapiExt are the external labels of a replica's blocks.
+func sapiExt(replica string) map[string]string {
+	return map[string]string{"cluster": "c1", "replica": replica}
+}
+
+// sapiWriteDir writes the block of sapiWrite into a directory and returns it with its meta.
+func sapiWriteDir(t *testing.T, replica string, blk sapiBlock, drop func(labels.Labels, int64) bool) (string, *block.Meta) {
+	t.Helper()
+	ext := sapiExt(replica)
 	withExt := func(ls labels.Labels) labels.Labels {
 		b := labels.NewBuilder(ls)
 		for k, v := range ext {
@@ -113,8 +128,14 @@ func sapiWrite(t *testing.T, bkt *filesystem.Bucket, replica string, blk sapiBlo
 	app := w.Appender(ctx)
 	for ts := blk.mint; ts < blk.maxt; ts += blk.step {
 		for i, ls := range blk.series {
-			if !drop(withExt(ls), ts) {
-				_, err := app.Append(0, ls, ts, blk.value(i, ts))
+			v, ok := 0.0, true
+			if blk.byReplica != nil {
+				v, ok = blk.byReplica(replica, i, ts)
+			} else {
+				v = blk.value(i, ts)
+			}
+			if ok && !drop(withExt(ls), ts) {
+				_, err := app.Append(0, ls, ts, v)
 				testutil.Ok(t, err)
 			}
 		}
@@ -135,7 +156,7 @@ func sapiWrite(t *testing.T, bkt *filesystem.Bucket, replica string, blk sapiBlo
 	testutil.Ok(t, err)
 	meta.MaxTime = blk.maxt
 	meta.Thanos = &block.Thanos{Version: 1, Labels: ext, Source: "sidecar"}
-	testutil.Ok(t, block.Upload(ctx, bkt, bdir, meta))
+	return bdir, meta
 }
 
 // sapiBuckets writes the block for replicas r0 and r1 into two buckets: as it is into the masked

@@ -21,16 +21,26 @@ const (
 // chunk is left. Raw chunks crossing a deleted range are re-encoded without its samples; a
 // downsampled aggregate chunk loses the windows a deleted range meets (one that cannot be cut goes
 // whole). maxResolution is the request's max_resolution_window, which bounds the resolution of
-// the aggregates a store may send.
-func cutSeries(chks []*storepb.AggrChunk, ivs tombstones.Intervals, maxResolution int64) ([]*storepb.AggrChunk, error) {
+// the aggregates a store may send. A piece left outside the request's [mint, maxt] is dropped: a
+// store sends only chunks that meet the range, and Thanos' deduplication, which splits a series'
+// chunks into replicas by their overlaps, would read an extra one differently.
+func cutSeries(chks []*storepb.AggrChunk, ivs tombstones.Intervals, maxResolution, mint, maxt int64) ([]*storepb.AggrChunk, error) {
 	out := make([]*storepb.AggrChunk, 0, len(chks))
+	keep := func(orig, c *storepb.AggrChunk) {
+		// An untouched chunk goes as the store sent it.
+		if c == orig || (c.MaxTime >= mint && c.MinTime <= maxt) {
+			out = append(out, c)
+		}
+	}
 	for _, c := range chks {
 		if c.Raw != nil {
 			cut, err := cutRawChunk(c, ivs)
 			if err != nil {
 				return nil, err
 			}
-			out = append(out, cut...)
+			for _, p := range cut {
+				keep(c, p)
+			}
 			continue
 		}
 		cut, err := cutAggrChunk(c, ivs, maxResolution)
@@ -38,7 +48,7 @@ func cutSeries(chks []*storepb.AggrChunk, ivs tombstones.Intervals, maxResolutio
 			return nil, err
 		}
 		if cut != nil {
-			out = append(out, cut)
+			keep(c, cut)
 		}
 	}
 	if len(out) == 0 {
@@ -56,7 +66,7 @@ func survives(chks []*storepb.AggrChunk, ivs tombstones.Intervals, mint, maxt, m
 	if maxt < math.MaxInt64 {
 		outside = outside.Add(tombstones.Interval{Mint: maxt + 1, Maxt: math.MaxInt64})
 	}
-	left, err := cutSeries(chks, outside, maxResolution)
+	left, err := cutSeries(chks, outside, maxResolution, math.MinInt64, math.MaxInt64)
 	return len(left) > 0, err
 }
 

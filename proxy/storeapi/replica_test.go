@@ -7,6 +7,10 @@ import (
 
 	"github.com/efficientgo/core/testutil"
 	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/tsdb/chunkenc"
+
+	"github.com/lethe-project/lethe/internal/storepb"
+	"github.com/lethe-project/lethe/tombstones"
 )
 
 // TestSourceMasksEachReplicaBeforeTheMerge: a tombstone naming the replica label deletes that
@@ -80,4 +84,32 @@ func TestSourceLookupsMaskEachReplica(t *testing.T) {
 	vals, _, err = q.LabelValues(context.Background(), "replica", nil)
 	testutil.Ok(t, err)
 	testutil.Equals(t, []string{"r0", "r1"}, vals)
+}
+
+// TestCutSeriesKeepsOnlyChunksInTheRequestWindow: a chunk that meets the request's range but
+// whose part left after a cut does not is dropped, as a store would not have sent it; an untouched
+// chunk goes as it came.
+func TestCutSeriesKeepsOnlyChunksInTheRequestWindow(t *testing.T) {
+	c := chunkenc.NewXORChunk()
+	app, err := c.Appender()
+	testutil.Ok(t, err)
+	for ts := t0; ts < t0+3_600_000; ts += 60_000 {
+		app.Append(0, ts, float64(ts-t0))
+	}
+	chk := &storepb.AggrChunk{MinTime: t0, MaxTime: t0 + 3_540_000, Raw: &storepb.Chunk{Type: storepb.Chunk_XOR, Data: c.Bytes()}}
+	// The first 40 minutes deleted: what is left starts after a window that ends at minute 35.
+	ivs := tombstones.Intervals{{Mint: t0, Maxt: t0 + 40*60_000}}
+	got, err := cutSeries([]*storepb.AggrChunk{chk}, ivs, 0, t0+20*60_000, t0+35*60_000)
+	testutil.Ok(t, err)
+	testutil.Equals(t, 0, len(got), "the piece after the deleted range lies outside the window: %v", got)
+
+	got, err = cutSeries([]*storepb.AggrChunk{chk}, ivs, 0, t0, t0+3_600_000)
+	testutil.Ok(t, err)
+	testutil.Equals(t, 1, len(got))
+	testutil.Equals(t, [2]int64{t0 + 41*60_000, t0 + 59*60_000}, [2]int64{got[0].MinTime, got[0].MaxTime})
+
+	untouched := tombstones.Intervals{{Mint: t0 + 7_200_000, Maxt: t0 + 7_300_000}}
+	got, err = cutSeries([]*storepb.AggrChunk{chk}, untouched, 0, t0+20*60_000, t0+35*60_000)
+	testutil.Ok(t, err)
+	testutil.Equals(t, []*storepb.AggrChunk{chk}, got)
 }

@@ -50,14 +50,40 @@ func (s *Source) Querier(snap *proxy.Snapshot, mint, maxt int64) (storage.Querie
 	if err != nil {
 		return nil, err
 	}
-	return proxy.MaskQuerier(&sourceQuerier{src: s, naming: naming, mint: mint, maxt: maxt}, others, labels.EmptyLabels(), mint, maxt), nil
+	inner := &sourceQuerier{src: s, naming: naming, others: others, mint: mint, maxt: maxt}
+	masked := proxy.MaskQuerier(inner, others, labels.EmptyLabels(), mint, maxt)
+	return &replicaLookups{Querier: masked, inner: inner, snap: snap}, nil
+}
+
+// replicaLookups answers the values of a replica label itself: Thanos Query's look-ups keep the
+// replica labels while its series are deduplicated without them, so the proxy's masking, which
+// reads the deduplicated series, cannot tell which replica's samples survive.
+type replicaLookups struct {
+	storage.Querier
+	inner *sourceQuerier
+	snap  *proxy.Snapshot
+}
+
+func (q *replicaLookups) LabelValues(ctx context.Context, name string, hints *storage.LabelHints, ms ...*labels.Matcher) ([]string, annotations.Annotations, error) {
+	o, err := q.inner.options(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	sel := append(slices.Clone(ms), labels.MustNewMatcher(labels.MatchNotEqual, name, ""))
+	if !o.dedup || !slices.Contains(o.replicaLabels, name) || !q.snap.MayMatch(sel, labels.EmptyLabels(), q.inner.mint, q.inner.maxt) {
+		return q.Querier.LabelValues(ctx, name, hints, ms...)
+	}
+	return q.inner.survivingLabels(ctx, o, hints, sel, q.snap, func(ls labels.Labels, add func(string)) { add(ls.Get(name)) })
 }
 
 type sourceQuerier struct {
 	src *Source
 	// naming are the live tombstones that name a replica label, applied to each replica's series
 	// before the replicas are merged; nil when there are none.
-	naming     *proxy.Snapshot
+	naming *proxy.Snapshot
+	// others are the rest: the proxy masks the merged series with them, and they are cut from
+	// the replicas' chunks before deduplication too (see sourceSeriesSet.premask).
+	others     *proxy.Snapshot
 	mint, maxt int64
 
 	mu      sync.Mutex // Look-ups select concurrently.
@@ -145,12 +171,13 @@ func (q *sourceQuerier) Select(ctx context.Context, _ bool, hints *storage.Selec
 	if hints != nil {
 		mint, maxt, fn, limit = hints.Start, hints.End, hints.Func, int64(hints.Limit)
 	}
-	return q.read(ctx, o, mint, maxt, fn, limit, ms)
+	return q.read(ctx, o, q.naming, mint, maxt, fn, limit, ms)
 }
 
 // read streams the stores' series in [mint, maxt] that the matchers select; fn is the PromQL
 // function the series are read for ("series" for look-ups: no samples read).
-func (q *sourceQuerier) read(ctx context.Context, o readOptions, mint, maxt int64, fn string, limit int64, ms []*labels.Matcher) storage.SeriesSet {
+// Tombstones of mask (nil: none) are applied to each replica's series before the merge.
+func (q *sourceQuerier) read(ctx context.Context, o readOptions, mask *proxy.Snapshot, mint, maxt int64, fn string, limit int64, ms []*labels.Matcher) storage.SeriesSet {
 	req := &storepb.SeriesRequest{
 		MinTime:                 mint,
 		MaxTime:                 maxt,
@@ -165,10 +192,13 @@ func (q *sourceQuerier) read(ctx context.Context, o readOptions, mint, maxt int6
 		drop: o.replicaLabels, dedup: o.dedup, counter: counterFunc(fn), series: fn == "series",
 		mint: mint, maxt: maxt, partial: o.partial(),
 	}
-	if q.naming != nil && q.naming.MayMatch(ms, labels.EmptyLabels(), mint, maxt) {
+	if o.dedup && mask == q.naming && q.others.MayMatch(ms, labels.EmptyLabels(), mint, maxt) {
+		set.premask = q.others
+	}
+	if mask != nil && mask.MayMatch(ms, labels.EmptyLabels(), mint, maxt) {
 		// Each replica is masked with its replica labels, so the stores must send them; the
 		// limit counts series after the merge, so it is applied here.
-		set.naming, set.limit = q.naming, limit
+		set.naming, set.limit = mask, limit
 		req.WithoutReplicaLabels, req.SkipChunks, req.Limit = nil, false, 0
 		set.resort = len(o.replicaLabels) > 0
 	}
@@ -274,6 +304,10 @@ type sourceSeriesSet struct {
 	resort bool
 	// limit is the most series Next returns, when the stores were not told (0: no limit).
 	limit, returned int64
+	// premask removes what the tombstones that name no replica label delete from the replicas'
+	// chunks before they are deduplicated, as if Prometheus had deleted it on every replica:
+	// where both replicas lack samples, which one the penalty rule takes next depends on it.
+	premask *proxy.Snapshot
 
 	builder labels.ScratchBuilder
 	cur     storage.Series
@@ -357,7 +391,7 @@ func (s *sourceSeriesSet) maskReplica(series *storepb.Series) (*storepb.Series, 
 		}
 		return series, nil
 	}
-	chks, err := cutSeries(series.Chunks, ivs, 0)
+	chks, err := cutSeries(series.Chunks, ivs, 0, s.mint, s.maxt)
 	if err != nil || chks == nil {
 		return nil, err
 	}
@@ -416,11 +450,37 @@ func (s *sourceSeriesSet) advance(c *storeCursor) bool {
 }
 
 func (s *sourceSeriesSet) Next() bool {
-	if s.err != nil || len(s.cursors) == 0 || (s.limit > 0 && s.returned >= s.limit) {
-		s.cancel()
-		return false
+	for {
+		if s.err != nil || len(s.cursors) == 0 || (s.limit > 0 && s.returned >= s.limit) {
+			s.cancel()
+			return false
+		}
+		lset, chks := s.merge()
+		if s.err != nil {
+			s.cancel()
+			return false
+		}
+		if s.premask != nil && len(chks) > 0 {
+			if ivs := s.premask.Intervals(lset, labels.EmptyLabels(), nil); len(ivs) > 0 {
+				var err error
+				if chks, err = cutSeries(chks, ivs, 0, s.mint, s.maxt); err != nil {
+					s.err = err
+					continue
+				}
+				if chks == nil {
+					continue // Deleted on every replica.
+				}
+			}
+		}
+		s.returned++
+		s.cur = &sourceSeries{lset: lset, chks: sortChunks(chks), mint: s.mint, maxt: s.maxt, dedup: s.dedup, counter: s.counter}
+		return true
 	}
-	s.returned++
+}
+
+// merge takes the next series in label order from every cursor that holds it, and returns its
+// labels and all their chunks.
+func (s *sourceSeriesSet) merge() (labels.Labels, []*storepb.AggrChunk) {
 	lset := s.cursors[0].lset
 	for _, c := range s.cursors[1:] {
 		if labels.Compare(c.lset, lset) < 0 {
@@ -436,17 +496,14 @@ func (s *sourceSeriesSet) Next() bool {
 			alive = s.advance(c)
 		}
 		if s.err != nil {
-			s.cancel()
-			return false
+			return lset, nil
 		}
 		if alive {
 			open = append(open, c)
 		}
 	}
 	s.cursors = open
-	chks = sortChunks(chks)
-	s.cur = &sourceSeries{lset: lset, chks: chks, mint: s.mint, maxt: s.maxt, dedup: s.dedup, counter: s.counter}
-	return true
+	return lset, chks
 }
 
 func (s *sourceSeriesSet) At() storage.Series                { return s.cur }
@@ -482,7 +539,8 @@ func (q *sourceQuerier) LabelValues(ctx context.Context, name string, hints *sto
 		return nil, nil, err
 	}
 	if q.naming != nil && q.naming.MayMatch(append(slices.Clone(ms), labels.MustNewMatcher(labels.MatchNotEqual, name, "")), labels.EmptyLabels(), q.mint, q.maxt) {
-		return q.survivingLabels(ctx, o, hints, ms, func(ls labels.Labels, add func(string)) {
+		sel := append(slices.Clone(ms), labels.MustNewMatcher(labels.MatchNotEqual, name, ""))
+		return q.survivingLabels(ctx, o, hints, sel, q.naming, func(ls labels.Labels, add func(string)) {
 			if v := ls.Get(name); v != "" {
 				add(v)
 			}
@@ -507,7 +565,7 @@ func (q *sourceQuerier) LabelNames(ctx context.Context, hints *storage.LabelHint
 		return nil, nil, err
 	}
 	if q.naming != nil && q.naming.MayMatch(ms, labels.EmptyLabels(), q.mint, q.maxt) {
-		return q.survivingLabels(ctx, o, hints, ms, func(ls labels.Labels, add func(string)) {
+		return q.survivingLabels(ctx, o, hints, ms, q.naming, func(ls labels.Labels, add func(string)) {
 			ls.Range(func(l labels.Label) { add(l.Name) })
 		})
 	}
@@ -524,13 +582,16 @@ func (q *sourceQuerier) LabelNames(ctx context.Context, hints *storage.LabelHint
 	})
 }
 
-// survivingLabels answers a look-up that a tombstone on a replica label may meet from the series
-// themselves, each replica masked with its replica labels: a label name or value carried only by
-// one replica's deleted samples never appears. collect adds what a surviving series carries.
-func (q *sourceQuerier) survivingLabels(ctx context.Context, o readOptions, hints *storage.LabelHints, ms []*labels.Matcher, collect func(labels.Labels, func(string))) ([]string, annotations.Annotations, error) {
+// survivingLabels answers a look-up from the series themselves, each replica masked with mask
+// before the merge: a label name or value carried only by one replica's deleted samples never
+// appears. collect adds what a surviving series carries.
+func (q *sourceQuerier) survivingLabels(ctx context.Context, o readOptions, hints *storage.LabelHints, ms []*labels.Matcher, mask *proxy.Snapshot, collect func(labels.Labels, func(string))) ([]string, annotations.Annotations, error) {
 	// Thanos Query's look-ups keep the replica labels: every replica is read as its own series.
 	o.dedup, o.replicaLabels = false, nil
-	set := q.read(ctx, o, q.mint, q.maxt, "series", 0, ms)
+	// Stores select no series by external labels alone (a store gateway answers "no matchers
+	// specified"): every series has a name.
+	ms = append(slices.Clone(ms), labels.MustNewMatcher(labels.MatchRegexp, labels.MetricName, ".+"))
+	set := q.read(ctx, o, mask, q.mint, q.maxt, "series", 0, ms)
 	found := map[string]struct{}{}
 	add := func(v string) { found[v] = struct{}{} }
 	for set.Next() {

@@ -267,7 +267,7 @@ func (f seriesFilter) filter(series *storepb.Series, lset labels.Labels) (*store
 		}
 		return &storepb.Series{Labels: series.Labels}, nil
 	}
-	chks, err := cutSeries(series.Chunks, ivs, f.req.MaxResolutionWindow)
+	chks, err := cutSeries(series.Chunks, ivs, f.req.MaxResolutionWindow, f.req.MinTime, f.req.MaxTime)
 	if err != nil {
 		return nil, errors.Wrapf(err, "series %s", redacted(lset))
 	}
