@@ -42,6 +42,7 @@ type killProc struct {
 	done      chan struct{}
 
 	mu       sync.Mutex
+	ran      time.Duration // from the start to the exit
 	exited   bool
 	killed   bool // the SIGKILL was sent while the process ran
 	timedOut bool
@@ -58,10 +59,12 @@ func killStart(t *testing.T, b cliBucket, name string, args []string, killAfter 
 	p.cmd.Stderr = &p.stderr
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	testutil.Ok(t, p.cmd.Start(), "start %s", name)
+	began := time.Now()
 	go func() {
 		_ = p.cmd.Wait() // The exit status is read from ProcessState.
 		p.mu.Lock()
 		p.exited = true
+		p.ran = time.Since(began)
 		p.mu.Unlock()
 		close(p.done)
 	}()
@@ -107,6 +110,13 @@ func (p *killProc) wait(t *testing.T) int {
 		t.Errorf("%s %v ran longer than %v; killed. stderr:\n%s", p.name, p.args, killProcTimeout, clip(p.stderr.String(), 4000))
 	}
 	return p.cmd.ProcessState.ExitCode()
+}
+
+// duration is how long the process ran.
+func (p *killProc) duration() time.Duration {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.ran
 }
 
 // wasKilled reports whether the SIGKILL reached the process while it ran.

@@ -6,11 +6,14 @@ package e2e
 // after one more clean run, against the deletions' oracle and a real Prometheus.
 
 import (
+	"context"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"maps"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -37,12 +40,12 @@ const (
 
 // killTotals are the figures of a test run, logged at its end.
 type killTotals struct {
-	rounds, passed, waves        int
-	started, killed, endedFirst  int // endedFirst: given a kill time, but exited before it
-	exitCodes                    map[int]int
-	cancelled, cancelRefused     int
-	withdrawnForCancel           int // log lines of workers withdrawing a rewrite of a cancelled tombstone
-	leasedSkips                  int
+	rounds, passed, waves       int
+	started, killed, endedFirst int // endedFirst: given a kill time, but exited before it
+	exitCodes                   map[int]int
+	cancelled, cancelRefused    int
+	// events counts the workers' warnings, errors and a few telling info lines, by message.
+	events                       map[string]int
 	partialSeen, undecodableSeen int
 	marksChecked, linksVerified  int
 	cleanRunsOK, prometheusCases int
@@ -97,7 +100,7 @@ func TestRewriterKillRounds(t *testing.T) {
 	seeds := killSeeds(t)
 	dirs := rwWriteBatteryBlocks(t)
 	original := rwSamplesOfDirs(t, dirs)
-	tot := &killTotals{exitCodes: map[int]int{}}
+	tot := &killTotals{exitCodes: map[int]int{}, events: map[string]int{}}
 	for i, seed := range seeds {
 		tot.rounds++
 		if t.Run(fmt.Sprintf("seed %d", seed), func(t *testing.T) {
@@ -110,8 +113,10 @@ func TestRewriterKillRounds(t *testing.T) {
 	}
 	t.Logf("%d of %d rounds passed in %v; %d waves; %d processes started, %d killed by SIGKILL while running, %d ended before their kill time; exit codes %v",
 		tot.passed, tot.rounds, time.Since(began).Round(time.Millisecond), tot.waves, tot.started, tot.killed, tot.endedFirst, tot.exitCodes)
-	t.Logf("late cancellations: %d accepted, %d refused (window ended); %d worker log lines withdrawing a rewrite of a cancelled tombstone; %d jobs skipped as leased",
-		tot.cancelled, tot.cancelRefused, tot.withdrawnForCancel, tot.leasedSkips)
+	t.Logf("late cancellations: %d accepted, %d refused (window ended)", tot.cancelled, tot.cancelRefused)
+	for _, msg := range slices.Sorted(maps.Keys(tot.events)) {
+		t.Logf("  workers logged %4d× %q", tot.events[msg], msg)
+	}
 	t.Logf("between waves: %d partial uploads and %d deletion marks cut short seen; %d replacement marks followed, %d replacements verified sample by sample; %d clean runs exited 0",
 		tot.partialSeen, tot.undecodableSeen, tot.marksChecked, tot.linksVerified, tot.cleanRunsOK)
 	if tot.prometheusCases > 0 {
@@ -130,7 +135,7 @@ type killWorkerConfig struct {
 
 // killRound runs one seeded round (see TestRewriterKillRounds).
 func killRound(t *testing.T, seed uint64, dirs []string, original rwSamples, compare bool, tot *killTotals) {
-	rng := rand.New(rand.NewPCG(seed, 14))
+	rng := killRand(seed)
 	var ext map[string]string
 	if rng.IntN(2) == 0 {
 		ext = rwExt
@@ -177,7 +182,7 @@ func killRound(t *testing.T, seed uint64, dirs []string, original rwSamples, com
 		cfgs := make([]killWorkerConfig, killWorkers)
 		for i := range cfgs {
 			a := []string{"--threshold", "0", "--lease.ttl", leaseTTL,
-				"--rate.series-per-second", []string{"0", "150", "400"}[rng.IntN(3)],
+				"--rate.series-per-second", []string{"100", "200", "400"}[rng.IntN(3)],
 				"--batch.series", []string{"5", "25"}[rng.IntN(2)],
 				"--checkpoint.interval", []string{"0s", "100ms"}[rng.IntN(2)],
 				"--concurrency", []string{"1", "2"}[rng.IntN(2)]}
@@ -186,19 +191,33 @@ func killRound(t *testing.T, seed uint64, dirs []string, original rwSamples, com
 			}
 			cfgs[i].args = a
 			if rng.IntN(2) == 0 {
-				cfgs[i].killAfter = 30*time.Millisecond + time.Duration(rng.Int64N(int64(2470*time.Millisecond)))
+				// Most workers that find work are done within a second, and those that find
+				// none within 100ms: the square makes short delays likelier than long ones.
+				u := rng.Float64()
+				cfgs[i].killAfter = 30*time.Millisecond + time.Duration(u*u*float64(2470*time.Millisecond))
 			}
 		}
 		before := 1 + rng.IntN(killWorkers-1) // workers started before the new tombstone
 		lead := time.Duration(rng.Int64N(int64(200 * time.Millisecond)))
-		cancelAt := -200*time.Millisecond + time.Duration(rng.Int64N(int64(300*time.Millisecond)))
+		// The CLI takes 50–200ms from its start to the check of the window on a busy machine.
+		cancelAt := -350*time.Millisecond + time.Duration(rng.Int64N(int64(400*time.Millisecond)))
 
-		var late *killTombstone
-		var due time.Time
+		var (
+			late      *killTombstone
+			due       time.Time
+			cancelled chan result
+		)
 		if wave == cancelWave {
 			late = add(dels[len(dels)-1], "--undelete-window", killCancelFlag, "--max-wait", killCancelFlag)
 			due = killUndeleteUntil(t, b, late.id)
 			time.Sleep(time.Until(due.Add(-lead)))
+			// The cancellation goes at its moment whatever the workers and the new tombstone
+			// take to start.
+			cancelled = make(chan result, 1)
+			go func() {
+				time.Sleep(time.Until(due.Add(cancelAt)))
+				cancelled <- killCancel(b, late.id)
+			}()
 		}
 		procs := make([]*killProc, 0, killWorkers)
 		for i, c := range cfgs {
@@ -210,8 +229,7 @@ func killRound(t *testing.T, seed uint64, dirs []string, original rwSamples, com
 		all = append(all, procs...)
 		cancelNote := ""
 		if late != nil {
-			time.Sleep(time.Until(due.Add(cancelAt)))
-			r := b.run(t, "tombstone", "cancel", "--reason", "kill rounds: undone at the last moment", "--author", "e2e", late.id)
+			r := <-cancelled
 			switch {
 			case r.code == 0:
 				late.cancelled = true
@@ -226,10 +244,12 @@ func killRound(t *testing.T, seed uint64, dirs []string, original rwSamples, com
 		}
 		codes := map[int]int{}
 		killed := 0
+		var ran []string
 		for _, p := range procs {
 			code := p.wait(t)
 			killCheckNoCrash(t, p)
 			codes[code]++
+			ran = append(ran, fmt.Sprintf("%v/%v", p.duration().Round(10*time.Millisecond), p.killAfter.Round(10*time.Millisecond)))
 			tot.exitCodes[code]++
 			tot.started++
 			switch {
@@ -243,9 +263,10 @@ func killRound(t *testing.T, seed uint64, dirs []string, original rwSamples, com
 				t.Logf("%s exited %d without a kill: %s", p.name, code, clip(killNotable(p.stderr.String()), 2000))
 			}
 			log := p.stderr.String()
-			tot.withdrawnForCancel += strings.Count(log, "was cancelled; the block stays and the new one is withdrawn") +
-				strings.Count(log, "withdrawing a rewrite that applied a cancelled tombstone")
-			tot.leasedSkips += strings.Count(log, "leased by another worker")
+			if os.Getenv("LETHE_KILL_VERBOSE") != "" {
+				t.Logf("%s %v (kill after %v, killed %v, exit %d, ran %v):\n%s", p.name, p.args, p.killAfter, p.wasKilled(), code, p.duration(), log)
+			}
+			killCountEvents(log, tot.events)
 		}
 		tot.waves++
 		st, ms := killCheckWave(t, w)
@@ -253,8 +274,8 @@ func killRound(t *testing.T, seed uint64, dirs []string, original rwSamples, com
 		tot.undecodableSeen += ms.undecodable
 		tot.marksChecked += ms.replaced
 		tot.linksVerified += ms.links
-		t.Logf("wave %d: %d workers (%d before the new tombstone), %d killed, exit codes %v%s; live %d, marked %d, partial %d; marks %+v",
-			wave, len(procs), before, killed, codes, cancelNote, len(st.listing.Blocks), len(st.listing.Marked), len(st.partial), ms)
+		t.Logf("wave %d: %d workers (%d before the new tombstone), %d killed, exit codes %v, ran/kill time %v%s; live %d, marked %d, partial %d; marks %+v",
+			wave, len(procs), before, killed, codes, ran, cancelNote, len(st.listing.Blocks), len(st.listing.Marked), len(st.partial), ms)
 		if t.Failed() {
 			return // The next wave would only pile more on what already broke.
 		}
@@ -345,4 +366,55 @@ func killNotable(log string) string {
 		out = append(out, "last: "+clip(lines[len(lines)-1], 400))
 	}
 	return strings.Join(out, "\n")
+}
+
+// killCancel runs `lethe tombstone cancel` without the test's helpers, so that it can run in a
+// goroutine of its own at a chosen moment; code -1 and the error in stderr if it cannot run.
+func killCancel(b cliBucket, id string) result {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, binaries.lethe, b.conf, "tombstone", "cancel", "--reason", "kill rounds: undone at the last moment", "--author", "e2e", id)
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		return result{code: -1, stderr: err.Error()}
+	}
+	return result{stdout: stdout.String(), stderr: stderr.String(), code: code}
+}
+
+// killTellingInfo are the info lines of a worker worth counting: what it found other workers left.
+var killTellingInfo = []string{
+	"removed a partial upload left by an earlier run",
+	"leaving a partial upload another worker may still be writing",
+	"resuming from a checkpoint",
+}
+
+// killCountEvents adds the warning and error messages of a worker's JSON log, and its telling
+// info lines, to events.
+func killCountEvents(log string, events map[string]int) {
+	for _, l := range strings.Split(log, "\n") {
+		var e struct {
+			Level string `json:"level"`
+			Msg   string `json:"msg"`
+		}
+		if json.Unmarshal([]byte(l), &e) != nil {
+			continue
+		}
+		if e.Level == "WARN" || e.Level == "ERROR" || slices.Contains(killTellingInfo, e.Msg) {
+			events[e.Level+" "+e.Msg]++
+		}
+	}
+}
+
+// killRand is the round's source of every choice: ChaCha8 keyed by the seed, so that nearby seeds
+// draw unrelated choices.
+func killRand(seed uint64) *rand.Rand {
+	var key [32]byte
+	copy(key[8:], "lethe TestRewriterKillRounds")
+	binary.LittleEndian.PutUint64(key[:8], seed)
+	return rand.New(rand.NewChaCha8(key))
 }
