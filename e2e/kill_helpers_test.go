@@ -32,14 +32,32 @@ import (
 // fails the test.
 const killProcTimeout = time.Minute
 
+// killPlan is when a worker is killed: killAfter its start (0: not by time), or killDelay after
+// it first logs the message killOn (a debug log line: the phases of a job), whichever is first.
+type killPlan struct {
+	killAfter time.Duration
+	killOn    string
+	killDelay time.Duration
+}
+
+func (k killPlan) String() string {
+	switch {
+	case k.killOn != "":
+		return fmt.Sprintf("%v after %q", k.killDelay, k.killOn)
+	case k.killAfter > 0:
+		return k.killAfter.Round(time.Millisecond).String()
+	}
+	return "never"
+}
+
 // killProc is one lethe-rewriter process of a wave.
 type killProc struct {
-	name      string
-	args      []string
-	killAfter time.Duration // 0: never killed
-	cmd       *exec.Cmd
-	stderr    bytes.Buffer
-	done      chan struct{}
+	name   string
+	args   []string
+	plan   killPlan
+	cmd    *exec.Cmd
+	stderr killLog
+	done   chan struct{}
 
 	mu       sync.Mutex
 	ran      time.Duration // from the start to the exit
@@ -48,12 +66,54 @@ type killProc struct {
 	timedOut bool
 }
 
-// killStart starts `lethe-rewriter run` on the bucket in a new process group; with killAfter > 0
-// the whole group gets SIGKILL that long after the start, unless it has exited by then.
-func killStart(t *testing.T, b cliBucket, name string, args []string, killAfter time.Duration) *killProc {
+// killLog is a worker's stderr: kept whole, and watched for the line that triggers its kill.
+type killLog struct {
+	mu      sync.Mutex
+	buf     bytes.Buffer
+	line    []byte
+	watch   string // `"msg":"<killOn>"`
+	trigger chan struct{}
+}
+
+func (l *killLog) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.buf.Write(b)
+	if l.watch == "" {
+		return len(b), nil
+	}
+	l.line = append(l.line, b...)
+	for {
+		i := bytes.IndexByte(l.line, '\n')
+		if i < 0 {
+			break
+		}
+		if bytes.Contains(l.line[:i], []byte(l.watch)) {
+			close(l.trigger)
+			l.watch, l.line = "", nil
+			break
+		}
+		l.line = l.line[i+1:]
+	}
+	return len(b), nil
+}
+
+func (l *killLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+// killStart starts `lethe-rewriter run` on the bucket in a new process group, whose whole group
+// gets SIGKILL as plan says unless it has exited by then.
+func killStart(t *testing.T, b cliBucket, name string, args []string, plan killPlan) *killProc {
 	t.Helper()
 	full := append([]string{b.conf, "run", "--tmp.dir", t.TempDir()}, args...)
-	p := &killProc{name: name, args: args, killAfter: killAfter, done: make(chan struct{})}
+	p := &killProc{name: name, args: args, plan: plan, done: make(chan struct{})}
+	p.stderr.trigger = make(chan struct{})
+	if plan.killOn != "" {
+		p.stderr.watch = `"msg":"` + plan.killOn + `"`
+	}
 	p.cmd = exec.Command(binaries.rewriter, full...)
 	p.cmd.Dir = t.TempDir()
 	p.cmd.Stderr = &p.stderr
@@ -70,25 +130,25 @@ func killStart(t *testing.T, b cliBucket, name string, args []string, killAfter 
 	}()
 	go func() {
 		kill := time.NewTimer(killProcTimeout)
-		if killAfter > 0 {
-			kill.Reset(killAfter)
+		if plan.killAfter > 0 {
+			kill.Reset(plan.killAfter)
 		}
 		defer kill.Stop()
+		timedOut := false
 		select {
 		case <-p.done:
 			return
 		case <-kill.C:
+			timedOut = plan.killAfter == 0
+		case <-p.stderr.trigger:
+			time.Sleep(plan.killDelay)
 		}
 		p.mu.Lock()
 		defer p.mu.Unlock()
 		if p.exited {
 			return
 		}
-		if killAfter > 0 {
-			p.killed = true
-		} else {
-			p.timedOut = true
-		}
+		p.killed, p.timedOut = !timedOut, timedOut
 		// The negative pid is the process group: the rewriter and anything it started.
 		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
 	}()

@@ -129,8 +129,19 @@ func TestRewriterKillRounds(t *testing.T) {
 
 // killWorkerConfig is one worker's flags and fate, drawn from the round's seed.
 type killWorkerConfig struct {
-	args      []string
-	killAfter time.Duration
+	args []string
+	kill killPlan
+}
+
+// killPhases are the debug log lines a kill can follow: a job's phases (the upload of the new
+// block runs between "verified…" and the marks), a checkpoint, and the plan.
+var killPhases = []string{
+	"plan",
+	"downloaded",
+	"checkpoint saved",
+	"rewritten",
+	"verified with Prometheus' block reader",
+	"marked the block for deletion",
 }
 
 // killRound runs one seeded round (see TestRewriterKillRounds).
@@ -172,7 +183,7 @@ func killRound(t *testing.T, seed uint64, dirs []string, original rwSamples, com
 			t.Logf("  %s %q cancelled=%v", id, tb.del.name, tb.cancelled)
 		}
 		for _, p := range all {
-			t.Logf("%s %v (kill after %v, killed %v, exit %d), warnings and errors:\n%s", p.name, p.args, p.killAfter, p.wasKilled(),
+			t.Logf("%s %v (kill %v, killed %v, exit %d), warnings and errors:\n%s", p.name, p.args, p.plan, p.wasKilled(),
 				p.cmd.ProcessState.ExitCode(), clip(killNotable(p.stderr.String()), 6000))
 		}
 	})
@@ -181,7 +192,7 @@ func killRound(t *testing.T, seed uint64, dirs []string, original rwSamples, com
 		// Every choice of the wave is drawn before anything runs, so that a seed replays them.
 		cfgs := make([]killWorkerConfig, killWorkers)
 		for i := range cfgs {
-			a := []string{"--threshold", "0", "--lease.ttl", leaseTTL,
+			a := []string{"--threshold", "0", "--lease.ttl", leaseTTL, "--log.level", "debug",
 				"--rate.series-per-second", []string{"100", "200", "400"}[rng.IntN(3)],
 				"--batch.series", []string{"5", "25"}[rng.IntN(2)],
 				"--checkpoint.interval", []string{"0s", "100ms"}[rng.IntN(2)],
@@ -190,11 +201,18 @@ func killRound(t *testing.T, seed uint64, dirs []string, original rwSamples, com
 				a = append(a, fmt.Sprintf("--shard=%d/%d", i, killWorkers))
 			}
 			cfgs[i].args = a
-			if rng.IntN(2) == 0 {
+			switch rng.IntN(5) {
+			case 0, 1:
 				// Most workers that find work are done within a second, and those that find
 				// none within 100ms: the square makes short delays likelier than long ones.
 				u := rng.Float64()
-				cfgs[i].killAfter = 30*time.Millisecond + time.Duration(u*u*float64(2470*time.Millisecond))
+				cfgs[i].kill.killAfter = 30*time.Millisecond + time.Duration(u*u*float64(2470*time.Millisecond))
+			case 2, 3:
+				// At a chosen phase: a worker that never gets there ends by itself. The delay
+				// of at most 3ms lands the kill inside what follows the log line (an upload
+				// of a few hundred KiB takes a few milliseconds here).
+				cfgs[i].kill.killOn = killPhases[rng.IntN(len(killPhases))]
+				cfgs[i].kill.killDelay = time.Duration(rng.Int64N(int64(3 * time.Millisecond)))
 			}
 		}
 		before := 1 + rng.IntN(killWorkers-1) // workers started before the new tombstone
@@ -224,7 +242,7 @@ func killRound(t *testing.T, seed uint64, dirs []string, original rwSamples, com
 			if i == before {
 				add(dels[5+wave])
 			}
-			procs = append(procs, killStart(t, b, fmt.Sprintf("wave %d worker %d", wave, i), c.args, c.killAfter))
+			procs = append(procs, killStart(t, b, fmt.Sprintf("wave %d worker %d", wave, i), c.args, c.kill))
 		}
 		all = append(all, procs...)
 		cancelNote := ""
@@ -249,14 +267,14 @@ func killRound(t *testing.T, seed uint64, dirs []string, original rwSamples, com
 			code := p.wait(t)
 			killCheckNoCrash(t, p)
 			codes[code]++
-			ran = append(ran, fmt.Sprintf("%v/%v", p.duration().Round(10*time.Millisecond), p.killAfter.Round(10*time.Millisecond)))
+			ran = append(ran, fmt.Sprintf("%v/%v/%v", p.duration().Round(10*time.Millisecond), p.plan, p.wasKilled()))
 			tot.exitCodes[code]++
 			tot.started++
 			switch {
-			case p.wasKilled():
+			case p.wasKilled() && code == -1:
 				killed++
 				tot.killed++
-			case p.killAfter > 0:
+			case p.plan.killAfter > 0 || p.plan.killOn != "":
 				tot.endedFirst++
 			}
 			if !p.wasKilled() && code != 0 && code != 4 {
@@ -264,7 +282,7 @@ func killRound(t *testing.T, seed uint64, dirs []string, original rwSamples, com
 			}
 			log := p.stderr.String()
 			if os.Getenv("LETHE_KILL_VERBOSE") != "" {
-				t.Logf("%s %v (kill after %v, killed %v, exit %d, ran %v):\n%s", p.name, p.args, p.killAfter, p.wasKilled(), code, p.duration(), log)
+				t.Logf("%s %v (kill %v, killed %v, exit %d, ran %v):\n%s", p.name, p.args, p.plan, p.wasKilled(), code, p.duration(), log)
 			}
 			killCountEvents(log, tot.events)
 		}
@@ -274,7 +292,7 @@ func killRound(t *testing.T, seed uint64, dirs []string, original rwSamples, com
 		tot.undecodableSeen += ms.undecodable
 		tot.marksChecked += ms.replaced
 		tot.linksVerified += ms.links
-		t.Logf("wave %d: %d workers (%d before the new tombstone), %d killed, exit codes %v, ran/kill time %v%s; live %d, marked %d, partial %d; marks %+v",
+		t.Logf("wave %d: %d workers (%d before the new tombstone), %d killed, exit codes %v, ran/kill plan/killed %v%s; live %d, marked %d, partial %d; marks %+v",
 			wave, len(procs), before, killed, codes, ran, cancelNote, len(st.listing.Blocks), len(st.listing.Marked), len(st.partial), ms)
 		if t.Failed() {
 			return // The next wave would only pile more on what already broke.
