@@ -7,7 +7,6 @@ package e2e
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -64,13 +63,7 @@ func TestReplicaTombstonesInFrontOfThanosQuery(t *testing.T) {
 		t.Logf("%d of %d requests through lethe-proxy --upstream.store equal the ground truth", same, len(requests))
 	})
 	t.Run("store.endpoint", func(t *testing.T) {
-		dir := t.TempDir()
-		viaLethe := startBenchProc(t, "lethe-proxy", dir, binaries.proxy, func(addr string) []string {
-			return []string{masked.conf, "--store.endpoint=" + maskedStore, "--upstream.replica-label=replica",
-				"--grpc-address=" + fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-				"--web.listen-address=" + addr, "--data-dir=" + filepath.Join(dir, "data"), "--log.level=warn"}
-		})
-		ssrcWaitData(t, viaLethe, `count(temperature)`, sapiT0+thxHour)
+		viaLethe := ssrcStoreModeProxy(t, masked, maskedStore)
 		same := ssrcCompare(t, viaLethe, want, requests)
 		t.Logf("%d of %d requests through lethe-proxy --store.endpoint equal the ground truth", same, len(requests))
 	})

@@ -127,14 +127,22 @@ func TestStoreSourceInStoreAPIMode(t *testing.T) {
 	_, maskedStore := sapiStore(t, masked)
 	_, truthStore := sapiStore(t, truth)
 	want, _ := ssrcQuerier(t, truthStore, `count(temperature)`, sapiT0+thxHour)
-	dir := t.TempDir()
-	viaLethe := startBenchProc(t, "lethe-proxy", dir, binaries.proxy, func(addr string) []string {
-		return []string{masked.conf, "--store.endpoint=" + maskedStore, "--upstream.replica-label=replica",
-			"--grpc-address=" + fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-			"--web.listen-address=" + addr, "--data-dir=" + filepath.Join(dir, "data"), "--log.level=warn"}
-	})
-	ssrcWaitData(t, viaLethe, `count(temperature)`, sapiT0+thxHour)
+	viaLethe := ssrcStoreModeProxy(t, masked, maskedStore)
 	requests := ssrcBattery()
 	same := ssrcCompare(t, viaLethe, want, requests)
 	t.Logf("%d of %d requests through lethe-proxy --store.endpoint equal the ground truth", same, len(requests))
+}
+
+// ssrcStoreModeProxy starts the lethe-proxy binary in the StoreAPI mode in front of store, with
+// replica as the replica label, and waits until its own HTTP query API answers with data.
+func ssrcStoreModeProxy(t *testing.T, b cliBucket, store string) *benchProc {
+	t.Helper()
+	dir := t.TempDir()
+	p := startBenchProc(t, "lethe-proxy", dir, binaries.proxy, func(addr string) []string {
+		return []string{b.conf, "--store.endpoint=" + store, "--upstream.replica-label=replica",
+			"--grpc-address=" + fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+			"--web.listen-address=" + addr, "--data-dir=" + filepath.Join(dir, "data"), "--log.level=warn"}
+	})
+	ssrcWaitData(t, p, `count(temperature)`, sapiT0+thxHour)
+	return p
 }
