@@ -3,7 +3,9 @@ package e2e
 // BenchmarkStoreSource: a node-exporter-like counter block of two replicas behind `thanos store`
 // and `thanos query`; each dashboard query is asked of the querier directly, of lethe-proxy
 // reading through the querier's StoreAPI (--upstream.store, replicas deduplicated by lethe) and of
-// lethe-proxy reading through its query API (--upstream.url), untouched and under a tombstone.
+// lethe-proxy reading through its query API (--upstream.url), and of lethe-proxy with both (the
+// StoreAPI read from, the query API as the fast path for what no tombstone can touch), untouched
+// and under a tombstone.
 // Each leaf reports the median time of each side, the median paired ratio to the querier, and
 // the peak RSS (VmHWM) of every process over the leaf. Every answer through --upstream.store is
 // first checked against the querier's (untouched) so that the timing is of correct work.
@@ -165,6 +167,8 @@ func BenchmarkStoreSource(b *testing.B) {
 	viaStore := startBenchProc(b, "lethe-proxy-store", dir, binaries.proxy, proxyArgs(dir, "--upstream.store="+queryGRPC, "--upstream.replica-label=replica"))
 	dir = b.TempDir()
 	viaAPI := startBenchProc(b, "lethe-proxy-api", dir, binaries.proxy, proxyArgs(dir, "--upstream.url="+querier.URL))
+	dir = b.TempDir()
+	viaBoth := startBenchProc(b, "lethe-proxy-both", dir, binaries.proxy, proxyArgs(dir, "--upstream.store="+queryGRPC, "--upstream.replica-label=replica", "--upstream.url="+querier.URL))
 
 	end := formatPromTime(ssrcBenchT0 + 2*thxHour - sapiMin)
 	start := formatPromTime(ssrcBenchT0 + sapiMin)
@@ -195,22 +199,22 @@ func BenchmarkStoreSource(b *testing.B) {
 			b.Fatalf("%s through --upstream.store differs from the querier:\n%.500s\n%.500s", q.name, got, want)
 		}
 	}
-	procs := []*benchProc{querier, viaStore, viaAPI}
+	procs := []*benchProc{querier, viaStore, viaAPI, viaBoth}
 	for _, q := range queries {
 		b.Run(q.name, func(b *testing.B) {
 			for _, p := range procs {
 				_ = p.resetPeakRSS()
 			}
-			var tq, ts, ta, rs, ra []float64
+			var tq, ts, ta, tb, rs, ra, rb []float64
 			timed := func(p *benchProc) float64 {
 				began := time.Now()
 				ssrcBenchGet(b, p, "/api/v1/query_range", params(q.expr))
 				return float64(time.Since(began).Microseconds()) / 1000
 			}
 			for i := 0; i < b.N; i++ {
-				d, s, a := timed(querier), timed(viaStore), timed(viaAPI)
-				tq, ts, ta = append(tq, d), append(ts, s), append(ta, a)
-				rs, ra = append(rs, s/d), append(ra, a/d)
+				d, s, a, both := timed(querier), timed(viaStore), timed(viaAPI), timed(viaBoth)
+				tq, ts, ta, tb = append(tq, d), append(ts, s), append(ta, a), append(tb, both)
+				rs, ra, rb = append(rs, s/d), append(ra, a/d), append(rb, both/d)
 			}
 			med := func(v []float64) float64 { v = slices.Clone(v); slices.Sort(v); return v[len(v)/2] }
 			b.ReportMetric(med(tq), "querier-ms")
@@ -218,6 +222,8 @@ func BenchmarkStoreSource(b *testing.B) {
 			b.ReportMetric(med(ta), "api-ms")
 			b.ReportMetric(med(rs), "store/querier")
 			b.ReportMetric(med(ra), "api/querier")
+			b.ReportMetric(med(tb), "both-ms")
+			b.ReportMetric(med(rb), "both/querier")
 			for _, p := range procs {
 				if mib, err := p.peakRSSMiB(); err == nil {
 					b.ReportMetric(mib, p.name+"-MiB")

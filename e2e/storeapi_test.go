@@ -286,12 +286,12 @@ func sapiCompare(t *testing.T, viaLethe, want *benchProc, requests []sapiRequest
 	return sapiCompareWith(t, viaLethe, want, requests, func(exp string) string { return exp })
 }
 
-// sapiCompareWith is sapiCompare with the ground truth's answers passed through wantAs first.
-func sapiCompareWith(t *testing.T, viaLethe, want *benchProc, requests []sapiRequest, wantAs func(string) string) int {
+// sapiCompareWith is sapiCompare with both answers passed through norm first.
+func sapiCompareWith(t *testing.T, viaLethe, want *benchProc, requests []sapiRequest, norm func(string) string) int {
 	t.Helper()
 	same := 0
 	for _, r := range requests {
-		got, exp := sapiAnswer(t, viaLethe, r.path, r.params), wantAs(sapiAnswer(t, want, r.path, r.params))
+		got, exp := norm(sapiAnswer(t, viaLethe, r.path, r.params)), norm(sapiAnswer(t, want, r.path, r.params))
 		testutil.Assert(t, !strings.Contains(got, "s3cret"), "%s %v leaks the deleted label value: %s", r.path, r.params, got)
 		if testing.Verbose() {
 			t.Logf("%s %v: %.300s", r.path, r.params, got)

@@ -7,8 +7,10 @@ package e2e
 
 import (
 	"fmt"
+	"io"
 	"net/url"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -47,13 +49,13 @@ func ssrcWaitData(t *testing.T, p *benchProc, query string, ts int64) {
 }
 
 // ssrcProxy starts the lethe-proxy binary over the bucket's tombstones, reading through the
-// StoreAPI at store, with replica as the replica label.
-func ssrcProxy(t *testing.T, b cliBucket, store string) *benchProc {
+// StoreAPI at store, with replica as the replica label, and extra flags.
+func ssrcProxy(t *testing.T, b cliBucket, store string, extra ...string) *benchProc {
 	t.Helper()
 	dir := t.TempDir()
 	p := startBenchProc(t, "lethe-proxy", dir, binaries.proxy, func(addr string) []string {
-		return []string{b.conf, "--upstream.store=" + store, "--upstream.replica-label=replica",
-			"--web.listen-address=" + addr, "--data-dir=" + filepath.Join(dir, "data"), "--log.level=warn"}
+		return append([]string{b.conf, "--upstream.store=" + store, "--upstream.replica-label=replica",
+			"--web.listen-address=" + addr, "--data-dir=" + filepath.Join(dir, "data"), "--log.level=warn"}, extra...)
 	})
 	ssrcWaitData(t, p, `count(temperature)`, sapiT0+thxHour)
 	return p
@@ -84,8 +86,51 @@ func TestStoreSourceInFrontOfThanosQuery(t *testing.T) {
 	testutil.Assert(t, sapiAnswer(t, direct, "/api/v1/query", q) != sapiAnswer(t, viaLethe, "/api/v1/query", q), "the querier's own answer equals lethe's: nothing was masked")
 }
 
+// TestStoreSourceWithTheQuerierAsFastPath: lethe-proxy --upstream.store=<querier gRPC>
+// --upstream.url=<the same querier's HTTP API> answers the battery as the ground truth, sends
+// what no tombstone can touch to the querier untouched, and serves the querier's rules and alerts.
+func TestStoreSourceWithTheQuerierAsFastPath(t *testing.T) {
+	// The secret's series deleted by its name too: {user_id="42"} alone may meet every series
+	// at every time, and no request would meet no tombstone.
+	dels := append([]thxDeletion{{`auth_tokens_seen_total{user_id="42"}`, sapiDeletions[0].start, sapiDeletions[0].end}}, sapiDeletions[1:]...)
+	masked, truth := sapiBuckets(t, sapiTestBlock, dels)
+	_, maskedStore := sapiStore(t, masked)
+	_, truthStore := sapiStore(t, truth)
+	direct, directGRPC := ssrcQuerier(t, maskedStore, `count(temperature)`, sapiT0+thxHour)
+	want, _ := ssrcQuerier(t, truthStore, `count(temperature)`, sapiT0+thxHour)
+	viaLethe := ssrcProxy(t, masked, directGRPC, "--upstream.url="+direct.URL)
+
+	fastBefore := ssrcFastPathRequests(t, viaLethe)
+	requests := ssrcBattery()
+	same := ssrcCompare(t, viaLethe, want, requests)
+	fast := ssrcFastPathRequests(t, viaLethe) - fastBefore
+	t.Logf("%d of %d requests through lethe-proxy --upstream.store --upstream.url equal the ground truth; %.0f went the fast path", same, len(requests), fast)
+	testutil.Assert(t, fast > 0, "no request went the fast path")
+	testutil.Assert(t, fast < float64(len(requests)), "every request went the fast path: nothing was masked")
+	for _, p := range []string{"/api/v1/rules", "/api/v1/alerts"} {
+		got := sapiAnswer(t, viaLethe, p, url.Values{})
+		testutil.Assert(t, strings.Contains(got, `"status":"success"`), "%s: %s", p, got)
+	}
+}
+
+// ssrcFastPathRequests reads lethe_proxy_fast_path_requests_total from the proxy's /metrics.
+func ssrcFastPathRequests(t *testing.T, p *benchProc) float64 {
+	t.Helper()
+	body := sapiAnswerRaw(t, p, "/metrics")
+	for _, line := range strings.Split(body, "\n") {
+		if v, ok := strings.CutPrefix(line, "lethe_proxy_fast_path_requests_total "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			testutil.Ok(t, err)
+			return f
+		}
+	}
+	t.Fatalf("no lethe_proxy_fast_path_requests_total in /metrics")
+	return 0
+}
+
 // ssrcCompare is sapiCompare between lethe-proxy and a Thanos querier, whose query answers carry
-// an empty "analysis" object that Prometheus' API (lethe's) does not have.
+// an empty "analysis" object that Prometheus' API (lethe's) does not have; lethe's fast path
+// passes the querier's answer on as it is, so it is left out of both.
 func ssrcCompare(t *testing.T, viaLethe, want *benchProc, requests []sapiRequest) int {
 	t.Helper()
 	return sapiCompareWith(t, viaLethe, want, requests, func(exp string) string {
@@ -145,4 +190,16 @@ func ssrcStoreModeProxy(t *testing.T, b cliBucket, store string) *benchProc {
 	})
 	ssrcWaitData(t, p, `count(temperature)`, sapiT0+thxHour)
 	return p
+}
+
+// sapiAnswerRaw is a process's answer to a GET, as it is.
+func sapiAnswerRaw(t *testing.T, p *benchProc, path string) string {
+	t.Helper()
+	resp, err := p.client.Get(p.URL + path)
+	testutil.Ok(t, err)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	testutil.Ok(t, err)
+	testutil.Equals(t, 200, resp.StatusCode, "%s: %s", path, body)
+	return string(body)
 }

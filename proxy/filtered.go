@@ -19,7 +19,7 @@ import (
 // The upstream endpoints whose answers are forwarded after filtering: Grafana's alerting views use
 // rules and alerts, and its exemplar panels query_exemplars.
 func (p *Proxy) registerFiltered() {
-	up, ok := p.source.(*Upstream)
+	up, ok := p.upstream()
 	if !ok {
 		return
 	}

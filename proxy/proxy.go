@@ -44,6 +44,10 @@ type Config struct {
 	// LookbackDelta is Prometheus' --query.lookback-delta; zero takes the upstream's own where it
 	// is known, so that answers are the upstream's, else Prometheus' 5m.
 	LookbackDelta time.Duration
+	// Upstream is the server the source reads the same data from, when the source is another
+	// (Thanos Query's StoreAPI beside its HTTP API): requests no tombstone can touch are answered
+	// by it untouched, and its rules, alerts, exemplars and metadata are served filtered.
+	Upstream *Upstream
 	// AdminToken is the bearer token the deletion API demands; the audit log names its caller
 	// "admin". With it, AdminTokens and AdminUsers all empty, the deletion API is disabled.
 	AdminToken string
@@ -72,8 +76,20 @@ type Config struct {
 	adminTokens map[string]string
 }
 
+// upstreamOf returns the upstream server the proxy answers in front of: the source itself, or
+// the Config's Upstream beside it.
+func upstreamOf(source Source, c Config) (*Upstream, bool) {
+	if up, ok := source.(*Upstream); ok {
+		return up, true
+	}
+	return c.Upstream, c.Upstream != nil
+}
+
+// upstream returns the upstream server the proxy answers in front of, if any.
+func (p *Proxy) upstream() (*Upstream, bool) { return upstreamOf(p.source, p.cfg) }
+
 func (c Config) withDefaults(source Source) Config {
-	if up, ok := source.(*Upstream); ok && c.LookbackDelta == 0 {
+	if up, ok := upstreamOf(source, c); ok && c.LookbackDelta == 0 {
 		c.LookbackDelta = up.LookbackDelta()
 	}
 	if c.QueryTimeout == 0 {
@@ -162,7 +178,7 @@ func New(mask *Mask, source Source, logger *slog.Logger, reg *prometheus.Registr
 	for _, path := range []string{"/api/v1/query", "/api/v1/query_range", "/api/v1/series", "/api/v1/labels"} {
 		p.handle(path, p.guard(path, router), http.MethodGet, http.MethodPost)
 	}
-	if _, upstream := source.(*Upstream); upstream {
+	if _, upstream := p.upstream(); upstream {
 		p.registerFiltered()
 	} else {
 		// The bucket's blocks hold no exemplars and no metadata; Prometheus' API answers with none.
@@ -240,7 +256,7 @@ func (p *Proxy) guard(route string, next http.Handler) http.Handler {
 			writeError(w, http.StatusServiceUnavailable, "unavailable", "too many concurrent queries")
 			return
 		}
-		if up, ok := p.source.(*Upstream); ok {
+		if up, ok := p.upstream(); ok {
 			target := route
 			if name := r.PathValue("name"); name != "" {
 				if !model.UTF8Validation.IsValidLabelName(name) {

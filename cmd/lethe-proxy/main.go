@@ -45,7 +45,7 @@ func main() {
 			&cli.StringSliceFlag{Name: "store.endpoint", Usage: "A Thanos StoreAPI server (HOST:PORT: store gateway, sidecar, receiver, querier) to serve the StoreAPI in front of, with tombstoned samples removed; repeatable. Point Thanos Query's --endpoint at --grpc-address instead of at these."},
 			&cli.StringFlag{Name: "grpc-address", Value: ":10901", Usage: "Where to serve Thanos' gRPC StoreAPI when --store.endpoint is given."},
 			&cli.StringFlag{Name: "upstream.url", Usage: "Prometheus-compatible server to answer in front of (Prometheus, Thanos Query, Mimir, VictoriaMetrics), e.g. http://prometheus:9090 or http://mimir/prometheus. Without it, the bucket's blocks are served."},
-			&cli.StringSliceFlag{Name: "upstream.store", Usage: "Thanos StoreAPI (HOST:PORT, plain gRPC; repeatable) to read raw series from instead of --upstream.url: Thanos Query's own gRPC address, or store gateways, sidecars and receivers directly. Native histograms included, streamed."},
+			&cli.StringSliceFlag{Name: "upstream.store", Usage: "Thanos StoreAPI (HOST:PORT, plain gRPC; repeatable) to read raw series from: Thanos Query's own gRPC address, or store gateways, sidecars and receivers directly. Native histograms included, streamed. With --upstream.url (the same querier's HTTP API) beside it, requests no tombstone can touch are answered by that API untouched, and its rules, alerts, exemplars and metadata are served filtered."},
 			&cli.StringSliceFlag{Name: "upstream.replica-label", Usage: "Label that tells replicas apart (repeatable), as Thanos Query's --query.replica-label: replicas read through --upstream.store (or --store.endpoint) are deduplicated as Thanos does."},
 			&cli.StringFlag{Name: "upstream.read", Value: proxy.ReadAuto, Usage: "How to read raw series from the upstream: auto (remote read where offered, else the query API), remote-read or query-api."},
 			&cli.StringFlag{Name: "upstream.external-labels", Usage: "The upstream's external labels as name=value,... ('' for none). By default they are read from the upstream's /api/v1/status/config."},
@@ -112,13 +112,22 @@ func serve(c *cli.Context) error {
 
 	var source proxy.Source
 	var g run.Group
-	// Without --upstream.url the query API reads raw series through the StoreAPI: from
-	// --upstream.store, else (the StoreAPI mode) from the --store.endpoint stores.
+	// The query API reads raw series through the StoreAPI from --upstream.store (with
+	// --upstream.url beside it as the fast path), else through --upstream.url, else, in the
+	// StoreAPI mode, from the --store.endpoint stores, else from the bucket's blocks.
 	raw, upstreamStores, endpoints := c.String("upstream.url"), c.StringSlice("upstream.store"), c.StringSlice("store.endpoint")
+	var fastPath *proxy.Upstream
 	if raw != "" && len(upstreamStores) > 0 {
-		return errors.New("--upstream.url and --upstream.store: give one of them")
+		// Both: the StoreAPI is read from, the HTTP API answers what no tombstone can touch.
+		cfg, err := upstreamConfig(c, raw)
+		if err != nil {
+			return err
+		}
+		if fastPath, err = proxy.NewUpstream(c.Context, cfg, logger, reg); err != nil {
+			return err
+		}
 	}
-	if raw == "" && (len(upstreamStores) > 0 || len(endpoints) > 0) {
+	if len(upstreamStores) > 0 || (raw == "" && len(endpoints) > 0) {
 		addrs := upstreamStores
 		if len(addrs) == 0 {
 			addrs = endpoints
@@ -135,6 +144,7 @@ func serve(c *cli.Context) error {
 		source = storeapi.NewSource(stores, c.StringSlice("upstream.replica-label"), false)
 		logger.Info("reading raw series through the StoreAPI", "stores", addrs, "replica_labels", c.StringSlice("upstream.replica-label"))
 	} else if raw != "" {
+		// --upstream.url alone.
 		cfg, err := upstreamConfig(c, raw)
 		if err != nil {
 			return err
@@ -169,6 +179,7 @@ func serve(c *cli.Context) error {
 		MaxSamples:     c.Int("query.max-samples"),
 		MaxConcurrency: c.Int("query.max-concurrency"),
 		LookbackDelta:  c.Duration("query.lookback-delta"),
+		Upstream:       fastPath,
 		Limits: proxy.Limits{
 			MaxBodyBytes:   c.Int64("web.max-body-bytes"),
 			MaxQueryLength: c.Int("query.max-length"),
