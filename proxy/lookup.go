@@ -41,6 +41,11 @@ const maxComplementQueries = 16
 // that the index checks only those.
 const maxNarrowValues = 500
 
+// maxPerValueChecks is how many values of the index's answer a look-up over a block checks one
+// by one against the whole-window tombstones: each check costs a select, so past a few hundred
+// (BenchmarkLookups' metric names) learning the tombstones' values from the index costs less.
+const maxPerValueChecks = 256
+
 // probeStretch is how much of the window next to a tombstone's interval is read first to find the
 // series that keep samples.
 const probeStretch = 10 * 60 * 1000
@@ -335,7 +340,7 @@ func (q *maskedQuerier) droppedValues(ctx context.Context, ix labelIndex, ms []*
 	// series outside the first kind carries it, stopping at the first: cheaper than learning
 	// which values the first kind's series carry, which walks every value's postings.
 	var wholeKept map[string]struct{}
-	perValue := ix.narrow && candidates != nil && len(whole) > 0 && len(candidates) <= maxNarrowValues && q.seriesExistence() != nil
+	perValue := ix.narrow && candidates != nil && len(whole) > 0 && len(candidates) <= maxPerValueChecks && q.seriesExistence() != nil
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() (err error) {
 		if perValue {
