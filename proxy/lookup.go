@@ -41,6 +41,11 @@ const maxComplementQueries = 16
 // that the index checks only those.
 const maxNarrowValues = 500
 
+// maxPerValueChecks is how many values of the index's answer a look-up over a block checks one
+// by one against the whole-window tombstones: each check costs a select, so past a few hundred
+// (BenchmarkLookups' metric names) learning the tombstones' values from the index costs less.
+const maxPerValueChecks = 256
+
 // probeStretch is how much of the window next to a tombstone's interval is read first to find the
 // series that keep samples.
 const probeStretch = 10 * 60 * 1000
@@ -215,7 +220,7 @@ func (q *maskedQuerier) maskedLabels(ctx context.Context, ix labelIndex, hints *
 	var dropped map[string]struct{}
 	sels, err := q.meetingSelectors(gctx, sel, ms)
 	if err == nil && len(sels) > 0 {
-		if ix.narrow {
+		if ix.narrow && (q.chunks == nil || (hints != nil && hints.Limit > 0)) {
 			dropped, err = q.droppedValues(gctx, ix, ms, sels, ask, nil)
 		} else if err = g.Wait(); err == nil {
 			dropped, err = q.droppedValues(ctx, ix, ms, sels, ask, answer)
@@ -331,8 +336,17 @@ func (q *maskedQuerier) droppedValues(ctx context.Context, ix labelIndex, ms []*
 		return out, nil
 	}
 	var wholeCands, restCands map[string]struct{}
+	// Over a block, with the index's whole answer in hand, each of its values is asked whether a
+	// series outside the first kind carries it, stopping at the first: cheaper than learning
+	// which values the first kind's series carry, which walks every value's postings.
+	var wholeKept map[string]struct{}
+	perValue := ix.narrow && candidates != nil && len(whole) > 0 && len(candidates) <= maxPerValueChecks && q.seriesExistence() != nil
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() (err error) {
+		if perValue {
+			wholeKept, err = q.valuesOutside(gctx, ix, ms, whole, candidates)
+			return err
+		}
 		wholeCands, err = candsOf(gctx, whole, true)
 		return err
 	})
@@ -351,7 +365,15 @@ func (q *maskedQuerier) droppedValues(ctx context.Context, ix labelIndex, ms []*
 			outside[v] = struct{}{} // Carried by the other kind's series, which are outside.
 		}
 	}
-	if len(wholeCands) > 0 {
+	if perValue {
+		for _, v := range candidates {
+			if _, ok := wholeKept[v]; ok {
+				outside[v] = struct{}{}
+			} else {
+				dropped[v] = struct{}{}
+			}
+		}
+	} else if len(wholeCands) > 0 {
 		vals, err := q.askComplement(ctx, ix, ask, ms, whole, wholeCands)
 		if err != nil {
 			return nil, err
@@ -389,6 +411,37 @@ func (q *maskedQuerier) droppedValues(ctx context.Context, ix labelIndex, ms []*
 		}
 	}
 	return dropped, nil
+}
+
+// valuesOutside returns the values of vals that a series selected by ms and by none of the
+// selectors carries, asking per value whether such a series exists (at the cost of finding the
+// first).
+func (q *maskedQuerier) valuesOutside(ctx context.Context, ix labelIndex, ms []*labels.Matcher, sels []lookupSelector, vals []string) (map[string]struct{}, error) {
+	exists := q.seriesExistence()
+	combos := complement(sels)
+	var mu sync.Mutex
+	out := map[string]struct{}{}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(2)
+	for _, v := range vals {
+		g.Go(func() error {
+			only := ix.restrict([]string{v})[0]
+			for _, c := range combos {
+				found, err := exists(gctx, selectable(append(append(slices.Clone(ms), only...), c...)))
+				if err != nil {
+					return err
+				}
+				if found {
+					mu.Lock()
+					out[v] = struct{}{}
+					mu.Unlock()
+					return nil
+				}
+			}
+			return nil
+		})
+	}
+	return out, g.Wait()
 }
 
 // askComplement returns what the series that none of the selectors select carry, of vals (all of

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/efficientgo/core/testutil"
+	"github.com/oklog/ulid/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/storage"
@@ -20,40 +21,58 @@ import (
 	"github.com/lethe-project/lethe/tombstones"
 )
 
-// BenchmarkLookupBlock times the masked look-ups over one block of 100,000 series (200 instances,
-// 74 of them of a deleted tenant) with the tombstones of issue 17 and 10,000 on absent instances,
-// against the block querier's own look-ups.
-func BenchmarkLookupBlock(b *testing.B) {
-	var ss []storage.Series
-	for i := 0; i < 200; i++ {
-		tenant := "t-" + strconv.Itoa(i%4)
-		if i < 74 {
-			tenant = "t-del"
-		}
-		for k := 0; k < 500; k++ {
-			kv := []string{"__name__", fmt.Sprintf("node_metric_%03d", k%300), "instance", fmt.Sprintf("host-%03d", i), "tenant", tenant, "k", strconv.Itoa(k)}
-			if k < 64 {
-				kv = []string{"__name__", "node_cpu_seconds_total", "instance", fmt.Sprintf("host-%03d", i), "tenant", tenant, "cpu", strconv.Itoa(k / 8), "mode", []string{"idle", "user", "system", "iowait", "irq", "softirq", "steal", "nice"}[k%8]}
+// lookupBenchBlockSpan is the time range of one benchmark block: 2h.
+const lookupBenchBlockSpan = 7_200_000
+
+// lookupBenchBlocks writes n consecutive 2h blocks of 100,000 series (200 instances of 500
+// series, 74 of them of the tenant t-del; 64 node_cpu_seconds_total series per instance, one of
+// them per CPU of mode "steal"), a sample every 10 minutes, and opens them.
+func lookupBenchBlocks(b *testing.B, n int) []*tsdb.Block {
+	b.Helper()
+	dir := b.TempDir()
+	var out []*tsdb.Block
+	for blk := 0; blk < n; blk++ {
+		base := int64(blk) * lookupBenchBlockSpan
+		var ss []storage.Series
+		for i := 0; i < 200; i++ {
+			tenant := "t-" + strconv.Itoa(i%4)
+			if i < 74 {
+				tenant = "t-del"
 			}
-			var smp []chunks.Sample
-			for ts := int64(0); ts < 7_200_000; ts += 600_000 {
-				smp = append(smp, floatSample{t: ts, f: float64(ts)})
+			for k := 0; k < 500; k++ {
+				kv := []string{"__name__", fmt.Sprintf("node_metric_%03d", k%300), "instance", fmt.Sprintf("host-%03d", i), "tenant", tenant, "k", strconv.Itoa(k)}
+				if k < 64 {
+					kv = []string{"__name__", "node_cpu_seconds_total", "instance", fmt.Sprintf("host-%03d", i), "tenant", tenant, "cpu", strconv.Itoa(k / 8), "mode", []string{"idle", "user", "system", "iowait", "irq", "softirq", "steal", "nice"}[k%8]}
+				}
+				var smp []chunks.Sample
+				for ts := base; ts < base+lookupBenchBlockSpan; ts += 600_000 {
+					smp = append(smp, floatSample{t: ts, f: float64(ts)})
+				}
+				ss = append(ss, storage.NewListSeries(labels.FromStrings(kv...), smp))
 			}
-			ss = append(ss, storage.NewListSeries(labels.FromStrings(kv...), smp))
 		}
+		bdir, err := tsdb.CreateBlock(ss, dir, 4*lookupBenchBlockSpan, slog.New(slog.DiscardHandler))
+		testutil.Ok(b, err)
+		bl, err := tsdb.OpenBlock(slog.New(slog.DiscardHandler), bdir, chunkenc.NewPool(), nil)
+		testutil.Ok(b, err)
+		b.Cleanup(func() { _ = bl.Close() })
+		out = append(out, bl)
 	}
-	dir, err := tsdb.CreateBlock(ss, b.TempDir(), 4*7_200_000, slog.New(slog.DiscardHandler))
-	testutil.Ok(b, err)
-	blk, err := tsdb.OpenBlock(slog.New(slog.DiscardHandler), dir, chunkenc.NewPool(), nil)
-	testutil.Ok(b, err)
-	defer blk.Close()
-	store := tombstones.NewStore(nil, nil, tombstones.WithClock(func() time.Time { return time.UnixMilli(7_200_000) }))
+	return out
+}
+
+// lookupBenchSnapshot holds the issue's tombstones over a window ending at end: {tenant="t-del"}
+// over all time, node_cpu_seconds_total{mode="steal"} over [end-1h, end-30m], and 10,000 on
+// instances with no series.
+func lookupBenchSnapshot(b *testing.B, end int64) *Snapshot {
+	b.Helper()
+	store := tombstones.NewStore(nil, nil, tombstones.WithClock(func() time.Time { return time.UnixMilli(end) }))
 	specs := []tombstones.Spec{
-		{Selectors: []string{`{tenant="t-del"}`}, Start: ptr(math.MinInt64), End: ptr(10_000_000)},
-		{Selectors: []string{`node_cpu_seconds_total{mode="steal"}`}, Start: ptr(3_600_000), End: ptr(5_400_000)},
+		{Selectors: []string{`{tenant="t-del"}`}, Start: ptr(math.MinInt64), End: ptr(end + 10_000_000)},
+		{Selectors: []string{`node_cpu_seconds_total{mode="steal"}`}, Start: ptr(end - 3_600_000), End: ptr(end - 1_800_000)},
 	}
 	for i := 0; i < 10_000; i++ {
-		specs = append(specs, tombstones.Spec{Selectors: []string{fmt.Sprintf(`{instance="gone-%05d"}`, i)}, Start: ptr(math.MinInt64), End: ptr(10_000_000)})
+		specs = append(specs, tombstones.Spec{Selectors: []string{fmt.Sprintf(`{instance="gone-%05d"}`, i)}, Start: ptr(math.MinInt64), End: ptr(end)})
 	}
 	var ts []*tombstones.Tombstone
 	for _, sp := range specs {
@@ -63,35 +82,76 @@ func BenchmarkLookupBlock(b *testing.B) {
 	}
 	ix, err := tombstones.NewIndex(ts, nil)
 	testutil.Ok(b, err)
-	snap := &Snapshot{index: ix, live: ts, sels: newSelectorIndex(ts), metrics: &maskMetrics{
+	return &Snapshot{index: ix, live: ts, sels: newSelectorIndex(ts), hits: &hits{}, metrics: &maskMetrics{
 		seriesMasked: prometheus.NewCounter(prometheus.CounterOpts{Name: "masked"}),
 		seriesHidden: prometheus.NewCounter(prometheus.CounterOpts{Name: "hidden"}),
 	}}
+}
+
+// BenchmarkLookupBlocks times the masked look-ups over 1 and 12 such blocks, against the blocks'
+// own look-ups (unmasked: a merge of the block queriers), in the two arrangements of the modes:
+//
+//	bucket  the blocks served as BucketBlocks does: one masked querier per block, merged
+//	index   one masked querier over the merged blocks, reading samples as series (no chunk
+//	        metadata), as in front of an upstream: its cost is the upstream's index work
+func BenchmarkLookupBlocks(b *testing.B) {
 	ctx := context.Background()
-	for _, c := range []struct {
-		name string
-		do   func(q storage.Querier) error
-	}{
-		{"labels", func(q storage.Querier) error { _, _, err := q.LabelNames(ctx, nil); return err }},
-		{"metric-names", func(q storage.Querier) error { _, _, err := q.LabelValues(ctx, "__name__", nil); return err }},
-		{"instances", func(q storage.Querier) error { _, _, err := q.LabelValues(ctx, "instance", nil); return err }},
-	} {
-		for _, masked := range []bool{false, true} {
-			b.Run(fmt.Sprintf("%s/masked=%v", c.name, masked), func(b *testing.B) {
-				for b.Loop() {
-					inner, err := tsdb.NewBlockQuerier(blk, 0, 7_199_999)
-					testutil.Ok(b, err)
-					var q storage.Querier = inner
-					if masked {
-						mq := newMaskedQuerier(inner, snap, labels.EmptyLabels(), 0, 7_199_999)
-						mq.chunks, err = tsdb.NewBlockChunkQuerier(blk, 0, 7_199_999)
+	for _, n := range []int{1, 12} {
+		blocks := lookupBenchBlocks(b, n)
+		mint, maxt := int64(0), int64(n)*lookupBenchBlockSpan-1
+		snap := lookupBenchSnapshot(b, maxt)
+		bb := &BucketBlocks{blocks: map[ulid.ULID]*localBlock{}}
+		for _, bl := range blocks {
+			bb.blocks[bl.Meta().ULID] = &localBlock{b: bl, ext: labels.EmptyLabels()}
+		}
+		merged := func() storage.Querier {
+			var qs []storage.Querier
+			for _, bl := range blocks {
+				q, err := tsdb.NewBlockQuerier(bl, mint, maxt)
+				testutil.Ok(b, err)
+				qs = append(qs, q)
+			}
+			return storage.NewMergeQuerier(qs, nil, storage.ChainedSeriesMerge)
+		}
+		arrangements := []struct {
+			name    string
+			querier func() storage.Querier
+		}{
+			{"direct", merged},
+			{"bucket", func() storage.Querier {
+				q, err := bb.Querier(snap, mint, maxt)
+				testutil.Ok(b, err)
+				return q
+			}},
+			{"index", func() storage.Querier { return newMaskedQuerier(merged(), snap, labels.EmptyLabels(), mint, maxt) }},
+		}
+		for _, c := range []struct {
+			name string
+			do   func(q storage.Querier) (int, error)
+		}{
+			{"labels", func(q storage.Querier) (int, error) { v, _, err := q.LabelNames(ctx, nil); return len(v), err }},
+			{"metric-names", func(q storage.Querier) (int, error) {
+				v, _, err := q.LabelValues(ctx, "__name__", nil)
+				return len(v), err
+			}},
+			{"instances", func(q storage.Querier) (int, error) {
+				v, _, err := q.LabelValues(ctx, "instance", nil)
+				return len(v), err
+			}},
+		} {
+			for _, a := range arrangements {
+				b.Run(fmt.Sprintf("blocks=%d/%s/%s", n, c.name, a.name), func(b *testing.B) {
+					for b.Loop() {
+						q := a.querier()
+						got, err := c.do(q)
 						testutil.Ok(b, err)
-						q = mq
+						testutil.Ok(b, q.Close())
+						if c.name == "instances" && a.name != "direct" {
+							testutil.Equals(b, 200-74, got)
+						}
 					}
-					testutil.Ok(b, c.do(q))
-					testutil.Ok(b, q.Close())
-				}
-			})
+				})
+			}
 		}
 	}
 }

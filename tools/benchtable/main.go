@@ -3,7 +3,8 @@
 // time beside the baseline's, the ratio and its target, and peak memory. One table per benchmark:
 // BenchmarkDashboard (lethe-proxy; the peak RSS of both sides and of the upstream) and
 // BenchmarkRewrite (lethe-rewriter; the peak RSS and peak anonymous RSS of both sides, their
-// ratios and the memory target). With -count > 1 each figure is the median of the runs. It exits 1
+// ratios and the memory target); BenchmarkLookups' rows carry issue 17's rule max(1.5x, +50 ms) as
+// met/missed, and a second table compares each look-up's ratio over 12 blocks with 1. With -count > 1 each figure is the median of the runs. It exits 1
 // if the input holds a failure or no comparison at all.
 //
 //	go test -run '^$' -bench Dashboard -benchtime 20x ./e2e/ | go run ./tools/benchtable
@@ -170,11 +171,14 @@ func printTable(w io.Writer, rows []*row) {
 			}
 			target = fmt.Sprintf("%s %.2fx", op, t.bound)
 			met = map[bool]string{true: "yes", false: "**no**"}[ok]
+		} else if strings.HasPrefix(r.group, "lookups") {
+			target, met = lookupTarget(r)
 		}
 		fmt.Fprintf(w, "| %s | %s %s | %s %s | %.3fx | %s | %s | %s | %s | %s |\n", what,
 			r.lethe, ms(r.metrics["lethe-ms"]), r.base, ms(r.metrics["baseline-ms"]), ratio, target, met,
 			mib(r.metrics["lethe-peak-RSS-MiB"]), mib(r.metrics["baseline-peak-RSS-MiB"]), mib(r.metrics["upstream-peak-RSS-MiB"]))
 	}
+	printLookupGrowth(w, rows)
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Times: median of one dashboard refresh (its panels one after another); ratio: median of the")
 	fmt.Fprintln(w, "paired refreshes, the two sides run alternately. Peak RSS: each process' VmHWM over the")
@@ -268,4 +272,42 @@ func median(v []float64) float64 {
 		return s[n/2]
 	}
 	return (s[n/2-1] + s[n/2]) / 2
+}
+
+// lookupTarget is issue 17's rule for a look-up: lethe's median time at most 1.5x the baseline's
+// or the baseline's plus 50 ms, whichever is larger.
+func lookupTarget(r *row) (string, string) {
+	lethe, base := median(r.metrics["lethe-ms"]), median(r.metrics["baseline-ms"])
+	if math.IsNaN(lethe) || math.IsNaN(base) {
+		return "-", "-"
+	}
+	bound := max(1.5*base, base+50)
+	return fmt.Sprintf("≤ max(1.5x, +50 ms) = %.1f ms", bound), map[bool]string{true: "met", false: "**missed**"}[lethe <= bound]
+}
+
+// printLookupGrowth prints, for every look-up measured over 12 blocks and over 1, the ratio of
+// their lethe/baseline ratios: issue 17 wants it not to grow with the number of blocks.
+func printLookupGrowth(w io.Writer, rows []*row) {
+	one := map[string]*row{}
+	for _, r := range rows {
+		if rest, ok := strings.CutPrefix(r.group, "lookups1-"); ok {
+			one[rest+"/"+r.lethe] = r
+		}
+	}
+	first := true
+	for _, r := range rows {
+		rest, ok := strings.CutPrefix(r.group, "lookups12-")
+		if !ok || one[rest+"/"+r.lethe] == nil {
+			continue
+		}
+		if first {
+			fmt.Fprintln(w)
+			fmt.Fprintln(w, "| look-up | side | ratio 1 block | ratio 12 blocks | 12 / 1 | grows |")
+			fmt.Fprintln(w, "| --- | --- | ---: | ---: | ---: | --- |")
+			first = false
+		}
+		r1, r12 := median(one[rest+"/"+r.lethe].metrics["lethe/baseline"]), median(r.metrics["lethe/baseline"])
+		fmt.Fprintf(w, "| %s | %s | %.2fx | %.2fx | %.2f | %s |\n", rest, r.lethe, r1, r12, r12/r1,
+			map[bool]string{true: "**yes**", false: "no"}[r12/r1 > 1])
+	}
 }
