@@ -229,20 +229,22 @@ func (w *killWorld) liveDeletions() []batteryDeletion {
 // killMarkStats counts what the deletion-mark check found.
 type killMarkStats struct {
 	replaced, nothing, withdrawn, undecodable, links int
+	// metaCut counts block folders whose meta.json was cut short.
+	metaCut int
 }
 
 // killCheckWave checks the bucket a wave of workers left, some of them killed at any moment:
 //   - every sample that no tombstone (pending, due or applied; not cancelled) covers is readable,
 //     with its value, from the live blocks;
 //   - no live sample is one that was never written;
-//   - every live block is complete (rwCheckBlocksComplete) and no two overlap unless Thanos'
+//   - every live block is complete (killCheckBlocksComplete) and no two overlap unless Thanos'
 //     deduplication rule covers one with the other;
 //   - every deletion mark names a replacement that is complete, rewritten from the marked block,
 //     applied only tombstones that are not cancelled, and holds exactly the marked block's
 //     samples minus those tombstones' (killCheckMarks).
 //
-// Partial uploads (folders without meta.json) and deletion marks cut short by a kill are
-// allowed: the next run removes or repairs them. It returns the state it read.
+// Partial uploads (folders without meta.json, or with a meta.json cut short: FILESYSTEM uploads
+// are not atomic) and deletion marks cut short by a kill are allowed between waves. It returns the state it read.
 func killCheckWave(t *testing.T, w *killWorld) (rwState, killMarkStats) {
 	t.Helper()
 	st := rwReadState(t, w.bucket)
@@ -277,9 +279,57 @@ func killCheckWave(t *testing.T, w *killWorld) (rwState, killMarkStats) {
 	if n := extra.count(); n > 0 {
 		t.Errorf("%d live samples were never written: %s", n, rwDiffSamples(rwSamples{}, extra))
 	}
-	rwCheckBlocksComplete(t, w.bucket)
+	cut := killCheckBlocksComplete(t, w.bucket)
 	rwCheckNoUncoveredOverlap(t, st.listing)
-	return st, killCheckMarks(t, w, st, true)
+	ms := killCheckMarks(t, w, st, true)
+	ms.metaCut = len(cut)
+	return st, ms
+}
+
+// killCutMetas returns the block folders whose meta.json does not decode: on a FILESYSTEM bucket,
+// whose uploads are not atomic, a worker killed while writing it leaves it cut short.
+func killCutMetas(t *testing.T, b cliBucket) []string {
+	t.Helper()
+	ents, err := os.ReadDir(b.dir)
+	testutil.Ok(t, err)
+	var out []string
+	for _, e := range ents {
+		if _, err := ulid.ParseStrict(e.Name()); err != nil || !e.IsDir() {
+			continue
+		}
+		raw, err := os.ReadFile(filepath.Join(b.dir, e.Name(), block.MetaFilename))
+		if os.IsNotExist(err) {
+			continue
+		}
+		testutil.Ok(t, err)
+		if _, err := block.DecodeMeta(raw); err != nil {
+			out = append(out, e.Name())
+		}
+	}
+	return out
+}
+
+// killCheckBlocksComplete is rwCheckBlocksComplete for a bucket that killed workers may have left
+// meta.json files cut short in: those folders, returned, are partial uploads, not blocks.
+func killCheckBlocksComplete(t *testing.T, b cliBucket) []string {
+	t.Helper()
+	cut := killCutMetas(t, b)
+	ents, err := os.ReadDir(b.dir)
+	testutil.Ok(t, err)
+	for _, e := range ents {
+		if _, err := ulid.ParseStrict(e.Name()); err != nil || !e.IsDir() || slices.Contains(cut, e.Name()) {
+			continue
+		}
+		raw, err := os.ReadFile(filepath.Join(b.dir, e.Name(), block.MetaFilename))
+		if os.IsNotExist(err) {
+			continue
+		}
+		testutil.Ok(t, err)
+		meta, err := block.DecodeMeta(raw)
+		testutil.Ok(t, err, "block %s: meta.json", e.Name())
+		testutil.Ok(t, killComplete(filepath.Join(b.dir, e.Name()), meta), "block %s has meta.json but is not complete", e.Name())
+	}
+	return cut
 }
 
 // killCheckFinal checks the bucket after the clean run: exactly the samples the tombstones that
@@ -307,6 +357,15 @@ func killCheckFinal(t *testing.T, w *killWorld) rwState {
 	rwCheckBlocksComplete(t, w.bucket)
 	rwCheckNoUncoveredOverlap(t, st.listing)
 	killCheckMarks(t, w, st, false)
+	// The leaked token's series is deleted forever: unless its tombstone was the one cancelled,
+	// no byte of a live block may hold it.
+	for _, d := range w.liveDeletions() {
+		if slices.Contains(d.matchers, `{token="`+rwSecret+`"}`) {
+			hits, scanned := rwObjectsContaining(t, w.bucket, st.listing, rwSecret)
+			testutil.Assert(t, scanned > 0, "no object of a live block scanned")
+			testutil.Equals(t, []string(nil), hits, "objects of live blocks holding the leaked token")
+		}
+	}
 	return st
 }
 
