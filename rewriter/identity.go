@@ -230,6 +230,12 @@ func (r *Runner) uploaded(ctx context.Context, id ulid.ULID) (bool, error) {
 		return false, nil
 	}
 	if err != nil {
+		// A meta.json cut short by a crash while it was written: the upload record says the
+		// upload never finished, and it is uploaded again.
+		if partial, perr := r.bkt.Exists(ctx, uploadRecord(id)); perr == nil && partial && ctx.Err() == nil {
+			r.logger.Warn("new block's meta.json unreadable beside its upload record; uploading it again", "new_block", id.String(), "err", err)
+			return false, nil
+		}
 		return false, err
 	}
 	if err := complete(ctx, r.bkt, m); err != nil {

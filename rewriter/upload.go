@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"path"
 	"strings"
 	"time"
@@ -51,7 +52,7 @@ func (r *Runner) upload(ctx context.Context, dir string, meta *block.Meta, sourc
 }
 
 // cleanUploads removes what crashed runs left half uploaded: blocks named in lethe/uploads/ that
-// never got their meta.json, that no job of this run will complete, and that are stale: no live
+// never got a whole meta.json, that no job of this run will complete, and that are stale: no live
 // worker holds the lease of their source, and their worker is known gone or started them longer
 // ago than Config.StaleUploadAfter. Another shard's or a retried pod's upload in progress stays.
 func (r *Runner) cleanUploads(ctx context.Context, todo []*Job) error {
@@ -71,9 +72,22 @@ func (r *Runner) cleanUploads(ctx context.Context, todo []*Job) error {
 		if err != nil {
 			continue
 		}
-		done, err := r.bkt.Exists(ctx, path.Join(child.String(), block.MetaFilename))
+		// Done is a meta.json that decodes: a crash while it was written leaves it cut short.
+		done, cut, err := r.metaWhole(ctx, child)
 		if err != nil {
 			return err
+		}
+		if cut {
+			// Another worker may have finished the same block and marked its source before this
+			// one's crash cut its meta.json short: that replacement must not be deleted.
+			marked, err := r.sourceMarked(ctx, name)
+			if err != nil {
+				return err
+			}
+			if marked {
+				r.logger.Warn("new block's meta.json is cut short and its source is marked: leaving it for an operator", "block", child.String())
+				continue
+			}
 		}
 		if !done && current[child] {
 			continue // This run's job overwrites it.
@@ -162,4 +176,46 @@ func (r *Runner) staleUpload(ctx context.Context, name string) (bool, error) {
 		return false, nil
 	}
 	return gone || rec.Started.IsZero() || r.now().Sub(rec.Started) > r.cfg.StaleUploadAfter, nil
+}
+
+// metaWhole reports whether the block's meta.json is in the bucket and decodes; cut is a meta.json
+// that is there but does not decode (cut short by a crash while it was written). Bucket errors
+// are returned as they are.
+func (r *Runner) metaWhole(ctx context.Context, id ulid.ULID) (whole, cut bool, err error) {
+	rc, err := r.bkt.Get(ctx, path.Join(id.String(), block.MetaFilename))
+	if r.bkt.IsObjNotFoundErr(errors.Cause(err)) {
+		return false, false, nil
+	}
+	if err != nil {
+		return false, false, errors.Wrapf(err, "get meta.json of %s", id)
+	}
+	b, err := io.ReadAll(rc)
+	if cerr := rc.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return false, false, errors.Wrapf(err, "read meta.json of %s", id)
+	}
+	if _, err := block.DecodeMeta(b); err != nil {
+		return false, true, nil
+	}
+	return true, false, nil
+}
+
+// sourceMarked reports whether the source named by an upload record is marked for deletion; a
+// record that names none counts as marked, so that nothing is deleted on its word.
+func (r *Runner) sourceMarked(ctx context.Context, record string) (bool, error) {
+	var rec uploadRecordBody
+	rc, err := r.bkt.Get(ctx, record)
+	if err != nil {
+		return false, errors.Wrapf(err, "read upload record %s", record)
+	}
+	derr := json.NewDecoder(rc).Decode(&rec)
+	if err := rc.Close(); err != nil {
+		return false, errors.Wrapf(err, "read upload record %s", record)
+	}
+	if derr != nil || rec.Source == (ulid.ULID{}) {
+		return true, nil
+	}
+	return r.bkt.Exists(ctx, path.Join(rec.Source.String(), block.DeletionMarkFilename))
 }
