@@ -122,13 +122,23 @@ func ReadMeta(ctx context.Context, bkt objstore.BucketReader, id ulid.ULID) (_ *
 	}
 	m, err := DecodeMeta(b)
 	if err != nil {
-		return nil, errors.Wrapf(err, "block %s", id)
+		return nil, unreadableMeta{errors.Wrapf(err, "block %s", id)}
 	}
 	if m.ULID != id {
-		return nil, errors.Newf("block %s: meta.json names %s", id, m.ULID)
+		return nil, unreadableMeta{errors.Newf("block %s: meta.json names %s", id, m.ULID)}
 	}
 	return m, nil
 }
+
+// ErrUnreadableMeta matches (errors.Is) ReadMeta's error for a meta.json that is in the bucket
+// but does not decode or names another block, as opposed to one the bucket failed to send.
+var ErrUnreadableMeta = errors.New("unreadable meta.json")
+
+type unreadableMeta struct{ err error }
+
+func (e unreadableMeta) Error() string        { return e.err.Error() }
+func (e unreadableMeta) Unwrap() error        { return e.err }
+func (e unreadableMeta) Is(target error) bool { return target == ErrUnreadableMeta }
 
 // SplitExternal decides the matchers on a block's external labels, which are labels of each of
 // its series and override series labels of the same name (as in Thanos), and returns the others,

@@ -232,7 +232,10 @@ func (r *Runner) uploaded(ctx context.Context, id ulid.ULID) (bool, error) {
 	if err != nil {
 		// A meta.json cut short by a crash while it was written: the upload record says the
 		// upload never finished, and it is uploaded again.
-		if partial, perr := r.bkt.Exists(ctx, uploadRecord(id)); perr == nil && partial && ctx.Err() == nil {
+		if !errors.Is(err, block.ErrUnreadableMeta) {
+			return false, err
+		}
+		if partial, perr := r.bkt.Exists(ctx, uploadRecord(id)); perr == nil && partial {
 			r.logger.Warn("new block's meta.json unreadable beside its upload record; uploading it again", "new_block", id.String(), "err", err)
 			return false, nil
 		}

@@ -113,13 +113,16 @@ func (p *Planner) plan(ctx context.Context, set *tombstones.Set, keep func(*bloc
 	for _, pr := range listing.Problems {
 		// A new block whose upload record is still there is a partial upload (its meta.json cut
 		// short by a crash): the run's clean-up removes it, or its job uploads it again.
-		partial, err := p.bkt.Exists(ctx, uploadRecord(pr.Block))
-		if err != nil {
-			return nil, errors.Wrapf(err, "check upload record of %s", pr.Block)
+		if errors.Is(pr.Err, block.ErrUnreadableMeta) {
+			partial, err := p.bkt.Exists(ctx, uploadRecord(pr.Block))
+			if err != nil {
+				return nil, errors.Wrapf(err, "check upload record of %s", pr.Block)
+			}
+			if partial {
+				continue
+			}
 		}
-		if !partial {
-			plan.Problems = append(plan.Problems, pr.Err.Error())
-		}
+		plan.Problems = append(plan.Problems, pr.Err.Error())
 	}
 	for _, meta := range listing.Blocks {
 		if !keep(meta) {

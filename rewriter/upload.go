@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"io"
 	"path"
 	"strings"
 	"time"
@@ -73,8 +72,9 @@ func (r *Runner) cleanUploads(ctx context.Context, todo []*Job) error {
 			continue
 		}
 		// Done is a meta.json that decodes: a crash while it was written leaves it cut short.
-		done, cut, err := r.metaWhole(ctx, child)
-		if err != nil {
+		_, err = block.ReadMeta(ctx, r.bkt, child)
+		done, cut := err == nil, errors.Is(err, block.ErrUnreadableMeta)
+		if err != nil && !cut && !r.bkt.IsObjNotFoundErr(errors.Cause(err)) {
 			return err
 		}
 		if cut {
@@ -146,17 +146,9 @@ type uploadRecordBody struct {
 
 // staleUpload reports whether the upload the record names was left by a worker that is gone.
 func (r *Runner) staleUpload(ctx context.Context, name string) (bool, error) {
-	var rec uploadRecordBody
-	rc, err := r.bkt.Get(ctx, name)
-	if r.bkt.IsObjNotFoundErr(errors.Cause(err)) {
-		return false, nil // Its worker finished it meanwhile.
-	}
-	if err != nil {
-		return false, errors.Wrapf(err, "read upload record %s", name)
-	}
-	derr := json.NewDecoder(rc).Decode(&rec)
-	if err := rc.Close(); err != nil {
-		return false, errors.Wrapf(err, "read upload record %s", name)
+	rec, found, derr, err := r.readUploadRecord(ctx, name)
+	if err != nil || !found {
+		return false, err // Not found: its worker finished it meanwhile.
 	}
 	if derr != nil {
 		r.logger.Warn("unreadable upload record; judging it by its age alone", "record", name, "err", derr)
@@ -178,44 +170,32 @@ func (r *Runner) staleUpload(ctx context.Context, name string) (bool, error) {
 	return gone || rec.Started.IsZero() || r.now().Sub(rec.Started) > r.cfg.StaleUploadAfter, nil
 }
 
-// metaWhole reports whether the block's meta.json is in the bucket and decodes; cut is a meta.json
-// that is there but does not decode (cut short by a crash while it was written). Bucket errors
-// are returned as they are.
-func (r *Runner) metaWhole(ctx context.Context, id ulid.ULID) (whole, cut bool, err error) {
-	rc, err := r.bkt.Get(ctx, path.Join(id.String(), block.MetaFilename))
-	if r.bkt.IsObjNotFoundErr(errors.Cause(err)) {
-		return false, false, nil
-	}
-	if err != nil {
-		return false, false, errors.Wrapf(err, "get meta.json of %s", id)
-	}
-	b, err := io.ReadAll(rc)
-	if cerr := rc.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return false, false, errors.Wrapf(err, "read meta.json of %s", id)
-	}
-	if _, err := block.DecodeMeta(b); err != nil {
-		return false, true, nil
-	}
-	return true, false, nil
-}
-
 // sourceMarked reports whether the source named by an upload record is marked for deletion; a
 // record that names none counts as marked, so that nothing is deleted on its word.
 func (r *Runner) sourceMarked(ctx context.Context, record string) (bool, error) {
-	var rec uploadRecordBody
-	rc, err := r.bkt.Get(ctx, record)
-	if err != nil {
-		return false, errors.Wrapf(err, "read upload record %s", record)
-	}
-	derr := json.NewDecoder(rc).Decode(&rec)
-	if err := rc.Close(); err != nil {
-		return false, errors.Wrapf(err, "read upload record %s", record)
+	rec, found, derr, err := r.readUploadRecord(ctx, record)
+	if err != nil || !found {
+		return false, err // A record gone meanwhile: its worker finished the upload.
 	}
 	if derr != nil || rec.Source == (ulid.ULID{}) {
 		return true, nil
 	}
 	return r.bkt.Exists(ctx, path.Join(rec.Source.String(), block.DeletionMarkFilename))
+}
+
+// readUploadRecord reads an upload record: found is false when it is gone, derr says it does not
+// decode (rec is then empty), err is the bucket's failure.
+func (r *Runner) readUploadRecord(ctx context.Context, name string) (rec uploadRecordBody, found bool, derr, err error) {
+	rc, err := r.bkt.Get(ctx, name)
+	if r.bkt.IsObjNotFoundErr(errors.Cause(err)) {
+		return rec, false, nil, nil
+	}
+	if err != nil {
+		return rec, false, nil, errors.Wrapf(err, "read upload record %s", name)
+	}
+	derr = json.NewDecoder(rc).Decode(&rec)
+	if err := rc.Close(); err != nil {
+		return rec, false, nil, errors.Wrapf(err, "read upload record %s", name)
+	}
+	return rec, true, derr, nil
 }
