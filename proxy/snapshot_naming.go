@@ -58,27 +58,29 @@ func (s *Snapshot) split(names []string) split {
 		}
 		return false
 	}
-	if !slices.ContainsFunc(s.live, mentions) {
+	var named, rest []*tombstones.Tombstone
+	for _, t := range s.live {
+		if mentions(t) {
+			named = append(named, t)
+		} else {
+			rest = append(rest, t)
+		}
+	}
+	if len(named) == 0 {
 		return split{others: s}
 	}
-	sub := func(keep func(*tombstones.Tombstone) bool) (*Snapshot, error) {
-		ix, err := s.index.Subset(s.live, keep)
+	sub := func(live []*tombstones.Tombstone) (*Snapshot, error) {
+		ix, err := s.index.Reindex(live)
 		if err != nil {
 			return nil, err
 		}
-		var live []*tombstones.Tombstone
-		for _, t := range s.live {
-			if keep(t) {
-				live = append(live, t)
-			}
-		}
 		return &Snapshot{index: ix, live: live, metrics: s.metrics, sels: newSelectorIndex(live)}, nil
 	}
-	naming, err := sub(mentions)
+	naming, err := sub(named)
 	if err != nil {
 		return split{err: err}
 	}
-	others, err := sub(func(t *tombstones.Tombstone) bool { return !mentions(t) })
+	others, err := sub(rest)
 	if err != nil {
 		return split{err: err}
 	}

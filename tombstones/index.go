@@ -181,16 +181,8 @@ func NewIndex(ts []*Tombstone, key *RedactionKey) (*Index, error) {
 	return ix, nil
 }
 
-// Subset indexes the tombstones of ts that keep says, with the redaction key of ix.
-func (ix *Index) Subset(ts []*Tombstone, keep func(*Tombstone) bool) (*Index, error) {
-	var sub []*Tombstone
-	for _, t := range ts {
-		if keep(t) {
-			sub = append(sub, t)
-		}
-	}
-	return NewIndex(sub, ix.key)
-}
+// Reindex indexes the tombstones ts (a part of ix's, say) with the redaction key of ix.
+func (ix *Index) Reindex(ts []*Tombstone) (*Index, error) { return NewIndex(ts, ix.key) }
 
 // Len returns how many tombstones the index holds.
 func (ix *Index) Len() int { return ix.size }

@@ -3,7 +3,6 @@ package storeapi
 import (
 	"context"
 	"io"
-	"math"
 	"slices"
 	"strconv"
 	"sync"
@@ -192,7 +191,7 @@ func (q *sourceQuerier) read(ctx context.Context, o readOptions, mask *proxy.Sna
 		drop: o.replicaLabels, dedup: o.dedup, counter: counterFunc(fn), series: fn == "series",
 		mint: mint, maxt: maxt, partial: o.partial(),
 	}
-	if o.dedup && mask == q.naming && q.others.MayMatch(ms, labels.EmptyLabels(), mint, maxt) {
+	if o.dedup && q.others.MayMatch(ms, labels.EmptyLabels(), mint, maxt) {
 		set.premask = q.others
 	}
 	if mask != nil && mask.MayMatch(ms, labels.EmptyLabels(), mint, maxt) {
@@ -538,8 +537,7 @@ func (q *sourceQuerier) LabelValues(ctx context.Context, name string, hints *sto
 	if err != nil {
 		return nil, nil, err
 	}
-	if q.naming != nil && q.naming.MayMatch(append(slices.Clone(ms), labels.MustNewMatcher(labels.MatchNotEqual, name, "")), labels.EmptyLabels(), q.mint, q.maxt) {
-		sel := append(slices.Clone(ms), labels.MustNewMatcher(labels.MatchNotEqual, name, ""))
+	if sel := append(slices.Clone(ms), labels.MustNewMatcher(labels.MatchNotEqual, name, "")); q.naming != nil && q.naming.MayMatch(sel, labels.EmptyLabels(), q.mint, q.maxt) {
 		return q.survivingLabels(ctx, o, hints, sel, q.naming, func(ls labels.Labels, add func(string)) {
 			if v := ls.Get(name); v != "" {
 				add(v)
@@ -600,11 +598,7 @@ func (q *sourceQuerier) survivingLabels(ctx context.Context, o readOptions, hint
 	if err := set.Err(); err != nil {
 		return nil, nil, err
 	}
-	limit := int64(math.MaxInt64)
-	if l := labelLimit(hints); l > 0 {
-		limit = l
-	}
-	return sortedLimit(found, limit), set.Warnings(), nil
+	return sortedLimit(found, labelLimit(hints)), set.Warnings(), nil
 }
 
 func labelLimit(hints *storage.LabelHints) int64 {
@@ -635,11 +629,7 @@ func (q *sourceQuerier) labels(o readOptions, hints *storage.LabelHints, ask fun
 			set[v] = struct{}{}
 		}
 	}
-	limit := int64(math.MaxInt64)
-	if l := labelLimit(hints); l > 0 {
-		limit = l
-	}
-	return sortedLimit(set, limit), ws, nil
+	return sortedLimit(set, labelLimit(hints)), ws, nil
 }
 
 func (q *sourceQuerier) Close() error {
