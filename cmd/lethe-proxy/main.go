@@ -116,18 +116,19 @@ func serve(c *cli.Context) error {
 	// --upstream.url beside it as the fast path), else through --upstream.url, else, in the
 	// StoreAPI mode, from the --store.endpoint stores, else from the bucket's blocks.
 	raw, upstreamStores, endpoints := c.String("upstream.url"), c.StringSlice("upstream.store"), c.StringSlice("store.endpoint")
-	var fastPath *proxy.Upstream
-	if raw != "" && len(upstreamStores) > 0 {
-		// Both: the StoreAPI is read from, the HTTP API answers what no tombstone can touch.
+	var up *proxy.Upstream
+	if raw != "" {
 		cfg, err := upstreamConfig(c, raw)
 		if err != nil {
 			return err
 		}
-		if fastPath, err = proxy.NewUpstream(c.Context, cfg, logger, reg); err != nil {
+		if up, err = proxy.NewUpstream(c.Context, cfg, logger, reg); err != nil {
 			return err
 		}
 	}
-	if len(upstreamStores) > 0 || (raw == "" && len(endpoints) > 0) {
+	// Beside --upstream.store, the upstream answers what no tombstone can touch.
+	var fastPath *proxy.Upstream
+	if len(upstreamStores) > 0 || (up == nil && len(endpoints) > 0) {
 		addrs := upstreamStores
 		if len(addrs) == 0 {
 			addrs = endpoints
@@ -141,18 +142,9 @@ func serve(c *cli.Context) error {
 				logger.Error("close store connections", "err", err)
 			}
 		}()
-		source = storeapi.NewSource(stores, c.StringSlice("upstream.replica-label"), false)
+		source, fastPath = storeapi.NewSource(stores, c.StringSlice("upstream.replica-label"), false), up
 		logger.Info("reading raw series through the StoreAPI", "stores", addrs, "replica_labels", c.StringSlice("upstream.replica-label"))
-	} else if raw != "" {
-		// --upstream.url alone.
-		cfg, err := upstreamConfig(c, raw)
-		if err != nil {
-			return err
-		}
-		up, err := proxy.NewUpstream(c.Context, cfg, logger, reg)
-		if err != nil {
-			return err
-		}
+	} else if up != nil {
 		source = up
 	} else {
 		blocks := proxy.NewBucketBlocks(bkt, c.String("data-dir"), logger, reg)
