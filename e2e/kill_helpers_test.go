@@ -249,33 +249,12 @@ func killCheckWave(t *testing.T, w *killWorld) (rwState, killMarkStats) {
 	t.Helper()
 	st := rwReadState(t, w.bucket)
 	floor := rwExpectedAfter(t, w.original, w.liveDeletions(), w.ext)
-	missing := rwSamples{}
-	for k, se := range floor {
-		got := st.samples[k]
-		for ts, v := range se.samples {
-			if got == nil || got.samples[ts] != v {
-				if missing[k] == nil {
-					missing[k] = &rwSeries{lset: se.lset, samples: map[int64]string{}}
-				}
-				missing[k].samples[ts] = v
-			}
-		}
-	}
+	missing := floor.notIn(st.samples)
 	if n := missing.count(); n > 0 {
 		t.Errorf("%d samples no live tombstone covers are missing from the live blocks (live %v, marked %v): %s",
 			n, st.liveIDs(), st.markedIDs(), rwDiffSamples(missing, rwSamples{}))
 	}
-	extra := rwSamples{}
-	for k, se := range st.samples {
-		for ts, v := range se.samples {
-			if o := w.original[k]; o == nil || o.samples[ts] != v {
-				if extra[k] == nil {
-					extra[k] = &rwSeries{lset: se.lset, samples: map[int64]string{}}
-				}
-				extra[k].samples[ts] = v
-			}
-		}
-	}
+	extra := st.samples.notIn(w.original)
 	if n := extra.count(); n > 0 {
 		t.Errorf("%d live samples were never written: %s", n, rwDiffSamples(rwSamples{}, extra))
 	}
@@ -290,22 +269,12 @@ func killCheckWave(t *testing.T, w *killWorld) (rwState, killMarkStats) {
 // whose uploads are not atomic, a worker killed while writing it leaves it cut short.
 func killCutMetas(t *testing.T, b cliBucket) []string {
 	t.Helper()
-	ents, err := os.ReadDir(b.dir)
-	testutil.Ok(t, err)
 	var out []string
-	for _, e := range ents {
-		if _, err := ulid.ParseStrict(e.Name()); err != nil || !e.IsDir() {
-			continue
-		}
-		raw, err := os.ReadFile(filepath.Join(b.dir, e.Name(), block.MetaFilename))
-		if os.IsNotExist(err) {
-			continue
-		}
-		testutil.Ok(t, err)
+	rwEachBlockMeta(t, b, func(name string, raw []byte) {
 		if _, err := block.DecodeMeta(raw); err != nil {
-			out = append(out, e.Name())
+			out = append(out, name)
 		}
-	}
+	})
 	return out
 }
 
@@ -314,21 +283,14 @@ func killCutMetas(t *testing.T, b cliBucket) []string {
 func killCheckBlocksComplete(t *testing.T, b cliBucket) []string {
 	t.Helper()
 	cut := killCutMetas(t, b)
-	ents, err := os.ReadDir(b.dir)
-	testutil.Ok(t, err)
-	for _, e := range ents {
-		if _, err := ulid.ParseStrict(e.Name()); err != nil || !e.IsDir() || slices.Contains(cut, e.Name()) {
-			continue
+	rwEachBlockMeta(t, b, func(name string, raw []byte) {
+		if slices.Contains(cut, name) {
+			return
 		}
-		raw, err := os.ReadFile(filepath.Join(b.dir, e.Name(), block.MetaFilename))
-		if os.IsNotExist(err) {
-			continue
-		}
-		testutil.Ok(t, err)
 		meta, err := block.DecodeMeta(raw)
-		testutil.Ok(t, err, "block %s: meta.json", e.Name())
-		testutil.Ok(t, killComplete(filepath.Join(b.dir, e.Name()), meta), "block %s has meta.json but is not complete", e.Name())
-	}
+		testutil.Ok(t, err, "block %s: meta.json", name)
+		testutil.Ok(t, killComplete(filepath.Join(b.dir, name), meta), "block %s has meta.json but is not complete", name)
+	})
 	return cut
 }
 

@@ -166,6 +166,23 @@ type rwSeries struct {
 // rwSamples maps a series' labels (String()) to its samples.
 type rwSamples map[string]*rwSeries
 
+// notIn returns the samples of s that other lacks or holds with another value.
+func (s rwSamples) notIn(other rwSamples) rwSamples {
+	out := rwSamples{}
+	for k, se := range s {
+		o := other[k]
+		for ts, v := range se.samples {
+			if o == nil || o.samples[ts] != v {
+				if out[k] == nil {
+					out[k] = &rwSeries{lset: se.lset, samples: map[int64]string{}}
+				}
+				out[k].samples[ts] = v
+			}
+		}
+	}
+	return out
+}
+
 func (s rwSamples) count() int {
 	n := 0
 	for _, se := range s {
@@ -433,6 +450,35 @@ func rwSamplesOfDirs(t *testing.T, dirs []string) rwSamples {
 // thanos.files lists, with their sizes, and an index and chunks: meta.json was uploaded last.
 func rwCheckBlocksComplete(t *testing.T, b cliBucket) {
 	t.Helper()
+	rwEachBlockMeta(t, b, func(name string, raw []byte) {
+		meta, err := block.DecodeMeta(raw)
+		testutil.Ok(t, err, "block %s: meta.json", name)
+		for _, f := range []string{block.IndexFilename, filepath.Join(block.ChunksDirname, "000001")} {
+			_, err := os.Stat(filepath.Join(b.dir, name, f))
+			testutil.Ok(t, err, "block %s has meta.json but no %s", name, f)
+		}
+		if meta.Thanos == nil || len(meta.Thanos.Files) == 0 {
+			return
+		}
+		var files []struct {
+			RelPath   string `json:"rel_path"`
+			SizeBytes int64  `json:"size_bytes"`
+		}
+		testutil.Ok(t, json.Unmarshal(meta.Thanos.Files, &files))
+		for _, f := range files {
+			fi, err := os.Stat(filepath.Join(b.dir, name, filepath.FromSlash(f.RelPath)))
+			testutil.Ok(t, err, "block %s: meta.json lists %s", name, f.RelPath)
+			if f.SizeBytes > 0 {
+				testutil.Equals(t, f.SizeBytes, fi.Size(), "block %s: size of %s", name, f.RelPath)
+			}
+		}
+	})
+}
+
+// rwEachBlockMeta calls fn with the name and meta.json bytes of every block folder of the bucket
+// that holds a meta.json.
+func rwEachBlockMeta(t *testing.T, b cliBucket, fn func(name string, raw []byte)) {
+	t.Helper()
 	ents, err := os.ReadDir(b.dir)
 	testutil.Ok(t, err)
 	for _, e := range ents {
@@ -444,27 +490,7 @@ func rwCheckBlocksComplete(t *testing.T, b cliBucket) {
 			continue
 		}
 		testutil.Ok(t, err)
-		meta, err := block.DecodeMeta(raw)
-		testutil.Ok(t, err, "block %s: meta.json", e.Name())
-		for _, f := range []string{block.IndexFilename, filepath.Join(block.ChunksDirname, "000001")} {
-			_, err := os.Stat(filepath.Join(b.dir, e.Name(), f))
-			testutil.Ok(t, err, "block %s has meta.json but no %s", e.Name(), f)
-		}
-		if meta.Thanos == nil || len(meta.Thanos.Files) == 0 {
-			continue
-		}
-		var files []struct {
-			RelPath   string `json:"rel_path"`
-			SizeBytes int64  `json:"size_bytes"`
-		}
-		testutil.Ok(t, json.Unmarshal(meta.Thanos.Files, &files))
-		for _, f := range files {
-			fi, err := os.Stat(filepath.Join(b.dir, e.Name(), filepath.FromSlash(f.RelPath)))
-			testutil.Ok(t, err, "block %s: meta.json lists %s", e.Name(), f.RelPath)
-			if f.SizeBytes > 0 {
-				testutil.Equals(t, f.SizeBytes, fi.Size(), "block %s: size of %s", e.Name(), f.RelPath)
-			}
-		}
+		fn(e.Name(), raw)
 	}
 }
 

@@ -164,30 +164,9 @@ func rwCheckCrashInvariants(t *testing.T, b cliBucket, tp rwTemplate) rwState {
 	t.Helper()
 	st := rwReadState(t, b)
 	// want ⊆ live samples ⊆ original.
-	missing := rwSamples{}
-	for k, se := range tp.want {
-		got := st.samples[k]
-		for ts, v := range se.samples {
-			if got == nil || got.samples[ts] != v {
-				if missing[k] == nil {
-					missing[k] = &rwSeries{lset: se.lset, samples: map[int64]string{}}
-				}
-				missing[k].samples[ts] = v
-			}
-		}
-	}
+	missing := tp.want.notIn(st.samples)
 	testutil.Equals(t, 0, missing.count(), "surviving samples not readable after the crash: %s", rwDiffSamples(missing, rwSamples{}))
-	extra := rwSamples{}
-	for k, se := range st.samples {
-		for ts, v := range se.samples {
-			if o := tp.original[k]; o == nil || o.samples[ts] != v {
-				if extra[k] == nil {
-					extra[k] = &rwSeries{lset: se.lset, samples: map[int64]string{}}
-				}
-				extra[k].samples[ts] = v
-			}
-		}
-	}
+	extra := st.samples.notIn(tp.original)
 	testutil.Equals(t, 0, extra.count(), "live samples that were never written: %s", rwDiffSamples(rwSamples{}, extra))
 	rwCheckNoUncoveredOverlap(t, st.listing)
 	rwCheckBlocksComplete(t, b)
