@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"maps"
 	"math"
 	"regexp"
 	"slices"
@@ -417,31 +418,9 @@ func (q *maskedQuerier) droppedValues(ctx context.Context, ix labelIndex, ms []*
 // selectors carries, asking per value whether such a series exists (at the cost of finding the
 // first).
 func (q *maskedQuerier) valuesOutside(ctx context.Context, ix labelIndex, ms []*labels.Matcher, sels []lookupSelector, vals []string) (map[string]struct{}, error) {
-	exists := q.seriesExistence()
-	combos := complement(sels)
-	var mu sync.Mutex
-	out := map[string]struct{}{}
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(2)
-	for _, v := range vals {
-		g.Go(func() error {
-			only := ix.restrict([]string{v})[0]
-			for _, c := range combos {
-				found, err := exists(gctx, selectable(append(append(slices.Clone(ms), only...), c...)))
-				if err != nil {
-					return err
-				}
-				if found {
-					mu.Lock()
-					out[v] = struct{}{}
-					mu.Unlock()
-					return nil
-				}
-			}
-			return nil
-		})
-	}
-	return out, g.Wait()
+	return withSeries(ctx, q.seriesExistence(), vals, complement(sels), 2, func(v string, c []*labels.Matcher) []*labels.Matcher {
+		return selectable(append(append(slices.Clone(ms), ix.restrict([]string{v})[0]...), c...))
+	})
 }
 
 // askComplement returns what the series that none of the selectors select carry, of vals (all of
@@ -499,21 +478,28 @@ func (q *maskedQuerier) seriesExistence() func(ctx context.Context, ms []*labels
 // asking per name whether such a series exists: a look-up of label names reads every series its
 // matchers select, and those outside the tombstones are most.
 func namesOutside(ctx context.Context, exists func(context.Context, []*labels.Matcher) (bool, error), ms []*labels.Matcher, combos [][]*labels.Matcher, names map[string]struct{}) (map[string]struct{}, error) {
+	return withSeries(ctx, exists, slices.Collect(maps.Keys(names)), combos, 4, func(n string, c []*labels.Matcher) []*labels.Matcher {
+		return append(append(slices.Clone(ms), c...), labels.MustNewMatcher(labels.MatchNotEqual, n, ""))
+	})
+}
+
+// withSeries returns the keys for which exists finds a series selected by sel(key, combo) for one
+// of the combos, stopping at the first per key; at most par keys are asked at once.
+func withSeries(ctx context.Context, exists func(context.Context, []*labels.Matcher) (bool, error), keys []string, combos [][]*labels.Matcher, par int, sel func(key string, combo []*labels.Matcher) []*labels.Matcher) (map[string]struct{}, error) {
 	var mu sync.Mutex
 	out := map[string]struct{}{}
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(4)
-	for n := range names {
+	g.SetLimit(par)
+	for _, k := range keys {
 		g.Go(func() error {
 			for _, c := range combos {
-				sel := append(append(slices.Clone(ms), c...), labels.MustNewMatcher(labels.MatchNotEqual, n, ""))
-				found, err := exists(gctx, sel)
+				found, err := exists(gctx, sel(k, c))
 				if err != nil {
 					return err
 				}
 				if found {
 					mu.Lock()
-					out[n] = struct{}{}
+					out[k] = struct{}{}
 					mu.Unlock()
 					return nil
 				}
