@@ -318,6 +318,10 @@ func killRound(t *testing.T, seed uint64, dirs []string, original rwSamples, com
 	}
 
 	r := b.rewriter(t, "run", "--threshold", "0", "--lease.ttl", leaseTTL)
+	if os.Getenv("LETHE_KILL_VERBOSE") != "" {
+		t.Logf("clean run (exit %d):\n%s", r.code, r.stderr)
+		t.Logf("tombstones:\n%s", b.run(t, "tombstone", "list").stdout)
+	}
 	if bugs := killKnownBugs(t, w); len(bugs) > 0 {
 		tot.knownBug++
 		if os.Getenv("LETHE_KILL_STRICT") == "" {

@@ -220,14 +220,24 @@ func (r *Runner) replace(ctx context.Context, j *Job, repl ulid.ULID, log *slog.
 			continue // Read the mark again: another worker may have written it at the same time.
 		}
 		if named, ok := replacement(m); ok && named == repl {
-			// Ours. A cancellation that arrived while the mark was written undoes it.
+			// Ours, unless another worker withdrew repl before this one's mark overwrote its own.
+			if !nothing {
+				rm, err := r.deletionMark(ctx, repl)
+				if err != nil {
+					return false, err
+				}
+				if rm != nil {
+					return false, r.adoptedWithdrawn(ctx, j, repl, set, log)
+				}
+			}
+			// A cancellation that arrived while the mark was written undoes it.
 			_, cancelled, err := r.cancelledOf(ctx, j.Tombstones)
 			if err != nil {
 				log.Warn("cannot read the tombstones again after the mark; keeping it", "err", err)
-				return true, nil
+				return true, r.withdrawSiblings(ctx, j, repl, set, log)
 			}
 			if cancelled == (ulid.ULID{}) {
-				return true, nil
+				return true, r.withdrawSiblings(ctx, j, repl, set, log)
 			}
 			if err := r.bkt.Delete(ctx, path.Join(j.Block.String(), block.DeletionMarkFilename)); err != nil {
 				return false, errors.Wrapf(err, "undo the deletion mark of %s", j.Block)
@@ -260,26 +270,93 @@ func (r *Runner) replace(ctx context.Context, j *Job, repl ulid.ULID, log *slog.
 
 // winner returns the replacement the block's mark is to name, and the mark's details: among repl
 // and the other live, whole rewrites of the block, the one that applied the most tombstones (the
-// smallest ULID of those), so that two workers that see the same blocks choose the same.
+// smallest ULID of those), so that two workers that see the same blocks choose the same. Each
+// counts every tombstone its meta.json records, those its source applied included: the job's own
+// list alone would lose to a sibling that applied fewer of the due ones.
 func (r *Runner) winner(ctx context.Context, j *Job, repl ulid.ULID, set *tombstones.Set) (ulid.ULID, string, error) {
-	best, bestApplied := repl, j.Tombstones
 	if repl == (ulid.ULID{}) {
 		// Nothing survives this job's tombstones: no other rewrite can hold more than nothing.
-		return best, markDetails(replName(repl), j.Tombstones), nil
+		return repl, markDetails(replName(repl), j.Tombstones), nil
 	}
 	cs, err := r.children(ctx, j.Block, set)
 	if err != nil {
 		return ulid.ULID{}, "", err
 	}
-	for _, c := range cs {
-		if c.id == repl {
-			continue
-		}
-		if len(c.applied) > len(bestApplied) || (len(c.applied) == len(bestApplied) && c.id.Compare(best) < 0) {
-			best, bestApplied = c.id, c.applied
+	if !slices.ContainsFunc(cs, func(c child) bool { return c.id == repl }) {
+		return ulid.ULID{}, "", errors.Newf("new block %s is not a live, whole rewrite of %s any more; the next run checks it again", repl, j.Block)
+	}
+	best := mostApplied(cs)
+	return best.id, markDetails(replName(best.id), best.applied), nil
+}
+
+// mostApplied returns the rewrite that applied the most tombstones, the smallest ULID of those.
+func mostApplied(cs []child) child {
+	best := cs[0]
+	for _, c := range cs[1:] {
+		if len(c.applied) > len(best.applied) || (len(c.applied) == len(best.applied) && c.id.Compare(best.id) < 0) {
+			best = c
 		}
 	}
-	return best, markDetails(replName(best), bestApplied), nil
+	return best
+}
+
+// withdrawSiblings withdraws the other live rewrites of the job's block that rank below repl
+// (mostApplied), once the block's mark names repl: a dead worker's upload it never adopted, or a
+// rewrite of an older plan, would otherwise stay live beside repl until the next run, holding the
+// same series and what repl deleted since. A sibling that ranks above repl (uploaded after this
+// job chose its winner) is left: its own job names it and withdraws repl. Both workers apply the
+// same rule, so they never withdraw each other's. When nothing survives (repl is zero), every
+// other rewrite goes.
+func (r *Runner) withdrawSiblings(ctx context.Context, j *Job, repl ulid.ULID, set *tombstones.Set, log *slog.Logger) error {
+	cs, err := r.children(ctx, j.Block, set)
+	if err != nil {
+		return err
+	}
+	mine := child{id: repl}
+	if i := slices.IndexFunc(cs, func(c child) bool { return c.id == repl }); i >= 0 {
+		mine = cs[i]
+	}
+	l, err := block.List(ctx, r.bkt)
+	if err != nil {
+		return err
+	}
+	for _, m := range l.Blocks {
+		if m.ULID == repl || !rewrittenFrom(m, j.Block) {
+			continue
+		}
+		// Nothing surviving the job's tombstones, every other rewrite holds data they delete.
+		if i := slices.IndexFunc(cs, func(c child) bool { return c.id == m.ULID }); i >= 0 && repl != (ulid.ULID{}) && mostApplied([]child{mine, cs[i]}).id != repl {
+			continue
+		}
+		log.Info("withdrawing another rewrite of the block, left unadopted", "other", m.ULID.String())
+		if err := block.MarkForDeletion(ctx, r.bkt, m.ULID, r.now(), withdrawnPrefix+"duplicate child of "+j.Block.String()); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// adoptedWithdrawn undoes the block's mark, which names repl, when repl was withdrawn meanwhile:
+// a worker that took this one for gone replaced the block with its own rewrite, withdrew repl,
+// and this one's mark, written late, overwrote that worker's. The mark names the best live, whole
+// rewrite again, or goes when there is none: the block is live again, and the next run decides.
+func (r *Runner) adoptedWithdrawn(ctx context.Context, j *Job, repl ulid.ULID, set *tombstones.Set, log *slog.Logger) error {
+	cs, err := r.children(ctx, j.Block, set)
+	if err != nil {
+		return err
+	}
+	if len(cs) == 0 {
+		log.Warn("the new block was withdrawn after this job marked its source; the source is live again")
+		if err := r.bkt.Delete(ctx, path.Join(j.Block.String(), block.DeletionMarkFilename)); err != nil && !r.bkt.IsObjNotFoundErr(errors.Cause(err)) {
+			return errors.Wrapf(err, "undo the deletion mark of %s", j.Block)
+		}
+		return errors.Newf("new block %s was withdrawn after the mark; the next run starts over", repl)
+	}
+	best := mostApplied(cs)
+	log.Warn("the new block was withdrawn after this job marked its source; naming another worker's rewrite", "replacement", best.id.String())
+	return block.WriteMarker(ctx, r.bkt, j.Block, block.DeletionMarkFilename, block.DeletionMark{
+		ID: j.Block, DeletionTime: r.now().Unix(), Version: 1, Details: markDetails(best.id.String(), best.applied),
+	})
 }
 
 // withdrawCancelled marks repl, which applied a cancelled tombstone, as replacing nothing; unless
@@ -439,12 +516,7 @@ func (r *Runner) repairMarks(ctx context.Context, l *block.Listing) error {
 			return err
 		}
 		if len(cs) > 0 {
-			best := cs[0]
-			for _, c := range cs[1:] {
-				if len(c.applied) > len(best.applied) || (len(c.applied) == len(best.applied) && c.id.Compare(best.id) < 0) {
-					best = c
-				}
-			}
+			best := mostApplied(cs)
 			r.logger.Warn("rewriting a deletion mark", "block", id.String(), "replacement", best.id.String())
 			if err := block.WriteMarker(ctx, r.bkt, id, block.DeletionMarkFilename, block.DeletionMark{
 				ID: id, DeletionTime: r.now().Unix(), Version: 1, Details: markDetails(best.id.String(), best.applied),

@@ -305,3 +305,41 @@ func TestRunRepairsAMarkNamingAWithdrawnBlock(t *testing.T) {
 	checkNoOverlap(t, f.bkt)
 	testutil.Equals(t, withoutSamples(before, `user_id="1"`, tombstones.BeginningOfTime, t0+10*3_600_000), samples(t, f.bkt))
 }
+
+// TestRunPrefersTheRewriteThatAppliedTheMost: a block that is itself a rewrite (it applied two
+// tombstones) has a live child a dead worker left unmarked, which applied a third tombstone; a
+// fourth is due since. The run's own rewrite applies the third and the fourth, and must win over
+// the dead worker's child, which counts four tombstones with the two its source applied but
+// lacks the fourth: the fourth's samples would stay live after a run that exits cleanly.
+func TestRunPrefersTheRewriteThatAppliedTheMost(t *testing.T) {
+	f := newFixture(t, 6)
+	ctx := context.Background()
+	before := samples(t, f.bkt)
+	end := t0 + 10*3_600_000
+	f.tombstone(t, `{user_id="0"}`, tombstones.BeginningOfTime, end, true)
+	f.tombstone(t, `{user_id="1"}`, tombstones.BeginningOfTime, end, true)
+	_, err := f.runner(t, Config{Threshold: 0.05}).Run(ctx)
+	testutil.Ok(t, err)
+
+	// A worker that uploads its rewrites and dies before it marks their sources.
+	f.tombstone(t, `{user_id="2"}`, tombstones.BeginningOfTime, end, true)
+	fb := objfault.New(f.bkt)
+	fb.Add(objfault.Fault{Op: objfault.OpUpload, Name: deletionMarkObject, Kind: objfault.KindError})
+	rep, err := NewRunner(fb, f.store, slog.New(slog.DiscardHandler), nil, withDefaults(t, Config{Threshold: 0.05, Retries: 1})).Run(ctx)
+	testutil.Ok(t, err)
+	testutil.Equals(t, 2, len(rep.Bad))
+	l, err := block.List(ctx, f.bkt)
+	testutil.Ok(t, err)
+	testutil.Equals(t, 4, len(l.Blocks), "the dead worker's new blocks beside their sources")
+
+	f.tombstone(t, `{user_id="3"}`, tombstones.BeginningOfTime, end, true)
+	_, err = f.runner(t, Config{Threshold: 0.05}).Run(ctx)
+	testutil.Ok(t, err)
+	want := before
+	for _, u := range []string{"0", "1", "2", "3"} {
+		want = withoutSamples(want, `user_id="`+u+`"`, tombstones.BeginningOfTime, end)
+	}
+	testutil.Equals(t, want, samples(t, f.bkt), "after one run, every due tombstone is applied:\n%s", describeBucket(f.bkt))
+	checkReplacements(t, f.bkt)
+	checkNoOverlap(t, f.bkt)
+}
