@@ -33,8 +33,6 @@ const (
 	killFirstSeed = 14000
 	// killBatteryCases is how many of the battery's cases the last round's Prometheus answers.
 	killBatteryCases = 400
-	// killBugSeed is a seed that finds a known bug; skipped unless LETHE_KILL_BUG_SEED is set.
-	killBugSeed = 14001
 	// killCancelFlag is the undelete window (and max wait) of the tombstone a round cancels at
 	// the last moment, as a Prometheus duration.
 	killCancelFlag = "1200ms"
@@ -52,7 +50,6 @@ type killTotals struct {
 	marksChecked, linksVerified  int
 	cleanRunsOK, prometheusCases int
 	prometheusMismatches         int
-	knownBug                     int // rounds skipped for a known bug (killKnownBugs)
 	seedsFailed                  []uint64
 }
 
@@ -106,29 +103,23 @@ func TestRewriterKillRounds(t *testing.T) {
 	tot := &killTotals{exitCodes: map[int]int{}, events: map[string]int{}}
 	for i, seed := range seeds {
 		tot.rounds++
-		bugs := tot.knownBug
 		ok := t.Run(fmt.Sprintf("seed %d", seed), func(t *testing.T) {
 			killRound(t, seed, dirs, original, i == len(seeds)-1, tot)
 		})
-		switch {
-		case ok && tot.knownBug == bugs:
+		if ok {
 			tot.passed++
-		case ok: // Skipped for the known bug.
-		default:
+		} else {
 			tot.seedsFailed = append(tot.seedsFailed, seed)
 		}
 	}
-	t.Logf("%d of %d rounds passed (%d skipped for a known bug) in %v; %d waves; %d processes started, %d killed by SIGKILL while running, %d ended before their kill time; exit codes %v",
-		tot.passed, tot.rounds, tot.knownBug, time.Since(began).Round(time.Millisecond), tot.waves, tot.started, tot.killed, tot.endedFirst, tot.exitCodes)
+	t.Logf("%d of %d rounds passed in %v; %d waves; %d processes started, %d killed by SIGKILL while running, %d ended before their kill time; exit codes %v",
+		tot.passed, tot.rounds, time.Since(began).Round(time.Millisecond), tot.waves, tot.started, tot.killed, tot.endedFirst, tot.exitCodes)
 	t.Logf("late cancellations: %d accepted, %d refused (window ended)", tot.cancelled, tot.cancelRefused)
 	for _, msg := range slices.Sorted(maps.Keys(tot.events)) {
 		t.Logf("  workers logged %4d× %q", tot.events[msg], msg)
 	}
 	t.Logf("between waves: %d partial uploads and %d deletion marks cut short seen; %d replacement marks followed, %d replacements verified sample by sample; %d clean runs exited 0",
 		tot.partialSeen, tot.undecodableSeen, tot.marksChecked, tot.linksVerified, tot.cleanRunsOK)
-	if tot.knownBug > 0 {
-		t.Logf("%d rounds ended in a known bug (killKnownBugs; skipped, LETHE_KILL_STRICT=1 fails them)", tot.knownBug)
-	}
 	if tot.prometheusCases > 0 {
 		t.Logf("fresh Prometheus vs oracle: %d battery cases, %d mismatches", tot.prometheusCases, tot.prometheusMismatches)
 	}
@@ -156,14 +147,6 @@ var killPhases = []string{
 
 // killRound runs one seeded round (see TestRewriterKillRounds).
 func killRound(t *testing.T, seed uint64, dirs []string, original rwSamples, compare bool, tot *killTotals) {
-	if seed == killBugSeed && os.Getenv("LETHE_KILL_BUG_SEED") == "" && os.Getenv("LETHE_KILL_SEED") == "" {
-		// Known bug found by this seed (twice in a row on 2 cores, timing permitting): after
-		// three waves with kills at "verified…" and "rewritten", the clean run exits 0 yet the
-		// due tombstone "a single sample" (user_id="u5" at 00:45) is not applied to a live block:
-		// 3 samples left, no duplicate, every deletion mark verified.
-		tot.knownBug++
-		t.Skipf("seed %d finds a known bug (a due tombstone left unapplied after a clean run that exits 0); LETHE_KILL_BUG_SEED=1 runs it", seed)
-	}
 	rng := killRand(seed)
 	var ext map[string]string
 	if rng.IntN(2) == 0 {
@@ -322,11 +305,7 @@ func killRound(t *testing.T, seed uint64, dirs []string, original rwSamples, com
 		t.Logf("clean run (exit %d):\n%s", r.code, r.stderr)
 		t.Logf("tombstones:\n%s", b.run(t, "tombstone", "list").stdout)
 	}
-	if bugs := killKnownBugs(t, w); len(bugs) > 0 {
-		tot.knownBug++
-		if os.Getenv("LETHE_KILL_STRICT") == "" {
-			t.Skipf("known bug after the clean run (exit %d), LETHE_KILL_STRICT=1 fails here: %s", r.code, strings.Join(bugs, "; "))
-		}
+	if bugs := killCleanRunLeft(t, w); len(bugs) > 0 {
 		t.Errorf("after the clean run (exit %d): %s\n%s", r.code, strings.Join(bugs, "; "), rwGrep(r.stderr, "ERROR"))
 	}
 	rwCheckRerun(t, r)
@@ -466,19 +445,14 @@ func killRand(seed uint64) *rand.Rand {
 	return rand.New(rand.NewChaCha8(key))
 }
 
-// killKnownBugs returns what the bucket shows of the bugs this test found in the rewriter, after
-// the clean run (see the report of issue 14):
-//   - a worker killed while it writes its new block's meta.json on a bucket whose uploads are not
-//     atomic (FILESYSTEM) leaves it cut short, and no later run repairs it: cleanUploads takes the
-//     folder for finished (meta.json exists) and drops its upload record, the planner reports a
-//     bad block, the source's job fails on "decode meta.json" whenever it plans that child, and
-//     every run exits 4;
-//   - a partial upload (a folder without meta.json) that the clean run leaves, though its worker
-//     is dead;
-//   - a block that stays live beside a live rewrite of the same data after the clean run (its
-//     source, or a sibling of another generation), so that both hold the same series and a
-//     due tombstone is not applied to one of them (seen: 723 samples of user_id="u3" kept).
-func killKnownBugs(t *testing.T, w *killWorld) []string {
+// killCleanRunLeft returns what the bucket shows, after the clean run, of the bugs this test
+// found in the rewriter (see the notes of issue 14), each fixed since:
+//   - a meta.json cut short by a kill while it was written, never repaired;
+//   - a partial upload (a folder without meta.json) left by a dead worker;
+//   - a due tombstone's samples left live: a dead worker's rewrite of an older plan won over the
+//     run's own;
+//   - a block left live beside a live rewrite of the same data (its source, or a sibling).
+func killCleanRunLeft(t *testing.T, w *killWorld) []string {
 	t.Helper()
 	b := w.bucket
 	var out []string

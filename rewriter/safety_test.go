@@ -343,3 +343,30 @@ func TestRunPrefersTheRewriteThatAppliedTheMost(t *testing.T) {
 	checkReplacements(t, f.bkt)
 	checkNoOverlap(t, f.bkt)
 }
+
+// TestRunRemovesPartialUploadsOfGoneWorkers: a worker whose upload failed or that was killed
+// holds no lease; when its owner is known gone (a process of this host that no longer runs), its
+// partial upload goes at once, without waiting out the age bound; a live owner's stays.
+func TestRunRemovesPartialUploadsOfGoneWorkers(t *testing.T) {
+	for _, gone := range []bool{false, true} {
+		t.Run(fmt.Sprintf("owner gone: %v", gone), func(t *testing.T) {
+			f := newFixture(t, 4)
+			ctx := context.Background()
+			f.tombstone(t, `{user_id="1"}`, tombstones.BeginningOfTime, t0+10*3_600_000, true)
+			other := ChildID(f.ids[0], []ulid.ULID{ulid.MustParse("01M86065CWNBFDYWAT4K034EY4")})
+			partial := path.Join(other.String(), block.IndexFilename)
+			testutil.Ok(t, f.bkt.Upload(ctx, partial, strings.NewReader("being uploaded")))
+			rec, err := json.Marshal(uploadRecordBody{Block: other, Source: f.ids[0], Started: f.now.Add(-time.Second), Owner: "host/4242"})
+			testutil.Ok(t, err)
+			testutil.Ok(t, f.bkt.Upload(ctx, uploadRecord(other), strings.NewReader(string(rec))))
+
+			_, err = f.runner(t, Config{Threshold: 0.05, OwnerGone: func(o string) bool { return gone && o == "host/4242" }}).Run(ctx)
+			testutil.Ok(t, err)
+			for _, n := range []string{partial, uploadRecord(other)} {
+				ok, err := f.bkt.Exists(ctx, n)
+				testutil.Ok(t, err)
+				testutil.Equals(t, !gone, ok, "%s after the run", n)
+			}
+		})
+	}
+}

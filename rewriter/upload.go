@@ -19,7 +19,7 @@ func uploadRecord(child ulid.ULID) string { return StatePrefix + "uploads/" + ch
 // upload sends the new block, meta.json last. A record in lethe/uploads/ names the block while
 // it is incomplete, so that a later run can clean what a crash left half uploaded.
 func (r *Runner) upload(ctx context.Context, dir string, meta *block.Meta, source ulid.ULID) error {
-	rec, err := json.Marshal(map[string]any{"block": meta.ULID, "source": source, "started": r.now()})
+	rec, err := json.Marshal(uploadRecordBody{Block: meta.ULID, Source: source, Started: r.now(), Owner: r.cfg.Owner})
 	if err != nil {
 		return err
 	}
@@ -142,6 +142,9 @@ type uploadRecordBody struct {
 	Block   ulid.ULID `json:"block"`
 	Source  ulid.ULID `json:"source"`
 	Started time.Time `json:"started"`
+	// Owner is the worker that writes the block (Config.Owner); records written before it was
+	// recorded have none.
+	Owner string `json:"owner,omitempty"`
 }
 
 // staleUpload reports whether the upload the record names was left by a worker that is gone.
@@ -166,6 +169,11 @@ func (r *Runner) staleUpload(ctx context.Context, name string) (bool, error) {
 	}
 	if held {
 		return false, nil
+	}
+	// A worker that died or ended without finishing (a failed upload is left as it is) holds no
+	// lease any more; known gone, its upload need not wait out the age bound.
+	if !gone && rec.Owner != "" && rec.Owner != r.cfg.Owner {
+		gone = r.cfg.OwnerGone(rec.Owner)
 	}
 	return gone || rec.Started.IsZero() || r.now().Sub(rec.Started) > r.cfg.StaleUploadAfter, nil
 }
