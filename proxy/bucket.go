@@ -57,6 +57,19 @@ func NewBucketBlocks(bkt objstore.BucketReader, dir string, logger *slog.Logger,
 	}
 }
 
+// OpenBucketBlocks creates dir if need be and syncs the blocks of the bucket once: the proxy in
+// bucket mode serves what the bucket held when it started, then what each Run tick finds.
+func OpenBucketBlocks(ctx context.Context, bkt objstore.BucketReader, dir string, logger *slog.Logger, reg prometheus.Registerer) (*BucketBlocks, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, errors.Wrap(err, "create the blocks' directory")
+	}
+	s := NewBucketBlocks(bkt, dir, logger, reg)
+	if err := s.Sync(ctx); err != nil {
+		return nil, stderrors.Join(errors.Wrap(err, "initial block sync"), s.Close())
+	}
+	return s, nil
+}
+
 // Run syncs the blocks every interval until ctx is done. A failed sync is logged and leaves the
 // blocks of the last one served; the next tick tries again.
 func (s *BucketBlocks) Run(ctx context.Context, interval time.Duration) error {

@@ -147,12 +147,9 @@ func serve(c *cli.Context) error {
 	} else if up != nil {
 		source = up
 	} else {
-		blocks := proxy.NewBucketBlocks(bkt, c.String("data-dir"), logger, reg)
-		if err := os.MkdirAll(c.String("data-dir"), 0o755); err != nil {
-			return errors.Wrap(err, "create --data-dir")
-		}
-		if err := blocks.Sync(c.Context); err != nil {
-			return errors.Wrap(err, "initial block sync")
+		blocks, err := proxy.OpenBucketBlocks(c.Context, bkt, c.String("data-dir"), logger, reg)
+		if err != nil {
+			return errors.Wrap(err, "--data-dir")
 		}
 		defer func() {
 			if err := blocks.Close(); err != nil {
