@@ -42,6 +42,8 @@ type Store struct {
 
 	mu    sync.Mutex
 	cache map[string]any // object name -> *Tombstone, *Cancellation or *Applied
+	// brokenBefore are the objects that did not decode at the last sync.
+	brokenBefore map[string]bool
 
 	syncs       prometheus.Counter
 	syncFails   prometheus.Counter
@@ -201,9 +203,21 @@ func (s *Store) Sync(ctx context.Context) (set *Set, err error) {
 	s.mu.Unlock()
 
 	set = assemble(objects, broken, s.now())
+	// An object that does not decode the first time may still be being written (a FILESYSTEM
+	// bucket shows it from its first byte): it is reported in the set, and warned of once it
+	// stays so at the next sync.
+	s.mu.Lock()
+	now := map[string]bool{}
 	for _, b := range set.Broken {
-		s.logger.Warn("unusable tombstone object", "object", b.Object, "err", b.Err)
+		now[b.Object] = true
+		if s.brokenBefore[b.Object] {
+			s.logger.Warn("unusable tombstone object", "object", b.Object, "err", b.Err)
+		} else {
+			s.logger.Debug("tombstone object does not decode (yet); it may still be being written", "object", b.Object, "err", b.Err)
+		}
 	}
+	s.brokenBefore = now
+	s.mu.Unlock()
 	s.broken.Set(float64(len(set.Broken)))
 	counts := map[State]int{StatePending: 0, StateDue: 0, StateCancelled: 0, StateApplied: 0}
 	overdue, overdueAge := 0, time.Duration(0)

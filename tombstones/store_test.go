@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sort"
@@ -752,4 +753,37 @@ func TestRedactionKeys(t *testing.T) {
 	}
 	_, err := ReadRedactionKeyFile(filepath.Join(dir, "missing"))
 	testutil.NotOk(t, err)
+}
+
+// TestStoreWarnsOfAnObjectStillBrokenAtTheNextSync: an object seen half written (a FILESYSTEM
+// bucket shows it from its first byte) is reported in the set at once but warned of only when it
+// still does not decode at the next sync; once written whole it is a tombstone like any other.
+func TestStoreWarnsOfAnObjectStillBrokenAtTheNextSync(t *testing.T) {
+	ctx := context.Background()
+	bkt := objstore.NewInMemBucket()
+	var logs bytes.Buffer
+	s := newTestStore(bkt, WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
+	whole, err := s.Build(Spec{Selectors: []string{`{job="a"}`}})
+	testutil.Ok(t, err)
+	b := mustJSON(t, whole)
+	upload(t, bkt, TombstoneObject(whole.ID), b[:len(b)/2])
+
+	set, err := s.Sync(ctx)
+	testutil.Ok(t, err)
+	testutil.Equals(t, 1, len(set.Broken))
+	testutil.Assert(t, !strings.Contains(logs.String(), "level=WARN"), "warned at the first sight: %s", logs.String())
+
+	set, err = s.Sync(ctx)
+	testutil.Ok(t, err)
+	testutil.Equals(t, 1, len(set.Broken))
+	testutil.Assert(t, strings.Contains(logs.String(), `level=WARN msg="unusable tombstone object"`), "no warning at the second sync: %s", logs.String())
+
+	logs.Reset()
+	upload(t, bkt, TombstoneObject(whole.ID), b)
+	set, err = s.Sync(ctx)
+	testutil.Ok(t, err)
+	testutil.Equals(t, 0, len(set.Broken))
+	_, ok := set.Get(whole.ID)
+	testutil.Assert(t, ok, "the tombstone written whole is not in the set")
+	testutil.Equals(t, "", logs.String())
 }
