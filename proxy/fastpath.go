@@ -87,6 +87,8 @@ func (p *Proxy) untouched(r *http.Request, route string, snap *Snapshot, up *Ups
 			return false
 		}
 		mint, maxt := promql.FindMinMaxTime(&parser.EvalStmt{Expr: expr, Start: start, End: end, Interval: step, LookbackDelta: lookback})
+		// Thanos answers from downsampled blocks an aggregate whose window began before mint.
+		mint -= downsampledWindow(r.Form.Get("max_source_resolution"), step)
 		touched := false
 		parser.Inspect(expr, func(n parser.Node, _ []parser.Node) error {
 			if vs, ok := n.(*parser.VectorSelector); ok && snap.MayMatch(vs.LabelMatchers, ext, mint, maxt) {
@@ -123,6 +125,29 @@ func (p *Proxy) untouched(r *http.Request, route string, snap *Snapshot, up *Ups
 		}
 		return true
 	}
+}
+
+// downsampledWindow returns how long before the first sample a query reads the aggregation window
+// holding it may begin, in milliseconds, when Thanos Query answers from downsampled blocks: the
+// longest of Thanos' resolutions (5m, 1h) that the request's max_source_resolution allows. "auto",
+// and no parameter (a querier with --query.auto-downsampling), allow a fifth of the step, as Thanos
+// does; a value Thanos would refuse counts as the longest.
+func downsampledWindow(param string, step time.Duration) int64 {
+	r := step / 5
+	if param != "" && param != "auto" {
+		d, err := parseDurationParam(param)
+		if err != nil {
+			return time.Hour.Milliseconds()
+		}
+		r = d
+	}
+	switch {
+	case r >= time.Hour:
+		return time.Hour.Milliseconds()
+	case r >= 5*time.Minute:
+		return (5 * time.Minute).Milliseconds()
+	}
+	return 0
 }
 
 // parseDurationParam reads a duration parameter as Prometheus' API does: seconds as a float, or a

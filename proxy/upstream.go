@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"math"
@@ -342,9 +343,17 @@ func (q *upstreamQuerier) apiSelect(ctx context.Context, sortSeries bool, mint, 
 	params := passThrough(ctx)
 	params.Set("query", expr)
 	params.Set("time", formatTime(maxt))
+	// Raw samples, whatever the request asked of Thanos Query: lethe's engine evaluates the query,
+	// and a downsampled aggregate, stamped inside its window, may hold samples a tombstone deletes
+	// from before that stamp.
+	asked := params.Get("max_source_resolution")
+	params.Set("max_source_resolution", "0s")
 	data, warnings, err := q.u.apiGet(ctx, "/api/v1/query", params)
 	if err != nil {
 		return storage.ErrSeriesSet(err)
+	}
+	if asked != "" && downsampledWindow(asked, 0) > 0 || asked == "auto" {
+		warnings = append(warnings, fmt.Sprintf("lethe-proxy evaluates queries a tombstone may meet from raw samples: max_source_resolution=%s is not applied", asked))
 	}
 	var res struct {
 		ResultType string       `json:"resultType"`

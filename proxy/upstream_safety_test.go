@@ -493,3 +493,70 @@ func TestAcceptsGzip(t *testing.T) {
 		testutil.Equals(t, want, acceptsGzip(accept), accept)
 	}
 }
+
+// TestUpstreamDownsampledAggregatesNeverMeetATombstone: Thanos Query answers max_source_resolution
+// from downsampled blocks, whose aggregates are stamped inside windows of 5m or 1h that may begin
+// before the query's first sample. A query whose window starts after a deleted range, within one
+// resolution of it, is not the fast path's to forward; and lethe's engine reads raw samples,
+// telling the client, whatever resolution it asked for.
+func TestUpstreamDownsampledAggregatesNeverMeetATombstone(t *testing.T) {
+	up := startTestUpstream(t)
+	var mu sync.Mutex
+	var seen []url.Values
+	up.fault.Store(&fault{name: "record", serve: func(u *testUpstream, w http.ResponseWriter, r *http.Request) {
+		testutil.Ok(t, r.ParseForm())
+		if r.URL.Path == "/api/v1/query" || r.URL.Path == "/api/v1/query_range" {
+			mu.Lock()
+			seen = append(seen, url.Values{"path": {r.URL.Path}, "max_source_resolution": r.Form["max_source_resolution"]})
+			mu.Unlock()
+		}
+		u.real.ServeHTTP(w, r)
+	}})
+	l := startLethe(t, up, UpstreamConfig{Read: ReadQueryAPI})
+	// Deleted until 00:30; the query's first sample is read from 00:40 (10m lookback, the
+	// upstream's, before 00:50).
+	l.tombstone(t, `http_requests_total{user_id="1"}`, t0, t0+1_800_000)
+	start, end := t0+3_000_000, t0+6_600_000
+	for _, c := range []struct {
+		resolution, step string
+		fastPath         bool
+	}{
+		{"", "60", true},
+		{"0s", "60", true},
+		{"5m", "60", true}, // A 5m window that holds 00:40 begins after 00:30.
+		{"1h", "60", false},
+		{"auto", "60", true},     // A fifth of a minute: raw.
+		{"auto", "21600", false}, // A fifth of 6h: 1h windows.
+		{"", "21600", false},     // A querier may auto-downsample without the parameter.
+	} {
+		mu.Lock()
+		seen = nil
+		mu.Unlock()
+		form := url.Values{"query": {`sum(rate(http_requests_total[5m]))`}, "start": {formatTime(start)}, "end": {formatTime(end)}, "step": {c.step}}
+		if c.resolution != "" {
+			form.Set("max_source_resolution", c.resolution)
+		}
+		code, body, _ := l.ask(t, "/api/v1/query_range", form)
+		testutil.Equals(t, http.StatusOK, code, body)
+		var warned struct {
+			Warnings []string `json:"warnings"`
+		}
+		testutil.Ok(t, json.Unmarshal([]byte(body), &warned))
+		mu.Lock()
+		got := slices.Clone(seen)
+		mu.Unlock()
+		testutil.Assert(t, len(got) > 0, "max_source_resolution=%q step %s: no upstream query", c.resolution, c.step)
+		if c.fastPath {
+			testutil.Equals(t, []url.Values{{"path": {"/api/v1/query_range"}, "max_source_resolution": form["max_source_resolution"]}}, got,
+				"max_source_resolution=%q step %s: forwarded whole", c.resolution, c.step)
+			continue
+		}
+		for _, v := range got {
+			testutil.Equals(t, url.Values{"path": {"/api/v1/query"}, "max_source_resolution": {"0s"}}, v,
+				"max_source_resolution=%q step %s: lethe's engine reads raw samples", c.resolution, c.step)
+		}
+		testutil.Equals(t, c.resolution != "", slices.ContainsFunc(warned.Warnings, func(w string) bool {
+			return strings.Contains(w, "max_source_resolution="+c.resolution+" is not applied")
+		}), "max_source_resolution=%q step %s: warnings %v", c.resolution, c.step, warned.Warnings)
+	}
+}

@@ -1,0 +1,128 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/efficientgo/core/testutil"
+	"github.com/prometheus/prometheus/model/labels"
+
+	"github.com/lethe-project/lethe/internal/synth"
+)
+
+// TestProxyInFrontOfThanosQueryAtMaxSourceResolution: Thanos Query asked with
+// max_source_resolution=5m answers from the 5m block the real compactor made, whose aggregates are
+// stamped at their window's last sample. Two raw samples at the start of a window are deleted:
+// the window's aggregate, stamped after them, still holds them. Through lethe-proxy
+// --upstream.url, a query the tombstone may meet is evaluated from raw samples (with a warning
+// saying so), and answers as Thanos over the bucket the rewriter cleaned, read raw; a query no
+// tombstone meets is forwarded whole and answers as Thanos at 5m.
+func TestProxyInFrontOfThanosQueryAtMaxSourceResolution(t *testing.T) {
+	thxThanosPath(t)
+	b := thxNewBucket(t)
+	var series []labels.Labels
+	for u := 0; u < 8; u++ {
+		series = append(series, labels.FromStrings("__name__", "thx_load", "job", "api", "user_id", strconv.Itoa(u)))
+	}
+	thxUpload(t, b, synth.Block{Series: series, MinTime: blockStart, MaxTime: blockStart + 48*thxHour, Step: 60_000,
+		External: map[string]string{"cluster": "thx-ds"}})
+	thxCompact(t, b)
+	ds := 0
+	for _, m := range thxListing(t, b).Blocks {
+		if m.Resolution() == thxRes5m {
+			ds++
+		}
+	}
+	testutil.Equals(t, 1, ds, "5m blocks made by thanos compact")
+
+	// 30:00 and 30:01 of user 5, the first two samples of the 5m window [30:00, 30:05).
+	del := thxDeletion{`{user_id="5"}`, blockStart + 30*thxHour, blockStart + 30*thxHour + 60_000}
+	thxTombstone(t, b, del)
+	truth := thxCopyBucket(t, b)
+	r := thxRewriterRun(t, truth)
+	testutil.Equals(t, 0, r.code, "lethe-rewriter run:\n%s", thxTail(r.stderr))
+
+	_, query := thxStartStoreAndQuerier(t, b)
+	_, truthQuery := thxStartStoreAndQuerier(t, truth)
+	proxy := startProxy(t, b.dir, "--upstream.url="+query.URL)
+
+	at := func(h, m int64) string { return formatPromTime(blockStart + h*thxHour + m*60_000) }
+	rangeOf := func(q, from, to, step, res string) url.Values {
+		v := url.Values{"query": {q}, "start": {from}, "end": {to}, "step": {step}}
+		if res != "" {
+			v.Set("max_source_resolution", res)
+		}
+		return v
+	}
+	masked := []url.Values{
+		rangeOf(`thx_load{user_id="5"}`, at(29, 0), at(31, 30), "60", "5m"),
+		rangeOf(`avg_over_time(thx_load{user_id="5"}[5m])`, at(29, 0), at(31, 30), "60", "5m"),
+		rangeOf(`max_over_time(thx_load[10m])`, at(29, 0), at(31, 30), "60", "5m"),
+		rangeOf(`sum(thx_load)`, at(29, 30), at(30, 30), "30", "5m"),
+		rangeOf(`count_over_time(thx_load{user_id="5"}[5m])`, at(29, 50), at(30, 20), "60", "auto"),
+		rangeOf(`avg_over_time(thx_load{user_id="5"}[1h])`, at(30, 0), at(35, 0), "3600", "auto"),
+	}
+	differs := 0
+	for _, params := range masked {
+		got := thxProxyGet(t, proxy.URL, "/api/v1/query_range", params)
+		raw := url.Values{}
+		for k, v := range params {
+			raw[k] = v
+		}
+		raw.Set("max_source_resolution", "0s")
+		want := thxGet(t, truthQuery, "/api/v1/query_range", raw)
+		testutil.Equals(t, thxResultString(t, want), thxResultString(t, got), "%v through lethe vs Thanos over the rewritten bucket, raw", params)
+		res := params.Get("max_source_resolution")
+		testutil.Assert(t, slices.ContainsFunc(got.Warnings, func(w string) bool { return strings.Contains(w, "max_source_resolution="+res+" is not applied") }),
+			"%v: no warning that the resolution is not applied: %v", params, got.Warnings)
+		if thxResultString(t, thxGet(t, query, "/api/v1/query_range", params)) != thxResultString(t, want) {
+			differs++
+		}
+	}
+	t.Logf("%d of %d masked queries answer otherwise when Thanos is asked at their resolution directly", differs, len(masked))
+	testutil.Assert(t, differs > 0, "no query read the 5m block: the test proves nothing")
+
+	// No tombstone meets user 2, nor the hours before the deletion: forwarded, at 5m.
+	for _, params := range []url.Values{
+		rangeOf(`thx_load{user_id="2"}`, at(10, 0), at(12, 0), "300", "5m"),
+		rangeOf(`avg_over_time(thx_load[30m])`, at(20, 0), at(28, 0), "600", "5m"),
+	} {
+		got := thxProxyGet(t, proxy.URL, "/api/v1/query_range", params)
+		testutil.Equals(t, thxResultString(t, thxGet(t, query, "/api/v1/query_range", params)), thxResultString(t, got), "%v through lethe vs Thanos", params)
+		testutil.Equals(t, 0, len(got.Warnings), "%v: %v", params, got.Warnings)
+	}
+}
+
+// thxProxyGet queries lethe-proxy's HTTP API and decodes the answer; it fails unless it is a
+// success.
+func thxProxyGet(t *testing.T, base, path string, params url.Values) thxProm {
+	t.Helper()
+	resp, err := http.Get(base + path + "?" + params.Encode())
+	testutil.Ok(t, err)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	testutil.Ok(t, err)
+	var r thxProm
+	testutil.Ok(t, json.Unmarshal(body, &r), "GET %s %v: %d %s", path, params, resp.StatusCode, body)
+	testutil.Equals(t, "success", r.Status, "GET %s %v: %s", path, params, body)
+	return r
+}
+
+// thxResultString is an answer's result, series sorted by labels, for comparison.
+func thxResultString(t *testing.T, r thxProm) string {
+	t.Helper()
+	out := make([]string, 0, len(r.Data.Result))
+	for _, s := range r.Data.Result {
+		out = append(out, fmt.Sprintf("%v %v %v", labels.FromMap(s.Metric), s.Values, s.Value))
+	}
+	slices.Sort(out)
+	return strings.Join(out, "\n")
+}
+
