@@ -125,4 +125,3 @@ func thxResultString(t *testing.T, r thxProm) string {
 	slices.Sort(out)
 	return strings.Join(out, "\n")
 }
-
