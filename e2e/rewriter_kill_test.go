@@ -10,6 +10,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"io/fs"
 	"maps"
 	"math/rand/v2"
 	"os"
@@ -460,8 +461,8 @@ func killCleanRunLeft(t *testing.T, w *killWorld) []string {
 		out = append(out, fmt.Sprintf("meta.json of %v cut short by a kill and never repaired", cut))
 	}
 	st := rwReadState(t, b)
-	if len(st.partial) > 0 {
-		out = append(out, fmt.Sprintf("partial uploads %v left by dead workers", st.partial))
+	for _, id := range st.partial {
+		out = append(out, fmt.Sprintf("partial upload %s left by a dead worker: %s", id, killDescribeUpload(b, id)))
 	}
 	if d := rwDiffSamples(rwExpectedAfter(t, w.original, w.liveDeletions(), w.ext), st.samples); strings.HasPrefix(d, "0 samples missing, ") && !strings.HasPrefix(d, "0 samples missing, 0 extra") {
 		out = append(out, "due tombstones left unapplied after a clean run: "+clip(d, 300))
@@ -479,4 +480,26 @@ func killCleanRunLeft(t *testing.T, w *killWorld) []string {
 		}
 	}
 	return out
+}
+
+// killDescribeUpload lists a block folder's files and sizes, and its upload record, for a
+// failure's message.
+func killDescribeUpload(b cliBucket, id string) string {
+	var files []string
+	_ = filepath.WalkDir(filepath.Join(b.dir, id), func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			info, ierr := d.Info()
+			if ierr == nil {
+				rel, _ := filepath.Rel(b.dir, p)
+				files = append(files, fmt.Sprintf("%s (%d bytes, %s)", rel, info.Size(), info.ModTime().UTC().Format("15:04:05.000")))
+			}
+		}
+		return nil
+	})
+	rec, err := os.ReadFile(filepath.Join(b.dir, "lethe", "uploads", id+".json"))
+	record := string(rec)
+	if err != nil {
+		record = err.Error()
+	}
+	return fmt.Sprintf("files %v; upload record: %s", files, record)
 }

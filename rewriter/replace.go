@@ -479,6 +479,9 @@ func (r *Runner) withdrawOrphans(ctx context.Context, l *block.Listing) error {
 // to its writer.
 func (r *Runner) repairMarks(ctx context.Context, l *block.Listing) error {
 	var set *tombstones.Set
+	// Marks that do not decode first: another block's mark may name one of their blocks, and
+	// whether that block was withdrawn is only known once its own mark is set right.
+	marks := map[ulid.ULID]*block.DeletionMark{}
 	for _, id := range l.Marked {
 		name := path.Join(id.String(), block.DeletionMarkFilename)
 		rc, err := r.bkt.Get(ctx, name)
@@ -497,50 +500,70 @@ func (r *Runner) repairMarks(ctx context.Context, l *block.Listing) error {
 		}
 		var m block.DeletionMark
 		if json.Unmarshal(raw, &m) == nil {
-			broken, err := r.namesWithdrawn(ctx, &m)
-			if err != nil {
-				return err
-			}
-			if !broken {
-				continue
-			}
-			r.logger.Warn("the deletion mark names a withdrawn block", "block", id.String(), "mark", m.Details)
+			marks[id] = &m
+			continue
 		}
-		if set == nil {
-			if set, err = r.store.Sync(ctx); err != nil {
-				return err
-			}
+		if err := r.repairMark(ctx, id, &set); err != nil {
+			return err
 		}
-		cs, err := r.children(ctx, id, set)
+	}
+	for _, id := range l.Marked {
+		m, ok := marks[id]
+		if !ok {
+			continue
+		}
+		broken, err := r.namesWithdrawn(ctx, m)
 		if err != nil {
 			return err
 		}
-		if len(cs) > 0 {
-			best := mostApplied(cs)
-			r.logger.Warn("rewriting a deletion mark", "block", id.String(), "replacement", best.id.String())
-			if err := block.WriteMarker(ctx, r.bkt, id, block.DeletionMarkFilename, block.DeletionMark{
-				ID: id, DeletionTime: r.now().Unix(), Version: 1, Details: markDetails(best.id.String(), best.applied),
-			}); err != nil {
-				return err
-			}
+		if !broken {
 			continue
 		}
-		ours, err := r.bkt.Exists(ctx, path.Join(id.String(), block.NoCompactMarkFilename))
+		r.logger.Warn("the deletion mark names a withdrawn block", "block", id.String(), "mark", m.Details)
+		if err := r.repairMark(ctx, id, &set); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// repairMark rewrites a block's deletion mark that does not decode or names a withdrawn block
+// (see repairMarks); *set is the tombstones, read on first need.
+func (r *Runner) repairMark(ctx context.Context, id ulid.ULID, set **tombstones.Set) error {
+	name := path.Join(id.String(), block.DeletionMarkFilename)
+	if *set == nil {
+		s, err := r.store.Sync(ctx)
 		if err != nil {
 			return err
 		}
-		if !ours {
-			meta, err := block.ReadMeta(ctx, r.bkt, id)
-			ours = err == nil && len(meta.Compaction.Parents) == 1 && rewrittenFrom(meta, meta.Compaction.Parents[0].ULID)
-		}
-		if !ours {
-			r.logger.Error("a deletion mark that does not decode or names a withdrawn block, on a block lethe did not mark; leaving it", "block", id.String())
-			continue
-		}
-		r.logger.Warn("removing a deletion mark lethe wrote that does not decode or names a withdrawn block; the block is live again", "block", id.String())
-		if err := r.bkt.Delete(ctx, name); err != nil && !r.bkt.IsObjNotFoundErr(errors.Cause(err)) {
-			return errors.Wrapf(err, "remove deletion mark of %s", id)
-		}
+		*set = s
+	}
+	cs, err := r.children(ctx, id, *set)
+	if err != nil {
+		return err
+	}
+	if len(cs) > 0 {
+		best := mostApplied(cs)
+		r.logger.Warn("rewriting a deletion mark", "block", id.String(), "replacement", best.id.String())
+		return block.WriteMarker(ctx, r.bkt, id, block.DeletionMarkFilename, block.DeletionMark{
+			ID: id, DeletionTime: r.now().Unix(), Version: 1, Details: markDetails(best.id.String(), best.applied),
+		})
+	}
+	ours, err := r.bkt.Exists(ctx, path.Join(id.String(), block.NoCompactMarkFilename))
+	if err != nil {
+		return err
+	}
+	if !ours {
+		meta, err := block.ReadMeta(ctx, r.bkt, id)
+		ours = err == nil && len(meta.Compaction.Parents) == 1 && rewrittenFrom(meta, meta.Compaction.Parents[0].ULID)
+	}
+	if !ours {
+		r.logger.Error("a deletion mark that does not decode or names a withdrawn block, on a block lethe did not mark; leaving it", "block", id.String())
+		return nil
+	}
+	r.logger.Warn("removing a deletion mark lethe wrote that does not decode or names a withdrawn block; the block is live again", "block", id.String())
+	if err := r.bkt.Delete(ctx, name); err != nil && !r.bkt.IsObjNotFoundErr(errors.Cause(err)) {
+		return errors.Wrapf(err, "remove deletion mark of %s", id)
 	}
 	return nil
 }

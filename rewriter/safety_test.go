@@ -370,3 +370,31 @@ func TestRunRemovesPartialUploadsOfGoneWorkers(t *testing.T) {
 		})
 	}
 }
+
+// TestRunRepairsAMarkCutShortThatAnotherMarkNames: a worker killed while it wrote a new block's
+// deletion mark (a FILESYSTEM upload is not atomic) leaves it empty, and the source's mark names
+// that block. Checking the source's mark first read the empty one and failed every run; the cut
+// mark is set right first, whatever the order of the listing.
+func TestRunRepairsAMarkCutShortThatAnotherMarkNames(t *testing.T) {
+	f := newFixture(t, 4)
+	ctx := context.Background()
+	before := samples(t, f.bkt)
+	tb := f.tombstone(t, `{user_id="1"}`, tombstones.BeginningOfTime, t0+10*3_600_000, true)
+	_, err := f.runner(t, Config{Threshold: 0.05}).Run(ctx)
+	testutil.Ok(t, err)
+	child := ChildID(f.ids[0], []ulid.ULID{tb.ID})
+	testutil.Ok(t, f.bkt.Upload(ctx, path.Join(child.String(), block.DeletionMarkFilename), strings.NewReader("")))
+
+	r := f.runner(t, Config{Threshold: 0.05})
+	testutil.Ok(t, r.repairMarks(ctx, &block.Listing{Marked: []ulid.ULID{f.ids[0], child}}))
+	ok, err := f.bkt.Exists(ctx, path.Join(child.String(), block.DeletionMarkFilename))
+	testutil.Ok(t, err)
+	testutil.Assert(t, !ok, "the cut-short mark of %s is still there", child)
+
+	rep, err := f.runner(t, Config{Threshold: 0.05}).Run(ctx)
+	testutil.Ok(t, err)
+	testutil.Equals(t, 0, len(rep.Bad), "bad blocks: %v", rep.Bad)
+	checkReplacements(t, f.bkt)
+	checkNoOverlap(t, f.bkt)
+	testutil.Equals(t, withoutSamples(before, `user_id="1"`, tombstones.BeginningOfTime, t0+10*3_600_000), samples(t, f.bkt))
+}
