@@ -15,7 +15,8 @@ package e2e
 //	                          time ratio is the 4x/1x time ratio (linear: about 4)
 //
 // The bucket is a FILESYSTEM bucket holding one 2h Thanos block (25,000 series, a sample every
-// 15s; the 4x block has four times the series) and three due tombstones: a handful of series
+// 15s; the 4x block has four times the series; LETHE_REWRITE_BENCH_SIZES=100000,400000 sets the
+// series of both blocks, each a multiple of 500) and three due tombstones: a handful of series
 // deleted whole, and two time ranges over many series, so that the rewrite copies chunks,
 // re-encodes those a range cuts and drops those it covers. Thanos gets the same deletions as its
 // deletion requests, and runs with its default flags (change log on), as a user would type the
@@ -35,7 +36,9 @@ package e2e
 // no memory figures, and its CPU time is that thread's rusage.
 // LETHE_BENCH_PERF=<dir> runs every lethe-rewriter under `perf record -g`, its profiles written
 // to dir (a profiling aid: the memory figures are then perf's, the times include its overhead).
-// The blocks are written once per `go test -bench` run, by BenchmarkRewrite itself, and the
+// LETHE_REWRITE_BENCH_CACHE=<dir> keeps the template buckets in dir and reuses them in later runs
+// (writing a 400,000-series block takes minutes); without it the blocks are written once per
+// `go test -bench` run, by BenchmarkRewrite itself, and the
 // outputs of the first iteration of rewrite/lethe-vs-thanos are checked after the timing: lethe's
 // new block and Thanos' new block must hold exactly the samples the deletions leave, series by
 // series, value by value. tools/benchtable turns the output into the table of ratios.
@@ -79,8 +82,10 @@ import (
 )
 
 const (
-	// rbenchSeries1x = 2 jobs x rbenchInstances x len(rbenchStatuses) x rbenchUsers1x.
-	rbenchUsers1x   = 50
+	// A block's series = 2 jobs x rbenchInstances x len(rbenchStatuses) x its users.
+	rbenchSeriesPerUser = 2 * rbenchInstances * 5
+	// rbenchSizes are the series of the 1x and the 4x block unless LETHE_REWRITE_BENCH_SIZES says.
+	rbenchSizes     = "25000,100000"
 	rbenchInstances = 50
 	rbenchStep      = int64(15_000)
 	rbenchEnd       = blockStart + 7_200_000 // exclusive
@@ -525,17 +530,21 @@ func newRbenchFixture(b *testing.B) *rbenchFixture {
 	}
 	fx.deleteConfig = conf.String()
 
+	users, err := rbenchUsers()
+	if err != nil {
+		b.Fatal(err)
+	}
 	// The two blocks, written at once (2 cores; the 4x one takes the longest).
 	var wg sync.WaitGroup
 	errs := make([]error, 2)
-	for i, users := range []int{rbenchUsers1x, 4 * rbenchUsers1x} {
-		blk := &rbenchBlock{name: fmt.Sprintf("%dx", users/rbenchUsers1x)}
+	for i, name := range []string{"1x", "4x"} {
+		blk := &rbenchBlock{name: name}
 		if i == 0 {
 			fx.one = blk
 		} else {
 			fx.four = blk
 		}
-		wg.Go(func() { errs[i] = fx.writeBlock(blk, users) })
+		wg.Go(func() { errs[i] = fx.writeBlock(blk, users[i], i == 0) })
 	}
 	wg.Wait()
 	for _, err := range errs {
@@ -560,30 +569,71 @@ func newRbenchFixture(b *testing.B) *rbenchFixture {
 	return fx
 }
 
+// rbenchUsers returns the users per (job, instance, status) of the 1x and the 4x block, from
+// LETHE_REWRITE_BENCH_SIZES or rbenchSizes.
+func rbenchUsers() ([2]int, error) {
+	var users [2]int
+	sizes := os.Getenv("LETHE_REWRITE_BENCH_SIZES")
+	if sizes == "" {
+		sizes = rbenchSizes
+	}
+	f := strings.Split(sizes, ",")
+	if len(f) != 2 {
+		return users, fmt.Errorf("LETHE_REWRITE_BENCH_SIZES=%q: want the series of the 1x and the 4x block, as 100000,400000", sizes)
+	}
+	for i := range f {
+		n, err := strconv.Atoi(strings.TrimSpace(f[i]))
+		if err != nil || n <= 0 || n%rbenchSeriesPerUser != 0 {
+			return users, fmt.Errorf("LETHE_REWRITE_BENCH_SIZES=%q: %q is not a positive multiple of %d series", sizes, f[i], rbenchSeriesPerUser)
+		}
+		users[i] = n / rbenchSeriesPerUser
+	}
+	return users, nil
+}
+
+// rbenchCacheFormat names the cached template buckets: a change to the data, the deletions or
+// the layout of the template changes it.
+const rbenchCacheFormat = "v1"
+
 // writeBlock writes the block of users users per (job, instance, status), uploads it to a new
-// template bucket as a Thanos block and registers the tombstones there, due at once.
-func (fx *rbenchFixture) writeBlock(blk *rbenchBlock, users int) error {
+// template bucket as a Thanos block and registers the tombstones there, due at once. With
+// LETHE_REWRITE_BENCH_CACHE set, a template bucket written there by an earlier run is reused.
+// check computes the samples the deletions leave, for the check of the outputs.
+func (fx *rbenchFixture) writeBlock(blk *rbenchBlock, users int, check bool) error {
 	ctx := context.Background()
 	series, value := rbenchData(users)
-	meta, dir, err := synth.Write(ctx, filepath.Join(fx.tmp, "blocks-"+blk.name), synth.Block{
-		Series: series, MinTime: blockStart, MaxTime: rbenchEnd, Step: rbenchStep, Value: value,
-		External: map[string]string{"cluster": "bench", "replica": "0"},
-	})
-	if err != nil {
-		return err
-	}
 	blk.template = filepath.Join(fx.tmp, "template-"+blk.name)
+	cache := os.Getenv("LETHE_REWRITE_BENCH_CACHE")
+	if cache != "" {
+		blk.template = filepath.Join(cache, fmt.Sprintf("rewrite-%s-%d", rbenchCacheFormat, len(series)))
+	}
+	done := filepath.Join(blk.template, "..", filepath.Base(blk.template)+".done")
+	if _, err := os.Stat(done); cache == "" || err != nil {
+		if err := fx.writeTemplate(ctx, blk.template, blk.name, series, value); err != nil {
+			return err
+		}
+		if cache != "" {
+			if err := os.WriteFile(done, nil, 0o644); err != nil {
+				return err
+			}
+		}
+	}
 	bkt, err := filesystem.NewBucket(blk.template)
 	if err != nil {
 		return err
 	}
-	if err := block.Upload(ctx, bkt, dir, meta); err != nil {
+	l, err := block.List(ctx, bkt)
+	if err != nil {
 		return err
 	}
-	if err := os.RemoveAll(filepath.Dir(dir)); err != nil {
-		return err
+	if len(l.Blocks) != 1 {
+		return fmt.Errorf("template bucket %s: %d blocks, want 1", blk.template, len(l.Blocks))
 	}
+	meta := l.Blocks[0]
 	blk.id, blk.series, blk.samples = meta.ULID, len(series), int64(meta.Stats.NumSamples)
+	if int(meta.Stats.NumSeries) != len(series) {
+		return fmt.Errorf("template bucket %s: block of %d series, want %d", blk.template, meta.Stats.NumSeries, len(series))
+	}
 	if err := filepath.WalkDir(filepath.Join(blk.template, meta.ULID.String()), func(_ string, d os.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
 			return err
@@ -594,6 +644,35 @@ func (fx *rbenchFixture) writeBlock(blk *rbenchBlock, users int) error {
 	}); err != nil {
 		return err
 	}
+	if check { // only the 1x block's outputs are checked
+		blk.want, err = rbenchExpected(series, value)
+	}
+	return err
+}
+
+// writeTemplate writes the block of series into a new template bucket at dir, with the
+// tombstones, due at once.
+func (fx *rbenchFixture) writeTemplate(ctx context.Context, dir, name string, series []labels.Labels, value func(int, int64) float64) error {
+	if err := os.RemoveAll(dir); err != nil {
+		return err
+	}
+	meta, bdir, err := synth.Write(ctx, filepath.Join(fx.tmp, "blocks-"+name), synth.Block{
+		Series: series, MinTime: blockStart, MaxTime: rbenchEnd, Step: rbenchStep, Value: value,
+		External: map[string]string{"cluster": "bench", "replica": "0"},
+	})
+	if err != nil {
+		return err
+	}
+	bkt, err := filesystem.NewBucket(dir)
+	if err != nil {
+		return err
+	}
+	if err := block.Upload(ctx, bkt, bdir, meta); err != nil {
+		return err
+	}
+	if err := os.RemoveAll(filepath.Dir(bdir)); err != nil {
+		return err
+	}
 	store := tombstones.NewStore(bkt, nil)
 	zero := time.Duration(0)
 	for _, d := range rbenchDeletions {
@@ -602,10 +681,7 @@ func (fx *rbenchFixture) writeBlock(blk *rbenchBlock, users int) error {
 			return err
 		}
 	}
-	if users == rbenchUsers1x { // only the 1x block's outputs are checked
-		blk.want, err = rbenchExpected(series, value)
-	}
-	return err
+	return nil
 }
 
 // rbenchDigest is one series' samples: how many, and a hash of their timestamps and values in

@@ -1,7 +1,6 @@
 package rewriter
 
 import (
-	"bufio"
 	"encoding/binary"
 	"fmt"
 	"hash/crc32"
@@ -17,9 +16,6 @@ import (
 // segmentSize is where a chunk segment file is cut, as Prometheus does.
 const segmentSize = chunks.DefaultChunkSegmentSize
 
-// segmentBuffer batches chunk writes into few system calls.
-const segmentBuffer = 1 << 20
-
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // output writes a new block's chunk segments, in Prometheus' format. Its layout depends only on
@@ -29,7 +25,7 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 type output struct {
 	chunksDir string
 	seg       *os.File
-	segW      *bufio.Writer
+	segW      *writeBehind
 	segSeq    int // 0-based; the file is named seq+1.
 	segSize   int64
 	buf       []byte
@@ -60,7 +56,7 @@ func openOutput(chunksDir string, resume *checkpoint) (*output, error) {
 			return nil, err
 		}
 		o.segSeq, o.segSize = n-1, last.Size
-		o.segW = bufio.NewWriterSize(o.seg, segmentBuffer)
+		o.segW = newWriteBehind(o.seg)
 	}
 	return o, nil
 }
@@ -92,7 +88,7 @@ func truncated(path string, size int64) (*os.File, error) {
 // cut starts the next segment file.
 func (o *output) cut() error {
 	if o.seg != nil {
-		if err := o.segW.Flush(); err != nil {
+		if err := o.segW.Close(); err != nil {
 			return err
 		}
 		if err := o.seg.Close(); err != nil {
@@ -108,7 +104,7 @@ func (o *output) cut() error {
 	header := make([]byte, chunks.SegmentHeaderSize)
 	binary.BigEndian.PutUint32(header, chunks.MagicChunks)
 	header[chunks.MagicChunksSize] = 1 // Chunks format v1.
-	o.seg, o.segW, o.segSize = f, bufio.NewWriterSize(f, segmentBuffer), int64(len(header))
+	o.seg, o.segW, o.segSize = f, newWriteBehind(f), int64(len(header))
 	if _, err := o.segW.Write(header); err != nil {
 		return err
 	}
@@ -166,8 +162,9 @@ func (o *output) flush() error {
 }
 
 func (o *output) close() error {
-	err := o.flush()
+	var err error
 	if o.seg != nil {
+		err = o.segW.Close()
 		if cerr := o.seg.Close(); err == nil {
 			err = cerr
 		}

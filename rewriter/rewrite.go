@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/prometheus/tsdb/chunkenc"
 	"github.com/prometheus/prometheus/tsdb/chunks"
 	"github.com/prometheus/prometheus/tsdb/index"
+	"github.com/thanos-io/objstore"
 
 	"github.com/lethe-project/lethe/block"
 	"github.com/lethe-project/lethe/block/chunkcut"
@@ -176,9 +177,37 @@ func (s statsState) stats() stats {
 // in dst; given that checkpoint, it goes on from there. Every checkpointEvery it saves one on the
 // way.
 func (d *deleter) rewrite(ctx context.Context, srcDir, dst string, resume *checkpoint) (st stats, cp *checkpoint, err error) {
+	return d.rewriteFrom(ctx, localSource(srcDir), dst, resume)
+}
+
+// blockSource is where a rewrite reads the source block: its index, a local file, and its chunk
+// segments, local files or the bucket's objects, opened for a sequential or a random reader.
+type blockSource struct {
+	index  string
+	chunks func(sequential bool) (*chunkFiles, error)
+}
+
+// localSource is the block in dir.
+func localSource(dir string) blockSource {
+	return blockSource{index: filepath.Join(dir, block.IndexFilename), chunks: func(sequential bool) (*chunkFiles, error) {
+		return openLocalChunks(filepath.Join(dir, block.ChunksDirname), rawPool{chunkenc.NewPool()}, sequential)
+	}}
+}
+
+// bucketSource is the block whose index is the local file index and whose chunk segments are
+// the objects segments (chunkObjects), streamed from the bucket as they are rewritten: the
+// chunks, most of the block, need no local copy.
+func bucketSource(ctx context.Context, bkt objstore.BucketReader, index string, segments []string) blockSource {
+	return blockSource{index: index, chunks: func(sequential bool) (*chunkFiles, error) {
+		return openObjectChunks(ctx, bkt, segments, rawPool{chunkenc.NewPool()}, sequential), nil
+	}}
+}
+
+// rewriteFrom is rewrite from a blockSource.
+func (d *deleter) rewriteFrom(ctx context.Context, srcBlock blockSource, dst string, resume *checkpoint) (st stats, cp *checkpoint, err error) {
 	// The series are read in order: a small page cache serves them as well as a large one, and
 	// it bounds the live heap, which the Go runtime doubles into the peak.
-	bix, err := block.OpenIndexFile(filepath.Join(srcDir, block.IndexFilename), 1<<20)
+	bix, err := block.OpenIndexFile(srcBlock.index, 1<<20)
 	if err != nil {
 		return st, nil, err
 	}
@@ -190,16 +219,25 @@ func (d *deleter) rewrite(ctx context.Context, srcDir, dst string, resume *check
 		}
 	}()
 	ir := bix.Reader
-	cr, err := openChunkFiles(filepath.Join(srcDir, block.ChunksDirname), rawPool{chunkenc.NewPool()})
+	// Pass 1 reads few chunks, here and there; pass 2 reads them all in order.
+	random, err := srcBlock.chunks(false)
+	if err != nil {
+		return st, nil, err
+	}
+	defer errcapture.Do(&err, random.Close, "close chunks")
+	cr, err := srcBlock.chunks(true)
 	if err != nil {
 		return st, nil, err
 	}
 	defer errcapture.Do(&err, cr.Close, "close chunks")
 
 	// Pass 1: which series lose every sample.
-	dropped, err := d.droppedSeries(ctx, ir, cr)
+	dropped, err := d.droppedSeries(ctx, ir, random)
 	if err != nil {
 		return st, nil, err
+	}
+	if err := random.Close(); err != nil {
+		return st, nil, errors.Wrap(err, "close chunks")
 	}
 
 	removable, err := removableSymbols(ctx, ir, dropped)
