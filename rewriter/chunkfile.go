@@ -53,6 +53,16 @@ func (c *chunkFiles) reset() {
 	c.out = c.out[:0]
 }
 
+// release gives the chunks read since the last reset or release back to the pool; their bytes
+// stay where they are in the arena, for a writer to use.
+func (c *chunkFiles) release() {
+	for i, chk := range c.out {
+		_ = c.pool.Put(chk)
+		c.out[i] = nil
+	}
+	c.out = c.out[:0]
+}
+
 // segment is one chunk segment: open starts a stream of its bytes from an offset.
 type segment struct {
 	name string

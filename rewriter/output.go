@@ -114,16 +114,23 @@ func (o *output) cut() error {
 
 // writeChunk appends a chunk and returns its reference.
 func (o *output) writeChunk(c chunkenc.Chunk) (chunks.ChunkRef, error) {
-	data := c.Bytes()
-	crc := crc32.Update(crc32.Update(0, castagnoli, []byte{byte(c.Encoding())}), castagnoli, data)
-	return o.writeChunkCRC(c, crc)
+	return o.writeChunkBytes(c.Encoding(), c.Bytes(), chunkCRC(c.Encoding(), c.Bytes()))
+}
+
+// chunkCRC is the checksum of a chunk of encoding enc and data data, as its segment stores it.
+func chunkCRC(enc chunkenc.Encoding, data []byte) uint32 {
+	return crc32.Update(crc32.Update(0, castagnoli, []byte{byte(enc)}), castagnoli, data)
 }
 
 // writeChunkCRC appends a chunk whose checksum (of its encoding byte and data) is known: a chunk
 // copied from the source, whose checksum was checked when it was read, is written without
 // computing it again.
 func (o *output) writeChunkCRC(c chunkenc.Chunk, crc uint32) (chunks.ChunkRef, error) {
-	data := c.Bytes()
+	return o.writeChunkBytes(c.Encoding(), c.Bytes(), crc)
+}
+
+// writeChunkBytes appends the chunk of encoding enc and data data, whose checksum is crc.
+func (o *output) writeChunkBytes(enc chunkenc.Encoding, data []byte, crc uint32) (chunks.ChunkRef, error) {
 	size := int64(binary.MaxVarintLen32 + chunks.ChunkEncodingSize + len(data) + crc32.Size)
 	if o.seg == nil || (o.segSize > chunks.SegmentHeaderSize && o.segSize+size > segmentSize) {
 		if err := o.cut(); err != nil {
@@ -132,7 +139,7 @@ func (o *output) writeChunkCRC(c chunkenc.Chunk, crc uint32) (chunks.ChunkRef, e
 	}
 	ref := chunks.ChunkRef(chunks.NewBlockChunkRef(uint64(o.segSeq), uint64(o.segSize)))
 	o.buf = binary.AppendUvarint(o.buf[:0], uint64(len(data)))
-	o.buf = append(o.buf, byte(c.Encoding()))
+	o.buf = append(o.buf, byte(enc))
 	head := len(o.buf)
 	o.buf = binary.BigEndian.AppendUint32(o.buf, crc)
 	// Header, data and checksum straight into the segment's buffer: the data is not copied twice.

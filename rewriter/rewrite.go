@@ -98,10 +98,6 @@ type deleter struct {
 	// boundary after each such interval, so that a crash redoes at most that much of a block.
 	checkpointEvery time.Duration
 	save            func(context.Context, *checkpoint) error
-	// metas and crcs are one series' output chunks, reused from series to series; crcs[i] is
-	// the checksum a copied chunk keeps, -1 for a chunk written anew.
-	metas []chunks.Meta
-	crcs  []int64
 }
 
 // checkpoint is where a rewrite stopped inside a block: how many series of the source it has
@@ -159,6 +155,18 @@ type statsState struct {
 	ChunksCopied, ChunksRewritten, ChunksGone int
 	BytesRead                                 int64
 	SamplesOut                                uint64
+}
+
+// add adds the counts of o.
+func (s *stats) add(o stats) {
+	s.seriesIn += o.seriesIn
+	s.seriesOut += o.seriesOut
+	s.seriesDropped += o.seriesDropped
+	s.chunksCopied += o.chunksCopied
+	s.chunksRewritten += o.chunksRewritten
+	s.chunksGone += o.chunksGone
+	s.bytesRead += o.bytesRead
+	s.samplesOut += o.samplesOut
 }
 
 func (s stats) state() statsState {
@@ -287,15 +295,11 @@ func (d *deleter) rewriteFrom(ctx context.Context, srcBlock blockSource, dst str
 		return st, nil, err
 	}
 	var (
-		builder labels.ScratchBuilder
-		lset    labels.Labels
-		chks    []chunks.Meta
-		refs    []uint32
-		ivs     tombstones.Intervals
 		batch   int
 		started = time.Now()
 		saved   = started
 		base    = st
+		metas   []chunks.Meta
 	)
 	// snapshot makes the output durable up to the series done and describes it.
 	snapshot := func(done int) (*checkpoint, error) {
@@ -304,41 +308,57 @@ func (d *deleter) rewriteFrom(ctx context.Context, srcBlock blockSource, dst str
 		}
 		return &checkpoint{Format: checkpointFormat, PostingsDone: done, Segments: slices.Clone(out.segments), IndexSize: iw.size(), Stats: st.state()}, nil
 	}
-	for i := 0; all.Next(); i++ {
-		if i < skip {
-			continue
+	// The series are read and their chunks cut in one goroutine, and written in this one, in
+	// the source's order: the output is the same as one goroutine's.
+	p := d.startSeriesReader(ctx, all, skip, dropped, src, cr)
+	defer p.stop()
+	for b := range p.batches {
+		if b.err != nil {
+			return st, nil, b.err
 		}
-		if err := ctx.Err(); err != nil {
-			return st, nil, err
-		}
-		st.seriesIn++
-		if _, gone := dropped[all.At()]; gone {
-			st.seriesDropped++
-		} else {
-			if err := src.series(all.At(), &builder, &chks, &refs); err != nil {
-				return st, nil, errors.Wrap(err, "read series")
+		for j := range b.items {
+			it := &b.items[j]
+			st.add(it.st)
+			st.seriesIn++
+			if it.dropped {
+				st.seriesDropped++
+			} else {
+				metas = metas[:0]
+				for _, c := range it.chunks {
+					var ref chunks.ChunkRef
+					if c.crc >= 0 {
+						ref, err = out.writeChunkBytes(c.enc, c.data, uint32(c.crc))
+					} else {
+						ref, err = out.writeChunkBytes(c.enc, c.data, chunkCRC(c.enc, c.data))
+					}
+					if err != nil {
+						return st, nil, err
+					}
+					metas = append(metas, chunks.Meta{Ref: ref, MinTime: c.mint, MaxTime: c.maxt})
+					st.samplesOut += uint64(c.samples)
+				}
+				st.seriesOut++
+				if err := iw.addSeries(it.refs, metas); err != nil {
+					return st, nil, err
+				}
 			}
-			// The labels are not kept past the series: their memory is reused.
-			builder.Overwrite(&lset)
-			if err := d.streamSeries(cr, out, iw, lset, refs, chks, &ivs, &st); err != nil {
-				return st, nil, err
+			if batch++; batch < d.limits.BatchSeries {
+				continue
 			}
-		}
-		if batch++; batch >= d.limits.BatchSeries {
 			batch = 0
 			d.progress(st.seriesIn, st.bytesRead)
 			if err := d.pace(ctx, st, base, started); err != nil {
 				if !errors.Is(err, ErrBudget) {
 					return st, nil, err
 				}
-				cp, serr := snapshot(i + 1)
+				cp, serr := snapshot(it.index + 1)
 				if serr != nil {
 					return st, nil, serr
 				}
 				return st, cp, ErrBudget
 			}
 			if d.checkpointEvery > 0 && time.Since(saved) >= d.checkpointEvery {
-				cp, err := snapshot(i + 1)
+				cp, err := snapshot(it.index + 1)
 				if err != nil {
 					return st, nil, err
 				}
@@ -348,7 +368,9 @@ func (d *deleter) rewriteFrom(ctx context.Context, srcBlock blockSource, dst str
 				saved = time.Now()
 			}
 		}
+		p.done(b)
 	}
+	p.stop()
 	if err := all.Err(); err != nil {
 		return st, nil, errors.Wrap(err, "postings")
 	}
@@ -376,36 +398,162 @@ func sortedRefs(m map[storage.SeriesRef]struct{}) []storage.SeriesRef {
 	return refs
 }
 
-// streamSeries writes one series' remaining chunks and its index entry.
-func (d *deleter) streamSeries(cr *chunkFiles, out *output, iw *indexWriter, lset labels.Labels, refs []uint32, chks []chunks.Meta, ivs *tombstones.Intervals, st *stats) error {
-	*ivs = d.ix.Intervals(lset, d.ext, (*ivs)[:0])
-	if err := d.rewriteChunks(cr, chks, *ivs, st); err != nil {
-		return errors.Wrapf(err, "series %s", redactedLabels(lset))
+// outChunk is one chunk of the output as it goes from the series reader to the writer.
+type outChunk struct {
+	enc  chunkenc.Encoding
+	data []byte
+	// crc is the checksum a copied chunk keeps, -1 for a chunk written anew.
+	crc        int64
+	samples    int
+	mint, maxt int64
+}
+
+// seriesItem is one series of the source, in postings order: dropped, or its label symbols and
+// its chunks without the deleted samples.
+type seriesItem struct {
+	index   int // In the postings of all series.
+	dropped bool
+	refs    []uint32
+	chunks  []outChunk
+	// st counts the chunks copied, re-encoded and dropped and the bytes read.
+	st stats
+}
+
+// seriesBatch is some consecutive series; their chunks' bytes are in its arena. err ends the
+// stream.
+type seriesBatch struct {
+	items  []seriesItem
+	arena  []byte
+	refs   []uint32
+	chunks []outChunk
+	err    error
+}
+
+// readerBatchSeries is how many series go from the reader to the writer at once.
+const readerBatchSeries = 256
+
+// seriesReader reads the series in a goroutine, a few batches ahead of the writer.
+type seriesReader struct {
+	batches chan *seriesBatch
+	free    chan *seriesBatch
+	quit    chan struct{}
+	exited  chan struct{}
+	stopped bool
+}
+
+// startSeriesReader starts reading the series of all from the skip-th on: the dropped ones are
+// only counted; the others' chunks are read from cr and cut by the deletions.
+func (d *deleter) startSeriesReader(ctx context.Context, all index.Postings, skip int, dropped map[storage.SeriesRef]struct{}, src *source, cr *chunkFiles) *seriesReader {
+	const depth = 4
+	p := &seriesReader{batches: make(chan *seriesBatch, depth), free: make(chan *seriesBatch, depth+2),
+		quit: make(chan struct{}), exited: make(chan struct{})}
+	for range depth + 2 {
+		p.free <- &seriesBatch{}
 	}
-	metas := d.metas
-	if len(metas) == 0 {
-		// Pass 1 found a sample; a chunk that decodes to none contradicts it.
-		return errors.Newf("series %s lost every sample in pass 2 only", redactedLabels(lset))
-	}
-	var err error
-	for i := range metas {
-		if crc := d.crcs[i]; crc >= 0 {
-			metas[i].Ref, err = out.writeChunkCRC(metas[i].Chunk, uint32(crc))
-		} else {
-			metas[i].Ref, err = out.writeChunk(metas[i].Chunk)
+	go func() {
+		defer close(p.exited)
+		defer close(p.batches)
+		var (
+			builder labels.ScratchBuilder
+			lset    labels.Labels
+			chks    []chunks.Meta
+			refs    []uint32
+			ivs     tombstones.Intervals
+			b       *seriesBatch
+		)
+		send := func() bool {
+			// The chunks read keep the arena they were read into.
+			b.arena, cr.arena = cr.arena, nil
+			select {
+			case p.batches <- b:
+				b = nil
+				return true
+			case <-p.quit:
+				return false
+			}
 		}
-		if err != nil {
-			return err
+		fail := func(err error) {
+			if b == nil {
+				b = &seriesBatch{}
+			}
+			b.items, b.err = b.items[:0], err
+			send()
 		}
-		st.samplesOut += uint64(metas[i].Chunk.NumSamples())
+		for i := 0; all.Next(); i++ {
+			if i < skip {
+				continue
+			}
+			if err := ctx.Err(); err != nil {
+				fail(err)
+				return
+			}
+			if b == nil {
+				select {
+				case b = <-p.free:
+				case <-p.quit:
+					return
+				}
+				b.items, b.refs, b.chunks, b.err = b.items[:0], b.refs[:0], b.chunks[:0], nil
+				cr.arena = b.arena[:0]
+			}
+			it := seriesItem{index: i}
+			if _, gone := dropped[all.At()]; gone {
+				it.dropped = true
+			} else {
+				if err := src.series(all.At(), &builder, &chks, &refs); err != nil {
+					fail(errors.Wrap(err, "read series"))
+					return
+				}
+				// The labels are not kept past the series: their memory is reused.
+				builder.Overwrite(&lset)
+				ivs = d.ix.Intervals(lset, d.ext, ivs[:0])
+				n := len(b.chunks)
+				var err error
+				if b.chunks, err = d.rewriteChunks(cr, chks, ivs, b.chunks, &it.st); err != nil {
+					fail(errors.Wrapf(err, "series %s", redactedLabels(lset)))
+					return
+				}
+				if len(b.chunks) == n {
+					// Pass 1 found a sample; a chunk that decodes to none contradicts it.
+					fail(errors.Newf("series %s lost every sample in pass 2 only", redactedLabels(lset)))
+					return
+				}
+				r := len(b.refs)
+				b.refs = append(b.refs, refs...)
+				// Later appends that move b.refs or b.chunks leave these where they are.
+				it.refs, it.chunks = b.refs[r:len(b.refs):len(b.refs)], b.chunks[n:len(b.chunks):len(b.chunks)]
+				cr.release()
+			}
+			b.items = append(b.items, it)
+			if len(b.items) >= readerBatchSeries && !send() {
+				return
+			}
+		}
+		if b != nil && len(b.items) > 0 && !send() {
+			return
+		}
+	}()
+	return p
+}
+
+// done gives a batch written back for reuse.
+func (p *seriesReader) done(b *seriesBatch) {
+	select {
+	case p.free <- b:
+	default:
 	}
-	st.seriesOut++
-	if err := iw.addSeries(refs, metas); err != nil {
-		return err
+}
+
+// stop stops the reader and waits until it has.
+func (p *seriesReader) stop() {
+	if p.stopped {
+		return
 	}
-	// The series' chunks are written: their bytes in the read arena can be reused.
-	cr.reset()
-	return nil
+	p.stopped = true
+	close(p.quit)
+	for range p.batches {
+	}
+	<-p.exited
 }
 
 // pace sleeps so that the series and byte rates of this run (st less what a checkpoint brought in
@@ -550,31 +698,22 @@ func removableSymbols(ctx context.Context, ir *index.Reader, dropped map[storage
 	return removable, nil
 }
 
-// rewriteChunks sets d.metas to the series' chunks without the deleted samples, and d.crcs to
-// the checksums of those copied as they are.
-func (d *deleter) rewriteChunks(cr *chunkFiles, chks []chunks.Meta, ivs tombstones.Intervals, st *stats) error {
-	out, crcs := d.metas[:0], d.crcs[:0]
-	defer func() {
-		// A re-encoded chunk has no checksum yet.
-		for len(crcs) < len(out) {
-			crcs = append(crcs, -1)
-		}
-		d.metas, d.crcs = out, crcs
-	}()
+// rewriteChunks appends to out the series' chunks without the deleted samples: those no deleted
+// range meets as they are, with their checksums, those one meets re-encoded without its samples.
+func (d *deleter) rewriteChunks(cr *chunkFiles, chks []chunks.Meta, ivs tombstones.Intervals, out []outChunk, st *stats) ([]outChunk, error) {
+	add := func(m chunks.Meta, crc int64) {
+		out = append(out, outChunk{enc: m.Chunk.Encoding(), data: m.Chunk.Bytes(), crc: crc, samples: m.Chunk.NumSamples(), mint: m.MinTime, maxt: m.MaxTime})
+	}
 	for _, c := range chks {
 		chk, crc, err := cr.chunk(c)
 		if err != nil {
-			return errors.Wrap(err, "read chunk")
+			return out, errors.Wrap(err, "read chunk")
 		}
 		st.bytesRead += int64(len(chk.Bytes()))
 		switch {
 		case !ivs.Overlaps(chunkcut.WindowStart(c.MinTime, d.resolution), c.MaxTime):
 			st.chunksCopied++
-			for len(crcs) < len(out) {
-				crcs = append(crcs, -1)
-			}
-			out = append(out, chunks.Meta{Chunk: chk, MinTime: c.MinTime, MaxTime: c.MaxTime})
-			crcs = append(crcs, int64(crc))
+			add(chunks.Meta{Chunk: chk, MinTime: c.MinTime, MaxTime: c.MaxTime}, int64(crc))
 		case ivs.CoversRange(c.MinTime, c.MaxTime):
 			st.chunksGone++
 		default:
@@ -583,25 +722,27 @@ func (d *deleter) rewriteChunks(cr *chunkFiles, chks []chunks.Meta, ivs tombston
 				// survives in an aggregate. One that cannot be cut goes whole.
 				m, err := d.cutRaw(chk, ivs)
 				if err != nil {
-					return err
+					return out, err
 				}
 				if m == nil {
 					st.chunksGone++
 					continue
 				}
 				st.chunksRewritten++
-				out = append(out, *m)
+				add(*m, -1)
 				continue
 			}
 			re, err := chunkcut.Raw(chk, ivs)
 			if err != nil {
-				return err
+				return out, err
 			}
 			st.chunksRewritten++
-			out = append(out, re...)
+			for _, m := range re {
+				add(m, -1)
+			}
 		}
 	}
-	return nil
+	return out, nil
 }
 
 // cutRaw cuts a chunk of an encoding Prometheus does not know: a Thanos aggregate chunk loses the
