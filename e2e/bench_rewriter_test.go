@@ -71,13 +71,15 @@ import (
 	"github.com/oklog/ulid/v2"
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/storage"
 	"github.com/prometheus/prometheus/tsdb"
 	"github.com/prometheus/prometheus/tsdb/chunkenc"
+	"github.com/prometheus/prometheus/tsdb/chunks"
+	"github.com/prometheus/prometheus/tsdb/index"
 	"github.com/thanos-io/objstore"
 	"github.com/thanos-io/objstore/providers/filesystem"
 
 	"github.com/lethe-project/lethe/block"
-	"github.com/lethe-project/lethe/internal/synth"
 	"github.com/lethe-project/lethe/tombstones"
 )
 
@@ -593,7 +595,7 @@ func rbenchUsers() ([2]int, error) {
 
 // rbenchCacheFormat names the cached template buckets: a change to the data, the deletions or
 // the layout of the template changes it.
-const rbenchCacheFormat = "v1"
+const rbenchCacheFormat = "v2"
 
 // writeBlock writes the block of users users per (job, instance, status), uploads it to a new
 // template bucket as a Thanos block and registers the tombstones there, due at once. With
@@ -656,10 +658,7 @@ func (fx *rbenchFixture) writeTemplate(ctx context.Context, dir, name string, se
 	if err := os.RemoveAll(dir); err != nil {
 		return err
 	}
-	meta, bdir, err := synth.Write(ctx, filepath.Join(fx.tmp, "blocks-"+name), synth.Block{
-		Series: series, MinTime: blockStart, MaxTime: rbenchEnd, Step: rbenchStep, Value: value,
-		External: map[string]string{"cluster": "bench", "replica": "0"},
-	})
+	meta, bdir, err := rbenchWriteBlock(ctx, filepath.Join(fx.tmp, "blocks-"+name), series, value, map[string]string{"cluster": "bench", "replica": "0"})
 	if err != nil {
 		return err
 	}
@@ -682,6 +681,97 @@ func (fx *rbenchFixture) writeTemplate(ctx context.Context, dir, name string, se
 		}
 	}
 	return nil
+}
+
+// rbenchChunkSamples is where the block's chunks are cut, as Prometheus' head cuts them at a
+// regular step: every 120 samples.
+const rbenchChunkSamples = 120
+
+// rbenchWriteBlock writes the block of series (a sample every rbenchStep from blockStart to
+// rbenchEnd, values from value) under dir with Prometheus' own chunk and index writers, one
+// series at a time: synth.Write, through a head, would hold every sample of a 400,000-series
+// block in memory at once. It returns the block's meta.json, with the Thanos section, and the
+// block's directory.
+func rbenchWriteBlock(ctx context.Context, dir string, series []labels.Labels, value func(int, int64) float64, ext map[string]string) (_ *block.Meta, _ string, err error) {
+	id := ulid.MustNew(ulid.Now(), ulid.DefaultEntropy())
+	bdir := filepath.Join(dir, id.String())
+	order := make([]int, len(series))
+	symbols := map[string]struct{}{}
+	for i, ls := range series {
+		order[i] = i
+		ls.Range(func(l labels.Label) {
+			symbols[l.Name] = struct{}{}
+			symbols[l.Value] = struct{}{}
+		})
+	}
+	sort.Slice(order, func(a, b int) bool { return labels.Compare(series[order[a]], series[order[b]]) < 0 })
+	syms := make([]string, 0, len(symbols))
+	for sym := range symbols {
+		syms = append(syms, sym)
+	}
+	sort.Strings(syms)
+	cw, err := chunks.NewWriter(filepath.Join(bdir, block.ChunksDirname))
+	if err != nil {
+		return nil, "", err
+	}
+	defer func() {
+		if cerr := cw.Close(); err == nil {
+			err = cerr
+		}
+	}()
+	iw, err := index.NewWriter(ctx, filepath.Join(bdir, block.IndexFilename))
+	if err != nil {
+		return nil, "", err
+	}
+	for _, sym := range syms {
+		if err := iw.AddSymbol(sym); err != nil {
+			return nil, "", err
+		}
+	}
+	var (
+		stats tsdb.BlockStats
+		metas []chunks.Meta
+		last  int64
+	)
+	for ref, i := range order {
+		metas = metas[:0]
+		var (
+			chk *chunkenc.XORChunk
+			app chunkenc.Appender
+		)
+		for n, ts := 0, int64(blockStart); ts < rbenchEnd; n, ts = n+1, ts+rbenchStep {
+			if n%rbenchChunkSamples == 0 {
+				chk = chunkenc.NewXORChunk()
+				if app, err = chk.Appender(); err != nil {
+					return nil, "", err
+				}
+				metas = append(metas, chunks.Meta{Chunk: chk, MinTime: ts})
+			}
+			app.Append(0, ts, value(i, ts))
+			metas[len(metas)-1].MaxTime = ts
+			last = max(last, ts)
+			stats.NumSamples++
+		}
+		if err := cw.WriteChunks(metas...); err != nil {
+			return nil, "", err
+		}
+		if err := iw.AddSeries(storage.SeriesRef(ref), series[i], metas...); err != nil {
+			return nil, "", err
+		}
+		stats.NumSeries++
+		stats.NumChunks += uint64(len(metas))
+	}
+	if err := iw.Close(); err != nil {
+		return nil, "", err
+	}
+	meta := &block.Meta{BlockMeta: tsdb.BlockMeta{ULID: id, MinTime: blockStart, MaxTime: last + 1, Stats: stats, Version: 1,
+		Compaction: tsdb.BlockMetaCompaction{Level: 1, Sources: []ulid.ULID{id}}},
+		Thanos: &block.Thanos{Version: 1, Labels: ext, Source: "sidecar"}}
+	raw, err := block.EncodeMeta(meta)
+	if err != nil {
+		return nil, "", err
+	}
+	return meta, bdir, os.WriteFile(filepath.Join(bdir, block.MetaFilename), raw, 0o644)
 }
 
 // rbenchDigest is one series' samples: how many, and a hash of their timestamps and values in
