@@ -70,8 +70,17 @@ type segment struct {
 	// skipThrough is the longest forward gap read through rather than reopened at its end.
 	skipThrough int64
 	rc          io.ReadCloser
-	r           *bufio.Reader
+	r           chunkReader
 	pos         int64 // The offset of r's next byte.
+}
+
+// chunkReader is what a segment reads chunks through: a bufio.Reader, or a readAhead, which
+// needs none.
+type chunkReader interface {
+	io.Reader
+	io.ByteReader
+	Discard(n int) (int, error)
+	Buffered() int
 }
 
 const (
@@ -170,10 +179,10 @@ func (s *segment) seek(off int64, size int) error {
 		return err
 	}
 	s.rc = rc
-	if s.r == nil || s.r.Size() != size {
-		s.r = bufio.NewReaderSize(rc, size)
+	if r, ok := rc.(chunkReader); ok {
+		s.r = r
 	} else {
-		s.r.Reset(rc)
+		s.r = bufio.NewReaderSize(rc, size)
 	}
 	s.pos = off
 	return nil
@@ -185,8 +194,7 @@ func (s *segment) close() error {
 		return nil
 	}
 	err := s.rc.Close()
-	s.rc = nil
-	s.r.Reset(nil)
+	s.rc, s.r = nil, nil
 	s.pos = -1
 	return err
 }
@@ -334,9 +342,44 @@ func (a *readAhead) stop() error {
 }
 
 func (a *readAhead) Read(p []byte) (int, error) {
+	if err := a.next(); err != nil {
+		return 0, err
+	}
+	n := copy(p, a.cur)
+	a.cur = a.cur[n:]
+	return n, nil
+}
+
+func (a *readAhead) ReadByte() (byte, error) {
+	if err := a.next(); err != nil {
+		return 0, err
+	}
+	c := a.cur[0]
+	a.cur = a.cur[1:]
+	return c, nil
+}
+
+// Discard skips the next n bytes.
+func (a *readAhead) Discard(n int) (int, error) {
+	done := 0
+	for done < n {
+		if err := a.next(); err != nil {
+			return done, err
+		}
+		k := min(n-done, len(a.cur))
+		a.cur, done = a.cur[k:], done+k
+	}
+	return done, nil
+}
+
+// Buffered is how many bytes can be read without waiting for the stream.
+func (a *readAhead) Buffered() int { return len(a.cur) }
+
+// next makes cur hold the next bytes of the stream, unless it is at its end or failed.
+func (a *readAhead) next() error {
 	for len(a.cur) == 0 {
 		if a.err != nil {
-			return 0, a.err
+			return a.err
 		}
 		if a.buf != nil {
 			a.free <- a.buf[:cap(a.buf)]
@@ -351,9 +394,7 @@ func (a *readAhead) Read(p []byte) (int, error) {
 		}
 		a.buf, a.cur = b, b
 	}
-	n := copy(p, a.cur)
-	a.cur = a.cur[n:]
-	return n, nil
+	return nil
 }
 
 // Close stops the reading and closes the stream.

@@ -300,6 +300,8 @@ func (d *deleter) rewriteFrom(ctx context.Context, srcBlock blockSource, dst str
 		saved   = started
 		base    = st
 		metas   []chunks.Meta
+		cut     []outChunk
+		pool    = rawPool{chunkenc.NewPool()}
 	)
 	// snapshot makes the output durable up to the series done and describes it.
 	snapshot := func(done int) (*checkpoint, error) {
@@ -325,17 +327,31 @@ func (d *deleter) rewriteFrom(ctx context.Context, srcBlock blockSource, dst str
 			} else {
 				metas = metas[:0]
 				for _, c := range it.chunks {
-					var ref chunks.ChunkRef
-					if c.crc >= 0 {
-						ref, err = out.writeChunkBytes(c.enc, c.data, uint32(c.crc))
-					} else {
-						ref, err = out.writeChunkBytes(c.enc, c.data, chunkCRC(c.enc, c.data))
+					cs := []outChunk{c}
+					if c.cut {
+						// Cut here rather than in the reader: the two goroutines share the work.
+						if cut, err = d.cutChunk(pool, c, it.ivs, cut[:0], &st); err != nil {
+							return st, nil, errors.Wrapf(err, "series %d of the postings", it.index)
+						}
+						cs = cut
 					}
-					if err != nil {
-						return st, nil, err
+					for _, c := range cs {
+						var ref chunks.ChunkRef
+						if c.crc >= 0 {
+							ref, err = out.writeChunkBytes(c.enc, c.data, uint32(c.crc))
+						} else {
+							ref, err = out.writeChunkBytes(c.enc, c.data, chunkCRC(c.enc, c.data))
+						}
+						if err != nil {
+							return st, nil, err
+						}
+						metas = append(metas, chunks.Meta{Ref: ref, MinTime: c.mint, MaxTime: c.maxt})
+						st.samplesOut += uint64(c.samples)
 					}
-					metas = append(metas, chunks.Meta{Ref: ref, MinTime: c.mint, MaxTime: c.maxt})
-					st.samplesOut += uint64(c.samples)
+				}
+				if len(metas) == 0 {
+					// Pass 1 found a sample; a chunk that decodes to none contradicts it.
+					return st, nil, errors.Newf("series %d of the postings lost every sample in pass 2 only", it.index)
 				}
 				st.seriesOut++
 				if err := iw.addSeries(it.refs, metas); err != nil {
@@ -402,6 +418,8 @@ func sortedRefs(m map[storage.SeriesRef]struct{}) []storage.SeriesRef {
 type outChunk struct {
 	enc  chunkenc.Encoding
 	data []byte
+	// cut is a source chunk that a deleted range meets without covering it, to be cut.
+	cut bool
 	// crc is the checksum a copied chunk keeps, -1 for a chunk written anew.
 	crc        int64
 	samples    int
@@ -415,6 +433,8 @@ type seriesItem struct {
 	dropped bool
 	refs    []uint32
 	chunks  []outChunk
+	// ivs are the deleted ranges of the series.
+	ivs tombstones.Intervals
 	// st counts the chunks copied, re-encoded and dropped and the bytes read.
 	st stats
 }
@@ -426,6 +446,7 @@ type seriesBatch struct {
 	arena  []byte
 	refs   []uint32
 	chunks []outChunk
+	ivs    []tombstones.Interval
 	err    error
 }
 
@@ -493,7 +514,7 @@ func (d *deleter) startSeriesReader(ctx context.Context, all index.Postings, ski
 				case <-p.quit:
 					return
 				}
-				b.items, b.refs, b.chunks, b.err = b.items[:0], b.refs[:0], b.chunks[:0], nil
+				b.items, b.refs, b.chunks, b.ivs, b.err = b.items[:0], b.refs[:0], b.chunks[:0], b.ivs[:0], nil
 				cr.arena = b.arena[:0]
 			}
 			it := seriesItem{index: i}
@@ -518,10 +539,11 @@ func (d *deleter) startSeriesReader(ctx context.Context, all index.Postings, ski
 					fail(errors.Newf("series %s lost every sample in pass 2 only", redactedLabels(lset)))
 					return
 				}
-				r := len(b.refs)
-				b.refs = append(b.refs, refs...)
+				r, v := len(b.refs), len(b.ivs)
+				b.refs, b.ivs = append(b.refs, refs...), append(b.ivs, ivs...)
 				// Later appends that move b.refs or b.chunks leave these where they are.
 				it.refs, it.chunks = b.refs[r:len(b.refs):len(b.refs)], b.chunks[n:len(b.chunks):len(b.chunks)]
+				it.ivs = b.ivs[v:len(b.ivs):len(b.ivs)]
 				cr.release()
 			}
 			b.items = append(b.items, it)
@@ -698,12 +720,10 @@ func removableSymbols(ctx context.Context, ir *index.Reader, dropped map[storage
 	return removable, nil
 }
 
-// rewriteChunks appends to out the series' chunks without the deleted samples: those no deleted
-// range meets as they are, with their checksums, those one meets re-encoded without its samples.
+// rewriteChunks appends to out the series' chunks without those the deleted ranges cover: those
+// no deleted range meets as they are, with their checksums, those one meets marked to be cut
+// (cutChunk).
 func (d *deleter) rewriteChunks(cr *chunkFiles, chks []chunks.Meta, ivs tombstones.Intervals, out []outChunk, st *stats) ([]outChunk, error) {
-	add := func(m chunks.Meta, crc int64) {
-		out = append(out, outChunk{enc: m.Chunk.Encoding(), data: m.Chunk.Bytes(), crc: crc, samples: m.Chunk.NumSamples(), mint: m.MinTime, maxt: m.MaxTime})
-	}
 	for _, c := range chks {
 		chk, crc, err := cr.chunk(c)
 		if err != nil {
@@ -713,34 +733,48 @@ func (d *deleter) rewriteChunks(cr *chunkFiles, chks []chunks.Meta, ivs tombston
 		switch {
 		case !ivs.Overlaps(chunkcut.WindowStart(c.MinTime, d.resolution), c.MaxTime):
 			st.chunksCopied++
-			add(chunks.Meta{Chunk: chk, MinTime: c.MinTime, MaxTime: c.MaxTime}, int64(crc))
+			out = append(out, outChunk{enc: chk.Encoding(), data: chk.Bytes(), crc: int64(crc), samples: chk.NumSamples(), mint: c.MinTime, maxt: c.MaxTime})
 		case ivs.CoversRange(c.MinTime, c.MaxTime):
 			st.chunksGone++
 		default:
-			if isRaw(chk) {
-				// An aggregate chunk loses the windows a deleted range meets: deleted data never
-				// survives in an aggregate. One that cannot be cut goes whole.
-				m, err := d.cutRaw(chk, ivs)
-				if err != nil {
-					return out, err
-				}
-				if m == nil {
-					st.chunksGone++
-					continue
-				}
-				st.chunksRewritten++
-				add(*m, -1)
-				continue
-			}
-			re, err := chunkcut.Raw(chk, ivs)
-			if err != nil {
-				return out, err
-			}
-			st.chunksRewritten++
-			for _, m := range re {
-				add(m, -1)
-			}
+			out = append(out, outChunk{enc: chk.Encoding(), data: chk.Bytes(), cut: true, crc: -1, mint: c.MinTime, maxt: c.MaxTime})
 		}
+	}
+	return out, nil
+}
+
+// cutChunk appends to out what is left of the chunk c without the samples in ivs, re-encoded.
+func (d *deleter) cutChunk(pool chunkenc.Pool, c outChunk, ivs tombstones.Intervals, out []outChunk, st *stats) ([]outChunk, error) {
+	chk, err := pool.Get(c.enc, c.data)
+	if err != nil {
+		return out, errors.Wrap(err, "read chunk")
+	}
+	defer func() { _ = pool.Put(chk) }()
+	add := func(m chunks.Meta) {
+		out = append(out, outChunk{enc: m.Chunk.Encoding(), data: m.Chunk.Bytes(), crc: -1, samples: m.Chunk.NumSamples(), mint: m.MinTime, maxt: m.MaxTime})
+	}
+	if isRaw(chk) {
+		// An aggregate chunk loses the windows a deleted range meets: deleted data never
+		// survives in an aggregate. One that cannot be cut goes whole.
+		m, err := d.cutRaw(chk, ivs)
+		if err != nil {
+			return out, err
+		}
+		if m == nil {
+			st.chunksGone++
+			return out, nil
+		}
+		st.chunksRewritten++
+		add(*m)
+		return out, nil
+	}
+	re, err := chunkcut.Raw(chk, ivs)
+	if err != nil {
+		return out, err
+	}
+	st.chunksRewritten++
+	for _, m := range re {
+		add(m)
 	}
 	return out, nil
 }

@@ -159,6 +159,28 @@ func TestReadAhead(t *testing.T) {
 	_, err := io.ReadFull(a, make([]byte, 10))
 	testutil.Ok(t, err)
 	testutil.Ok(t, a.Close())
+
+	// Discard and ReadByte across the buffers.
+	data := make([]byte, 3*readAheadBuffer)
+	for i := range data {
+		data[i] = byte(i * 7 / 5)
+	}
+	a = newReadAhead(io.NopCloser(bytes.NewReader(data)))
+	pos := 0
+	for _, skip := range []int{0, 3, readAheadBuffer - 4, 1, readAheadBuffer + 17} {
+		n, err := a.Discard(skip)
+		testutil.Ok(t, err)
+		testutil.Equals(t, skip, n)
+		pos += skip
+		c, err := a.ReadByte()
+		testutil.Ok(t, err)
+		testutil.Equals(t, data[pos], c)
+		pos++
+	}
+	n, err := a.Discard(len(data))
+	testutil.Equals(t, io.EOF, err)
+	testutil.Equals(t, len(data)-pos, n)
+	testutil.Ok(t, a.Close())
 }
 
 // failingWriter takes n bytes, then fails.
