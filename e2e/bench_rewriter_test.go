@@ -14,9 +14,10 @@ package e2e
 //	                          at the same --batch.series: peak memory should stay flat, and the
 //	                          time ratio is the 4x/1x time ratio (linear: about 4)
 //
-// The bucket is a FILESYSTEM bucket holding one 2h Thanos block (25,000 series, a sample every
-// 15s; the 4x block has four times the series; LETHE_REWRITE_BENCH_SIZES=100000,400000 sets the
-// series of both blocks, each a multiple of 500) and three due tombstones: a handful of series
+// The bucket is a FILESYSTEM bucket holding one 2h Thanos block (100,000 series, a sample every
+// 15s, node-exporter-like values: issue 16's block; the 4x block has four times the series;
+// LETHE_REWRITE_BENCH_SIZES=25000,100000 sets the series of both blocks, each a multiple of 500)
+// and three due tombstones: a handful of series
 // deleted whole, and two time ranges over many series, so that the rewrite copies chunks,
 // re-encodes those a range cuts and drops those it covers. Thanos gets the same deletions as its
 // deletion requests, and runs with its default flags (change log on), as a user would type the
@@ -24,8 +25,9 @@ package e2e
 // lethe-rewriter runs with --threshold 0 and --nice=false: its default nice 19 would make it lose
 // to whatever else the machine runs, and Thanos runs at normal priority.
 //
-// Each iteration copies the bucket's directory afresh for each side (not timed), runs both sides,
-// alternating which goes first so that whatever else the machine does slows both alike, and
+// Each iteration copies the bucket's directory afresh for each side and syncs it to disk (not
+// timed), runs both sides, alternating which goes first so that whatever else the machine does
+// slows both alike, and
 // records each side's wall time and peak memory. Each leaf reports the median time of each side
 // (lethe-ms, baseline-ms), the median of the paired time ratios (lethe/baseline), each process'
 // peak RSS (VmHWM, which counts the pages of mmapped block files it touched) and peak anonymous
@@ -87,7 +89,7 @@ const (
 	// A block's series = 2 jobs x rbenchInstances x len(rbenchStatuses) x its users.
 	rbenchSeriesPerUser = 2 * rbenchInstances * 5
 	// rbenchSizes are the series of the 1x and the 4x block unless LETHE_REWRITE_BENCH_SIZES says.
-	rbenchSizes     = "25000,100000"
+	rbenchSizes     = "100000,400000"
 	rbenchInstances = 50
 	rbenchStep      = int64(15_000)
 	rbenchEnd       = blockStart + 7_200_000 // exclusive
@@ -117,7 +119,10 @@ var rbenchDeletions = []struct {
 }
 
 // rbenchData returns the series of the block with users users per (job, instance, status), and
-// their values: counters growing at a series-dependent rate.
+// their values, node-exporter-like in how they compress (about 4.5 bytes a sample, as issue 16's
+// block): a quarter are counters growing by whole steps, a quarter float counters (CPU seconds)
+// growing by a jittered fraction of the step, a quarter gauges moving by pages (memory bytes),
+// and a quarter gauges in quarter steps (temperatures).
 func rbenchData(users int) ([]labels.Labels, func(int, int64) float64) {
 	var series []labels.Labels
 	for _, job := range []string{"api", "web"} {
@@ -133,7 +138,20 @@ func rbenchData(users int) ([]labels.Labels, func(int, int64) float64) {
 	}
 	return series, func(i int, ts int64) float64 {
 		n := (ts - blockStart) / rbenchStep
-		return float64(n*int64(1+i%13)) + float64(n%7)*0.25
+		h := uint64(i)*0x9E3779B97F4A7C15 ^ uint64(n)*0xC2B2AE3D27D4EB4F
+		h ^= h >> 29
+		h *= 0xBF58476D1CE4E5B9
+		h ^= h >> 32
+		switch i % 4 {
+		case 0:
+			return float64(n*int64(1+i%13)) + float64(n%7)*0.25
+		case 1:
+			return float64(n)*15*0.01*float64(1+i%37) + float64(h%100_000)/10_000_000
+		case 2:
+			return 1e9 + float64(h%65536)*4096
+		default:
+			return 40 + float64(h%256)/4
+		}
 	}
 }
 
@@ -323,6 +341,9 @@ func (fx *rbenchFixture) fresh(blk *rbenchBlock, name string) (string, string, e
 	if err := os.Mkdir(filepath.Join(dir, "tmp"), 0o755); err != nil {
 		return "", "", err
 	}
+	// The copy's dirty pages go to disk now, untimed: written back during the run, they would
+	// throttle the timed side's own writes.
+	syscall.Sync()
 	return dir, "type: FILESYSTEM\nconfig: {directory: " + strconv.Quote(bucket) + "}", nil
 }
 
@@ -595,7 +616,7 @@ func rbenchUsers() ([2]int, error) {
 
 // rbenchCacheFormat names the cached template buckets: a change to the data, the deletions or
 // the layout of the template changes it.
-const rbenchCacheFormat = "v2"
+const rbenchCacheFormat = "v3"
 
 // writeBlock writes the block of users users per (job, instance, status), uploads it to a new
 // template bucket as a Thanos block and registers the tombstones there, due at once. With
