@@ -40,6 +40,9 @@ type chunkFiles struct {
 	out []chunkenc.Chunk
 	// last is the segment read last; a sequential reader closes the streams of those before it.
 	last int
+	// record is the last chunk read as its segment stores it (length, encoding, data,
+	// checksum), in the arena: a chunk copied as it is is written as these bytes.
+	record []byte
 }
 
 // reset lets the arena and the chunks read since the last reset be reused; those chunks must no
@@ -228,18 +231,24 @@ func (c *chunkFiles) chunk(m chunks.Meta) (chunkenc.Chunk, uint32, error) {
 		_ = s.close() // Where the stream stopped is unknown: the next read starts a new one.
 		return nil, 0, errors.Wrapf(err, "read chunk header in %s at %d", s.name, off)
 	}
+	hl := uvarintSize(length)
 	n := chunks.ChunkEncodingSize + int(length) + crc32.Size
-	if cap(c.arena)-len(c.arena) < n {
+	if cap(c.arena)-len(c.arena) < hl+n {
 		// A new arena: chunks read earlier keep the old one.
-		c.arena = make([]byte, 0, max(n, 1<<20))
+		c.arena = make([]byte, 0, max(hl+n, 1<<20))
 	}
-	body := c.arena[len(c.arena) : len(c.arena)+n]
-	c.arena = c.arena[:len(c.arena)+n]
+	// The record as the segment holds it: the length (encoded again, the same bytes), then
+	// encoding, data and checksum as read.
+	start := len(c.arena)
+	c.arena = binary.AppendUvarint(c.arena, length)
+	body := c.arena[start+hl : start+hl+n]
+	c.arena = c.arena[:start+hl+n]
+	c.record = c.arena[start : start+hl+n : start+hl+n]
 	if _, err := io.ReadFull(s.r, body); err != nil {
 		_ = s.close()
 		return nil, 0, errors.Wrapf(err, "read chunk in %s at %d", s.name, off)
 	}
-	s.pos = int64(off) + int64(uvarintSize(length)) + int64(len(body))
+	s.pos = int64(off) + int64(hl) + int64(len(body))
 	data := body[:len(body)-crc32.Size]
 	crc := binary.BigEndian.Uint32(body[len(data):])
 	if crc32.Checksum(data, castagnoli) != crc {

@@ -129,15 +129,40 @@ func (o *output) writeChunkCRC(c chunkenc.Chunk, crc uint32) (chunks.ChunkRef, e
 	return o.writeChunkBytes(c.Encoding(), c.Bytes(), crc)
 }
 
-// writeChunkBytes appends the chunk of encoding enc and data data, whose checksum is crc.
-func (o *output) writeChunkBytes(enc chunkenc.Encoding, data []byte, crc uint32) (chunks.ChunkRef, error) {
-	size := int64(binary.MaxVarintLen32 + chunks.ChunkEncodingSize + len(data) + crc32.Size)
+// writeRecord appends a chunk as a segment stores it (length, encoding, data, checksum): one
+// copied from the source, of dataLen bytes of data. It goes where writeChunkBytes would put the
+// same chunk, as the same bytes.
+func (o *output) writeRecord(rec []byte, dataLen int) (chunks.ChunkRef, error) {
+	ref, err := o.place(dataLen)
+	if err != nil {
+		return 0, err
+	}
+	if _, err := o.segW.Write(rec); err != nil {
+		return 0, errors.Wrap(err, "write chunk")
+	}
+	o.segSize += int64(len(rec))
+	o.segments[len(o.segments)-1].Size = o.segSize
+	return ref, nil
+}
+
+// place returns where the next chunk, of dataLen bytes of data, goes: in this segment, or at the
+// start of a new one when it could make this one longer than segmentSize.
+func (o *output) place(dataLen int) (chunks.ChunkRef, error) {
+	size := int64(binary.MaxVarintLen32 + chunks.ChunkEncodingSize + dataLen + crc32.Size)
 	if o.seg == nil || (o.segSize > chunks.SegmentHeaderSize && o.segSize+size > segmentSize) {
 		if err := o.cut(); err != nil {
 			return 0, err
 		}
 	}
-	ref := chunks.ChunkRef(chunks.NewBlockChunkRef(uint64(o.segSeq), uint64(o.segSize)))
+	return chunks.ChunkRef(chunks.NewBlockChunkRef(uint64(o.segSeq), uint64(o.segSize))), nil
+}
+
+// writeChunkBytes appends the chunk of encoding enc and data data, whose checksum is crc.
+func (o *output) writeChunkBytes(enc chunkenc.Encoding, data []byte, crc uint32) (chunks.ChunkRef, error) {
+	ref, err := o.place(len(data))
+	if err != nil {
+		return 0, err
+	}
 	o.buf = binary.AppendUvarint(o.buf[:0], uint64(len(data)))
 	o.buf = append(o.buf, byte(enc))
 	head := len(o.buf)

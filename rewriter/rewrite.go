@@ -337,9 +337,12 @@ func (d *deleter) rewriteFrom(ctx context.Context, srcBlock blockSource, dst str
 					}
 					for _, c := range cs {
 						var ref chunks.ChunkRef
-						if c.crc >= 0 {
+						switch {
+						case c.record != nil:
+							ref, err = out.writeRecord(c.record, len(c.data))
+						case c.crc >= 0:
 							ref, err = out.writeChunkBytes(c.enc, c.data, uint32(c.crc))
-						} else {
+						default:
 							ref, err = out.writeChunkBytes(c.enc, c.data, chunkCRC(c.enc, c.data))
 						}
 						if err != nil {
@@ -420,6 +423,8 @@ type outChunk struct {
 	data []byte
 	// cut is a source chunk that a deleted range meets without covering it, to be cut.
 	cut bool
+	// record is a copied chunk as the segments store it, written as it is.
+	record []byte
 	// crc is the checksum a copied chunk keeps, -1 for a chunk written anew.
 	crc        int64
 	samples    int
@@ -733,7 +738,7 @@ func (d *deleter) rewriteChunks(cr *chunkFiles, chks []chunks.Meta, ivs tombston
 		switch {
 		case !ivs.Overlaps(chunkcut.WindowStart(c.MinTime, d.resolution), c.MaxTime):
 			st.chunksCopied++
-			out = append(out, outChunk{enc: chk.Encoding(), data: chk.Bytes(), crc: int64(crc), samples: chk.NumSamples(), mint: c.MinTime, maxt: c.MaxTime})
+			out = append(out, outChunk{enc: chk.Encoding(), data: chk.Bytes(), record: cr.record, crc: int64(crc), samples: chk.NumSamples(), mint: c.MinTime, maxt: c.MaxTime})
 		case ivs.CoversRange(c.MinTime, c.MaxTime):
 			st.chunksGone++
 		default:
