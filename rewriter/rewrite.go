@@ -5,6 +5,7 @@ import (
 	stderrors "errors"
 	"log/slog"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"time"
 
@@ -399,6 +400,9 @@ func (d *deleter) rewriteFrom(ctx context.Context, srcBlock blockSource, dst str
 	if err != nil {
 		return st, nil, errors.Wrap(err, "close output")
 	}
+	// The streaming's buffers are garbage now: collected before the postings' tables are built,
+	// they are not on the heap beside them at its peak.
+	runtime.GC()
 	survivors, err := ir.Postings(ctx, k, v)
 	if err != nil {
 		return st, nil, err
