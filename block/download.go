@@ -88,3 +88,13 @@ func copyObject(ctx context.Context, bkt objstore.BucketReader, name, dst string
 	}
 	return nil
 }
+
+// DownloadIndex copies a block's index to the file dst, through a temporary file renamed into
+// place at the end: a reader that streams the chunks from the bucket needs only the index here.
+func DownloadIndex(ctx context.Context, bkt objstore.BucketReader, id ulid.ULID, dst string) error {
+	tmp := dst + ".tmp"
+	if err := copyObject(ctx, bkt, path.Join(id.String(), IndexFilename), tmp); err != nil {
+		return err
+	}
+	return errors.Wrapf(os.Rename(tmp, dst), "place the index of block %s", id)
+}

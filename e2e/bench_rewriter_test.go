@@ -14,8 +14,10 @@ package e2e
 //	                          at the same --batch.series: peak memory should stay flat, and the
 //	                          time ratio is the 4x/1x time ratio (linear: about 4)
 //
-// The bucket is a FILESYSTEM bucket holding one 2h Thanos block (25,000 series, a sample every
-// 15s; the 4x block has four times the series) and three due tombstones: a handful of series
+// The bucket is a FILESYSTEM bucket holding one 2h Thanos block (100,000 series, a sample every
+// 15s, node-exporter-like values: issue 16's block; the 4x block has four times the series;
+// LETHE_REWRITE_BENCH_SIZES=25000,100000 sets the series of both blocks, each a multiple of 500)
+// and three due tombstones: a handful of series
 // deleted whole, and two time ranges over many series, so that the rewrite copies chunks,
 // re-encodes those a range cuts and drops those it covers. Thanos gets the same deletions as its
 // deletion requests, and runs with its default flags (change log on), as a user would type the
@@ -23,8 +25,9 @@ package e2e
 // lethe-rewriter runs with --threshold 0 and --nice=false: its default nice 19 would make it lose
 // to whatever else the machine runs, and Thanos runs at normal priority.
 //
-// Each iteration copies the bucket's directory afresh for each side (not timed), runs both sides,
-// alternating which goes first so that whatever else the machine does slows both alike, and
+// Each iteration copies the bucket's directory afresh for each side and syncs it to disk (not
+// timed), runs both sides, alternating which goes first so that whatever else the machine does
+// slows both alike, and
 // records each side's wall time and peak memory. Each leaf reports the median time of each side
 // (lethe-ms, baseline-ms), the median of the paired time ratios (lethe/baseline), each process'
 // peak RSS (VmHWM, which counts the pages of mmapped block files it touched) and peak anonymous
@@ -35,7 +38,9 @@ package e2e
 // no memory figures, and its CPU time is that thread's rusage.
 // LETHE_BENCH_PERF=<dir> runs every lethe-rewriter under `perf record -g`, its profiles written
 // to dir (a profiling aid: the memory figures are then perf's, the times include its overhead).
-// The blocks are written once per `go test -bench` run, by BenchmarkRewrite itself, and the
+// LETHE_REWRITE_BENCH_CACHE=<dir> keeps the template buckets in dir and reuses them in later runs
+// (writing a 400,000-series block takes minutes); without it the blocks are written once per
+// `go test -bench` run, by BenchmarkRewrite itself, and the
 // outputs of the first iteration of rewrite/lethe-vs-thanos are checked after the timing: lethe's
 // new block and Thanos' new block must hold exactly the samples the deletions leave, series by
 // series, value by value. tools/benchtable turns the output into the table of ratios.
@@ -68,19 +73,23 @@ import (
 	"github.com/oklog/ulid/v2"
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/storage"
 	"github.com/prometheus/prometheus/tsdb"
 	"github.com/prometheus/prometheus/tsdb/chunkenc"
+	"github.com/prometheus/prometheus/tsdb/chunks"
+	"github.com/prometheus/prometheus/tsdb/index"
 	"github.com/thanos-io/objstore"
 	"github.com/thanos-io/objstore/providers/filesystem"
 
 	"github.com/lethe-project/lethe/block"
-	"github.com/lethe-project/lethe/internal/synth"
 	"github.com/lethe-project/lethe/tombstones"
 )
 
 const (
-	// rbenchSeries1x = 2 jobs x rbenchInstances x len(rbenchStatuses) x rbenchUsers1x.
-	rbenchUsers1x   = 50
+	// A block's series = 2 jobs x rbenchInstances x len(rbenchStatuses) x its users.
+	rbenchSeriesPerUser = 2 * rbenchInstances * 5
+	// rbenchSizes are the series of the 1x and the 4x block unless LETHE_REWRITE_BENCH_SIZES says.
+	rbenchSizes     = "100000,400000"
 	rbenchInstances = 50
 	rbenchStep      = int64(15_000)
 	rbenchEnd       = blockStart + 7_200_000 // exclusive
@@ -110,7 +119,10 @@ var rbenchDeletions = []struct {
 }
 
 // rbenchData returns the series of the block with users users per (job, instance, status), and
-// their values: counters growing at a series-dependent rate.
+// their values, node-exporter-like in how they compress (about 4.5 bytes a sample, as issue 16's
+// block): a quarter are counters growing by whole steps, a quarter float counters (CPU seconds)
+// growing by a jittered fraction of the step, a quarter gauges moving by pages (memory bytes),
+// and a quarter gauges in quarter steps (temperatures).
 func rbenchData(users int) ([]labels.Labels, func(int, int64) float64) {
 	var series []labels.Labels
 	for _, job := range []string{"api", "web"} {
@@ -126,7 +138,20 @@ func rbenchData(users int) ([]labels.Labels, func(int, int64) float64) {
 	}
 	return series, func(i int, ts int64) float64 {
 		n := (ts - blockStart) / rbenchStep
-		return float64(n*int64(1+i%13)) + float64(n%7)*0.25
+		h := uint64(i)*0x9E3779B97F4A7C15 ^ uint64(n)*0xC2B2AE3D27D4EB4F
+		h ^= h >> 29
+		h *= 0xBF58476D1CE4E5B9
+		h ^= h >> 32
+		switch i % 4 {
+		case 0:
+			return float64(n*int64(1+i%13)) + float64(n%7)*0.25
+		case 1:
+			return float64(n)*15*0.01*float64(1+i%37) + float64(h%100_000)/10_000_000
+		case 2:
+			return 1e9 + float64(h%65536)*4096
+		default:
+			return 40 + float64(h%256)/4
+		}
 	}
 }
 
@@ -316,6 +341,9 @@ func (fx *rbenchFixture) fresh(blk *rbenchBlock, name string) (string, string, e
 	if err := os.Mkdir(filepath.Join(dir, "tmp"), 0o755); err != nil {
 		return "", "", err
 	}
+	// The copy's dirty pages go to disk now, untimed: written back during the run, they would
+	// throttle the timed side's own writes.
+	syscall.Sync()
 	return dir, "type: FILESYSTEM\nconfig: {directory: " + strconv.Quote(bucket) + "}", nil
 }
 
@@ -525,17 +553,21 @@ func newRbenchFixture(b *testing.B) *rbenchFixture {
 	}
 	fx.deleteConfig = conf.String()
 
+	users, err := rbenchUsers()
+	if err != nil {
+		b.Fatal(err)
+	}
 	// The two blocks, written at once (2 cores; the 4x one takes the longest).
 	var wg sync.WaitGroup
 	errs := make([]error, 2)
-	for i, users := range []int{rbenchUsers1x, 4 * rbenchUsers1x} {
-		blk := &rbenchBlock{name: fmt.Sprintf("%dx", users/rbenchUsers1x)}
+	for i, name := range []string{"1x", "4x"} {
+		blk := &rbenchBlock{name: name}
 		if i == 0 {
 			fx.one = blk
 		} else {
 			fx.four = blk
 		}
-		wg.Go(func() { errs[i] = fx.writeBlock(blk, users) })
+		wg.Go(func() { errs[i] = fx.writeBlock(blk, users[i], i == 0) })
 	}
 	wg.Wait()
 	for _, err := range errs {
@@ -560,30 +592,71 @@ func newRbenchFixture(b *testing.B) *rbenchFixture {
 	return fx
 }
 
+// rbenchUsers returns the users per (job, instance, status) of the 1x and the 4x block, from
+// LETHE_REWRITE_BENCH_SIZES or rbenchSizes.
+func rbenchUsers() ([2]int, error) {
+	var users [2]int
+	sizes := os.Getenv("LETHE_REWRITE_BENCH_SIZES")
+	if sizes == "" {
+		sizes = rbenchSizes
+	}
+	f := strings.Split(sizes, ",")
+	if len(f) != 2 {
+		return users, fmt.Errorf("LETHE_REWRITE_BENCH_SIZES=%q: want the series of the 1x and the 4x block, as 100000,400000", sizes)
+	}
+	for i := range f {
+		n, err := strconv.Atoi(strings.TrimSpace(f[i]))
+		if err != nil || n <= 0 || n%rbenchSeriesPerUser != 0 {
+			return users, fmt.Errorf("LETHE_REWRITE_BENCH_SIZES=%q: %q is not a positive multiple of %d series", sizes, f[i], rbenchSeriesPerUser)
+		}
+		users[i] = n / rbenchSeriesPerUser
+	}
+	return users, nil
+}
+
+// rbenchCacheFormat names the cached template buckets: a change to the data, the deletions or
+// the layout of the template changes it.
+const rbenchCacheFormat = "v3"
+
 // writeBlock writes the block of users users per (job, instance, status), uploads it to a new
-// template bucket as a Thanos block and registers the tombstones there, due at once.
-func (fx *rbenchFixture) writeBlock(blk *rbenchBlock, users int) error {
+// template bucket as a Thanos block and registers the tombstones there, due at once. With
+// LETHE_REWRITE_BENCH_CACHE set, a template bucket written there by an earlier run is reused.
+// check computes the samples the deletions leave, for the check of the outputs.
+func (fx *rbenchFixture) writeBlock(blk *rbenchBlock, users int, check bool) error {
 	ctx := context.Background()
 	series, value := rbenchData(users)
-	meta, dir, err := synth.Write(ctx, filepath.Join(fx.tmp, "blocks-"+blk.name), synth.Block{
-		Series: series, MinTime: blockStart, MaxTime: rbenchEnd, Step: rbenchStep, Value: value,
-		External: map[string]string{"cluster": "bench", "replica": "0"},
-	})
-	if err != nil {
-		return err
-	}
 	blk.template = filepath.Join(fx.tmp, "template-"+blk.name)
+	cache := os.Getenv("LETHE_REWRITE_BENCH_CACHE")
+	if cache != "" {
+		blk.template = filepath.Join(cache, fmt.Sprintf("rewrite-%s-%d", rbenchCacheFormat, len(series)))
+	}
+	done := filepath.Join(blk.template, "..", filepath.Base(blk.template)+".done")
+	if _, err := os.Stat(done); cache == "" || err != nil {
+		if err := fx.writeTemplate(ctx, blk.template, blk.name, series, value); err != nil {
+			return err
+		}
+		if cache != "" {
+			if err := os.WriteFile(done, nil, 0o644); err != nil {
+				return err
+			}
+		}
+	}
 	bkt, err := filesystem.NewBucket(blk.template)
 	if err != nil {
 		return err
 	}
-	if err := block.Upload(ctx, bkt, dir, meta); err != nil {
+	l, err := block.List(ctx, bkt)
+	if err != nil {
 		return err
 	}
-	if err := os.RemoveAll(filepath.Dir(dir)); err != nil {
-		return err
+	if len(l.Blocks) != 1 {
+		return fmt.Errorf("template bucket %s: %d blocks, want 1", blk.template, len(l.Blocks))
 	}
+	meta := l.Blocks[0]
 	blk.id, blk.series, blk.samples = meta.ULID, len(series), int64(meta.Stats.NumSamples)
+	if int(meta.Stats.NumSeries) != len(series) {
+		return fmt.Errorf("template bucket %s: block of %d series, want %d", blk.template, meta.Stats.NumSeries, len(series))
+	}
 	if err := filepath.WalkDir(filepath.Join(blk.template, meta.ULID.String()), func(_ string, d os.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
 			return err
@@ -594,6 +667,32 @@ func (fx *rbenchFixture) writeBlock(blk *rbenchBlock, users int) error {
 	}); err != nil {
 		return err
 	}
+	if check { // only the 1x block's outputs are checked
+		blk.want, err = rbenchExpected(series, value)
+	}
+	return err
+}
+
+// writeTemplate writes the block of series into a new template bucket at dir, with the
+// tombstones, due at once.
+func (fx *rbenchFixture) writeTemplate(ctx context.Context, dir, name string, series []labels.Labels, value func(int, int64) float64) error {
+	if err := os.RemoveAll(dir); err != nil {
+		return err
+	}
+	meta, bdir, err := rbenchWriteBlock(ctx, filepath.Join(fx.tmp, "blocks-"+name), series, value, map[string]string{"cluster": "bench", "replica": "0"})
+	if err != nil {
+		return err
+	}
+	bkt, err := filesystem.NewBucket(dir)
+	if err != nil {
+		return err
+	}
+	if err := block.Upload(ctx, bkt, bdir, meta); err != nil {
+		return err
+	}
+	if err := os.RemoveAll(filepath.Dir(bdir)); err != nil {
+		return err
+	}
 	store := tombstones.NewStore(bkt, nil)
 	zero := time.Duration(0)
 	for _, d := range rbenchDeletions {
@@ -602,10 +701,98 @@ func (fx *rbenchFixture) writeBlock(blk *rbenchBlock, users int) error {
 			return err
 		}
 	}
-	if users == rbenchUsers1x { // only the 1x block's outputs are checked
-		blk.want, err = rbenchExpected(series, value)
+	return nil
+}
+
+// rbenchChunkSamples is where the block's chunks are cut, as Prometheus' head cuts them at a
+// regular step: every 120 samples.
+const rbenchChunkSamples = 120
+
+// rbenchWriteBlock writes the block of series (a sample every rbenchStep from blockStart to
+// rbenchEnd, values from value) under dir with Prometheus' own chunk and index writers, one
+// series at a time: synth.Write, through a head, would hold every sample of a 400,000-series
+// block in memory at once. It returns the block's meta.json, with the Thanos section, and the
+// block's directory.
+func rbenchWriteBlock(ctx context.Context, dir string, series []labels.Labels, value func(int, int64) float64, ext map[string]string) (_ *block.Meta, _ string, err error) {
+	id := ulid.MustNew(ulid.Now(), ulid.DefaultEntropy())
+	bdir := filepath.Join(dir, id.String())
+	order := make([]int, len(series))
+	symbols := map[string]struct{}{}
+	for i, ls := range series {
+		order[i] = i
+		ls.Range(func(l labels.Label) {
+			symbols[l.Name] = struct{}{}
+			symbols[l.Value] = struct{}{}
+		})
 	}
-	return err
+	sort.Slice(order, func(a, b int) bool { return labels.Compare(series[order[a]], series[order[b]]) < 0 })
+	syms := make([]string, 0, len(symbols))
+	for sym := range symbols {
+		syms = append(syms, sym)
+	}
+	sort.Strings(syms)
+	cw, err := chunks.NewWriter(filepath.Join(bdir, block.ChunksDirname))
+	if err != nil {
+		return nil, "", err
+	}
+	defer func() {
+		if cerr := cw.Close(); err == nil {
+			err = cerr
+		}
+	}()
+	iw, err := index.NewWriter(ctx, filepath.Join(bdir, block.IndexFilename))
+	if err != nil {
+		return nil, "", err
+	}
+	for _, sym := range syms {
+		if err := iw.AddSymbol(sym); err != nil {
+			return nil, "", err
+		}
+	}
+	var (
+		stats tsdb.BlockStats
+		metas []chunks.Meta
+		last  int64
+	)
+	for ref, i := range order {
+		metas = metas[:0]
+		var (
+			chk *chunkenc.XORChunk
+			app chunkenc.Appender
+		)
+		for n, ts := 0, int64(blockStart); ts < rbenchEnd; n, ts = n+1, ts+rbenchStep {
+			if n%rbenchChunkSamples == 0 {
+				chk = chunkenc.NewXORChunk()
+				if app, err = chk.Appender(); err != nil {
+					return nil, "", err
+				}
+				metas = append(metas, chunks.Meta{Chunk: chk, MinTime: ts})
+			}
+			app.Append(0, ts, value(i, ts))
+			metas[len(metas)-1].MaxTime = ts
+			last = max(last, ts)
+			stats.NumSamples++
+		}
+		if err := cw.WriteChunks(metas...); err != nil {
+			return nil, "", err
+		}
+		if err := iw.AddSeries(storage.SeriesRef(ref), series[i], metas...); err != nil {
+			return nil, "", err
+		}
+		stats.NumSeries++
+		stats.NumChunks += uint64(len(metas))
+	}
+	if err := iw.Close(); err != nil {
+		return nil, "", err
+	}
+	meta := &block.Meta{BlockMeta: tsdb.BlockMeta{ULID: id, MinTime: blockStart, MaxTime: last + 1, Stats: stats, Version: 1,
+		Compaction: tsdb.BlockMetaCompaction{Level: 1, Sources: []ulid.ULID{id}}},
+		Thanos: &block.Thanos{Version: 1, Labels: ext, Source: "sidecar"}}
+	raw, err := block.EncodeMeta(meta)
+	if err != nil {
+		return nil, "", err
+	}
+	return meta, bdir, os.WriteFile(filepath.Join(bdir, block.MetaFilename), raw, 0o644)
 }
 
 // rbenchDigest is one series' samples: how many, and a hash of their timestamps and values in

@@ -147,9 +147,14 @@ type indexWriter struct {
 	buf  []byte
 	// removed are the source's symbol numbers the new symbol table leaves out, ascending.
 	removed []uint32
+	// seriesAdded counts the series added by this writer (not those of a resumed index).
+	seriesAdded int
 }
 
 const indexBuffer = 1 << 20
+
+// postingsPiece is how many series of a postings list are encoded at once.
+const postingsPiece = 1024
 
 // createIndex starts the new index at path: its header and symbol table, the source's symbols
 // but the removable ones. Series follow with addSeries.
@@ -287,6 +292,7 @@ func (iw *indexWriter) addSeries(refs []uint32, metas []chunks.Meta) error {
 	copy(body, lenBuf[:l])
 	body = binary.BigEndian.AppendUint32(body, crc32.Checksum(body[l:l+n], castagnoli))
 	iw.buf = body
+	iw.seriesAdded++
 	return iw.write(body)
 }
 
@@ -350,12 +356,23 @@ func (iw *indexWriter) finish(ctx context.Context, src *source, survivors index.
 		if 4+4*uint64(len(refs)) > math.MaxUint32 {
 			return errors.Newf("postings list of %d series too large", len(refs))
 		}
+		// Written a piece at a time: the longest list (every series) needs no buffer of its size.
 		b := binary.BigEndian.AppendUint32(iw.buf[:0], uint32(4+4*len(refs)))
 		b = binary.BigEndian.AppendUint32(b, uint32(len(refs)))
-		for _, r := range refs {
-			b = binary.BigEndian.AppendUint32(b, r)
+		crc := crc32.Checksum(b[4:], castagnoli)
+		for len(refs) > 0 {
+			if err := iw.write(b); err != nil {
+				return err
+			}
+			piece := refs[:min(len(refs), postingsPiece)]
+			refs = refs[len(piece):]
+			b = b[:0]
+			for _, r := range piece {
+				b = binary.BigEndian.AppendUint32(b, r)
+			}
+			crc = crc32.Update(crc, castagnoli, b)
 		}
-		b = binary.BigEndian.AppendUint32(b, crc32.Checksum(b[4:], castagnoli))
+		b = binary.BigEndian.AppendUint32(b, crc)
 		iw.buf = b
 		return iw.write(b)
 	}
@@ -455,7 +472,7 @@ func (r renumbering) find(id uint32, cursor *int) (uint32, bool) {
 
 // renumbering pairs the surviving source ids with the entries of the series section written.
 func (iw *indexWriter) renumbering(survivors index.Postings) (renumbering, error) {
-	var r renumbering
+	r := renumbering{from: make([]uint32, 0, iw.seriesAdded)}
 	for survivors.Next() {
 		r.from = append(r.from, uint32(survivors.At()))
 	}

@@ -1,7 +1,6 @@
 package rewriter
 
 import (
-	"bufio"
 	"encoding/binary"
 	"fmt"
 	"hash/crc32"
@@ -17,9 +16,6 @@ import (
 // segmentSize is where a chunk segment file is cut, as Prometheus does.
 const segmentSize = chunks.DefaultChunkSegmentSize
 
-// segmentBuffer batches chunk writes into few system calls.
-const segmentBuffer = 1 << 20
-
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // output writes a new block's chunk segments, in Prometheus' format. Its layout depends only on
@@ -29,7 +25,7 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 type output struct {
 	chunksDir string
 	seg       *os.File
-	segW      *bufio.Writer
+	segW      *writeBehind
 	segSeq    int // 0-based; the file is named seq+1.
 	segSize   int64
 	buf       []byte
@@ -60,7 +56,7 @@ func openOutput(chunksDir string, resume *checkpoint) (*output, error) {
 			return nil, err
 		}
 		o.segSeq, o.segSize = n-1, last.Size
-		o.segW = bufio.NewWriterSize(o.seg, segmentBuffer)
+		o.segW = newWriteBehind(o.seg)
 	}
 	return o, nil
 }
@@ -92,7 +88,7 @@ func truncated(path string, size int64) (*os.File, error) {
 // cut starts the next segment file.
 func (o *output) cut() error {
 	if o.seg != nil {
-		if err := o.segW.Flush(); err != nil {
+		if err := o.segW.Close(); err != nil {
 			return err
 		}
 		if err := o.seg.Close(); err != nil {
@@ -108,7 +104,7 @@ func (o *output) cut() error {
 	header := make([]byte, chunks.SegmentHeaderSize)
 	binary.BigEndian.PutUint32(header, chunks.MagicChunks)
 	header[chunks.MagicChunksSize] = 1 // Chunks format v1.
-	o.seg, o.segW, o.segSize = f, bufio.NewWriterSize(f, segmentBuffer), int64(len(header))
+	o.seg, o.segW, o.segSize = f, newWriteBehind(f), int64(len(header))
 	if _, err := o.segW.Write(header); err != nil {
 		return err
 	}
@@ -118,25 +114,57 @@ func (o *output) cut() error {
 
 // writeChunk appends a chunk and returns its reference.
 func (o *output) writeChunk(c chunkenc.Chunk) (chunks.ChunkRef, error) {
-	data := c.Bytes()
-	crc := crc32.Update(crc32.Update(0, castagnoli, []byte{byte(c.Encoding())}), castagnoli, data)
-	return o.writeChunkCRC(c, crc)
+	return o.writeChunkBytes(c.Encoding(), c.Bytes(), chunkCRC(c.Encoding(), c.Bytes()))
+}
+
+// chunkCRC is the checksum of a chunk of encoding enc and data data, as its segment stores it.
+func chunkCRC(enc chunkenc.Encoding, data []byte) uint32 {
+	return crc32.Update(crc32.Update(0, castagnoli, []byte{byte(enc)}), castagnoli, data)
 }
 
 // writeChunkCRC appends a chunk whose checksum (of its encoding byte and data) is known: a chunk
 // copied from the source, whose checksum was checked when it was read, is written without
 // computing it again.
 func (o *output) writeChunkCRC(c chunkenc.Chunk, crc uint32) (chunks.ChunkRef, error) {
-	data := c.Bytes()
-	size := int64(binary.MaxVarintLen32 + chunks.ChunkEncodingSize + len(data) + crc32.Size)
+	return o.writeChunkBytes(c.Encoding(), c.Bytes(), crc)
+}
+
+// writeRecord appends a chunk as a segment stores it (length, encoding, data, checksum): one
+// copied from the source, of dataLen bytes of data. It goes where writeChunkBytes would put the
+// same chunk, as the same bytes.
+func (o *output) writeRecord(rec []byte, dataLen int) (chunks.ChunkRef, error) {
+	ref, err := o.place(dataLen)
+	if err != nil {
+		return 0, err
+	}
+	if _, err := o.segW.Write(rec); err != nil {
+		return 0, errors.Wrap(err, "write chunk")
+	}
+	o.segSize += int64(len(rec))
+	o.segments[len(o.segments)-1].Size = o.segSize
+	return ref, nil
+}
+
+// place returns where the next chunk, of dataLen bytes of data, goes: in this segment, or at the
+// start of a new one when it could make this one longer than segmentSize.
+func (o *output) place(dataLen int) (chunks.ChunkRef, error) {
+	size := int64(binary.MaxVarintLen32 + chunks.ChunkEncodingSize + dataLen + crc32.Size)
 	if o.seg == nil || (o.segSize > chunks.SegmentHeaderSize && o.segSize+size > segmentSize) {
 		if err := o.cut(); err != nil {
 			return 0, err
 		}
 	}
-	ref := chunks.ChunkRef(chunks.NewBlockChunkRef(uint64(o.segSeq), uint64(o.segSize)))
+	return chunks.ChunkRef(chunks.NewBlockChunkRef(uint64(o.segSeq), uint64(o.segSize))), nil
+}
+
+// writeChunkBytes appends the chunk of encoding enc and data data, whose checksum is crc.
+func (o *output) writeChunkBytes(enc chunkenc.Encoding, data []byte, crc uint32) (chunks.ChunkRef, error) {
+	ref, err := o.place(len(data))
+	if err != nil {
+		return 0, err
+	}
 	o.buf = binary.AppendUvarint(o.buf[:0], uint64(len(data)))
-	o.buf = append(o.buf, byte(c.Encoding()))
+	o.buf = append(o.buf, byte(enc))
 	head := len(o.buf)
 	o.buf = binary.BigEndian.AppendUint32(o.buf, crc)
 	// Header, data and checksum straight into the segment's buffer: the data is not copied twice.
@@ -166,8 +194,9 @@ func (o *output) flush() error {
 }
 
 func (o *output) close() error {
-	err := o.flush()
+	var err error
 	if o.seg != nil {
+		err = o.segW.Close()
 		if cerr := o.seg.Close(); err == nil {
 			err = cerr
 		}

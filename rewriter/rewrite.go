@@ -5,6 +5,7 @@ import (
 	stderrors "errors"
 	"log/slog"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 	"github.com/prometheus/prometheus/tsdb/chunkenc"
 	"github.com/prometheus/prometheus/tsdb/chunks"
 	"github.com/prometheus/prometheus/tsdb/index"
+	"github.com/thanos-io/objstore"
 
 	"github.com/lethe-project/lethe/block"
 	"github.com/lethe-project/lethe/block/chunkcut"
@@ -97,10 +99,6 @@ type deleter struct {
 	// boundary after each such interval, so that a crash redoes at most that much of a block.
 	checkpointEvery time.Duration
 	save            func(context.Context, *checkpoint) error
-	// metas and crcs are one series' output chunks, reused from series to series; crcs[i] is
-	// the checksum a copied chunk keeps, -1 for a chunk written anew.
-	metas []chunks.Meta
-	crcs  []int64
 }
 
 // checkpoint is where a rewrite stopped inside a block: how many series of the source it has
@@ -160,6 +158,18 @@ type statsState struct {
 	SamplesOut                                uint64
 }
 
+// add adds the counts of o.
+func (s *stats) add(o stats) {
+	s.seriesIn += o.seriesIn
+	s.seriesOut += o.seriesOut
+	s.seriesDropped += o.seriesDropped
+	s.chunksCopied += o.chunksCopied
+	s.chunksRewritten += o.chunksRewritten
+	s.chunksGone += o.chunksGone
+	s.bytesRead += o.bytesRead
+	s.samplesOut += o.samplesOut
+}
+
 func (s stats) state() statsState {
 	return statsState{s.seriesIn, s.seriesOut, s.seriesDropped, s.chunksCopied, s.chunksRewritten, s.chunksGone, s.bytesRead, s.samplesOut}
 }
@@ -176,9 +186,37 @@ func (s statsState) stats() stats {
 // in dst; given that checkpoint, it goes on from there. Every checkpointEvery it saves one on the
 // way.
 func (d *deleter) rewrite(ctx context.Context, srcDir, dst string, resume *checkpoint) (st stats, cp *checkpoint, err error) {
+	return d.rewriteFrom(ctx, localSource(srcDir), dst, resume)
+}
+
+// blockSource is where a rewrite reads the source block: its index, a local file, and its chunk
+// segments, local files or the bucket's objects, opened for a sequential or a random reader.
+type blockSource struct {
+	index  string
+	chunks func(sequential bool) (*chunkFiles, error)
+}
+
+// localSource is the block in dir.
+func localSource(dir string) blockSource {
+	return blockSource{index: filepath.Join(dir, block.IndexFilename), chunks: func(sequential bool) (*chunkFiles, error) {
+		return openLocalChunks(filepath.Join(dir, block.ChunksDirname), rawPool{chunkenc.NewPool()}, sequential)
+	}}
+}
+
+// bucketSource is the block whose index is the local file index and whose chunk segments are
+// the objects segments (chunkObjects), streamed from the bucket as they are rewritten: the
+// chunks, most of the block, need no local copy.
+func bucketSource(ctx context.Context, bkt objstore.BucketReader, index string, segments []string) blockSource {
+	return blockSource{index: index, chunks: func(sequential bool) (*chunkFiles, error) {
+		return openObjectChunks(ctx, bkt, segments, rawPool{chunkenc.NewPool()}, sequential), nil
+	}}
+}
+
+// rewriteFrom is rewrite from a blockSource.
+func (d *deleter) rewriteFrom(ctx context.Context, srcBlock blockSource, dst string, resume *checkpoint) (st stats, cp *checkpoint, err error) {
 	// The series are read in order: a small page cache serves them as well as a large one, and
 	// it bounds the live heap, which the Go runtime doubles into the peak.
-	bix, err := block.OpenIndexFile(filepath.Join(srcDir, block.IndexFilename), 1<<20)
+	bix, err := block.OpenIndexFile(srcBlock.index, 1<<20)
 	if err != nil {
 		return st, nil, err
 	}
@@ -190,16 +228,25 @@ func (d *deleter) rewrite(ctx context.Context, srcDir, dst string, resume *check
 		}
 	}()
 	ir := bix.Reader
-	cr, err := openChunkFiles(filepath.Join(srcDir, block.ChunksDirname), rawPool{chunkenc.NewPool()})
+	// Pass 1 reads few chunks, here and there; pass 2 reads them all in order.
+	random, err := srcBlock.chunks(false)
+	if err != nil {
+		return st, nil, err
+	}
+	defer errcapture.Do(&err, random.Close, "close chunks")
+	cr, err := srcBlock.chunks(true)
 	if err != nil {
 		return st, nil, err
 	}
 	defer errcapture.Do(&err, cr.Close, "close chunks")
 
 	// Pass 1: which series lose every sample.
-	dropped, err := d.droppedSeries(ctx, ir, cr)
+	dropped, err := d.droppedSeries(ctx, ir, random)
 	if err != nil {
 		return st, nil, err
+	}
+	if err := random.Close(); err != nil {
+		return st, nil, errors.Wrap(err, "close chunks")
 	}
 
 	removable, err := removableSymbols(ctx, ir, dropped)
@@ -249,15 +296,13 @@ func (d *deleter) rewrite(ctx context.Context, srcDir, dst string, resume *check
 		return st, nil, err
 	}
 	var (
-		builder labels.ScratchBuilder
-		lset    labels.Labels
-		chks    []chunks.Meta
-		refs    []uint32
-		ivs     tombstones.Intervals
 		batch   int
 		started = time.Now()
 		saved   = started
 		base    = st
+		metas   []chunks.Meta
+		cut     []outChunk
+		pool    = rawPool{chunkenc.NewPool()}
 	)
 	// snapshot makes the output durable up to the series done and describes it.
 	snapshot := func(done int) (*checkpoint, error) {
@@ -266,41 +311,74 @@ func (d *deleter) rewrite(ctx context.Context, srcDir, dst string, resume *check
 		}
 		return &checkpoint{Format: checkpointFormat, PostingsDone: done, Segments: slices.Clone(out.segments), IndexSize: iw.size(), Stats: st.state()}, nil
 	}
-	for i := 0; all.Next(); i++ {
-		if i < skip {
-			continue
+	// The series are read and their chunks cut in one goroutine, and written in this one, in
+	// the source's order: the output is the same as one goroutine's.
+	p := d.startSeriesReader(ctx, all, skip, dropped, src, cr)
+	defer p.stop()
+	for b := range p.batches {
+		if b.err != nil {
+			return st, nil, b.err
 		}
-		if err := ctx.Err(); err != nil {
-			return st, nil, err
-		}
-		st.seriesIn++
-		if _, gone := dropped[all.At()]; gone {
-			st.seriesDropped++
-		} else {
-			if err := src.series(all.At(), &builder, &chks, &refs); err != nil {
-				return st, nil, errors.Wrap(err, "read series")
+		for j := range b.items {
+			it := &b.items[j]
+			st.add(it.st)
+			st.seriesIn++
+			if it.dropped {
+				st.seriesDropped++
+			} else {
+				metas = metas[:0]
+				for _, c := range it.chunks {
+					cs := []outChunk{c}
+					if c.cut {
+						// Cut here rather than in the reader: the two goroutines share the work.
+						if cut, err = d.cutChunk(pool, c, it.ivs, cut[:0], &st); err != nil {
+							return st, nil, errors.Wrapf(err, "series %d of the postings", it.index)
+						}
+						cs = cut
+					}
+					for _, c := range cs {
+						var ref chunks.ChunkRef
+						switch {
+						case c.record != nil:
+							ref, err = out.writeRecord(c.record, len(c.data))
+						case c.crc >= 0:
+							ref, err = out.writeChunkBytes(c.enc, c.data, uint32(c.crc))
+						default:
+							ref, err = out.writeChunkBytes(c.enc, c.data, chunkCRC(c.enc, c.data))
+						}
+						if err != nil {
+							return st, nil, err
+						}
+						metas = append(metas, chunks.Meta{Ref: ref, MinTime: c.mint, MaxTime: c.maxt})
+						st.samplesOut += uint64(c.samples)
+					}
+				}
+				if len(metas) == 0 {
+					// Pass 1 found a sample; a chunk that decodes to none contradicts it.
+					return st, nil, errors.Newf("series %d of the postings lost every sample in pass 2 only", it.index)
+				}
+				st.seriesOut++
+				if err := iw.addSeries(it.refs, metas); err != nil {
+					return st, nil, err
+				}
 			}
-			// The labels are not kept past the series: their memory is reused.
-			builder.Overwrite(&lset)
-			if err := d.streamSeries(cr, out, iw, lset, refs, chks, &ivs, &st); err != nil {
-				return st, nil, err
+			if batch++; batch < d.limits.BatchSeries {
+				continue
 			}
-		}
-		if batch++; batch >= d.limits.BatchSeries {
 			batch = 0
 			d.progress(st.seriesIn, st.bytesRead)
 			if err := d.pace(ctx, st, base, started); err != nil {
 				if !errors.Is(err, ErrBudget) {
 					return st, nil, err
 				}
-				cp, serr := snapshot(i + 1)
+				cp, serr := snapshot(it.index + 1)
 				if serr != nil {
 					return st, nil, serr
 				}
 				return st, cp, ErrBudget
 			}
 			if d.checkpointEvery > 0 && time.Since(saved) >= d.checkpointEvery {
-				cp, err := snapshot(i + 1)
+				cp, err := snapshot(it.index + 1)
 				if err != nil {
 					return st, nil, err
 				}
@@ -310,7 +388,9 @@ func (d *deleter) rewrite(ctx context.Context, srcDir, dst string, resume *check
 				saved = time.Now()
 			}
 		}
+		p.done(b)
 	}
+	p.stop()
 	if err := all.Err(); err != nil {
 		return st, nil, errors.Wrap(err, "postings")
 	}
@@ -320,6 +400,9 @@ func (d *deleter) rewrite(ctx context.Context, srcDir, dst string, resume *check
 	if err != nil {
 		return st, nil, errors.Wrap(err, "close output")
 	}
+	// The streaming's buffers are garbage now: collected before the postings' tables are built,
+	// they are not on the heap beside them at its peak.
+	runtime.GC()
 	survivors, err := ir.Postings(ctx, k, v)
 	if err != nil {
 		return st, nil, err
@@ -338,36 +421,170 @@ func sortedRefs(m map[storage.SeriesRef]struct{}) []storage.SeriesRef {
 	return refs
 }
 
-// streamSeries writes one series' remaining chunks and its index entry.
-func (d *deleter) streamSeries(cr *chunkFiles, out *output, iw *indexWriter, lset labels.Labels, refs []uint32, chks []chunks.Meta, ivs *tombstones.Intervals, st *stats) error {
-	*ivs = d.ix.Intervals(lset, d.ext, (*ivs)[:0])
-	if err := d.rewriteChunks(cr, chks, *ivs, st); err != nil {
-		return errors.Wrapf(err, "series %s", redactedLabels(lset))
+// outChunk is one chunk of the output as it goes from the series reader to the writer.
+type outChunk struct {
+	enc  chunkenc.Encoding
+	data []byte
+	// cut is a source chunk that a deleted range meets without covering it, to be cut.
+	cut bool
+	// record is a copied chunk as the segments store it, written as it is.
+	record []byte
+	// crc is the checksum a copied chunk keeps, -1 for a chunk written anew.
+	crc        int64
+	samples    int
+	mint, maxt int64
+}
+
+// seriesItem is one series of the source, in postings order: dropped, or its label symbols and
+// its chunks without the deleted samples.
+type seriesItem struct {
+	index   int // In the postings of all series.
+	dropped bool
+	refs    []uint32
+	chunks  []outChunk
+	// ivs are the deleted ranges of the series.
+	ivs tombstones.Intervals
+	// st counts the chunks copied, re-encoded and dropped and the bytes read.
+	st stats
+}
+
+// seriesBatch is some consecutive series; their chunks' bytes are in its arena. err ends the
+// stream.
+type seriesBatch struct {
+	items  []seriesItem
+	arena  []byte
+	refs   []uint32
+	chunks []outChunk
+	ivs    []tombstones.Interval
+	err    error
+}
+
+// readerBatchSeries is how many series go from the reader to the writer at once.
+const readerBatchSeries = 256
+
+// seriesReader reads the series in a goroutine, a few batches ahead of the writer.
+type seriesReader struct {
+	batches chan *seriesBatch
+	free    chan *seriesBatch
+	quit    chan struct{}
+	exited  chan struct{}
+	stopped bool
+}
+
+// startSeriesReader starts reading the series of all from the skip-th on: the dropped ones are
+// only counted; the others' chunks are read from cr and cut by the deletions.
+func (d *deleter) startSeriesReader(ctx context.Context, all index.Postings, skip int, dropped map[storage.SeriesRef]struct{}, src *source, cr *chunkFiles) *seriesReader {
+	const depth = 4
+	p := &seriesReader{batches: make(chan *seriesBatch, depth), free: make(chan *seriesBatch, depth+2),
+		quit: make(chan struct{}), exited: make(chan struct{})}
+	for range depth + 2 {
+		p.free <- &seriesBatch{}
 	}
-	metas := d.metas
-	if len(metas) == 0 {
-		// Pass 1 found a sample; a chunk that decodes to none contradicts it.
-		return errors.Newf("series %s lost every sample in pass 2 only", redactedLabels(lset))
-	}
-	var err error
-	for i := range metas {
-		if crc := d.crcs[i]; crc >= 0 {
-			metas[i].Ref, err = out.writeChunkCRC(metas[i].Chunk, uint32(crc))
-		} else {
-			metas[i].Ref, err = out.writeChunk(metas[i].Chunk)
+	go func() {
+		defer close(p.exited)
+		defer close(p.batches)
+		var (
+			builder labels.ScratchBuilder
+			lset    labels.Labels
+			chks    []chunks.Meta
+			refs    []uint32
+			ivs     tombstones.Intervals
+			b       *seriesBatch
+		)
+		send := func() bool {
+			// The chunks read keep the arena they were read into.
+			b.arena, cr.arena = cr.arena, nil
+			select {
+			case p.batches <- b:
+				b = nil
+				return true
+			case <-p.quit:
+				return false
+			}
 		}
-		if err != nil {
-			return err
+		fail := func(err error) {
+			if b == nil {
+				b = &seriesBatch{}
+			}
+			b.items, b.err = b.items[:0], err
+			send()
 		}
-		st.samplesOut += uint64(metas[i].Chunk.NumSamples())
+		for i := 0; all.Next(); i++ {
+			if i < skip {
+				continue
+			}
+			if err := ctx.Err(); err != nil {
+				fail(err)
+				return
+			}
+			if b == nil {
+				select {
+				case b = <-p.free:
+				case <-p.quit:
+					return
+				}
+				b.items, b.refs, b.chunks, b.ivs, b.err = b.items[:0], b.refs[:0], b.chunks[:0], b.ivs[:0], nil
+				cr.arena = b.arena[:0]
+			}
+			it := seriesItem{index: i}
+			if _, gone := dropped[all.At()]; gone {
+				it.dropped = true
+			} else {
+				if err := src.series(all.At(), &builder, &chks, &refs); err != nil {
+					fail(errors.Wrap(err, "read series"))
+					return
+				}
+				// The labels are not kept past the series: their memory is reused.
+				builder.Overwrite(&lset)
+				ivs = d.ix.Intervals(lset, d.ext, ivs[:0])
+				n := len(b.chunks)
+				var err error
+				if b.chunks, err = d.rewriteChunks(cr, chks, ivs, b.chunks, &it.st); err != nil {
+					fail(errors.Wrapf(err, "series %s", redactedLabels(lset)))
+					return
+				}
+				if len(b.chunks) == n {
+					// Pass 1 found a sample; a chunk that decodes to none contradicts it.
+					fail(errors.Newf("series %s lost every sample in pass 2 only", redactedLabels(lset)))
+					return
+				}
+				r, v := len(b.refs), len(b.ivs)
+				b.refs, b.ivs = append(b.refs, refs...), append(b.ivs, ivs...)
+				// Later appends that move b.refs or b.chunks leave these where they are.
+				it.refs, it.chunks = b.refs[r:len(b.refs):len(b.refs)], b.chunks[n:len(b.chunks):len(b.chunks)]
+				it.ivs = b.ivs[v:len(b.ivs):len(b.ivs)]
+				cr.release()
+			}
+			b.items = append(b.items, it)
+			if len(b.items) >= readerBatchSeries && !send() {
+				return
+			}
+		}
+		if b != nil && len(b.items) > 0 && !send() {
+			return
+		}
+	}()
+	return p
+}
+
+// done gives a batch written back for reuse.
+func (p *seriesReader) done(b *seriesBatch) {
+	select {
+	case p.free <- b:
+	default:
 	}
-	st.seriesOut++
-	if err := iw.addSeries(refs, metas); err != nil {
-		return err
+}
+
+// stop stops the reader and waits until it has.
+func (p *seriesReader) stop() {
+	if p.stopped {
+		return
 	}
-	// The series' chunks are written: their bytes in the read arena can be reused.
-	cr.reset()
-	return nil
+	p.stopped = true
+	close(p.quit)
+	for range p.batches {
+	}
+	<-p.exited
 }
 
 // pace sleeps so that the series and byte rates of this run (st less what a checkpoint brought in
@@ -512,58 +729,63 @@ func removableSymbols(ctx context.Context, ir *index.Reader, dropped map[storage
 	return removable, nil
 }
 
-// rewriteChunks sets d.metas to the series' chunks without the deleted samples, and d.crcs to
-// the checksums of those copied as they are.
-func (d *deleter) rewriteChunks(cr *chunkFiles, chks []chunks.Meta, ivs tombstones.Intervals, st *stats) error {
-	out, crcs := d.metas[:0], d.crcs[:0]
-	defer func() {
-		// A re-encoded chunk has no checksum yet.
-		for len(crcs) < len(out) {
-			crcs = append(crcs, -1)
-		}
-		d.metas, d.crcs = out, crcs
-	}()
+// rewriteChunks appends to out the series' chunks without those the deleted ranges cover: those
+// no deleted range meets as they are, with their checksums, those one meets marked to be cut
+// (cutChunk).
+func (d *deleter) rewriteChunks(cr *chunkFiles, chks []chunks.Meta, ivs tombstones.Intervals, out []outChunk, st *stats) ([]outChunk, error) {
 	for _, c := range chks {
 		chk, crc, err := cr.chunk(c)
 		if err != nil {
-			return errors.Wrap(err, "read chunk")
+			return out, errors.Wrap(err, "read chunk")
 		}
 		st.bytesRead += int64(len(chk.Bytes()))
 		switch {
 		case !ivs.Overlaps(chunkcut.WindowStart(c.MinTime, d.resolution), c.MaxTime):
 			st.chunksCopied++
-			for len(crcs) < len(out) {
-				crcs = append(crcs, -1)
-			}
-			out = append(out, chunks.Meta{Chunk: chk, MinTime: c.MinTime, MaxTime: c.MaxTime})
-			crcs = append(crcs, int64(crc))
+			out = append(out, outChunk{enc: chk.Encoding(), data: chk.Bytes(), record: cr.record, crc: int64(crc), samples: chk.NumSamples(), mint: c.MinTime, maxt: c.MaxTime})
 		case ivs.CoversRange(c.MinTime, c.MaxTime):
 			st.chunksGone++
 		default:
-			if isRaw(chk) {
-				// An aggregate chunk loses the windows a deleted range meets: deleted data never
-				// survives in an aggregate. One that cannot be cut goes whole.
-				m, err := d.cutRaw(chk, ivs)
-				if err != nil {
-					return err
-				}
-				if m == nil {
-					st.chunksGone++
-					continue
-				}
-				st.chunksRewritten++
-				out = append(out, *m)
-				continue
-			}
-			re, err := chunkcut.Raw(chk, ivs)
-			if err != nil {
-				return err
-			}
-			st.chunksRewritten++
-			out = append(out, re...)
+			out = append(out, outChunk{enc: chk.Encoding(), data: chk.Bytes(), cut: true, crc: -1, mint: c.MinTime, maxt: c.MaxTime})
 		}
 	}
-	return nil
+	return out, nil
+}
+
+// cutChunk appends to out what is left of the chunk c without the samples in ivs, re-encoded.
+func (d *deleter) cutChunk(pool chunkenc.Pool, c outChunk, ivs tombstones.Intervals, out []outChunk, st *stats) ([]outChunk, error) {
+	chk, err := pool.Get(c.enc, c.data)
+	if err != nil {
+		return out, errors.Wrap(err, "read chunk")
+	}
+	defer func() { _ = pool.Put(chk) }()
+	add := func(m chunks.Meta) {
+		out = append(out, outChunk{enc: m.Chunk.Encoding(), data: m.Chunk.Bytes(), crc: -1, samples: m.Chunk.NumSamples(), mint: m.MinTime, maxt: m.MaxTime})
+	}
+	if isRaw(chk) {
+		// An aggregate chunk loses the windows a deleted range meets: deleted data never
+		// survives in an aggregate. One that cannot be cut goes whole.
+		m, err := d.cutRaw(chk, ivs)
+		if err != nil {
+			return out, err
+		}
+		if m == nil {
+			st.chunksGone++
+			return out, nil
+		}
+		st.chunksRewritten++
+		add(*m)
+		return out, nil
+	}
+	re, err := chunkcut.Raw(chk, ivs)
+	if err != nil {
+		return out, err
+	}
+	st.chunksRewritten++
+	for _, m := range re {
+		add(m)
+	}
+	return out, nil
 }
 
 // cutRaw cuts a chunk of an encoding Prometheus does not know: a Thanos aggregate chunk loses the

@@ -418,18 +418,24 @@ func ulidStrings(ids []ulid.ULID) []string {
 	return out
 }
 
-// rewriteJob downloads the block and writes the new one; it returns the new block's directory.
+// rewriteJob downloads the block's index and writes the new block, streaming the source's chunks
+// from the bucket; it returns the new block's directory.
 func (r *Runner) rewriteJob(ctx context.Context, j *Job, childID ulid.ULID, log *slog.Logger) (stats, *block.Meta, string, error) {
 	work, err := os.MkdirTemp(r.cfg.TmpDir, "lethe-rewrite-"+j.Block.String()+"-")
 	if err != nil {
 		return stats{}, nil, "", errors.Wrap(err, "create work dir")
 	}
 	dst := filepath.Join(work, childID.String())
-	src := filepath.Join(work, j.Block.String())
 	phase := time.Now()
-	if err := block.Download(ctx, r.bkt, j.Block, src); err != nil {
+	segments, err := chunkObjects(ctx, r.bkt, j.Block)
+	if err != nil {
 		return stats{}, nil, dst, err
 	}
+	index := filepath.Join(work, j.Block.String()+"-"+block.IndexFilename)
+	if err := block.DownloadIndex(ctx, r.bkt, j.Block, index); err != nil {
+		return stats{}, nil, dst, err
+	}
+	src := bucketSource(ctx, r.bkt, index, segments)
 	r.atPhase("download")
 	log.Debug("downloaded", "seconds", time.Since(phase).Seconds())
 	resume, err := r.loadCheckpoint(ctx, j, childID, dst)
@@ -483,7 +489,7 @@ func (r *Runner) rewriteJob(ctx context.Context, j *Job, childID ulid.ULID, log 
 		log.Info("streaming", "series_done", series, "series_total", j.Series, "series_per_second", int(float64(series)/max(secs, 1e-3)),
 			"bytes_per_second", int(float64(bytes)/max(secs, 1e-3)))
 	}
-	st, cp, err := d.rewrite(ctx, src, dst, resume)
+	st, cp, err := d.rewriteFrom(ctx, src, dst, resume)
 	if errors.Is(err, ErrBudget) && cp != nil {
 		log.Info("time budget reached; saving a checkpoint for the next run")
 		if serr := save(ctx, cp); serr != nil {
