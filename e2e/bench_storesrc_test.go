@@ -13,9 +13,11 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/url"
 	"os"
@@ -30,8 +32,11 @@ import (
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/tsdb"
 	"github.com/thanos-io/objstore/providers/filesystem"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/lethe-project/lethe/block"
+	"github.com/lethe-project/lethe/internal/storepb"
 )
 
 const (
@@ -42,8 +47,9 @@ const (
 
 var ssrcBenchModes = []string{"idle", "user", "system", "iowait"}
 
-// ssrcBenchWrite writes the 2h block of one replica into bkt.
-func ssrcBenchWrite(b *testing.B, bkt *filesystem.Bucket, replica string) {
+// ssrcBenchWrite writes the 2h block of one replica into bkt: instances node-exporter-like
+// instances of 8 CPUs and 4 modes.
+func ssrcBenchWrite(b *testing.B, bkt *filesystem.Bucket, replica string, instances int) {
 	dir := b.TempDir()
 	w, err := tsdb.NewBlockWriter(slog.New(slog.DiscardHandler), dir, 2*thxHour)
 	if err != nil {
@@ -53,7 +59,7 @@ func ssrcBenchWrite(b *testing.B, bkt *filesystem.Bucket, replica string) {
 	ctx := context.Background()
 	app := w.Appender(ctx)
 	var series []labels.Labels
-	for i := 0; i < ssrcBenchInstances; i++ {
+	for i := 0; i < instances; i++ {
 		for c := 0; c < ssrcBenchCPUs; c++ {
 			for _, m := range ssrcBenchModes {
 				series = append(series, labels.FromStrings("__name__", "node_cpu_seconds_total", "job", []string{"node", "db"}[i%2],
@@ -137,7 +143,7 @@ func BenchmarkStoreSource(b *testing.B) {
 		b.Fatal(err)
 	}
 	for _, r := range []string{"r0", "r1"} {
-		ssrcBenchWrite(b, bkt, r)
+		ssrcBenchWrite(b, bkt, r, ssrcBenchInstances)
 	}
 	conf := "--objstore.config=type: FILESYSTEM\nconfig: {directory: " + bucketDir + "}"
 	rfc := func(ms int64) string { return time.UnixMilli(ms).UTC().Format(time.RFC3339Nano) }
@@ -229,6 +235,185 @@ func BenchmarkStoreSource(b *testing.B) {
 					b.ReportMetric(mib, p.name+"-MiB")
 				}
 			}
+		})
+	}
+}
+
+// ssrcFilterInstances sizes BenchmarkStoreAPIFilter's block: 12,800 series a replica.
+const ssrcFilterInstances = 400
+
+// BenchmarkStoreAPIFilter: lethe-proxy's StoreAPI mode (--store.endpoint, --grpc-address) in front
+// of `thanos store`, beside the store asked directly, in one run: a Thanos Query pointed at each
+// answering the dashboard's heaviest query (query-*), and a StoreAPI client pulling every series'
+// chunks through one Series call (series-*; the throughput the issue bounds). Untouched: a range
+// no tombstone meets; masked: the whole block under a tombstone of one instance's 20 minutes.
+// Each leaf reports the median time of each side, the median paired ratio lethe/store (time; the
+// throughput ratio is its inverse), and the peak RSS (VmHWM) of lethe-proxy, of the querier or
+// client side's store, and of the store.
+func BenchmarkStoreAPIFilter(b *testing.B) {
+	thanos := toolPath(b, "thanos", "LETHE_THANOS")
+	bucketDir := filepath.Join(b.TempDir(), "bucket")
+	if err := os.MkdirAll(bucketDir, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	bkt, err := filesystem.NewBucket(bucketDir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, r := range []string{"r0", "r1"} {
+		ssrcBenchWrite(b, bkt, r, ssrcFilterInstances)
+	}
+	conf := "--objstore.config=type: FILESYSTEM\nconfig: {directory: " + bucketDir + "}"
+	rfc := func(ms int64) string { return time.UnixMilli(ms).UTC().Format(time.RFC3339Nano) }
+	out, err := exec.Command(binaries.lethe, conf, "tombstone", "add", "--match", `node_cpu_seconds_total{instance="i-3"}`,
+		"--start", rfc(ssrcBenchT0+30*sapiMin), "--end", rfc(ssrcBenchT0+50*sapiMin),
+		"--undelete-window", "0s", "--max-wait", "0s", "--reason", "bench", "--author", "bench").CombinedOutput()
+	if err != nil {
+		b.Fatalf("lethe tombstone add: %v: %s", err, out)
+	}
+
+	storeGRPC := ssrcBenchPort(b)
+	store := startBenchProc(b, "thanos-store", b.TempDir(), thanos, func(addr string) []string {
+		return []string{"store", conf, "--data-dir=" + b.TempDir(), "--http-address=" + addr, "--grpc-address=" + storeGRPC,
+			"--http-grace-period=0s", "--grpc-grace-period=0s", "--log.level=warn"}
+	})
+	letheGRPC := ssrcBenchPort(b)
+	dir := b.TempDir()
+	lethe := startBenchProc(b, "lethe-proxy-filter", dir, binaries.proxy, func(addr string) []string {
+		return []string{conf, "--store.endpoint=" + storeGRPC, "--grpc-address=" + letheGRPC, "--web.listen-address=" + addr,
+			"--data-dir=" + filepath.Join(dir, "data"), "--log.level=warn"}
+	})
+	querier := func(name, endpoint string) *benchProc {
+		return startBenchProc(b, name, b.TempDir(), thanos, func(addr string) []string {
+			return []string{"query", "--http-address=" + addr, "--grpc-address=" + ssrcBenchPort(b), "--endpoint=" + endpoint,
+				"--query.replica-label=replica", "--http-grace-period=0s", "--grpc-grace-period=0s", "--log.level=warn"}
+		})
+	}
+	direct, viaLethe := querier("thanos-query-store", storeGRPC), querier("thanos-query-lethe", letheGRPC)
+
+	end := formatPromTime(ssrcBenchT0 + 2*thxHour - sapiMin)
+	for _, q := range []*benchProc{direct, viaLethe} {
+		deadline := time.Now().Add(thxQueryTimeout)
+		for {
+			r := ssrcBenchGet(b, q, "/api/v1/query", url.Values{"query": {`count(node_cpu_seconds_total)`}, "time": {end}})
+			if strings.Contains(r, `"value"`) {
+				break
+			}
+			if time.Now().After(deadline) {
+				b.Fatalf("%s serves no data: %s", q.name, r)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	conn := func(addr string) storepb.StoreClient {
+		c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(math.MaxInt32)))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { _ = c.Close() })
+		return storepb.NewStoreClient(c)
+	}
+	storeClient, letheClient := conn(storeGRPC), conn(letheGRPC)
+
+	// Untouched: the last hour, which the tombstone (minutes 30 to 50) and the rate's 5m window
+	// do not meet.
+	untouchedFrom, maskedFrom := ssrcBenchT0+60*sapiMin, ssrcBenchT0+sapiMin
+	expr := `sum by (job) (rate(node_cpu_seconds_total[5m]))`
+	params := func(from int64) url.Values {
+		return url.Values{"query": {expr}, "start": {formatPromTime(from)}, "end": {end}, "step": {"15"}}
+	}
+	seriesReq := func(from int64) *storepb.SeriesRequest {
+		return &storepb.SeriesRequest{MinTime: from - 5*sapiMin, MaxTime: ssrcBenchT0 + 2*thxHour,
+			Matchers:                []*storepb.LabelMatcher{{Type: storepb.LabelMatcher_EQ, Name: "__name__", Value: "node_cpu_seconds_total"}},
+			PartialResponseStrategy: storepb.PartialResponseStrategy_ABORT}
+	}
+	// pull reads one Series call to its end and returns the series and chunk bytes it carried.
+	pull := func(c storepb.StoreClient, req *storepb.SeriesRequest) (series, bytes int) {
+		cl, err := c.Series(context.Background(), req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for {
+			r, err := cl.Recv()
+			if errors.Is(err, io.EOF) {
+				return series, bytes
+			}
+			if err != nil {
+				b.Fatal(err)
+			}
+			batch := r.GetBatch().GetSeries()
+			if s := r.GetSeries(); s != nil {
+				batch = []*storepb.Series{s}
+			}
+			for _, s := range batch {
+				series++
+				for _, c := range s.Chunks {
+					bytes += len(c.GetRaw().GetData())
+				}
+			}
+		}
+	}
+	if want, got := ssrcBenchGet(b, direct, "/api/v1/query_range", params(untouchedFrom)), ssrcBenchGet(b, viaLethe, "/api/v1/query_range", params(untouchedFrom)); got != want {
+		b.Fatalf("the untouched query through lethe differs from the store's:\n%.500s\n%.500s", got, want)
+	}
+	if ws, wb := pull(storeClient, seriesReq(untouchedFrom)); true {
+		if gs, gb := pull(letheClient, seriesReq(untouchedFrom)); gs != ws || gb != wb {
+			b.Fatalf("untouched Series through lethe: %d series, %d chunk bytes; the store's: %d, %d", gs, gb, ws, wb)
+		}
+	}
+
+	leaves := []struct {
+		group string
+		run   func(lethe bool)
+	}{
+		{"filter-query-untouched", func(l bool) {
+			ssrcBenchGet(b, map[bool]*benchProc{false: direct, true: viaLethe}[l], "/api/v1/query_range", params(untouchedFrom))
+		}},
+		{"filter-query-masked", func(l bool) {
+			ssrcBenchGet(b, map[bool]*benchProc{false: direct, true: viaLethe}[l], "/api/v1/query_range", params(maskedFrom))
+		}},
+		{"filter-series-untouched", func(l bool) {
+			pull(map[bool]storepb.StoreClient{false: storeClient, true: letheClient}[l], seriesReq(untouchedFrom))
+		}},
+		{"filter-series-masked", func(l bool) {
+			pull(map[bool]storepb.StoreClient{false: storeClient, true: letheClient}[l], seriesReq(maskedFrom))
+		}},
+	}
+	for _, leaf := range leaves {
+		b.Run(leaf.group, func(b *testing.B) {
+			b.Run("lethe-vs-store", func(b *testing.B) {
+				procs := []*benchProc{store, lethe, direct, viaLethe}
+				for _, p := range procs {
+					_ = p.resetPeakRSS()
+				}
+				var tl, ts, ratios []float64
+				timed := func(l bool) float64 {
+					began := time.Now()
+					leaf.run(l)
+					return float64(time.Since(began).Microseconds()) / 1000
+				}
+				for i := 0; i < b.N; i++ {
+					s, l := timed(false), timed(true)
+					ts, tl, ratios = append(ts, s), append(tl, l), append(ratios, l/s)
+				}
+				med := func(v []float64) float64 { v = slices.Clone(v); slices.Sort(v); return v[len(v)/2] }
+				b.ReportMetric(med(tl), "lethe-ms")
+				b.ReportMetric(med(ts), "baseline-ms")
+				b.ReportMetric(med(ratios), "lethe/baseline")
+				b.ReportMetric(1/med(ratios), "throughput-lethe/store")
+				rss := func(p *benchProc, unit string) {
+					if mib, err := p.peakRSSMiB(); err == nil {
+						b.ReportMetric(mib, unit)
+					}
+				}
+				rss(lethe, "lethe-peak-RSS-MiB")
+				rss(store, "upstream-peak-RSS-MiB")
+				if strings.Contains(leaf.group, "query") {
+					rss(direct, "baseline-peak-RSS-MiB")
+					rss(viaLethe, "querier-lethe-peak-RSS-MiB")
+				}
+			})
 		})
 	}
 }
