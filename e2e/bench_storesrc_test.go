@@ -31,12 +31,14 @@ import (
 
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/tsdb"
+	"github.com/prometheus/prometheus/tsdb/chunkenc"
 	"github.com/thanos-io/objstore/providers/filesystem"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/lethe-project/lethe/block"
 	"github.com/lethe-project/lethe/internal/storepb"
+	"github.com/lethe-project/lethe/internal/storepb/labelpb"
 )
 
 const (
@@ -239,7 +241,8 @@ func BenchmarkStoreSource(b *testing.B) {
 	}
 }
 
-// ssrcFilterInstances sizes BenchmarkStoreAPIFilter's block: 12,800 series a replica.
+// ssrcFilterInstances sizes BenchmarkStoreAPIFilter's 1x block: 12,800 series a replica; the 4x
+// block has 4 times the instances.
 const ssrcFilterInstances = 400
 
 // BenchmarkStoreAPIFilter: lethe-proxy's StoreAPI mode (--store.endpoint, --grpc-address) in front
@@ -248,9 +251,19 @@ const ssrcFilterInstances = 400
 // chunks through one Series call (series-*; the throughput the issue bounds). Untouched: a range
 // no tombstone meets; masked: the whole block under a tombstone of one instance's 20 minutes.
 // Each leaf reports the median time of each side, the median paired ratio lethe/store (time; the
-// throughput ratio is its inverse), and the peak RSS (VmHWM) of lethe-proxy, of the querier or
-// client side's store, and of the store.
+// throughput ratio is its inverse), and the peak RSS (VmHWM) of lethe-proxy, of the querier
+// pointed at the store, of the one pointed at lethe, and of the store. All of it on a block 1x and
+// 4x the size (the groups filter-* and filter4x-*), each its own stack.
 func BenchmarkStoreAPIFilter(b *testing.B) {
+	for _, size := range []struct {
+		name, group string
+		instances   int
+	}{{"1x", "filter", ssrcFilterInstances}, {"4x", "filter4x", 4 * ssrcFilterInstances}} {
+		b.Run(size.name, func(b *testing.B) { benchStoreAPIFilter(b, size.instances, size.group) })
+	}
+}
+
+func benchStoreAPIFilter(b *testing.B, instances int, group string) {
 	thanos := toolPath(b, "thanos", "LETHE_THANOS")
 	bucketDir := filepath.Join(b.TempDir(), "bucket")
 	if err := os.MkdirAll(bucketDir, 0o755); err != nil {
@@ -261,7 +274,7 @@ func BenchmarkStoreAPIFilter(b *testing.B) {
 		b.Fatal(err)
 	}
 	for _, r := range []string{"r0", "r1"} {
-		ssrcBenchWrite(b, bkt, r, ssrcFilterInstances)
+		ssrcBenchWrite(b, bkt, r, instances)
 	}
 	conf := "--objstore.config=type: FILESYSTEM\nconfig: {directory: " + bucketDir + "}"
 	rfc := func(ms int64) string { return time.UnixMilli(ms).UTC().Format(time.RFC3339Nano) }
@@ -362,21 +375,65 @@ func BenchmarkStoreAPIFilter(b *testing.B) {
 			b.Fatalf("untouched Series through lethe: %d series, %d chunk bytes; the store's: %d, %d", gs, gb, ws, wb)
 		}
 	}
+	// samples counts the samples of one Series call, and those of them the tombstone covers.
+	delFrom, delTo := ssrcBenchT0+30*sapiMin, ssrcBenchT0+50*sapiMin
+	samples := func(c storepb.StoreClient, req *storepb.SeriesRequest) (n, deleted int) {
+		cl, err := c.Series(context.Background(), req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for {
+			r, err := cl.Recv()
+			if errors.Is(err, io.EOF) {
+				return n, deleted
+			}
+			if err != nil {
+				b.Fatal(err)
+			}
+			batch := r.GetBatch().GetSeries()
+			if s := r.GetSeries(); s != nil {
+				batch = []*storepb.Series{s}
+			}
+			for _, s := range batch {
+				target := slices.ContainsFunc(s.Labels, func(l *labelpb.Label) bool { return l.Name == "instance" && l.Value == "i-3" })
+				for _, c := range s.Chunks {
+					chk, err := chunkenc.FromData(chunkenc.EncXOR, c.GetRaw().GetData())
+					if err != nil {
+						b.Fatal(err)
+					}
+					it := chk.Iterator(nil)
+					for it.Next() != chunkenc.ValNone {
+						n++
+						if t := it.AtT(); target && t >= delFrom && t <= delTo {
+							deleted++
+						}
+					}
+					if it.Err() != nil {
+						b.Fatal(it.Err())
+					}
+				}
+			}
+		}
+	}
+	all, deleted := samples(storeClient, seriesReq(maskedFrom))
+	if got, left := samples(letheClient, seriesReq(maskedFrom)); got != all-deleted || left != 0 || deleted == 0 {
+		b.Fatalf("masked Series through lethe: %d samples, %d of them deleted; the store's: %d, %d deleted", got, left, all, deleted)
+	}
 
 	leaves := []struct {
 		group string
 		run   func(lethe bool)
 	}{
-		{"filter-query-untouched", func(l bool) {
+		{group + "-query-untouched", func(l bool) {
 			ssrcBenchGet(b, map[bool]*benchProc{false: direct, true: viaLethe}[l], "/api/v1/query_range", params(untouchedFrom))
 		}},
-		{"filter-query-masked", func(l bool) {
+		{group + "-query-masked", func(l bool) {
 			ssrcBenchGet(b, map[bool]*benchProc{false: direct, true: viaLethe}[l], "/api/v1/query_range", params(maskedFrom))
 		}},
-		{"filter-series-untouched", func(l bool) {
+		{group + "-series-untouched", func(l bool) {
 			pull(map[bool]storepb.StoreClient{false: storeClient, true: letheClient}[l], seriesReq(untouchedFrom))
 		}},
-		{"filter-series-masked", func(l bool) {
+		{group + "-series-masked", func(l bool) {
 			pull(map[bool]storepb.StoreClient{false: storeClient, true: letheClient}[l], seriesReq(maskedFrom))
 		}},
 	}
@@ -409,7 +466,7 @@ func BenchmarkStoreAPIFilter(b *testing.B) {
 				}
 				rss(lethe, "lethe-peak-RSS-MiB")
 				rss(store, "upstream-peak-RSS-MiB")
-				if strings.Contains(leaf.group, "query") {
+				if strings.Contains(leaf.group, "-query-") {
 					rss(direct, "baseline-peak-RSS-MiB")
 					rss(viaLethe, "querier-lethe-peak-RSS-MiB")
 				}
