@@ -252,7 +252,9 @@ const ssrcFilterInstances = 400
 // no tombstone meets; masked: the whole block under a tombstone of one instance's 20 minutes.
 // Each leaf reports the median time of each side, the median paired ratio lethe/store (time; the
 // throughput ratio is its inverse), and the peak RSS (VmHWM) of lethe-proxy, of the querier
-// pointed at the store, of the one pointed at lethe, and of the store. All of it on a block 1x and
+// pointed at the store, of the one pointed at lethe, and of the store; and the median CPU time
+// (user and system) lethe-proxy spent on a request beside the store's on it directly, which the
+// other processes on the machine do not blur as they do the times. All of it on a block 1x and
 // 4x the size (the groups filter-* and filter4x-*), each its own stack.
 func BenchmarkStoreAPIFilter(b *testing.B) {
 	for _, size := range []struct {
@@ -336,8 +338,10 @@ func benchStoreAPIFilter(b *testing.B, instances int, group string) {
 	params := func(from int64) url.Values {
 		return url.Values{"query": {expr}, "start": {formatPromTime(from)}, "end": {end}, "step": {"15"}}
 	}
+	// The Series calls are asked as Thanos Query asks them: in batches of 64 series (its
+	// store.DefaultResponseBatchSize).
 	seriesReq := func(from int64) *storepb.SeriesRequest {
-		return &storepb.SeriesRequest{MinTime: from - 5*sapiMin, MaxTime: ssrcBenchT0 + 2*thxHour,
+		return &storepb.SeriesRequest{MinTime: from - 5*sapiMin, MaxTime: ssrcBenchT0 + 2*thxHour, ResponseBatchSize: 64,
 			Matchers:                []*storepb.LabelMatcher{{Type: storepb.LabelMatcher_EQ, Name: "__name__", Value: "node_cpu_seconds_total"}},
 			PartialResponseStrategy: storepb.PartialResponseStrategy_ABORT}
 	}
@@ -444,14 +448,18 @@ func benchStoreAPIFilter(b *testing.B, instances int, group string) {
 				for _, p := range procs {
 					_ = p.resetPeakRSS()
 				}
-				var tl, ts, ratios []float64
+				var tl, ts, ratios, cpuLethe, cpuStore []float64
 				timed := func(l bool) float64 {
 					began := time.Now()
 					leaf.run(l)
 					return float64(time.Since(began).Microseconds()) / 1000
 				}
 				for i := 0; i < b.N; i++ {
-					s, l := timed(false), timed(true)
+					s0 := ssrcCPUms(b, store)
+					s := timed(false)
+					s1, l0 := ssrcCPUms(b, store), ssrcCPUms(b, lethe)
+					l := timed(true)
+					cpuStore, cpuLethe = append(cpuStore, s1-s0), append(cpuLethe, ssrcCPUms(b, lethe)-l0)
 					ts, tl, ratios = append(ts, s), append(tl, l), append(ratios, l/s)
 				}
 				med := func(v []float64) float64 { v = slices.Clone(v); slices.Sort(v); return v[len(v)/2] }
@@ -459,6 +467,8 @@ func benchStoreAPIFilter(b *testing.B, instances int, group string) {
 				b.ReportMetric(med(ts), "baseline-ms")
 				b.ReportMetric(med(ratios), "lethe/baseline")
 				b.ReportMetric(1/med(ratios), "throughput-lethe/store")
+				b.ReportMetric(med(cpuLethe), "lethe-cpu-ms")
+				b.ReportMetric(med(cpuStore), "store-cpu-ms")
 				rss := func(p *benchProc, unit string) {
 					if mib, err := p.peakRSSMiB(); err == nil {
 						b.ReportMetric(mib, unit)
@@ -473,4 +483,21 @@ func benchStoreAPIFilter(b *testing.B, instances int, group string) {
 			})
 		})
 	}
+}
+
+// ssrcCPUms is the CPU time (user and system) the process has used so far, in milliseconds.
+func ssrcCPUms(b *testing.B, p *benchProc) float64 {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	// The fields after the command's name, which ends with the last ')': utime and stime are the
+	// 14th and 15th of the line, in clock ticks (USER_HZ, 100 on Linux).
+	f := strings.Fields(string(raw[strings.LastIndexByte(string(raw), ')')+1:]))
+	utime, err1 := strconv.ParseFloat(f[11], 64)
+	stime, err2 := strconv.ParseFloat(f[12], 64)
+	if err1 != nil || err2 != nil {
+		b.Fatalf("%s: /proc stat: %v %v", p.name, err1, err2)
+	}
+	return (utime + stime) * 10
 }

@@ -23,7 +23,7 @@ const streamBuffer = 64
 // stream. buf, when set, holds the bytes and is released once the frame is sent.
 type frame struct {
 	series []byte
-	other  []byte
+	other  *wireFrame
 	buf    *wireBuf
 	err    error
 }
@@ -67,7 +67,7 @@ func (s *Server) merge(ctx context.Context, req *storepb.SeriesRequest, partial,
 				if err != nil {
 					return err
 				}
-				if err := send(frame{other: w}); err != nil {
+				if err := send(frame{other: &wireFrame{b: w}}); err != nil {
 					return err
 				}
 			case f.other != nil:
@@ -171,13 +171,13 @@ func (s *Server) stream(ctx context.Context, st Store, req *storepb.SeriesReques
 			return
 		}
 		if whole {
-			if !put(frame{other: buf.frame.b, buf: buf}) {
+			if !put(frame{other: &buf.frame, buf: buf}) {
 				return
 			}
 			continue
 		}
 		other := false
-		err = wireFields(buf.frame.b, func(num protowire.Number, typ protowire.Type, payload, _ []byte) error {
+		err = wireFields(buf.frame.bytes(), func(num protowire.Number, typ protowire.Type, payload, _ []byte) error {
 			switch {
 			case num == fieldResponseSeries && typ == protowire.BytesType:
 				if !one(payload, buf) {
@@ -201,7 +201,7 @@ func (s *Server) stream(ctx context.Context, st Store, req *storepb.SeriesReques
 		case err != nil:
 			put(frame{err: err})
 			return
-		case other && !put(frame{other: buf.frame.b, buf: buf.retain()}):
+		case other && !put(frame{other: &buf.frame, buf: buf.retain()}):
 			return
 		}
 		buf.release()
@@ -234,7 +234,8 @@ func openSeries(ctx context.Context, st Store, req *storepb.SeriesRequest) (func
 		if err != nil {
 			return err
 		}
-		f.b, err = proto.MarshalOptions{}.MarshalAppend(f.b[:0], r)
+		f.own, err = proto.MarshalOptions{}.MarshalAppend(f.own[:0], r)
+		f.b = f.own
 		return err
 	}, nil
 }

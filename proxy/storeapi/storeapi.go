@@ -177,14 +177,12 @@ func (s *Server) Series(req *storepb.SeriesRequest, srv storepb.Store_SeriesServ
 	if err != nil {
 		return status.Error(codes.InvalidArgument, err.Error())
 	}
-	var out wireFrame
-	send := func(msg []byte) error {
+	send := func(msg *wireFrame) error {
 		if s.wire {
-			out.b = msg
-			return srv.SendMsg(&out)
+			return srv.SendMsg(msg)
 		}
 		r := &storepb.SeriesResponse{}
-		if err := proto.Unmarshal(msg, r); err != nil {
+		if err := proto.Unmarshal(msg.bytes(), r); err != nil {
 			return err
 		}
 		return srv.Send(r)
@@ -194,7 +192,7 @@ func (s *Server) Series(req *storepb.SeriesRequest, srv storepb.Store_SeriesServ
 
 // series fans req out to the stores and sends what survives the snapshot's tombstones.
 // send is given each encoded SeriesResponse, and may not keep it after it returns.
-func (s *Server) series(ctx context.Context, snap *proxy.Snapshot, req *storepb.SeriesRequest, matchers []*labels.Matcher, send func([]byte) error) error {
+func (s *Server) series(ctx context.Context, snap *proxy.Snapshot, req *storepb.SeriesRequest, matchers []*labels.Matcher, send func(*wireFrame) error) error {
 	up := proto.CloneOf(req)
 	// The replica labels are needed to match tombstones; Thanos Query drops them itself.
 	up.WithoutReplicaLabels = nil
@@ -219,13 +217,13 @@ var errLimit = errors.New("series limit reached")
 // anything else at once. It copies what it is given into its own buffers, which it reuses.
 // With a limit, it sends no more series than that, as Thanos' own proxy.
 type batcher struct {
-	send  func([]byte) error
+	send  func(*wireFrame) error
 	size  int
 	limit int64
 	sent  int64
-	n     int    // series in body
-	body  []byte // the encoded SeriesBatch being filled
-	msg   []byte // the SeriesResponse being sent
+	n     int       // series in body
+	body  []byte    // the encoded SeriesBatch being filled
+	msg   wireFrame // the SeriesResponse being sent
 }
 
 func (b *batcher) add(f frame) error {
@@ -237,8 +235,8 @@ func (b *batcher) add(f frame) error {
 	}
 	b.sent++
 	if b.size <= 1 {
-		b.msg = appendBytesField(b.msg[:0], fieldResponseSeries, f.series)
-		return b.send(b.msg)
+		b.msg.b = appendBytesField(b.msg.b[:0], fieldResponseSeries, f.series)
+		return b.send(&b.msg)
 	}
 	b.body = appendBytesField(b.body, fieldBatchSeries, f.series)
 	if b.n++; b.n < b.size {
@@ -251,9 +249,9 @@ func (b *batcher) flush() error {
 	if b.n == 0 {
 		return nil
 	}
-	b.msg = appendBytesField(b.msg[:0], fieldResponseBatch, b.body)
+	b.msg.b = appendBytesField(b.msg.b[:0], fieldResponseBatch, b.body)
 	b.body, b.n = b.body[:0], 0
-	return b.send(b.msg)
+	return b.send(&b.msg)
 }
 
 // seriesFilter removes deleted samples from one request's series.
@@ -408,7 +406,7 @@ func (s *Server) survivingSeries(ctx context.Context, snap *proxy.Snapshot, mint
 			return nil
 		}
 		var r storepb.SeriesResponse
-		if err := proto.Unmarshal(f.other, &r); err != nil {
+		if err := proto.Unmarshal(f.other.bytes(), &r); err != nil {
 			return err
 		}
 		if w := r.GetWarning(); w != "" {

@@ -32,8 +32,30 @@ const (
 )
 
 // wireFrame is one gRPC message as its protobuf bytes; wireCodec sends and receives it as is.
+// A received one holds gRPC's own buffers (bufs, referenced until release), and sends them on as
+// they are; b is its bytes in one piece, when read (see bytes).
 type wireFrame struct {
-	b []byte
+	b    []byte
+	bufs mem.BufferSlice
+	own  []byte // storage of b when bufs is in pieces, reused
+}
+
+// bytes returns the message in one piece.
+func (f *wireFrame) bytes() []byte {
+	if f.b == nil && len(f.bufs) > 0 {
+		f.own = f.own[:0]
+		for _, b := range f.bufs {
+			f.own = append(f.own, b.ReadOnlyData()...)
+		}
+		f.b = f.own
+	}
+	return f.b
+}
+
+// reset frees the gRPC buffers f holds.
+func (f *wireFrame) reset() {
+	f.bufs.Free()
+	f.bufs, f.b = nil, nil
 }
 
 // wireCodec is gRPC's proto codec, except that a *wireFrame goes as its bytes: the Series stream
@@ -47,6 +69,12 @@ func (wireCodec) Name() string { return "proto" }
 
 func (wireCodec) Marshal(v any) (mem.BufferSlice, error) {
 	if f, ok := v.(*wireFrame); ok {
+		if f.bufs != nil {
+			// A received message goes on in the buffers it came in; gRPC frees its reference
+			// once written.
+			f.bufs.Ref()
+			return f.bufs, nil
+		}
 		// gRPC writes the message after SendMsg returns: a copy in its pool lets the caller reuse f.
 		return mem.BufferSlice{mem.Copy(f.b, mem.DefaultBufferPool())}, nil
 	}
@@ -55,9 +83,11 @@ func (wireCodec) Marshal(v any) (mem.BufferSlice, error) {
 
 func (wireCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	if f, ok := v.(*wireFrame); ok {
-		f.b = f.b[:0]
-		for _, b := range data {
-			f.b = append(f.b, b.ReadOnlyData()...)
+		f.reset()
+		data.Ref() // Held until the frame is released.
+		f.bufs = data
+		if len(data) == 1 {
+			f.b = data[0].ReadOnlyData()
 		}
 		return nil
 	}
@@ -91,8 +121,9 @@ func (w *wireBuf) release() {
 	if w == nil || w.refs.Add(-1) != 0 {
 		return
 	}
-	if cap(w.frame.b) <= maxPooledBuf {
-		w.frame.b = w.frame.b[:0]
+	w.frame.reset()
+	if cap(w.frame.own) <= maxPooledBuf {
+		w.frame.b = nil
 		wirePool.Put(w)
 	}
 }
