@@ -26,6 +26,8 @@ type frame struct {
 	other  *wireFrame
 	buf    *wireBuf
 	err    error
+	// flush is set on a message of series passed on whole: the series before it go first.
+	flush bool
 }
 
 // wireFilter returns an encoded series without the deleted samples (series itself when nothing
@@ -39,16 +41,19 @@ type wireFilter func(series []byte, lset labels.Labels) ([]byte, error)
 // The filter is given each series' labels when masked is set (and else, with one store, none).
 // send must not keep the frame's bytes after it returns.
 // Unmasked, one store's messages need no change: they are sent on whole, as the store encoded
-// them (its own batches included), when no limit asks the merge to count them.
+// them (its own batches included), when no limit asks the merge to count them; masked, so are
+// those whose series all pass unchanged.
 func (s *Server) merge(ctx context.Context, req *storepb.SeriesRequest, partial, masked bool, filter wireFilter, send func(frame) error) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
 	streams := make([]chan frame, len(s.stores))
-	whole := !masked && len(s.stores) == 1 && req.Limit == 0
+	// One store's series need no merge; unless a limit asks to count them, its messages go on
+	// whole: all of them unmasked, and those whose series all pass unchanged masked.
+	single := len(s.stores) == 1 && req.Limit == 0
 	for i, st := range s.stores {
 		streams[i] = make(chan frame, streamBuffer)
-		go s.stream(ctx, st, req, masked || len(s.stores) > 1, whole, filter, streams[i])
+		go s.stream(ctx, st, req, masked || len(s.stores) > 1, single && !masked, single, filter, streams[i])
 	}
 
 	// heads holds each open stream's next series; live tells the streams not yet ended.
@@ -113,8 +118,9 @@ func (s *Server) merge(ctx context.Context, req *storepb.SeriesRequest, partial,
 // stream reads one store's Series stream into out, filtered, and closes out. Series labels are
 // read only withLabels; then a series whose labels the store did not sort is re-encoded sorted,
 // so that the merge can compare the encoded labels. With whole, every message goes on as it came,
-// unread and unfiltered.
-func (s *Server) stream(ctx context.Context, st Store, req *storepb.SeriesRequest, withLabels, whole bool, filter wireFilter, out chan<- frame) {
+// unread and unfiltered; with unchanged, a message whose series all pass unchanged does, after
+// the series before it (frame.flush).
+func (s *Server) stream(ctx context.Context, st Store, req *storepb.SeriesRequest, withLabels, whole, unchanged bool, filter wireFilter, out chan<- frame) {
 	defer close(out)
 	put := func(f frame) bool {
 		select {
@@ -132,34 +138,36 @@ func (s *Server) stream(ctx context.Context, st Store, req *storepb.SeriesReques
 	var (
 		builder labels.ScratchBuilder
 		lset    labels.Labels
+		// kept holds the filtered series of one message; shared tells those still in its buffer.
+		kept   []frame
+		shared []bool
+		same   bool // every series of the message passes unchanged
 	)
-	one := func(series []byte, buf *wireBuf) bool {
+	one := func(series []byte) error {
+		inBuf := true
 		if withLabels {
 			sorted, err := wireSeriesLabels(series, &builder)
 			if err == nil && !sorted {
 				builder.Sort()
 				series, err = sortedWireSeries(series)
-				buf = nil
+				inBuf = false
 			}
 			if err != nil {
-				return put(frame{err: err}) && false
+				return err
 			}
 			builder.Overwrite(&lset)
 		}
-		kept, err := filter(series, lset)
+		k, err := filter(series, lset)
 		if err != nil {
-			return put(frame{err: err}) && false
+			return err
 		}
-		if kept == nil {
-			return true
+		inBuf = inBuf && k != nil && unsafe.SliceData(k) == unsafe.SliceData(series)
+		same = same && inBuf
+		if k != nil {
+			kept, shared = append(kept, frame{series: k}), append(shared, inBuf)
 		}
-		f := frame{series: kept}
-		if buf != nil && unsafe.SliceData(kept) == unsafe.SliceData(series) {
-			f.buf = buf.retain()
-		}
-		return put(f)
+		return nil
 	}
-	errStop := errors.New("stop")
 	for {
 		buf := getWireBuf()
 		err := recv(&buf.frame)
@@ -177,16 +185,15 @@ func (s *Server) stream(ctx context.Context, st Store, req *storepb.SeriesReques
 			continue
 		}
 		other := false
+		kept, shared, same = kept[:0], shared[:0], true
 		err = wireFields(buf.frame.bytes(), func(num protowire.Number, typ protowire.Type, payload, _ []byte) error {
 			switch {
 			case num == fieldResponseSeries && typ == protowire.BytesType:
-				if !one(payload, buf) {
-					return errStop
-				}
+				return one(payload)
 			case num == fieldResponseBatch && typ == protowire.BytesType:
 				return wireFields(payload, func(num protowire.Number, typ protowire.Type, payload, _ []byte) error {
-					if num == fieldBatchSeries && typ == protowire.BytesType && !one(payload, buf) {
-						return errStop
+					if num == fieldBatchSeries && typ == protowire.BytesType {
+						return one(payload)
 					}
 					return nil
 				})
@@ -195,14 +202,28 @@ func (s *Server) stream(ctx context.Context, st Store, req *storepb.SeriesReques
 			}
 			return nil
 		})
-		switch {
-		case errors.Is(err, errStop):
-			return
-		case err != nil:
+		if err != nil {
 			put(frame{err: err})
 			return
-		case other && !put(frame{other: &buf.frame, buf: buf.retain()}):
-			return
+		}
+		switch {
+		case other:
+			if !put(frame{other: &buf.frame, buf: buf.retain()}) {
+				return
+			}
+		case unchanged && same && len(kept) > 0:
+			if !put(frame{other: &buf.frame, buf: buf.retain(), flush: true}) {
+				return
+			}
+		default:
+			for i, f := range kept {
+				if shared[i] {
+					f.buf = buf.retain()
+				}
+				if !put(f) {
+					return
+				}
+			}
 		}
 		buf.release()
 	}

@@ -228,6 +228,11 @@ type batcher struct {
 
 func (b *batcher) add(f frame) error {
 	if f.series == nil {
+		if f.flush {
+			if err := b.flush(); err != nil {
+				return err
+			}
+		}
 		return b.send(f.other)
 	}
 	if b.limit > 0 && b.sent >= b.limit {
@@ -397,22 +402,23 @@ func (s *Server) survivingSeries(ctx context.Context, snap *proxy.Snapshot, mint
 	// handled here, in the merge's goroutine.
 	pass := func(series []byte, _ labels.Labels) ([]byte, error) { return series, nil }
 	each := func(f frame, do func(labels.Labels)) error {
-		if f.series != nil {
-			if _, err := wireSeriesLabels(f.series, &builder); err != nil {
+		one := func(series []byte) error {
+			if _, err := wireSeriesLabels(series, &builder); err != nil {
 				return err
 			}
 			builder.Sort()
 			do(builder.Labels())
 			return nil
 		}
-		var r storepb.SeriesResponse
-		if err := proto.Unmarshal(f.other.bytes(), &r); err != nil {
-			return err
+		if f.series != nil {
+			return one(f.series)
 		}
-		if w := r.GetWarning(); w != "" {
+		// A store's message passed on whole: series, a batch of them, or a warning.
+		w, err := eachWireSeries(f.other.bytes(), one)
+		if w != "" {
 			warnings = append(warnings, w)
 		}
-		return nil
+		return err
 	}
 	// Pass 1: every series, no chunks.
 	err := s.merge(ctx, req, partial, true, pass, func(f frame) error {

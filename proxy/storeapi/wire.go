@@ -311,3 +311,27 @@ func wireChunkRange(chunk []byte) (mint, maxt int64, raw bool, err error) {
 	})
 	return mint, maxt, raw, err
 }
+
+// eachWireSeries calls fn with each series of an encoded SeriesResponse, and returns its warning.
+func eachWireSeries(msg []byte, fn func(series []byte) error) (warning string, err error) {
+	err = wireFields(msg, func(num protowire.Number, typ protowire.Type, payload, _ []byte) error {
+		if typ != protowire.BytesType {
+			return nil
+		}
+		switch num {
+		case fieldResponseSeries:
+			return fn(payload)
+		case fieldResponseWarning:
+			warning = string(payload)
+		case fieldResponseBatch:
+			return wireFields(payload, func(num protowire.Number, typ protowire.Type, payload, _ []byte) error {
+				if num == fieldBatchSeries && typ == protowire.BytesType {
+					return fn(payload)
+				}
+				return nil
+			})
+		}
+		return nil
+	})
+	return warning, err
+}

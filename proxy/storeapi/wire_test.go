@@ -2,6 +2,7 @@ package storeapi
 
 import (
 	"bytes"
+	"context"
 	"testing"
 
 	"github.com/efficientgo/core/testutil"
@@ -151,4 +152,25 @@ func TestSeriesNoTombstoneMeetsPassAsTheStoreSentThem(t *testing.T) {
 	got, err = f.series(t, req)
 	testutil.Ok(t, err)
 	testutil.Equals(t, []string{a1.String()}, got.series)
+}
+
+func TestOneStoreMaskedPassesUnchangedMessagesWhole(t *testing.T) {
+	b3 := labels.FromStrings("__name__", "up", "job", "e", "replica", "r0")
+	store := &testStore{series: []labels.Labels{a1, a2, b3}}
+	f := newFixture(t, []*testStore{store}, deletion{`up{job="c"}`, t0 - 1, t0 + 7_200_000}, deletion{`up{job="e"}`, t0 + 10*60_000, t0 + 20*60_000 - 1})
+	got, err := f.series(t, upRequest(storepb.PartialResponseStrategy_WARN))
+	testutil.Ok(t, err)
+	testutil.Equals(t, []string{a1.String(), b3.String()}, got.series)
+	testutil.Equals(t, minutes(0, 60), got.samples[a1.String()])
+	testutil.Equals(t, append(minutes(0, 10), minutes(20, 60)...), got.samples[b3.String()])
+	testutil.Equals(t, []string{"store warning"}, got.warnings)
+
+	// Label look-ups read the series the store's messages carry, whole or not.
+	ctx := context.Background()
+	vals, err := f.client.LabelValues(ctx, &storepb.LabelValuesRequest{Label: "job", Start: t0, End: t0 + 3_600_000})
+	testutil.Ok(t, err)
+	testutil.Equals(t, []string{"a", "e"}, vals.Values)
+	names, err := f.client.LabelNames(ctx, &storepb.LabelNamesRequest{Start: t0, End: t0 + 3_600_000})
+	testutil.Ok(t, err)
+	testutil.Equals(t, []string{"__name__", "job", "replica"}, names.Names)
 }
