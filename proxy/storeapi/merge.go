@@ -169,7 +169,7 @@ func (s *Server) stream(ctx context.Context, st Store, req *storepb.SeriesReques
 		return nil
 	}
 	for {
-		buf := getWireBuf()
+		buf := getWireBuf(&s.bufs)
 		err := recv(&buf.frame)
 		if errors.Is(err, io.EOF) {
 			return
@@ -234,7 +234,7 @@ func (s *Server) stream(ctx context.Context, st Store, req *storepb.SeriesReques
 // again.
 func openSeries(ctx context.Context, st Store, req *storepb.SeriesRequest) (func(*wireFrame) error, error) {
 	if st.conn != nil {
-		cs, err := st.conn.NewStream(ctx, &storepb.Store_ServiceDesc.Streams[0], storepb.Store_Series_FullMethodName, grpc.ForceCodecV2(wireCodec{}))
+		cs, err := st.conn.NewStream(ctx, &storepb.Store_ServiceDesc.Streams[0], storepb.Store_Series_FullMethodName, grpc.ForceCodecV2(newWireCodec()))
 		if err != nil {
 			return nil, err
 		}

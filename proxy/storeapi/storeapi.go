@@ -10,6 +10,7 @@ import (
 	"math"
 	"slices"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/efficientgo/core/errors"
@@ -59,6 +60,8 @@ type Server struct {
 	// wire is set when the server sends with wireCodec (NewGRPCServer): Series frames then go
 	// out as the stores encoded them.
 	wire bool
+	// bufs pools the buffers of the Series messages received from the stores (*wireBuf).
+	bufs sync.Pool
 
 	seriesMasked  prometheus.Counter
 	seriesDropped prometheus.Counter

@@ -61,13 +61,15 @@ func (f *wireFrame) reset() {
 // wireCodec is gRPC's proto codec, except that a *wireFrame goes as its bytes: the Series stream
 // is received from the stores (grpc.ForceCodecV2 on the call) and sent to the client
 // (grpc.ForceServerCodecV2, NewGRPCServer) without decoding what needs no change.
-type wireCodec struct{}
+type wireCodec struct {
+	proto encoding.CodecV2
+}
 
-var protoCodec = encoding.GetCodecV2("proto")
+func newWireCodec() wireCodec { return wireCodec{proto: encoding.GetCodecV2("proto")} }
 
 func (wireCodec) Name() string { return "proto" }
 
-func (wireCodec) Marshal(v any) (mem.BufferSlice, error) {
+func (c wireCodec) Marshal(v any) (mem.BufferSlice, error) {
 	if f, ok := v.(*wireFrame); ok {
 		if f.bufs != nil {
 			// A received message goes on in the buffers it came in; gRPC frees its reference
@@ -78,10 +80,10 @@ func (wireCodec) Marshal(v any) (mem.BufferSlice, error) {
 		// gRPC writes the message after SendMsg returns: a copy in its pool lets the caller reuse f.
 		return mem.BufferSlice{mem.Copy(f.b, mem.DefaultBufferPool())}, nil
 	}
-	return protoCodec.Marshal(v)
+	return c.proto.Marshal(v)
 }
 
-func (wireCodec) Unmarshal(data mem.BufferSlice, v any) error {
+func (c wireCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	if f, ok := v.(*wireFrame); ok {
 		f.reset()
 		data.Ref() // Held until the frame is released.
@@ -91,23 +93,26 @@ func (wireCodec) Unmarshal(data mem.BufferSlice, v any) error {
 		}
 		return nil
 	}
-	return protoCodec.Unmarshal(data, v)
+	return c.proto.Unmarshal(data, v)
 }
 
 // wireBuf holds one received message; the frames cut from it share it, and the last to be sent
-// gives it back to the pool.
+// gives it back to its pool.
 type wireBuf struct {
 	frame wireFrame
 	refs  atomic.Int32
+	pool  *sync.Pool
 }
 
 // maxPooledBuf bounds the messages whose buffers are kept for reuse.
 const maxPooledBuf = 1 << 20
 
-var wirePool = sync.Pool{New: func() any { return new(wireBuf) }}
-
-func getWireBuf() *wireBuf {
-	w := wirePool.Get().(*wireBuf)
+// getWireBuf returns a buffer of pool (a pool of *wireBuf), held once.
+func getWireBuf(pool *sync.Pool) *wireBuf {
+	w, ok := pool.Get().(*wireBuf)
+	if !ok {
+		w = &wireBuf{pool: pool}
+	}
 	w.refs.Store(1)
 	return w
 }
@@ -124,7 +129,7 @@ func (w *wireBuf) release() {
 	w.frame.reset()
 	if cap(w.frame.own) <= maxPooledBuf {
 		w.frame.b = nil
-		wirePool.Put(w)
+		w.pool.Put(w)
 	}
 }
 
