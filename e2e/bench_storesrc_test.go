@@ -13,9 +13,11 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/url"
 	"os"
@@ -29,9 +31,14 @@ import (
 
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/tsdb"
+	"github.com/prometheus/prometheus/tsdb/chunkenc"
 	"github.com/thanos-io/objstore/providers/filesystem"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/lethe-project/lethe/block"
+	"github.com/lethe-project/lethe/internal/storepb"
+	"github.com/lethe-project/lethe/internal/storepb/labelpb"
 )
 
 const (
@@ -42,8 +49,9 @@ const (
 
 var ssrcBenchModes = []string{"idle", "user", "system", "iowait"}
 
-// ssrcBenchWrite writes the 2h block of one replica into bkt.
-func ssrcBenchWrite(b *testing.B, bkt *filesystem.Bucket, replica string) {
+// ssrcBenchWrite writes the 2h block of one replica into bkt: instances node-exporter-like
+// instances of 8 CPUs and 4 modes.
+func ssrcBenchWrite(b *testing.B, bkt *filesystem.Bucket, replica string, instances int) {
 	dir := b.TempDir()
 	w, err := tsdb.NewBlockWriter(slog.New(slog.DiscardHandler), dir, 2*thxHour)
 	if err != nil {
@@ -53,7 +61,7 @@ func ssrcBenchWrite(b *testing.B, bkt *filesystem.Bucket, replica string) {
 	ctx := context.Background()
 	app := w.Appender(ctx)
 	var series []labels.Labels
-	for i := 0; i < ssrcBenchInstances; i++ {
+	for i := 0; i < instances; i++ {
 		for c := 0; c < ssrcBenchCPUs; c++ {
 			for _, m := range ssrcBenchModes {
 				series = append(series, labels.FromStrings("__name__", "node_cpu_seconds_total", "job", []string{"node", "db"}[i%2],
@@ -137,7 +145,7 @@ func BenchmarkStoreSource(b *testing.B) {
 		b.Fatal(err)
 	}
 	for _, r := range []string{"r0", "r1"} {
-		ssrcBenchWrite(b, bkt, r)
+		ssrcBenchWrite(b, bkt, r, ssrcBenchInstances)
 	}
 	conf := "--objstore.config=type: FILESYSTEM\nconfig: {directory: " + bucketDir + "}"
 	rfc := func(ms int64) string { return time.UnixMilli(ms).UTC().Format(time.RFC3339Nano) }
@@ -231,4 +239,265 @@ func BenchmarkStoreSource(b *testing.B) {
 			}
 		})
 	}
+}
+
+// ssrcFilterInstances sizes BenchmarkStoreAPIFilter's 1x block: 12,800 series a replica; the 4x
+// block has 4 times the instances.
+const ssrcFilterInstances = 400
+
+// BenchmarkStoreAPIFilter: lethe-proxy's StoreAPI mode (--store.endpoint, --grpc-address) in front
+// of `thanos store`, beside the store asked directly, in one run: a Thanos Query pointed at each
+// answering the dashboard's heaviest query (query-*), and a StoreAPI client pulling every series'
+// chunks through one Series call (series-*; the throughput the issue bounds). Untouched: a range
+// no tombstone meets; masked: the whole block under a tombstone of one instance's 20 minutes.
+// Each leaf reports the median time of each side, the median paired ratio lethe/store (time; the
+// throughput ratio is its inverse), and the peak RSS (VmHWM) of lethe-proxy, of the querier
+// pointed at the store, of the one pointed at lethe, and of the store; and the median CPU time
+// (user and system) lethe-proxy spent on a request beside the store's on it directly, which the
+// other processes on the machine do not blur as they do the times. All of it on a block 1x and
+// 4x the size (the groups filter-* and filter4x-*), each its own stack.
+func BenchmarkStoreAPIFilter(b *testing.B) {
+	for _, size := range []struct {
+		name, group string
+		instances   int
+	}{{"1x", "filter", ssrcFilterInstances}, {"4x", "filter4x", 4 * ssrcFilterInstances}} {
+		b.Run(size.name, func(b *testing.B) { benchStoreAPIFilter(b, size.instances, size.group) })
+	}
+}
+
+func benchStoreAPIFilter(b *testing.B, instances int, group string) {
+	thanos := toolPath(b, "thanos", "LETHE_THANOS")
+	bucketDir := filepath.Join(b.TempDir(), "bucket")
+	if err := os.MkdirAll(bucketDir, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	bkt, err := filesystem.NewBucket(bucketDir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, r := range []string{"r0", "r1"} {
+		ssrcBenchWrite(b, bkt, r, instances)
+	}
+	conf := "--objstore.config=type: FILESYSTEM\nconfig: {directory: " + bucketDir + "}"
+	rfc := func(ms int64) string { return time.UnixMilli(ms).UTC().Format(time.RFC3339Nano) }
+	out, err := exec.Command(binaries.lethe, conf, "tombstone", "add", "--match", `node_cpu_seconds_total{instance="i-3"}`,
+		"--start", rfc(ssrcBenchT0+30*sapiMin), "--end", rfc(ssrcBenchT0+50*sapiMin),
+		"--undelete-window", "0s", "--max-wait", "0s", "--reason", "bench", "--author", "bench").CombinedOutput()
+	if err != nil {
+		b.Fatalf("lethe tombstone add: %v: %s", err, out)
+	}
+
+	storeGRPC := ssrcBenchPort(b)
+	store := startBenchProc(b, "thanos-store", b.TempDir(), thanos, func(addr string) []string {
+		return []string{"store", conf, "--data-dir=" + b.TempDir(), "--http-address=" + addr, "--grpc-address=" + storeGRPC,
+			"--http-grace-period=0s", "--grpc-grace-period=0s", "--log.level=warn"}
+	})
+	letheGRPC := ssrcBenchPort(b)
+	dir := b.TempDir()
+	lethe := startBenchProc(b, "lethe-proxy-filter", dir, binaries.proxy, func(addr string) []string {
+		return []string{conf, "--store.endpoint=" + storeGRPC, "--grpc-address=" + letheGRPC, "--web.listen-address=" + addr,
+			"--data-dir=" + filepath.Join(dir, "data"), "--log.level=warn"}
+	})
+	querier := func(name, endpoint string) *benchProc {
+		return startBenchProc(b, name, b.TempDir(), thanos, func(addr string) []string {
+			return []string{"query", "--http-address=" + addr, "--grpc-address=" + ssrcBenchPort(b), "--endpoint=" + endpoint,
+				"--query.replica-label=replica", "--http-grace-period=0s", "--grpc-grace-period=0s", "--log.level=warn"}
+		})
+	}
+	direct, viaLethe := querier("thanos-query-store", storeGRPC), querier("thanos-query-lethe", letheGRPC)
+
+	end := formatPromTime(ssrcBenchT0 + 2*thxHour - sapiMin)
+	for _, q := range []*benchProc{direct, viaLethe} {
+		deadline := time.Now().Add(thxQueryTimeout)
+		for {
+			r := ssrcBenchGet(b, q, "/api/v1/query", url.Values{"query": {`count(node_cpu_seconds_total)`}, "time": {end}})
+			if strings.Contains(r, `"value"`) {
+				break
+			}
+			if time.Now().After(deadline) {
+				b.Fatalf("%s serves no data: %s", q.name, r)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	conn := func(addr string) storepb.StoreClient {
+		c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(math.MaxInt32)))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { _ = c.Close() })
+		return storepb.NewStoreClient(c)
+	}
+	storeClient, letheClient := conn(storeGRPC), conn(letheGRPC)
+
+	// Untouched: the last hour, which the tombstone (minutes 30 to 50) and the rate's 5m window
+	// do not meet.
+	untouchedFrom, maskedFrom := ssrcBenchT0+60*sapiMin, ssrcBenchT0+sapiMin
+	expr := `sum by (job) (rate(node_cpu_seconds_total[5m]))`
+	params := func(from int64) url.Values {
+		return url.Values{"query": {expr}, "start": {formatPromTime(from)}, "end": {end}, "step": {"15"}}
+	}
+	// The Series calls are asked as Thanos Query asks them: in batches of 64 series (its
+	// store.DefaultResponseBatchSize).
+	seriesReq := func(from int64) *storepb.SeriesRequest {
+		return &storepb.SeriesRequest{MinTime: from - 5*sapiMin, MaxTime: ssrcBenchT0 + 2*thxHour, ResponseBatchSize: 64,
+			Matchers:                []*storepb.LabelMatcher{{Type: storepb.LabelMatcher_EQ, Name: "__name__", Value: "node_cpu_seconds_total"}},
+			PartialResponseStrategy: storepb.PartialResponseStrategy_ABORT}
+	}
+	// pull reads one Series call to its end and returns the series and chunk bytes it carried.
+	pull := func(c storepb.StoreClient, req *storepb.SeriesRequest) (series, bytes int) {
+		cl, err := c.Series(context.Background(), req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for {
+			r, err := cl.Recv()
+			if errors.Is(err, io.EOF) {
+				return series, bytes
+			}
+			if err != nil {
+				b.Fatal(err)
+			}
+			batch := r.GetBatch().GetSeries()
+			if s := r.GetSeries(); s != nil {
+				batch = []*storepb.Series{s}
+			}
+			for _, s := range batch {
+				series++
+				for _, c := range s.Chunks {
+					bytes += len(c.GetRaw().GetData())
+				}
+			}
+		}
+	}
+	if want, got := ssrcBenchGet(b, direct, "/api/v1/query_range", params(untouchedFrom)), ssrcBenchGet(b, viaLethe, "/api/v1/query_range", params(untouchedFrom)); got != want {
+		b.Fatalf("the untouched query through lethe differs from the store's:\n%.500s\n%.500s", got, want)
+	}
+	if ws, wb := pull(storeClient, seriesReq(untouchedFrom)); true {
+		if gs, gb := pull(letheClient, seriesReq(untouchedFrom)); gs != ws || gb != wb {
+			b.Fatalf("untouched Series through lethe: %d series, %d chunk bytes; the store's: %d, %d", gs, gb, ws, wb)
+		}
+	}
+	// samples counts the samples of one Series call, and those of them the tombstone covers.
+	delFrom, delTo := ssrcBenchT0+30*sapiMin, ssrcBenchT0+50*sapiMin
+	samples := func(c storepb.StoreClient, req *storepb.SeriesRequest) (n, deleted int) {
+		cl, err := c.Series(context.Background(), req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for {
+			r, err := cl.Recv()
+			if errors.Is(err, io.EOF) {
+				return n, deleted
+			}
+			if err != nil {
+				b.Fatal(err)
+			}
+			batch := r.GetBatch().GetSeries()
+			if s := r.GetSeries(); s != nil {
+				batch = []*storepb.Series{s}
+			}
+			for _, s := range batch {
+				target := slices.ContainsFunc(s.Labels, func(l *labelpb.Label) bool { return l.Name == "instance" && l.Value == "i-3" })
+				for _, c := range s.Chunks {
+					chk, err := chunkenc.FromData(chunkenc.EncXOR, c.GetRaw().GetData())
+					if err != nil {
+						b.Fatal(err)
+					}
+					it := chk.Iterator(nil)
+					for it.Next() != chunkenc.ValNone {
+						n++
+						if t := it.AtT(); target && t >= delFrom && t <= delTo {
+							deleted++
+						}
+					}
+					if it.Err() != nil {
+						b.Fatal(it.Err())
+					}
+				}
+			}
+		}
+	}
+	all, deleted := samples(storeClient, seriesReq(maskedFrom))
+	if got, left := samples(letheClient, seriesReq(maskedFrom)); got != all-deleted || left != 0 || deleted == 0 {
+		b.Fatalf("masked Series through lethe: %d samples, %d of them deleted; the store's: %d, %d deleted", got, left, all, deleted)
+	}
+
+	leaves := []struct {
+		group string
+		run   func(lethe bool)
+	}{
+		{group + "-query-untouched", func(l bool) {
+			ssrcBenchGet(b, map[bool]*benchProc{false: direct, true: viaLethe}[l], "/api/v1/query_range", params(untouchedFrom))
+		}},
+		{group + "-query-masked", func(l bool) {
+			ssrcBenchGet(b, map[bool]*benchProc{false: direct, true: viaLethe}[l], "/api/v1/query_range", params(maskedFrom))
+		}},
+		{group + "-series-untouched", func(l bool) {
+			pull(map[bool]storepb.StoreClient{false: storeClient, true: letheClient}[l], seriesReq(untouchedFrom))
+		}},
+		{group + "-series-masked", func(l bool) {
+			pull(map[bool]storepb.StoreClient{false: storeClient, true: letheClient}[l], seriesReq(maskedFrom))
+		}},
+	}
+	for _, leaf := range leaves {
+		b.Run(leaf.group, func(b *testing.B) {
+			b.Run("lethe-vs-store", func(b *testing.B) {
+				procs := []*benchProc{store, lethe, direct, viaLethe}
+				for _, p := range procs {
+					_ = p.resetPeakRSS()
+				}
+				var tl, ts, ratios, cpuLethe, cpuStore []float64
+				timed := func(l bool) float64 {
+					began := time.Now()
+					leaf.run(l)
+					return float64(time.Since(began).Microseconds()) / 1000
+				}
+				for i := 0; i < b.N; i++ {
+					s0 := ssrcCPUms(b, store)
+					s := timed(false)
+					s1, l0 := ssrcCPUms(b, store), ssrcCPUms(b, lethe)
+					l := timed(true)
+					cpuStore, cpuLethe = append(cpuStore, s1-s0), append(cpuLethe, ssrcCPUms(b, lethe)-l0)
+					ts, tl, ratios = append(ts, s), append(tl, l), append(ratios, l/s)
+				}
+				med := func(v []float64) float64 { v = slices.Clone(v); slices.Sort(v); return v[len(v)/2] }
+				b.ReportMetric(med(tl), "lethe-ms")
+				b.ReportMetric(med(ts), "baseline-ms")
+				b.ReportMetric(med(ratios), "lethe/baseline")
+				b.ReportMetric(1/med(ratios), "throughput-lethe/store")
+				b.ReportMetric(med(cpuLethe), "lethe-cpu-ms")
+				b.ReportMetric(med(cpuStore), "store-cpu-ms")
+				rss := func(p *benchProc, unit string) {
+					if mib, err := p.peakRSSMiB(); err == nil {
+						b.ReportMetric(mib, unit)
+					}
+				}
+				rss(lethe, "lethe-peak-RSS-MiB")
+				rss(store, "upstream-peak-RSS-MiB")
+				if strings.Contains(leaf.group, "-query-") {
+					rss(direct, "baseline-peak-RSS-MiB")
+					rss(viaLethe, "querier-lethe-peak-RSS-MiB")
+				}
+			})
+		})
+	}
+}
+
+// ssrcCPUms is the CPU time (user and system) the process has used so far, in milliseconds.
+func ssrcCPUms(b *testing.B, p *benchProc) float64 {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	// The fields after the command's name, which ends with the last ')': utime and stime are the
+	// 14th and 15th of the line, in clock ticks (USER_HZ, 100 on Linux).
+	f := strings.Fields(string(raw[strings.LastIndexByte(string(raw), ')')+1:]))
+	utime, err1 := strconv.ParseFloat(f[11], 64)
+	stime, err2 := strconv.ParseFloat(f[12], 64)
+	if err1 != nil || err2 != nil {
+		b.Fatalf("%s: /proc stat: %v %v", p.name, err1, err2)
+	}
+	return (utime + stime) * 10
 }

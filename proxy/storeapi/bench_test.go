@@ -15,8 +15,9 @@ import (
 )
 
 // BenchmarkSeries streams 10,000 series of one 60-sample chunk from a store, asked directly and
-// through lethe: untouched (no tombstone can meet the request), and masked (every series loses 10
-// of its 60 minutes, so every chunk is re-encoded).
+// through lethe: untouched (no tombstone can meet the request), masked (every series loses 10
+// of its 60 minutes, so every chunk is re-encoded), and masked-one (a tombstone meets the request
+// but one series only: every series' labels are read, one chunk is cut).
 func BenchmarkSeries(b *testing.B) {
 	var series []labels.Labels
 	for i := range 10_000 {
@@ -26,12 +27,13 @@ func BenchmarkSeries(b *testing.B) {
 	direct := storepb.NewStoreClient(serve(b, func(g *grpc.Server) { storepb.RegisterStoreServer(g, store) }))
 	untouched := newFixture(b, []*testStore{store}, deletion{`other{job="x"}`, t0, t0 + 60_000})
 	masked := newFixture(b, []*testStore{store}, deletion{`up{job="node"}`, t0 + 20*60_000, t0 + 30*60_000 - 1})
+	maskedOne := newFixture(b, []*testStore{store}, deletion{`up{instance="100003"}`, t0 + 20*60_000, t0 + 30*60_000 - 1})
 
 	req := upRequest(storepb.PartialResponseStrategy_WARN)
 	for _, c := range []struct {
 		name   string
 		client storepb.StoreClient
-	}{{"direct", direct}, {"lethe-untouched", untouched.client}, {"lethe-masked", masked.client}} {
+	}{{"direct", direct}, {"lethe-untouched", untouched.client}, {"lethe-masked", masked.client}, {"lethe-masked-one", maskedOne.client}} {
 		b.Run(c.name, func(b *testing.B) {
 			for b.Loop() {
 				cl, err := c.client.Series(context.Background(), req)

@@ -5,6 +5,8 @@ import (
 
 	"github.com/efficientgo/core/errors"
 	"github.com/prometheus/prometheus/tsdb/chunkenc"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/lethe-project/lethe/block/chunkcut"
 	"github.com/lethe-project/lethe/internal/storepb"
@@ -198,4 +200,88 @@ func encodeChunk(c chunkenc.Chunk) (*storepb.Chunk, error) {
 		return nil, errors.Newf("chunk encoding %s has no StoreAPI type", c.Encoding())
 	}
 	return &storepb.Chunk{Type: t, Data: c.Bytes()}, nil
+}
+
+// cutWireSeries is cutSeries over an encoded Series: it returns the series without the samples
+// the intervals delete, or nil when no chunk is left, and whether a chunk changed. A chunk whose
+// time range (an aggregate's from the start of its hour) no interval meets is copied as encoded;
+// only the others are decoded and cut. A series nothing changes in comes back as it is.
+func cutWireSeries(series []byte, ivs tombstones.Intervals, maxResolution, mint, maxt int64) ([]byte, bool, error) {
+	var (
+		out  []byte // the new encoding, once a chunk changes
+		kept int
+	)
+	for pos := 0; pos < len(series); {
+		num, typ, n := protowire.ConsumeTag(series[pos:])
+		if n < 0 {
+			return nil, false, errWire
+		}
+		var payload []byte
+		m := 0
+		if typ == protowire.BytesType {
+			payload, m = protowire.ConsumeBytes(series[pos+n:])
+		} else {
+			m = protowire.ConsumeFieldValue(num, typ, series[pos+n:])
+		}
+		if m < 0 {
+			return nil, false, errWire
+		}
+		start, whole := pos, series[pos:pos+n+m]
+		pos += n + m
+		if num != fieldSeriesChunks || typ != protowire.BytesType {
+			if out != nil {
+				out = append(out, whole...)
+			}
+			continue
+		}
+		cmint, cmaxt, raw, err := wireChunkRange(payload)
+		if err != nil {
+			return nil, false, err
+		}
+		from := cmint
+		if !raw {
+			// Any resolution's window starts at or after the hour's.
+			from = chunkcut.WindowStart(cmint, resolution1h)
+		}
+		if !ivs.Overlaps(from, cmaxt) {
+			kept++
+			if out != nil {
+				out = append(out, whole...)
+			}
+			continue
+		}
+		c := &storepb.AggrChunk{}
+		if err := proto.Unmarshal(payload, c); err != nil {
+			return nil, false, err
+		}
+		pieces, err := cutSeries([]*storepb.AggrChunk{c}, ivs, maxResolution, mint, maxt)
+		if err != nil {
+			return nil, false, err
+		}
+		if len(pieces) == 1 && pieces[0] == c {
+			kept++
+			if out != nil {
+				out = append(out, whole...)
+			}
+			continue
+		}
+		if out == nil {
+			out = append(make([]byte, 0, len(series)), series[:start]...)
+		}
+		for _, p := range pieces {
+			b, err := proto.Marshal(p)
+			if err != nil {
+				return nil, false, err
+			}
+			out = appendBytesField(out, fieldSeriesChunks, b)
+			kept++
+		}
+	}
+	switch {
+	case kept == 0:
+		return nil, false, nil
+	case out == nil:
+		return series, false, nil
+	}
+	return out, true, nil
 }

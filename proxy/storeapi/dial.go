@@ -43,7 +43,10 @@ func Dial(addrs []string) (stores []Store, close func() error, err error) {
 
 // NewGRPCServer returns a gRPC server with the filter's Store and Info services registered.
 func NewGRPCServer(s *Server) *grpc.Server {
-	g := grpc.NewServer(grpc.MaxSendMsgSize(math.MaxInt32), grpc.MaxRecvMsgSize(math.MaxInt32))
+	g := grpc.NewServer(grpc.MaxSendMsgSize(math.MaxInt32), grpc.MaxRecvMsgSize(math.MaxInt32),
+		// Series frames go out as the stores encoded them (see wireCodec).
+		grpc.ForceServerCodecV2(newWireCodec()))
+	s.wire = true
 	s.Register(g)
 	return g
 }

@@ -10,6 +10,7 @@ import (
 	"math"
 	"slices"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/efficientgo/core/errors"
@@ -38,11 +39,13 @@ type Store struct {
 	Name  string
 	Store storepb.StoreClient
 	Info  infopb.InfoClient
+	// conn, when set, carries the Series calls of the filter, whose frames it reads undecoded.
+	conn grpc.ClientConnInterface
 }
 
 // NewStore returns the store served over conn.
 func NewStore(name string, conn grpc.ClientConnInterface) Store {
-	return Store{Name: name, Store: storepb.NewStoreClient(conn), Info: infopb.NewInfoClient(conn)}
+	return Store{Name: name, Store: storepb.NewStoreClient(conn), Info: infopb.NewInfoClient(conn), conn: conn}
 }
 
 // Server is the StoreAPI filter.
@@ -54,6 +57,11 @@ type Server struct {
 	mask        Mask
 	stores      []Store
 	infoTimeout time.Duration
+	// wire is set when the server sends with wireCodec (NewGRPCServer): Series frames then go
+	// out as the stores encoded them.
+	wire bool
+	// bufs pools the buffers of the Series messages received from the stores (*wireBuf).
+	bufs sync.Pool
 
 	seriesMasked  prometheus.Counter
 	seriesDropped prometheus.Counter
@@ -172,11 +180,22 @@ func (s *Server) Series(req *storepb.SeriesRequest, srv storepb.Store_SeriesServ
 	if err != nil {
 		return status.Error(codes.InvalidArgument, err.Error())
 	}
-	return s.series(srv.Context(), snap, req, matchers, srv.Send)
+	send := func(msg *wireFrame) error {
+		if s.wire {
+			return srv.SendMsg(msg)
+		}
+		r := &storepb.SeriesResponse{}
+		if err := proto.Unmarshal(msg.bytes(), r); err != nil {
+			return err
+		}
+		return srv.Send(r)
+	}
+	return s.series(srv.Context(), snap, req, matchers, send)
 }
 
 // series fans req out to the stores and sends what survives the snapshot's tombstones.
-func (s *Server) series(ctx context.Context, snap *proxy.Snapshot, req *storepb.SeriesRequest, matchers []*labels.Matcher, send func(*storepb.SeriesResponse) error) error {
+// send is given each encoded SeriesResponse, and may not keep it after it returns.
+func (s *Server) series(ctx context.Context, snap *proxy.Snapshot, req *storepb.SeriesRequest, matchers []*labels.Matcher, send func(*wireFrame) error) error {
 	up := proto.CloneOf(req)
 	// The replica labels are needed to match tombstones; Thanos Query drops them itself.
 	up.WithoutReplicaLabels = nil
@@ -198,42 +217,49 @@ func (s *Server) series(ctx context.Context, snap *proxy.Snapshot, req *storepb.
 var errLimit = errors.New("series limit reached")
 
 // batcher sends series in batches of the size the client asked for (response_batch_size), and
-// anything else at once.
+// anything else at once. It copies what it is given into its own buffers, which it reuses.
 // With a limit, it sends no more series than that, as Thanos' own proxy.
 type batcher struct {
-	send  func(*storepb.SeriesResponse) error
+	send  func(*wireFrame) error
 	size  int
 	limit int64
 	sent  int64
-	batch []*storepb.Series
+	n     int       // series in body
+	body  []byte    // the encoded SeriesBatch being filled
+	msg   wireFrame // the SeriesResponse being sent
 }
 
-func (b *batcher) add(r *storepb.SeriesResponse) error {
-	s := r.GetSeries()
-	if s == nil {
-		return b.send(r)
+func (b *batcher) add(f frame) error {
+	if f.series == nil {
+		if f.flush {
+			if err := b.flush(); err != nil {
+				return err
+			}
+		}
+		return b.send(f.other)
 	}
 	if b.limit > 0 && b.sent >= b.limit {
 		return errLimit
 	}
 	b.sent++
 	if b.size <= 1 {
-		return b.send(r)
+		b.msg.b = appendBytesField(b.msg.b[:0], fieldResponseSeries, f.series)
+		return b.send(&b.msg)
 	}
-	b.batch = append(b.batch, s)
-	if len(b.batch) < b.size {
+	b.body = appendBytesField(b.body, fieldBatchSeries, f.series)
+	if b.n++; b.n < b.size {
 		return nil
 	}
 	return b.flush()
 }
 
 func (b *batcher) flush() error {
-	if len(b.batch) == 0 {
+	if b.n == 0 {
 		return nil
 	}
-	r := &storepb.SeriesResponse{Result: &storepb.SeriesResponse_Batch{Batch: &storepb.SeriesBatch{Series: b.batch}}}
-	b.batch = nil
-	return b.send(r)
+	b.msg.b = appendBytesField(b.msg.b[:0], fieldResponseBatch, b.body)
+	b.body, b.n = b.body[:0], 0
+	return b.send(&b.msg)
 }
 
 // seriesFilter removes deleted samples from one request's series.
@@ -244,41 +270,47 @@ type seriesFilter struct {
 	masked bool
 }
 
-// filter returns the series without deleted samples, or nil when none is left.
-func (f seriesFilter) filter(series *storepb.Series, lset labels.Labels) (*storepb.Series, error) {
+// filter returns the encoded series without deleted samples, or nil when none is left. A series
+// no tombstone meets goes as the store encoded it; of one a tombstone meets, only the chunks its
+// intervals meet are decoded and cut.
+func (f seriesFilter) filter(series []byte, lset labels.Labels) ([]byte, error) {
 	if !f.masked {
 		return series, nil
 	}
 	ivs := f.snap.Intervals(lset, labels.EmptyLabels(), nil)
 	if len(ivs) == 0 {
 		if f.req.SkipChunks {
-			return &storepb.Series{Labels: series.Labels}, nil
+			return wireLabelsOnly(series)
 		}
 		return series, nil
 	}
 	f.server.seriesMasked.Inc()
 	if f.req.SkipChunks {
-		ok, err := survives(series.Chunks, ivs, f.req.MinTime, f.req.MaxTime, f.req.MaxResolutionWindow)
+		var dec storepb.Series
+		if err := proto.Unmarshal(series, &dec); err != nil {
+			return nil, err
+		}
+		ok, err := survives(dec.Chunks, ivs, f.req.MinTime, f.req.MaxTime, f.req.MaxResolutionWindow)
 		if err != nil || !ok {
 			if err == nil {
 				f.server.seriesDropped.Inc()
 			}
 			return nil, err
 		}
-		return &storepb.Series{Labels: series.Labels}, nil
+		return wireLabelsOnly(series)
 	}
-	chks, err := cutSeries(series.Chunks, ivs, f.req.MaxResolutionWindow, f.req.MinTime, f.req.MaxTime)
+	out, cut, err := cutWireSeries(series, ivs, f.req.MaxResolutionWindow, f.req.MinTime, f.req.MaxTime)
 	if err != nil {
 		return nil, errors.Wrapf(err, "series %s", redacted(lset))
 	}
-	if chks == nil {
+	if out == nil {
 		f.server.seriesDropped.Inc()
 		return nil, nil
 	}
-	if len(chks) != len(series.Chunks) || !slices.Equal(chks, series.Chunks) {
+	if cut {
 		f.server.chunksCut.Inc()
 	}
-	return &storepb.Series{Labels: series.Labels, Chunks: chks}, nil
+	return out, nil
 }
 
 // LabelNames answers the stores' label names. When a tombstone may meet the request, the names
@@ -371,19 +403,29 @@ func (s *Server) survivingSeries(ctx context.Context, snap *proxy.Snapshot, mint
 	)
 	// The filters run in one goroutine per store and only read; what they let through is
 	// handled here, in the merge's goroutine.
-	pass := func(series *storepb.Series, _ labels.Labels) (*storepb.Series, error) { return series, nil }
-	each := func(r *storepb.SeriesResponse, do func(labels.Labels)) error {
-		switch v := r.Result.(type) {
-		case *storepb.SeriesResponse_Series:
-			do(seriesLabels(v.Series, &builder))
-		case *storepb.SeriesResponse_Warning:
-			warnings = append(warnings, v.Warning)
+	pass := func(series []byte, _ labels.Labels) ([]byte, error) { return series, nil }
+	each := func(f frame, do func(labels.Labels)) error {
+		one := func(series []byte) error {
+			if _, err := wireSeriesLabels(series, &builder); err != nil {
+				return err
+			}
+			builder.Sort()
+			do(builder.Labels())
+			return nil
 		}
-		return nil
+		if f.series != nil {
+			return one(f.series)
+		}
+		// A store's message passed on whole: series, a batch of them, or a warning.
+		w, err := eachWireSeries(f.other.bytes(), one)
+		if w != "" {
+			warnings = append(warnings, w)
+		}
+		return err
 	}
 	// Pass 1: every series, no chunks.
-	err := s.merge(ctx, req, partial, true, pass, func(r *storepb.SeriesResponse) error {
-		return each(r, func(lset labels.Labels) {
+	err := s.merge(ctx, req, partial, true, pass, func(f frame) error {
+		return each(f, func(lset labels.Labels) {
 			if len(snap.Intervals(lset, labels.EmptyLabels(), nil)) == 0 {
 				fn(lset)
 				return
@@ -399,18 +441,22 @@ func (s *Server) survivingSeries(ctx context.Context, snap *proxy.Snapshot, mint
 	// window gets through.
 	withChunks := proto.CloneOf(req)
 	withChunks.SkipChunks = false
-	keep := func(series *storepb.Series, lset labels.Labels) (*storepb.Series, error) {
+	keep := func(series []byte, lset labels.Labels) ([]byte, error) {
 		if _, ok := suspects[lset.String()]; !ok {
 			return nil, nil
 		}
-		ok, err := survives(series.Chunks, snap.Intervals(lset, labels.EmptyLabels(), nil), mint, maxt, 0)
+		var dec storepb.Series
+		if err := proto.Unmarshal(series, &dec); err != nil {
+			return nil, err
+		}
+		ok, err := survives(dec.Chunks, snap.Intervals(lset, labels.EmptyLabels(), nil), mint, maxt, 0)
 		if err != nil || !ok {
 			return nil, errors.Wrapf(err, "series %s", redacted(lset))
 		}
-		return &storepb.Series{Labels: series.Labels}, nil
+		return wireLabelsOnly(series)
 	}
-	collect := func(r *storepb.SeriesResponse) error {
-		return each(r, func(lset labels.Labels) {
+	collect := func(f frame) error {
+		return each(f, func(lset labels.Labels) {
 			if key := lset.String(); !contains(found, key) {
 				found[key] = struct{}{}
 				fn(lset)

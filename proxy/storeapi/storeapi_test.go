@@ -95,10 +95,16 @@ func (s *testStore) Info(context.Context, *infopb.InfoRequest) (*infopb.InfoResp
 // serve serves srv's services on 127.0.0.1:0 and returns a connection to it.
 func serve(t testing.TB, register func(*grpc.Server)) *grpc.ClientConn {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	testutil.Ok(t, err)
 	g := grpc.NewServer()
 	register(g)
+	return serveGRPC(t, g)
+}
+
+// serveGRPC serves g on 127.0.0.1:0 and returns a connection to it.
+func serveGRPC(t testing.TB, g *grpc.Server) *grpc.ClientConn {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	testutil.Ok(t, err)
 	go func() { _ = g.Serve(l) }()
 	t.Cleanup(g.Stop)
 	conn, err := grpc.NewClient(l.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -122,6 +128,14 @@ type deletion struct {
 
 func newFixture(t testing.TB, stores []*testStore, dels ...deletion) *fixture {
 	t.Helper()
+	return newFixtureServed(t, true, stores, dels...)
+}
+
+// newFixtureServed is newFixture; with wire, lethe is served as lethe-proxy serves it
+// (NewGRPCServer: Series frames pass as the stores encoded them), and else on a plain gRPC server
+// (each frame decoded and encoded again).
+func newFixtureServed(t testing.TB, wire bool, stores []*testStore, dels ...deletion) *fixture {
+	t.Helper()
 	f := &fixture{now: time.UnixMilli(t0 + 7_200_000)}
 	reg := prometheus.NewRegistry()
 	tstore := tombstones.NewStore(objstore.NewInMemBucket(), reg, tombstones.WithClock(func() time.Time { return f.now }))
@@ -141,7 +155,12 @@ func newFixture(t testing.TB, stores []*testStore, dels ...deletion) *fixture {
 		sts = append(sts, NewStore(string(rune('a'+i)), conn))
 	}
 	srv := NewServer(logger, reg, mask, sts)
-	conn := serve(t, srv.Register)
+	var conn *grpc.ClientConn
+	if wire {
+		conn = serveGRPC(t, NewGRPCServer(srv))
+	} else {
+		conn = serve(t, srv.Register)
+	}
 	f.client, f.info = storepb.NewStoreClient(conn), infopb.NewInfoClient(conn)
 	return f
 }
@@ -217,7 +236,13 @@ func upRequest(strategy storepb.PartialResponseStrategy) *storepb.SeriesRequest 
 }
 
 func TestSeriesMergesStoresAndRemovesDeletedSamples(t *testing.T) {
-	f := newFixture(t, []*testStore{{series: []labels.Labels{a1, a2}}, {series: []labels.Labels{b1, b2}}},
+	for _, wire := range []bool{true, false} {
+		t.Run(map[bool]string{true: "wire", false: "decoded"}[wire], func(t *testing.T) { testSeriesMerges(t, wire) })
+	}
+}
+
+func testSeriesMerges(t *testing.T, wire bool) {
+	f := newFixtureServed(t, wire, []*testStore{{series: []labels.Labels{a1, a2}}, {series: []labels.Labels{b1, b2}}},
 		deletion{`{user_id="42"}`, t0 - 1, t0 + 7_200_000},
 		deletion{`up{job="c",replica="r0"}`, t0 + 10*60_000, t0 + 20*60_000 - 1},
 	)
