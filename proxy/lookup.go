@@ -101,7 +101,7 @@ func (q *maskedQuerier) meetingSelectors(ctx context.Context, sel, ms []*labels.
 			}
 			continue
 		}
-		vals, _, err := q.inner.LabelValues(ctx, name, nil, ms...)
+		vals, err := q.keyValues(ctx, name, ms)
 		if err != nil {
 			return nil, err
 		}
@@ -133,6 +133,8 @@ func newLookupSelector(r selectorRef, ext labels.Labels) lookupSelector {
 
 // labelIndex is one kind of label look-up: the values of one label name, or the label names.
 type labelIndex struct {
+	// name names the look-up: the label whose values it asks, or none for the label names.
+	name string
 	// ask asks the inner querier's index.
 	ask func(ctx context.Context, hints *storage.LabelHints, ms []*labels.Matcher) ([]string, annotations.Annotations, error)
 	// carried calls fn with what a series' labels contribute to the answer.
@@ -145,6 +147,7 @@ type labelIndex struct {
 
 func valuesIndex(q storage.LabelQuerier, name string) labelIndex {
 	return labelIndex{
+		name: "values of " + name,
 		ask: func(ctx context.Context, hints *storage.LabelHints, ms []*labels.Matcher) ([]string, annotations.Annotations, error) {
 			return q.LabelValues(ctx, name, hints, ms...)
 		},
@@ -166,6 +169,7 @@ func valuesIndex(q storage.LabelQuerier, name string) labelIndex {
 
 func namesIndex(q storage.LabelQuerier) labelIndex {
 	return labelIndex{
+		name: "names",
 		ask: func(ctx context.Context, hints *storage.LabelHints, ms []*labels.Matcher) ([]string, annotations.Annotations, error) {
 			return q.LabelNames(ctx, hints, ms...)
 		},
@@ -224,7 +228,7 @@ func (q *maskedQuerier) maskedLabels(ctx context.Context, ix labelIndex, hints *
 		if ix.narrow && (q.chunks == nil || (hints != nil && hints.Limit > 0)) {
 			dropped, err = q.droppedValues(gctx, ix, ms, sels, ask, nil)
 		} else if err = g.Wait(); err == nil {
-			dropped, err = q.droppedValues(ctx, ix, ms, sels, ask, answer)
+			dropped, err = q.cachedDropped(ctx, ix, ms, sels, ask, answer)
 		}
 	}
 	if gerr := g.Wait(); err == nil {

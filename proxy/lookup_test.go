@@ -331,8 +331,15 @@ func TestLookupAgreesWithSamples(t *testing.T) {
 				specs = append(specs, tombstones.Spec{Selectors: []string{fmt.Sprintf(`{inst="absent-%d"}`, i)}, Start: ptr(math.MinInt64), End: ptr(10_000)})
 			}
 		}
-		snap := lookupSnapshot(t, store, specs)
+		// The block's look-up cache lives through the round, across two tombstone sets: all of
+		// them, and the first half (the others cancelled), taken in turn.
+		full, half := lookupSnapshot(t, store, specs), lookupSnapshot(t, store, specs[:len(specs)/2])
+		cache := newLookupCache()
 		for c := 0; c < 25; c++ {
+			snap := full
+			if rng.Intn(2) == 0 {
+				snap = half
+			}
 			mint := int64(rng.Intn(70))*10 - 50
 			maxt := mint + int64(rng.Intn(40))*10
 			ms := parse(pick(`{__name__=~".+"}`, `a`, `{job="x"}`, `{inst=~"1|2"}`, `b{extra="e1"}`))
@@ -345,24 +352,37 @@ func TestLookupAgreesWithSamples(t *testing.T) {
 				lim = 1 + rng.Intn(3)
 			}
 			strict, sampled := lookupBounds(series, snap, ext, ms, name, mint, maxt)
-			for _, mode := range []string{"chunks", "samples", "query-api"} {
+			for _, mode := range []string{"chunks", "cached", "cached-again", "samples", "query-api"} {
 				var q *maskedQuerier
 				switch mode {
 				case "query-api":
 					uq, err := up.Querier(snap, mint, maxt)
 					testutil.Ok(t, err)
 					q = uq.(*maskedQuerier)
+				case "cached", "cached-again":
+					q = lookupQuerier(t, b, snap, ext, mint, maxt, true)
+					q.inner = &cachedBlockQuerier{Querier: q.inner, cache: cache}
 				default:
 					q = lookupQuerier(t, b, snap, ext, mint, maxt, mode == "chunks")
 				}
 				got := lookup(t, q, name, lim, ms...)
 				msg, args := "round %d: %q of %v over [%d, %d] limit %d mode %s; tombstones %s", []any{round, name, ms, mint, maxt, lim, mode, describeSpecs(specs)}
-				if mode == "chunks" {
+				if mode != "samples" && mode != "query-api" {
 					between(t, got, strict, strict, lim, msg, args...)
 					continue
 				}
 				between(t, got, strict, sampled, lim, msg, args...)
 			}
+			// The same look-up under the other tombstone set: what the cache holds for this one
+			// must not answer it.
+			other := half
+			if snap == half {
+				other = full
+			}
+			strict, _ = lookupBounds(series, other, ext, ms, name, mint, maxt)
+			q := lookupQuerier(t, b, other, ext, mint, maxt, true)
+			q.inner = &cachedBlockQuerier{Querier: q.inner, cache: cache}
+			between(t, lookup(t, q, name, lim, ms...), strict, strict, lim, "round %d: %q of %v over [%d, %d] limit %d, cached, the other tombstone set; tombstones %s", round, name, ms, mint, maxt, lim, describeSpecs(specs))
 		}
 	}
 }
