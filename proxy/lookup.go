@@ -225,7 +225,7 @@ func (q *maskedQuerier) maskedLabels(ctx context.Context, ix labelIndex, hints *
 	var dropped map[string]struct{}
 	sels, err := q.meetingSelectors(gctx, sel, ms)
 	if err == nil && len(sels) > 0 {
-		if ix.narrow && (q.chunks == nil || (hints != nil && hints.Limit > 0)) {
+		if ix.narrow && hints != nil && hints.Limit > 0 {
 			dropped, err = q.droppedValues(gctx, ix, ms, sels, ask, nil)
 		} else if err = g.Wait(); err == nil {
 			dropped, err = q.cachedDropped(ctx, ix, ms, sels, ask, answer)
@@ -299,6 +299,9 @@ type askFunc func(ctx context.Context, hints *storage.LabelHints, extra ...[]*la
 // The label names (candidates: the whole answer, they are few) are not narrowed.
 func (q *maskedQuerier) droppedValues(ctx context.Context, ix labelIndex, ms []*labels.Matcher, sels []lookupSelector, ask askFunc, candidates []string) (map[string]struct{}, error) {
 	sels = relax(sels)
+	if ix.narrow && candidates != nil && q.chunks == nil {
+		return q.droppedOutside(ctx, ix, ms, sels, ask, candidates)
+	}
 	var whole, rest []lookupSelector
 	for _, s := range sels {
 		if s.exact && s.wholeWindow(q.mint, q.maxt) {
@@ -345,7 +348,7 @@ func (q *maskedQuerier) droppedValues(ctx context.Context, ix labelIndex, ms []*
 	// series outside the first kind carries it, stopping at the first: cheaper than learning
 	// which values the first kind's series carry, which walks every value's postings.
 	var wholeKept map[string]struct{}
-	perValue := ix.narrow && candidates != nil && len(whole) > 0 && len(candidates) <= maxPerValueChecks && q.seriesExistence() != nil
+	perValue := ix.narrow && candidates != nil && len(whole) > 0 && len(candidates) <= maxPerValueChecks && q.chunks != nil
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() (err error) {
 		if perValue {
@@ -782,4 +785,131 @@ func (c *chunkScan) keeps(s storage.ChunkSeries, lo, hi int64, ivs tombstones.In
 	}
 	c.err = c.chks.Err()
 	return false
+}
+
+// droppedOutside returns the values of the index's answer (candidates) that only fully covered
+// series carry, starting from what the series outside the selectors carry: over an upstream,
+// whose index work is all a look-up costs, that is the fewest and cheapest questions when the
+// tombstones delete a few of many series. Asking which values a deleted tenant's series carry
+// costs the upstream more (its series are many) than asking which ones the others carry, and a
+// question narrowed to a few values costs little only with a matcher that selects few series.
+//
+// The first kind of selectors (deleting their series' whole window) are taken as they are, the
+// others (the second kind) by their key matcher alone (relaxed: the series they select and more),
+// so that their complement is one matcher set and one question.
+//
+//   - A value a series outside the relaxed selectors carries stays.
+//   - Of the others, a value that no series of a relaxed selector of the second kind carries
+//     outside the first kind is carried only by series the first kind covers whole: it goes (one
+//     question per selector of the second kind, narrowed to those values).
+//   - The rest stay if a series outside the selectors themselves carries them (questions of
+//     their complement, narrowed to those values), or one of their series keeps a sample in the
+//     window, read only outside its tombstone's interval, next to it first; the others go.
+func (q *maskedQuerier) droppedOutside(ctx context.Context, ix labelIndex, ms []*labels.Matcher, sels []lookupSelector, ask askFunc, candidates []string) (map[string]struct{}, error) {
+	var whole, rest, relaxed []lookupSelector
+	for _, s := range sels {
+		if s.exact && s.wholeWindow(q.mint, q.maxt) {
+			whole = append(whole, s)
+			continue
+		}
+		rest = append(rest, s)
+		r := s
+		if len(r.send) > 1 {
+			keep := r.send[0]
+			if r.key != nil {
+				keep = r.key
+			}
+			r.send, r.exact = []*labels.Matcher{keep}, false
+		}
+		relaxed = append(relaxed, r)
+	}
+	outside, err := askUnion(ctx, ask, complement(append(slices.Clone(whole), relaxed...)), nil)
+	if err != nil {
+		return nil, err
+	}
+	var remaining []string
+	for _, v := range candidates {
+		if _, ok := outside[v]; !ok {
+			remaining = append(remaining, v)
+		}
+	}
+	dropped := map[string]struct{}{}
+	if len(remaining) == 0 {
+		return dropped, nil
+	}
+	// The second kind's series outside the first kind, where one matcher expresses it.
+	var exclude []*labels.Matcher
+	for _, s := range whole {
+		if len(s.send) == 1 {
+			exclude = append(exclude, negate(s.send[0]))
+		}
+	}
+	only := func(vals []string) []*labels.Matcher {
+		if len(vals) > maxNarrowValues {
+			return nil
+		}
+		return ix.restrict(vals)[0]
+	}
+	var sets [][]*labels.Matcher
+	for _, r := range relaxed {
+		sets = append(sets, append(slices.Clone(r.send), exclude...))
+	}
+	carried, err := askUnion(ctx, ask, sets, only(remaining))
+	if err != nil {
+		return nil, err
+	}
+	var doubt []string
+	for _, v := range remaining {
+		if _, ok := carried[v]; ok {
+			doubt = append(doubt, v)
+		} else {
+			dropped[v] = struct{}{}
+		}
+	}
+	if len(doubt) == 0 {
+		return dropped, nil
+	}
+	kept, err := askUnion(ctx, ask, complement(sels), only(doubt))
+	if err != nil {
+		return nil, err
+	}
+	pending := map[string]struct{}{}
+	for _, v := range doubt {
+		if _, ok := kept[v]; !ok {
+			pending[v] = struct{}{}
+		}
+	}
+	if len(pending) == 0 {
+		return dropped, nil
+	}
+	if err := q.surviveSelected(ctx, ix, ms, whole, rest, pending); err != nil {
+		return nil, err
+	}
+	for v := range pending {
+		dropped[v] = struct{}{}
+	}
+	return dropped, nil
+}
+
+// askUnion asks the index once per matcher set, with only, and returns the union of the answers.
+func askUnion(ctx context.Context, ask askFunc, sets [][]*labels.Matcher, only []*labels.Matcher) (map[string]struct{}, error) {
+	found := make([][]string, len(sets))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(4)
+	for i, set := range sets {
+		g.Go(func() (err error) {
+			found[i], err = ask(gctx, nil, set, only)
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	out := map[string]struct{}{}
+	for _, vs := range found {
+		for _, v := range vs {
+			out[v] = struct{}{}
+		}
+	}
+	return out, nil
 }
