@@ -143,6 +143,12 @@ type labelIndex struct {
 	restrict func(vals []string) [][]*labels.Matcher
 	// narrow, for label values, is restrict's one matcher: a look-up given it only considers vals.
 	narrow bool
+	// over returns the same look-up asked of another querier.
+	over func(q storage.LabelQuerier) labelIndex
+	// askParts, set by maskedLabels over an upstream, asks the look-up with the request's
+	// matchers and extra over parts of a long window at once (see windowParts); ok is false
+	// where the window is not cut.
+	askParts func(ctx context.Context, extra ...[]*labels.Matcher) (vals []string, ok bool, err error)
 }
 
 func valuesIndex(q storage.LabelQuerier, name string) labelIndex {
@@ -164,6 +170,7 @@ func valuesIndex(q storage.LabelQuerier, name string) labelIndex {
 			return [][]*labels.Matcher{{labels.MustNewMatcher(labels.MatchRegexp, name, strings.Join(quoted, "|"))}}
 		},
 		narrow: true,
+		over:   func(q storage.LabelQuerier) labelIndex { return valuesIndex(q, name) },
 	}
 }
 
@@ -176,6 +183,7 @@ func namesIndex(q storage.LabelQuerier) labelIndex {
 		carried: func(ls labels.Labels, fn func(string)) { ls.Range(func(l labels.Label) { fn(l.Name) }) },
 		// Any series may carry a name: one read of them all.
 		restrict: func([]string) [][]*labels.Matcher { return [][]*labels.Matcher{nil} },
+		over:     namesIndex,
 	}
 }
 
@@ -206,6 +214,39 @@ func (q *maskedQuerier) maskedLabels(ctx context.Context, ix labelIndex, hints *
 		vals, w, err := ix.ask(ctx, hints, all)
 		ws.add(w)
 		return vals, err
+	}
+	if up, ok := q.inner.(*upstreamQuerier); ok {
+		ix.askParts = func(ctx context.Context, extra ...[]*labels.Matcher) ([]string, bool, error) {
+			parts := up.windowParts()
+			if parts == nil {
+				return nil, false, nil
+			}
+			all := slices.Clone(ms)
+			for _, e := range extra {
+				all = append(all, e...)
+			}
+			all = selectable(all)
+			found := make([][]string, len(parts))
+			g, gctx := errgroup.WithContext(ctx)
+			for i, p := range parts {
+				g.Go(func() error {
+					vals, w, err := ix.over(p).ask(gctx, nil, all)
+					ws.add(w)
+					found[i] = vals
+					return err
+				})
+			}
+			if err := g.Wait(); err != nil {
+				return nil, true, err
+			}
+			set := map[string]struct{}{}
+			for _, vs := range found {
+				for _, v := range vs {
+					set[v] = struct{}{}
+				}
+			}
+			return sortedKeys(set), true, nil
+		}
 	}
 
 	// The index's own answer, asked while the selectors are looked up. Label names are few: their
@@ -299,7 +340,9 @@ type askFunc func(ctx context.Context, hints *storage.LabelHints, extra ...[]*la
 // The label names (candidates: the whole answer, they are few) are not narrowed.
 func (q *maskedQuerier) droppedValues(ctx context.Context, ix labelIndex, ms []*labels.Matcher, sels []lookupSelector, ask askFunc, candidates []string) (map[string]struct{}, error) {
 	sels = relax(sels)
-	if ix.narrow && candidates != nil && q.chunks == nil {
+	// Label names start from the complement only where a name can be asked per series' existence:
+	// a names look-up with matchers reads every series they select.
+	if candidates != nil && q.chunks == nil && (ix.narrow || q.seriesExistence() != nil) {
 		return q.droppedOutside(ctx, ix, ms, sels, ask, candidates)
 	}
 	var whole, rest []lookupSelector
@@ -787,8 +830,9 @@ func (c *chunkScan) keeps(s storage.ChunkSeries, lo, hi int64, ivs tombstones.In
 	return false
 }
 
-// droppedOutside returns the values of the index's answer (candidates) that only fully covered
-// series carry, starting from what the series outside the selectors carry: over an upstream,
+// droppedOutside returns the values (or label names) of the index's answer (candidates) that only
+// fully covered series carry, starting from what the series outside the selectors carry: over an
+// upstream,
 // whose index work is all a look-up costs, that is the fewest and cheapest questions when the
 // tombstones delete a few of many series. Asking which values a deleted tenant's series carry
 // costs the upstream more (its series are many) than asking which ones the others carry, and a
@@ -823,7 +867,7 @@ func (q *maskedQuerier) droppedOutside(ctx context.Context, ix labelIndex, ms []
 		}
 		relaxed = append(relaxed, r)
 	}
-	outside, err := askUnion(ctx, ask, complement(append(slices.Clone(whole), relaxed...)), nil)
+	outside, err := q.carriedOutside(ctx, ix, ask, ms, complement(append(slices.Clone(whole), relaxed...)), candidates, false)
 	if err != nil {
 		return nil, err
 	}
@@ -869,7 +913,7 @@ func (q *maskedQuerier) droppedOutside(ctx context.Context, ix labelIndex, ms []
 	if len(doubt) == 0 {
 		return dropped, nil
 	}
-	kept, err := askUnion(ctx, ask, complement(sels), only(doubt))
+	kept, err := q.carriedOutside(ctx, ix, ask, ms, complement(sels), doubt, true)
 	if err != nil {
 		return nil, err
 	}
@@ -889,6 +933,36 @@ func (q *maskedQuerier) droppedOutside(ctx context.Context, ix labelIndex, ms []
 		dropped[v] = struct{}{}
 	}
 	return dropped, nil
+}
+
+// carriedOutside returns what the series selected by ms and one of the matcher sets carry, of
+// vals: label values asked of the index (narrowed to vals with narrow), label names asked per
+// name where a series' existence can be asked (see namesOutside).
+func (q *maskedQuerier) carriedOutside(ctx context.Context, ix labelIndex, ask askFunc, ms []*labels.Matcher, sets [][]*labels.Matcher, vals []string, narrow bool) (map[string]struct{}, error) {
+	if !ix.narrow {
+		if exists := q.seriesExistence(); exists != nil {
+			names := map[string]struct{}{}
+			for _, v := range vals {
+				names[v] = struct{}{}
+			}
+			return namesOutside(ctx, exists, ms, sets, names)
+		}
+	}
+	var only []*labels.Matcher
+	if narrow && ix.narrow && len(vals) <= maxNarrowValues {
+		only = ix.restrict(vals)[0]
+	}
+	if only == nil && ix.askParts != nil {
+		// Not narrowed: the question walks every value's postings, in every block.
+		return askUnion(ctx, func(ctx context.Context, hints *storage.LabelHints, extra ...[]*labels.Matcher) ([]string, error) {
+			vals, cut, err := ix.askParts(ctx, extra...)
+			if cut || err != nil {
+				return vals, err
+			}
+			return ask(ctx, hints, extra...)
+		}, sets, nil)
+	}
+	return askUnion(ctx, ask, sets, only)
 }
 
 // askUnion asks the index once per matcher set, with only, and returns the union of the answers.

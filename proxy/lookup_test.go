@@ -560,3 +560,37 @@ func TestUpstreamSelectOrdersMatchersAsTSDB(t *testing.T) {
 		}
 	}
 }
+
+// TestWindowPartsCoverTheWindowAtBlockBoundaries checks that a long window is cut into parts that
+// follow each other without gap or overlap, cover it, and begin where a 2h block begins.
+func TestWindowPartsCoverTheWindowAtBlockBoundaries(t *testing.T) {
+	const h = int64(3600 * 1000)
+	for _, c := range []struct {
+		mint, maxt int64
+		parts      int
+	}{
+		{0, 12*h - 1, 2},
+		{1_700_000_000_000, 1_700_000_000_000 + 24*h - 1, 4},
+		{1_700_000_123_456, 1_700_000_123_456 + 30*24*h, 4},
+		{5 * h, 16 * h, 0},
+		{-24 * h, 0, 0},
+		{math.MinInt64, math.MaxInt64, 0},
+	} {
+		q := &upstreamQuerier{mint: c.mint, maxt: c.maxt}
+		parts := q.windowParts()
+		testutil.Equals(t, c.parts, len(parts), "window [%d, %d]", c.mint, c.maxt)
+		next := c.mint
+		for i, p := range parts {
+			pq := p.(*upstreamQuerier)
+			testutil.Equals(t, next, pq.mint, "part %d of [%d, %d]", i, c.mint, c.maxt)
+			testutil.Assert(t, pq.maxt >= pq.mint, "part %d of [%d, %d] is empty", i, c.mint, c.maxt)
+			if i < len(parts)-1 {
+				testutil.Equals(t, int64(0), (pq.maxt+1)%(2*h), "part %d of [%d, %d] ends at %d", i, c.mint, c.maxt, pq.maxt)
+			}
+			next = pq.maxt + 1
+		}
+		if len(parts) > 0 {
+			testutil.Equals(t, c.maxt+1, next, "parts of [%d, %d] end at the window's end", c.mint, c.maxt)
+		}
+	}
+}
