@@ -340,9 +340,9 @@ type askFunc func(ctx context.Context, hints *storage.LabelHints, extra ...[]*la
 // The label names (candidates: the whole answer, they are few) are not narrowed.
 func (q *maskedQuerier) droppedValues(ctx context.Context, ix labelIndex, ms []*labels.Matcher, sels []lookupSelector, ask askFunc, candidates []string) (map[string]struct{}, error) {
 	sels = relax(sels)
-	// Label names start from the complement only where a name can be asked per series' existence:
-	// a names look-up with matchers reads every series they select.
-	if candidates != nil && q.chunks == nil && (ix.narrow || q.seriesExistence() != nil) {
+	// Not label names: a names look-up with matchers reads every series they select, and a
+	// selector taken by its key matcher alone selects many more.
+	if ix.narrow && candidates != nil && q.chunks == nil {
 		return q.droppedOutside(ctx, ix, ms, sels, ask, candidates)
 	}
 	var whole, rest []lookupSelector
