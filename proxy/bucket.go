@@ -44,6 +44,8 @@ type BucketBlocks struct {
 type localBlock struct {
 	b   *tsdb.Block
 	ext labels.Labels
+	// lookups remembers what the tombstones took out of the block's label look-ups.
+	lookups *lookupCache
 }
 
 // NewBucketBlocks keeps its copies of the blocks under dir.
@@ -157,7 +159,7 @@ func (s *BucketBlocks) open(ctx context.Context, m *block.Meta) (*localBlock, er
 	if err != nil {
 		return nil, errors.Wrapf(err, "open block %s", m.ULID)
 	}
-	return &localBlock{b: b, ext: m.ExternalLabels()}, nil
+	return &localBlock{b: b, ext: m.ExternalLabels(), lookups: newLookupCache()}, nil
 }
 
 // Close closes every block.
@@ -202,7 +204,7 @@ func (s *BucketBlocks) Querier(snap *Snapshot, mint, maxt int64) (storage.Querie
 		}
 		// The block holds samples in [MinTime, MaxTime) only: its masking looks no further, so
 		// that a tombstone outside the block costs its look-ups nothing.
-		mq := newMaskedQuerier(q, snap, lb.ext, max(mint, meta.MinTime), min(maxt, meta.MaxTime-1))
+		mq := newMaskedQuerier(&cachedBlockQuerier{Querier: q, cache: lb.lookups}, snap, lb.ext, max(mint, meta.MinTime), min(maxt, meta.MaxTime-1))
 		mq.chunks = cq
 		qs = append(qs, &extQuerier{inner: mq, ext: lb.ext})
 	}

@@ -101,7 +101,7 @@ func (q *maskedQuerier) meetingSelectors(ctx context.Context, sel, ms []*labels.
 			}
 			continue
 		}
-		vals, _, err := q.inner.LabelValues(ctx, name, nil, ms...)
+		vals, err := q.keyValues(ctx, name, ms)
 		if err != nil {
 			return nil, err
 		}
@@ -133,6 +133,8 @@ func newLookupSelector(r selectorRef, ext labels.Labels) lookupSelector {
 
 // labelIndex is one kind of label look-up: the values of one label name, or the label names.
 type labelIndex struct {
+	// name names the look-up: the label whose values it asks, or none for the label names.
+	name string
 	// ask asks the inner querier's index.
 	ask func(ctx context.Context, hints *storage.LabelHints, ms []*labels.Matcher) ([]string, annotations.Annotations, error)
 	// carried calls fn with what a series' labels contribute to the answer.
@@ -141,10 +143,17 @@ type labelIndex struct {
 	restrict func(vals []string) [][]*labels.Matcher
 	// narrow, for label values, is restrict's one matcher: a look-up given it only considers vals.
 	narrow bool
+	// over returns the same look-up asked of another querier.
+	over func(q storage.LabelQuerier) labelIndex
+	// askParts, set by maskedLabels over an upstream, asks the look-up with the request's
+	// matchers and extra over parts of a long window at once (see windowParts); ok is false
+	// where the window is not cut.
+	askParts func(ctx context.Context, extra ...[]*labels.Matcher) (vals []string, ok bool, err error)
 }
 
 func valuesIndex(q storage.LabelQuerier, name string) labelIndex {
 	return labelIndex{
+		name: "values of " + name,
 		ask: func(ctx context.Context, hints *storage.LabelHints, ms []*labels.Matcher) ([]string, annotations.Annotations, error) {
 			return q.LabelValues(ctx, name, hints, ms...)
 		},
@@ -161,17 +170,20 @@ func valuesIndex(q storage.LabelQuerier, name string) labelIndex {
 			return [][]*labels.Matcher{{labels.MustNewMatcher(labels.MatchRegexp, name, strings.Join(quoted, "|"))}}
 		},
 		narrow: true,
+		over:   func(q storage.LabelQuerier) labelIndex { return valuesIndex(q, name) },
 	}
 }
 
 func namesIndex(q storage.LabelQuerier) labelIndex {
 	return labelIndex{
+		name: "names",
 		ask: func(ctx context.Context, hints *storage.LabelHints, ms []*labels.Matcher) ([]string, annotations.Annotations, error) {
 			return q.LabelNames(ctx, hints, ms...)
 		},
 		carried: func(ls labels.Labels, fn func(string)) { ls.Range(func(l labels.Label) { fn(l.Name) }) },
 		// Any series may carry a name: one read of them all.
 		restrict: func([]string) [][]*labels.Matcher { return [][]*labels.Matcher{nil} },
+		over:     namesIndex,
 	}
 }
 
@@ -203,6 +215,39 @@ func (q *maskedQuerier) maskedLabels(ctx context.Context, ix labelIndex, hints *
 		ws.add(w)
 		return vals, err
 	}
+	if up, ok := q.inner.(*upstreamQuerier); ok {
+		ix.askParts = func(ctx context.Context, extra ...[]*labels.Matcher) ([]string, bool, error) {
+			parts := up.windowParts()
+			if parts == nil {
+				return nil, false, nil
+			}
+			all := slices.Clone(ms)
+			for _, e := range extra {
+				all = append(all, e...)
+			}
+			all = selectable(all)
+			found := make([][]string, len(parts))
+			g, gctx := errgroup.WithContext(ctx)
+			for i, p := range parts {
+				g.Go(func() error {
+					vals, w, err := ix.over(p).ask(gctx, nil, all)
+					ws.add(w)
+					found[i] = vals
+					return err
+				})
+			}
+			if err := g.Wait(); err != nil {
+				return nil, true, err
+			}
+			set := map[string]struct{}{}
+			for _, vs := range found {
+				for _, v := range vs {
+					set[v] = struct{}{}
+				}
+			}
+			return sortedKeys(set), true, nil
+		}
+	}
 
 	// The index's own answer, asked while the selectors are looked up. Label names are few: their
 	// whole answer is asked, and is the candidates (a name no series outside the selectors
@@ -221,10 +266,10 @@ func (q *maskedQuerier) maskedLabels(ctx context.Context, ix labelIndex, hints *
 	var dropped map[string]struct{}
 	sels, err := q.meetingSelectors(gctx, sel, ms)
 	if err == nil && len(sels) > 0 {
-		if ix.narrow && (q.chunks == nil || (hints != nil && hints.Limit > 0)) {
+		if ix.narrow && hints != nil && hints.Limit > 0 {
 			dropped, err = q.droppedValues(gctx, ix, ms, sels, ask, nil)
 		} else if err = g.Wait(); err == nil {
-			dropped, err = q.droppedValues(ctx, ix, ms, sels, ask, answer)
+			dropped, err = q.cachedDropped(ctx, ix, ms, sels, ask, answer)
 		}
 	}
 	if gerr := g.Wait(); err == nil {
@@ -295,6 +340,11 @@ type askFunc func(ctx context.Context, hints *storage.LabelHints, extra ...[]*la
 // The label names (candidates: the whole answer, they are few) are not narrowed.
 func (q *maskedQuerier) droppedValues(ctx context.Context, ix labelIndex, ms []*labels.Matcher, sels []lookupSelector, ask askFunc, candidates []string) (map[string]struct{}, error) {
 	sels = relax(sels)
+	// Not label names: a names look-up with matchers reads every series they select, and a
+	// selector taken by its key matcher alone selects many more.
+	if ix.narrow && candidates != nil && q.chunks == nil {
+		return q.droppedOutside(ctx, ix, ms, sels, ask, candidates)
+	}
 	var whole, rest []lookupSelector
 	for _, s := range sels {
 		if s.exact && s.wholeWindow(q.mint, q.maxt) {
@@ -341,7 +391,7 @@ func (q *maskedQuerier) droppedValues(ctx context.Context, ix labelIndex, ms []*
 	// series outside the first kind carries it, stopping at the first: cheaper than learning
 	// which values the first kind's series carry, which walks every value's postings.
 	var wholeKept map[string]struct{}
-	perValue := ix.narrow && candidates != nil && len(whole) > 0 && len(candidates) <= maxPerValueChecks && q.seriesExistence() != nil
+	perValue := ix.narrow && candidates != nil && len(whole) > 0 && len(candidates) <= maxPerValueChecks && q.chunks != nil
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() (err error) {
 		if perValue {
@@ -778,4 +828,162 @@ func (c *chunkScan) keeps(s storage.ChunkSeries, lo, hi int64, ivs tombstones.In
 	}
 	c.err = c.chks.Err()
 	return false
+}
+
+// droppedOutside returns the values (or label names) of the index's answer (candidates) that only
+// fully covered series carry, starting from what the series outside the selectors carry: over an
+// upstream,
+// whose index work is all a look-up costs, that is the fewest and cheapest questions when the
+// tombstones delete a few of many series. Asking which values a deleted tenant's series carry
+// costs the upstream more (its series are many) than asking which ones the others carry, and a
+// question narrowed to a few values costs little only with a matcher that selects few series.
+//
+// The first kind of selectors (deleting their series' whole window) are taken as they are, the
+// others (the second kind) by their key matcher alone (relaxed: the series they select and more),
+// so that their complement is one matcher set and one question.
+//
+//   - A value a series outside the relaxed selectors carries stays.
+//   - Of the others, a value that no series of a relaxed selector of the second kind carries
+//     outside the first kind is carried only by series the first kind covers whole: it goes (one
+//     question per selector of the second kind, narrowed to those values).
+//   - The rest stay if a series outside the selectors themselves carries them (questions of
+//     their complement, narrowed to those values), or one of their series keeps a sample in the
+//     window, read only outside its tombstone's interval, next to it first; the others go.
+func (q *maskedQuerier) droppedOutside(ctx context.Context, ix labelIndex, ms []*labels.Matcher, sels []lookupSelector, ask askFunc, candidates []string) (map[string]struct{}, error) {
+	var whole, rest, relaxed []lookupSelector
+	for _, s := range sels {
+		if s.exact && s.wholeWindow(q.mint, q.maxt) {
+			whole = append(whole, s)
+			continue
+		}
+		rest = append(rest, s)
+		r := s
+		if len(r.send) > 1 {
+			keep := r.send[0]
+			if r.key != nil {
+				keep = r.key
+			}
+			r.send, r.exact = []*labels.Matcher{keep}, false
+		}
+		relaxed = append(relaxed, r)
+	}
+	outside, err := q.carriedOutside(ctx, ix, ask, ms, complement(append(slices.Clone(whole), relaxed...)), candidates, false)
+	if err != nil {
+		return nil, err
+	}
+	var remaining []string
+	for _, v := range candidates {
+		if _, ok := outside[v]; !ok {
+			remaining = append(remaining, v)
+		}
+	}
+	dropped := map[string]struct{}{}
+	if len(remaining) == 0 {
+		return dropped, nil
+	}
+	// The second kind's series outside the first kind, where one matcher expresses it.
+	var exclude []*labels.Matcher
+	for _, s := range whole {
+		if len(s.send) == 1 {
+			exclude = append(exclude, negate(s.send[0]))
+		}
+	}
+	only := func(vals []string) []*labels.Matcher {
+		if len(vals) > maxNarrowValues {
+			return nil
+		}
+		return ix.restrict(vals)[0]
+	}
+	var sets [][]*labels.Matcher
+	for _, r := range relaxed {
+		sets = append(sets, append(slices.Clone(r.send), exclude...))
+	}
+	carried, err := askUnion(ctx, ask, sets, only(remaining))
+	if err != nil {
+		return nil, err
+	}
+	var doubt []string
+	for _, v := range remaining {
+		if _, ok := carried[v]; ok {
+			doubt = append(doubt, v)
+		} else {
+			dropped[v] = struct{}{}
+		}
+	}
+	if len(doubt) == 0 {
+		return dropped, nil
+	}
+	kept, err := q.carriedOutside(ctx, ix, ask, ms, complement(sels), doubt, true)
+	if err != nil {
+		return nil, err
+	}
+	pending := map[string]struct{}{}
+	for _, v := range doubt {
+		if _, ok := kept[v]; !ok {
+			pending[v] = struct{}{}
+		}
+	}
+	if len(pending) == 0 {
+		return dropped, nil
+	}
+	if err := q.surviveSelected(ctx, ix, ms, whole, rest, pending); err != nil {
+		return nil, err
+	}
+	for v := range pending {
+		dropped[v] = struct{}{}
+	}
+	return dropped, nil
+}
+
+// carriedOutside returns what the series selected by ms and one of the matcher sets carry, of
+// vals: label values asked of the index (narrowed to vals with narrow), label names asked per
+// name where a series' existence can be asked (see namesOutside).
+func (q *maskedQuerier) carriedOutside(ctx context.Context, ix labelIndex, ask askFunc, ms []*labels.Matcher, sets [][]*labels.Matcher, vals []string, narrow bool) (map[string]struct{}, error) {
+	if !ix.narrow {
+		if exists := q.seriesExistence(); exists != nil {
+			names := map[string]struct{}{}
+			for _, v := range vals {
+				names[v] = struct{}{}
+			}
+			return namesOutside(ctx, exists, ms, sets, names)
+		}
+	}
+	var only []*labels.Matcher
+	if narrow && ix.narrow && len(vals) <= maxNarrowValues {
+		only = ix.restrict(vals)[0]
+	}
+	if only == nil && ix.askParts != nil {
+		// Not narrowed: the question walks every value's postings, in every block.
+		return askUnion(ctx, func(ctx context.Context, hints *storage.LabelHints, extra ...[]*labels.Matcher) ([]string, error) {
+			vals, cut, err := ix.askParts(ctx, extra...)
+			if cut || err != nil {
+				return vals, err
+			}
+			return ask(ctx, hints, extra...)
+		}, sets, nil)
+	}
+	return askUnion(ctx, ask, sets, only)
+}
+
+// askUnion asks the index once per matcher set, with only, and returns the union of the answers.
+func askUnion(ctx context.Context, ask askFunc, sets [][]*labels.Matcher, only []*labels.Matcher) (map[string]struct{}, error) {
+	found := make([][]string, len(sets))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(4)
+	for i, set := range sets {
+		g.Go(func() (err error) {
+			found[i], err = ask(gctx, nil, set, only)
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	out := map[string]struct{}{}
+	for _, vs := range found {
+		for _, v := range vs {
+			out[v] = struct{}{}
+		}
+	}
+	return out, nil
 }

@@ -331,8 +331,15 @@ func TestLookupAgreesWithSamples(t *testing.T) {
 				specs = append(specs, tombstones.Spec{Selectors: []string{fmt.Sprintf(`{inst="absent-%d"}`, i)}, Start: ptr(math.MinInt64), End: ptr(10_000)})
 			}
 		}
-		snap := lookupSnapshot(t, store, specs)
+		// The block's look-up cache lives through the round, across two tombstone sets: all of
+		// them, and the first half (the others cancelled), taken in turn.
+		full, half := lookupSnapshot(t, store, specs), lookupSnapshot(t, store, specs[:len(specs)/2])
+		cache := newLookupCache()
 		for c := 0; c < 25; c++ {
+			snap := full
+			if rng.Intn(2) == 0 {
+				snap = half
+			}
 			mint := int64(rng.Intn(70))*10 - 50
 			maxt := mint + int64(rng.Intn(40))*10
 			ms := parse(pick(`{__name__=~".+"}`, `a`, `{job="x"}`, `{inst=~"1|2"}`, `b{extra="e1"}`))
@@ -345,24 +352,37 @@ func TestLookupAgreesWithSamples(t *testing.T) {
 				lim = 1 + rng.Intn(3)
 			}
 			strict, sampled := lookupBounds(series, snap, ext, ms, name, mint, maxt)
-			for _, mode := range []string{"chunks", "samples", "query-api"} {
+			for _, mode := range []string{"chunks", "cached", "cached-again", "samples", "query-api"} {
 				var q *maskedQuerier
 				switch mode {
 				case "query-api":
 					uq, err := up.Querier(snap, mint, maxt)
 					testutil.Ok(t, err)
 					q = uq.(*maskedQuerier)
+				case "cached", "cached-again":
+					q = lookupQuerier(t, b, snap, ext, mint, maxt, true)
+					q.inner = &cachedBlockQuerier{Querier: q.inner, cache: cache}
 				default:
 					q = lookupQuerier(t, b, snap, ext, mint, maxt, mode == "chunks")
 				}
 				got := lookup(t, q, name, lim, ms...)
 				msg, args := "round %d: %q of %v over [%d, %d] limit %d mode %s; tombstones %s", []any{round, name, ms, mint, maxt, lim, mode, describeSpecs(specs)}
-				if mode == "chunks" {
+				if mode != "samples" && mode != "query-api" {
 					between(t, got, strict, strict, lim, msg, args...)
 					continue
 				}
 				between(t, got, strict, sampled, lim, msg, args...)
 			}
+			// The same look-up under the other tombstone set: what the cache holds for this one
+			// must not answer it.
+			other := half
+			if snap == half {
+				other = full
+			}
+			strict, _ = lookupBounds(series, other, ext, ms, name, mint, maxt)
+			q := lookupQuerier(t, b, other, ext, mint, maxt, true)
+			q.inner = &cachedBlockQuerier{Querier: q.inner, cache: cache}
+			between(t, lookup(t, q, name, lim, ms...), strict, strict, lim, "round %d: %q of %v over [%d, %d] limit %d, cached, the other tombstone set; tombstones %s", round, name, ms, mint, maxt, lim, describeSpecs(specs))
 		}
 	}
 }
@@ -537,6 +557,40 @@ func TestUpstreamSelectOrdersMatchersAsTSDB(t *testing.T) {
 			testutil.Ok(t, err)
 			testutil.Equals(t, 1, len(v), "%s %s", mode, c.query)
 			testutil.Equals(t, c.want, v[0].Metric.String(), "%s %s", mode, c.query)
+		}
+	}
+}
+
+// TestWindowPartsCoverTheWindowAtBlockBoundaries checks that a long window is cut into parts that
+// follow each other without gap or overlap, cover it, and begin where a 2h block begins.
+func TestWindowPartsCoverTheWindowAtBlockBoundaries(t *testing.T) {
+	const h = int64(3600 * 1000)
+	for _, c := range []struct {
+		mint, maxt int64
+		parts      int
+	}{
+		{0, 12*h - 1, 2},
+		{1_700_000_000_000, 1_700_000_000_000 + 24*h - 1, 4},
+		{1_700_000_123_456, 1_700_000_123_456 + 30*24*h, 4},
+		{5 * h, 16 * h, 0},
+		{-24 * h, 0, 0},
+		{math.MinInt64, math.MaxInt64, 0},
+	} {
+		q := &upstreamQuerier{mint: c.mint, maxt: c.maxt}
+		parts := q.windowParts()
+		testutil.Equals(t, c.parts, len(parts), "window [%d, %d]", c.mint, c.maxt)
+		next := c.mint
+		for i, p := range parts {
+			pq := p.(*upstreamQuerier)
+			testutil.Equals(t, next, pq.mint, "part %d of [%d, %d]", i, c.mint, c.maxt)
+			testutil.Assert(t, pq.maxt >= pq.mint, "part %d of [%d, %d] is empty", i, c.mint, c.maxt)
+			if i < len(parts)-1 {
+				testutil.Equals(t, int64(0), (pq.maxt+1)%(2*h), "part %d of [%d, %d] ends at %d", i, c.mint, c.maxt, pq.maxt)
+			}
+			next = pq.maxt + 1
+		}
+		if len(parts) > 0 {
+			testutil.Equals(t, c.maxt+1, next, "parts of [%d, %d] end at the window's end", c.mint, c.maxt)
 		}
 	}
 }
