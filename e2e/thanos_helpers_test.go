@@ -14,6 +14,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -555,7 +556,13 @@ type thxProm struct {
 // thxGet queries a benchProc's HTTP API and decodes the answer; it fails unless it is a success.
 func thxGet(t *testing.T, p *benchProc, path string, params url.Values) thxProm {
 	t.Helper()
-	resp, err := p.client.Get(p.URL + path + "?" + params.Encode())
+	return thxGetAt(t, p.client, p.URL, path, params)
+}
+
+// thxGetAt is thxGet for any server at base.
+func thxGetAt(t *testing.T, client *http.Client, base, path string, params url.Values) thxProm {
+	t.Helper()
+	resp, err := client.Get(base + path + "?" + params.Encode())
 	testutil.Ok(t, err)
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)

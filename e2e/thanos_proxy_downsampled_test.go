@@ -1,9 +1,7 @@
 package e2e
 
 import (
-	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"slices"
@@ -71,7 +69,7 @@ func TestProxyInFrontOfThanosQueryAtMaxSourceResolution(t *testing.T) {
 	}
 	differs := 0
 	for _, params := range masked {
-		got := thxProxyGet(t, proxy.URL, "/api/v1/query_range", params)
+		got := thxGetAt(t, http.DefaultClient, proxy.URL, "/api/v1/query_range", params)
 		raw := url.Values{}
 		for k, v := range params {
 			raw[k] = v
@@ -94,25 +92,10 @@ func TestProxyInFrontOfThanosQueryAtMaxSourceResolution(t *testing.T) {
 		rangeOf(`thx_load{user_id="2"}`, at(10, 0), at(12, 0), "300", "5m"),
 		rangeOf(`avg_over_time(thx_load[30m])`, at(20, 0), at(28, 0), "600", "5m"),
 	} {
-		got := thxProxyGet(t, proxy.URL, "/api/v1/query_range", params)
+		got := thxGetAt(t, http.DefaultClient, proxy.URL, "/api/v1/query_range", params)
 		testutil.Equals(t, thxResultString(t, thxGet(t, query, "/api/v1/query_range", params)), thxResultString(t, got), "%v through lethe vs Thanos", params)
 		testutil.Equals(t, 0, len(got.Warnings), "%v: %v", params, got.Warnings)
 	}
-}
-
-// thxProxyGet queries lethe-proxy's HTTP API and decodes the answer; it fails unless it is a
-// success.
-func thxProxyGet(t *testing.T, base, path string, params url.Values) thxProm {
-	t.Helper()
-	resp, err := http.Get(base + path + "?" + params.Encode())
-	testutil.Ok(t, err)
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	testutil.Ok(t, err)
-	var r thxProm
-	testutil.Ok(t, json.Unmarshal(body, &r), "GET %s %v: %d %s", path, params, resp.StatusCode, body)
-	testutil.Equals(t, "success", r.Status, "GET %s %v: %s", path, params, body)
-	return r
 }
 
 // thxResultString is an answer's result, series sorted by labels, for comparison.

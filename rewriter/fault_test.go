@@ -87,15 +87,7 @@ var faultKinds = map[objfault.Op][]objfault.Kind{
 // deleted samples gone.
 func TestRunSurvivesBucketFaults(t *testing.T) {
 	ctx := context.Background()
-	// A healthy run tells how many calls of each operation a run makes.
-	probe := newMemFixture(t, 4)
-	// Every fixture holds the same samples.
-	before := samples(t, probe.bkt)
-	probe.tombstone(t, `{user_id="1"}`, tombstones.BeginningOfTime, t0+10*3_600_000, true)
-	counter := objfault.New(probe.bkt)
-	_, err := NewRunner(counter, probe.store, slog.New(slog.DiscardHandler), nil, withDefaults(t, Config{Threshold: 0.05})).Run(ctx)
-	testutil.Ok(t, err)
-	calls := counter.Calls()
+	before, calls := probeFaultRun(t)
 
 	var injected, survived, failedCleanly int
 	for op, kinds := range faultKinds {
@@ -154,4 +146,17 @@ func TestRunSurvivesBucketFaults(t *testing.T) {
 	}
 	t.Logf("faults injected: %d; survived (the run succeeded): %d; failed cleanly (the run failed, the rerun finished): %d", injected, survived, failedCleanly)
 	testutil.Assert(t, injected > 50, "only %d faults were injected", injected)
+}
+
+// probeFaultRun runs the fault tests' job on a healthy bucket: it returns the samples every
+// fixture holds before, and how many calls of each operation the run makes.
+func probeFaultRun(t *testing.T) (map[string][]int64, map[objfault.Op]int) {
+	t.Helper()
+	probe := newMemFixture(t, 4)
+	before := samples(t, probe.bkt)
+	probe.tombstone(t, `{user_id="1"}`, tombstones.BeginningOfTime, t0+10*3_600_000, true)
+	counter := objfault.New(probe.bkt)
+	_, err := NewRunner(counter, probe.store, slog.New(slog.DiscardHandler), nil, withDefaults(t, Config{Threshold: 0.05})).Run(context.Background())
+	testutil.Ok(t, err)
+	return before, counter.Calls()
 }

@@ -27,13 +27,7 @@ import (
 // (default 60), LETHE_FAULT_SEED replays one.
 func TestRunSurvivesSimultaneousFaults(t *testing.T) {
 	ctx := context.Background()
-	probe := newMemFixture(t, 4)
-	before := samples(t, probe.bkt)
-	probe.tombstone(t, `{user_id="1"}`, tombstones.BeginningOfTime, t0+10*3_600_000, true)
-	counter := objfault.New(probe.bkt)
-	_, err := NewRunner(counter, probe.store, slog.New(slog.DiscardHandler), nil, withDefaults(t, Config{Threshold: 0.05})).Run(ctx)
-	testutil.Ok(t, err)
-	calls := counter.Calls()
+	before, calls := probeFaultRun(t)
 	ops := slices.Sorted(func(yield func(objfault.Op) bool) {
 		for op := range faultKinds {
 			if calls[op] > 0 && !yield(op) {
