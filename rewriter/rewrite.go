@@ -643,6 +643,13 @@ func (d *deleter) droppedSeries(ctx context.Context, ir *index.Reader, cr *chunk
 			if ivs.CoversRange(c.MinTime, c.MaxTime) {
 				continue
 			}
+			if d.resolution == 0 && (!ivs.Covers(c.MinTime) || !ivs.Covers(c.MaxTime)) {
+				// The first or last sample of a raw block's chunk is outside every deleted range:
+				// known without reading the chunk (a read from the bucket each). Only an
+				// aggregate chunk of a downsampled block loses whole windows and must be read.
+				survives = true
+				break
+			}
 			chk, _, err := cr.chunk(c)
 			if err != nil {
 				return nil, errors.Wrap(err, "read chunk")
