@@ -169,9 +169,22 @@ func appendBytesField(dst []byte, num protowire.Number, payload []byte) []byte {
 
 // wireLabel returns the name and value of an encoded Label. The strings share b's memory.
 func wireLabel(b []byte) (name, value string, err error) {
-	err = wireFields(b, func(num protowire.Number, typ protowire.Type, payload, _ []byte) error {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return "", "", errWire
+		}
 		if typ != protowire.BytesType {
-			return nil
+			m := protowire.ConsumeFieldValue(num, typ, b[n:])
+			if m < 0 {
+				return "", "", errWire
+			}
+			b = b[n+m:]
+			continue
+		}
+		payload, m := protowire.ConsumeBytes(b[n:])
+		if m < 0 {
+			return "", "", errWire
 		}
 		switch num {
 		case fieldLabelName:
@@ -179,9 +192,9 @@ func wireLabel(b []byte) (name, value string, err error) {
 		case fieldLabelValue:
 			value = yoloString(payload)
 		}
-		return nil
-	})
-	return name, value, err
+		b = b[n+m:]
+	}
+	return name, value, nil
 }
 
 func yoloString(b []byte) string {
@@ -197,34 +210,32 @@ func wireSeriesLabels(series []byte, b *labels.ScratchBuilder) (sorted bool, err
 	b.Reset()
 	sorted = true
 	prev, first := "", true
-	err = wireFields(series, func(num protowire.Number, typ protowire.Type, payload, _ []byte) error {
-		if num != fieldSeriesLabels || typ != protowire.BytesType {
-			return nil
-		}
-		name, value, err := wireLabel(payload)
-		if err != nil {
-			return err
+	it := wireLabelIter{b: series}
+	for {
+		name, value, ok := it.next()
+		if !ok {
+			return sorted, it.err
 		}
 		if !first && name <= prev {
 			sorted = false
 		}
 		prev, first = name, false
 		b.Add(name, value)
-		return nil
-	})
-	return sorted, err
+	}
 }
 
-// wireLabelIter walks the labels of an encoded Series, in the order they are encoded.
+// wireLabelIter walks the labels of an encoded Series, in the order they are encoded; err tells
+// a malformed one.
 type wireLabelIter struct {
-	b []byte
+	b   []byte
+	err error
 }
 
 func (it *wireLabelIter) next() (name, value string, ok bool) {
 	for len(it.b) > 0 {
 		num, typ, n := protowire.ConsumeTag(it.b)
 		if n < 0 {
-			it.b = nil
+			it.b, it.err = nil, errWire
 			return "", "", false
 		}
 		var payload []byte
@@ -235,7 +246,7 @@ func (it *wireLabelIter) next() (name, value string, ok bool) {
 			m = protowire.ConsumeFieldValue(num, typ, it.b[n:])
 		}
 		if m < 0 {
-			it.b = nil
+			it.b, it.err = nil, errWire
 			return "", "", false
 		}
 		it.b = it.b[n+m:]
@@ -244,7 +255,7 @@ func (it *wireLabelIter) next() (name, value string, ok bool) {
 		}
 		name, value, err := wireLabel(payload)
 		if err != nil {
-			it.b = nil
+			it.b, it.err = nil, err
 			return "", "", false
 		}
 		return name, value, true
@@ -255,7 +266,7 @@ func (it *wireLabelIter) next() (name, value string, ok bool) {
 // compareWireLabels compares the label sets of two encoded Series as labels.Compare does; both
 // must carry their labels sorted by name.
 func compareWireLabels(a, b []byte) int {
-	ia, ib := wireLabelIter{a}, wireLabelIter{b}
+	ia, ib := wireLabelIter{b: a}, wireLabelIter{b: b}
 	for {
 		na, va, oka := ia.next()
 		nb, vb, okb := ib.next()
