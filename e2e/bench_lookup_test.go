@@ -18,6 +18,10 @@ package e2e
 // answer through a proxy is checked once, before timing, against what the deletions leave of the
 // generated series. tools/benchtable turns the output into the table of ratios.
 //
+// The bucket-mode proxy remembers per block what the tombstones took out of a look-up (blocks
+// and tombstones never change): that check before timing fills it, so its times are those of a
+// dashboard's later loads. The first load's cost is BenchmarkLookupBlocks' bucket-cold (proxy/).
+//
 //	go test -run '^$' -bench Lookups -benchtime 10x ./e2e/ | go run ./tools/benchtable
 //	go test -run '^$' -bench 'Lookups/lookups1$' -benchtime 10x ./e2e/   (the one block only)
 

@@ -19,8 +19,10 @@ import (
 // index answers and a map probe each, not a check of every block's series on every load.
 
 // maxCachedLookups bounds the look-ups a block remembers (each entry holds the values the
-// tombstones took out, and a list of label values); past it, the oldest is forgotten first.
-const maxCachedLookups = 256
+// tombstones took out, or the values of a label that selectors are filed under): a dashboard's
+// variables are a few dozen look-ups, and a bucket may hold thousands of blocks. Past it, the
+// oldest is forgotten first.
+const maxCachedLookups = 64
 
 // lookupCache is one block's memory of its masked look-ups.
 type lookupCache struct {

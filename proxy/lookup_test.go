@@ -594,3 +594,23 @@ func TestWindowPartsCoverTheWindowAtBlockBoundaries(t *testing.T) {
 		}
 	}
 }
+
+// TestLookupCacheForgetsTheOldest checks that a block's look-up cache holds at most
+// maxCachedLookups entries, forgetting the oldest first, and keeps the first answer given a key.
+func TestLookupCacheForgetsTheOldest(t *testing.T) {
+	c := newLookupCache()
+	for i := 0; i <= maxCachedLookups; i++ {
+		c.put(fmt.Sprint(i), []string{fmt.Sprint(i)})
+	}
+	_, ok := c.get("0")
+	testutil.Assert(t, !ok, "the oldest entry is still held")
+	for i := 1; i <= maxCachedLookups; i++ {
+		v, ok := c.get(fmt.Sprint(i))
+		testutil.Assert(t, ok, "entry %d is gone", i)
+		testutil.Equals(t, []string{fmt.Sprint(i)}, v)
+	}
+	c.put("1", []string{"other"})
+	v, _ := c.get("1")
+	testutil.Equals(t, []string{"1"}, v)
+	testutil.Equals(t, maxCachedLookups, len(c.entries))
+}
