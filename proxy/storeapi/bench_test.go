@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"slices"
 	"strconv"
 	"testing"
 
@@ -50,6 +51,39 @@ func BenchmarkSeries(b *testing.B) {
 					}
 				}
 				testutil.Equals(b, len(series), n)
+			}
+		})
+	}
+}
+
+// BenchmarkSource reads 3,200 series of two replicas (two stores) through the Source that serves
+// lethe-proxy --upstream.store: replicas deduplicated, every sample read, untouched (a tombstone
+// of another metric) and masked (a tombstone of one instance's 20 minutes, which the replicas'
+// chunks are cut by before the merge).
+func BenchmarkSource(b *testing.B) {
+	var stores []*testStore
+	for _, r := range []string{"r0", "r1"} {
+		var series []labels.Labels
+		for i := range 3_200 {
+			series = append(series, labels.FromStrings("__name__", "node_cpu_seconds_total", "cpu", strconv.Itoa(i%8), "instance", "i-"+strconv.Itoa(i/32),
+				"job", "node", "mode", strconv.Itoa(i/8%4), "replica", r))
+		}
+		slices.SortFunc(series, labels.Compare)
+		stores = append(stores, &testStore{series: series})
+	}
+	for _, c := range []struct {
+		name string
+		del  deletion
+	}{
+		{"untouched", deletion{`other{job="x"}`, t0, t0 + 60_000}},
+		{"masked", deletion{`node_cpu_seconds_total{instance="i-3"}`, t0 + 20*60_000, t0 + 40*60_000 - 1}},
+	} {
+		src, snap := sourceOver(b, false, stores, c.del)
+		b.Run(c.name, func(b *testing.B) {
+			for b.Loop() {
+				got, _, err := selectAll(b, src, snap, labels.MustNewMatcher(labels.MatchEqual, "__name__", "node_cpu_seconds_total"))
+				testutil.Ok(b, err)
+				testutil.Equals(b, 3_200, len(got))
 			}
 		})
 	}

@@ -25,7 +25,7 @@ import (
 
 // sourceOver returns a Source over the test stores with replica as the replica label, and the
 // tombstone snapshot of the deletions.
-func sourceOver(t *testing.T, partial bool, stores []*testStore, dels ...deletion) (*Source, *proxy.Snapshot) {
+func sourceOver(t testing.TB, partial bool, stores []*testStore, dels ...deletion) (*Source, *proxy.Snapshot) {
 	t.Helper()
 	now := time.UnixMilli(t0 + 7_200_000)
 	reg := prometheus.NewRegistry()
@@ -51,7 +51,7 @@ type selected struct {
 	ts   []int64
 }
 
-func selectAll(t *testing.T, src *Source, snap *proxy.Snapshot, ms ...*labels.Matcher) ([]selected, []string, error) {
+func selectAll(t testing.TB, src *Source, snap *proxy.Snapshot, ms ...*labels.Matcher) ([]selected, []string, error) {
 	t.Helper()
 	q, err := src.Querier(snap, math.MinInt64, math.MaxInt64)
 	testutil.Ok(t, err)
