@@ -486,25 +486,7 @@ func (q *maskedQuerier) askComplement(ctx context.Context, ix labelIndex, ask as
 	if ix.narrow && len(vals) <= maxNarrowValues {
 		only = ix.restrict(sortedKeys(vals))[0]
 	}
-	found := make([][]string, len(combos))
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(4)
-	for i, c := range combos {
-		g.Go(func() (err error) {
-			found[i], err = ask(gctx, nil, c, only)
-			return err
-		})
-	}
-	if err := g.Wait(); err != nil {
-		return nil, err
-	}
-	out := map[string]struct{}{}
-	for _, vs := range found {
-		for _, v := range vs {
-			out[v] = struct{}{}
-		}
-	}
-	return out, nil
+	return askUnion(ctx, ask, combos, only)
 }
 
 // seriesExistence returns how to ask whether any series matches, at the cost of finding the
