@@ -144,10 +144,10 @@ func BenchmarkStoreSource(b *testing.B) {
 	}
 }
 
-// benchStoreSource is BenchmarkStoreSource on a block of instances instances a replica, its own
-// stack.
-func benchStoreSource(b *testing.B, instances int) {
-	thanos := toolPath(b, "thanos", "LETHE_THANOS")
+// ssrcBenchBucket writes the two replicas' blocks of instances instances into a new FILESYSTEM
+// bucket, registers the benches' tombstone (instance i-3 from 00:30 to 00:50) and returns the
+// bucket's --objstore.config flag.
+func ssrcBenchBucket(b *testing.B, instances int) string {
 	bucketDir := filepath.Join(b.TempDir(), "bucket")
 	if err := os.MkdirAll(bucketDir, 0o755); err != nil {
 		b.Fatal(err)
@@ -167,6 +167,14 @@ func benchStoreSource(b *testing.B, instances int) {
 	if err != nil {
 		b.Fatalf("lethe tombstone add: %v: %s", err, out)
 	}
+	return conf
+}
+
+// benchStoreSource is BenchmarkStoreSource on a block of instances instances a replica, its own
+// stack.
+func benchStoreSource(b *testing.B, instances int) {
+	thanos := toolPath(b, "thanos", "LETHE_THANOS")
+	conf := ssrcBenchBucket(b, instances)
 
 	storeGRPC := ssrcBenchPort(b)
 	startBenchProc(b, "thanos-store", b.TempDir(), thanos, func(addr string) []string {
@@ -279,25 +287,7 @@ func BenchmarkStoreAPIFilter(b *testing.B) {
 
 func benchStoreAPIFilter(b *testing.B, instances int, group string) {
 	thanos := toolPath(b, "thanos", "LETHE_THANOS")
-	bucketDir := filepath.Join(b.TempDir(), "bucket")
-	if err := os.MkdirAll(bucketDir, 0o755); err != nil {
-		b.Fatal(err)
-	}
-	bkt, err := filesystem.NewBucket(bucketDir)
-	if err != nil {
-		b.Fatal(err)
-	}
-	for _, r := range []string{"r0", "r1"} {
-		ssrcBenchWrite(b, bkt, r, instances)
-	}
-	conf := "--objstore.config=type: FILESYSTEM\nconfig: {directory: " + bucketDir + "}"
-	rfc := func(ms int64) string { return time.UnixMilli(ms).UTC().Format(time.RFC3339Nano) }
-	out, err := exec.Command(binaries.lethe, conf, "tombstone", "add", "--match", `node_cpu_seconds_total{instance="i-3"}`,
-		"--start", rfc(ssrcBenchT0+30*sapiMin), "--end", rfc(ssrcBenchT0+50*sapiMin),
-		"--undelete-window", "0s", "--max-wait", "0s", "--reason", "bench", "--author", "bench").CombinedOutput()
-	if err != nil {
-		b.Fatalf("lethe tombstone add: %v: %s", err, out)
-	}
+	conf := ssrcBenchBucket(b, instances)
 
 	storeGRPC := ssrcBenchPort(b)
 	store := startBenchProc(b, "thanos-store", b.TempDir(), thanos, func(addr string) []string {
