@@ -210,14 +210,14 @@ func (q *sourceQuerier) read(ctx context.Context, o readOptions, mask *proxy.Sna
 		set.ws.Add(errors.Newf("lethe-proxy reads raw data through the StoreAPI: max_source_resolution=%s is answered from raw samples", o.rawOnly))
 	}
 	for _, st := range q.src.stores {
-		cl, err := st.Store.Series(ctx, req)
+		recv, err := openSeries(ctx, st, req)
 		if err != nil {
 			if !set.failed(st.Name, err) {
 				return storage.ErrSeriesSet(set.err)
 			}
 			continue
 		}
-		c := &storeCursor{name: st.Name, frames: receive(ctx, cl)}
+		c := &storeCursor{name: st.Name, frames: receive(ctx, recv)}
 		if set.resort {
 			set.drain(c)
 		}
@@ -242,13 +242,21 @@ type received struct {
 }
 
 // receive reads the stream into the returned channel, at most framesAhead frames ahead, until it
-// ends or ctx is done.
-func receive(ctx context.Context, cl storepb.Store_SeriesClient) <-chan received {
+// ends or ctx is done. Frames are taken off the wire as they are and decoded by hand
+// (decodeSeriesResponse).
+func receive(ctx context.Context, recv func(*wireFrame) error) <-chan received {
 	out := make(chan received, framesAhead)
 	go func() {
 		defer close(out)
+		var f wireFrame
+		defer f.reset()
 		for {
-			r, err := cl.Recv()
+			var r *storepb.SeriesResponse
+			err := recv(&f)
+			if err == nil {
+				r, err = decodeSeriesResponse(f.bytes())
+				f.reset()
+			}
 			select {
 			case out <- received{r: r, err: err}:
 			case <-ctx.Done():
