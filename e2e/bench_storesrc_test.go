@@ -349,29 +349,13 @@ func benchStoreAPIFilter(b *testing.B, instances int, group string) {
 	}
 	// pull reads one Series call to its end and returns the series and chunk bytes it carried.
 	pull := func(c storepb.StoreClient, req *storepb.SeriesRequest) (series, bytes int) {
-		cl, err := c.Series(context.Background(), req)
-		if err != nil {
-			b.Fatal(err)
-		}
-		for {
-			r, err := cl.Recv()
-			if errors.Is(err, io.EOF) {
-				return series, bytes
+		ssrcEachSeries(b, c, req, func(s *storepb.Series) {
+			series++
+			for _, c := range s.Chunks {
+				bytes += len(c.GetRaw().GetData())
 			}
-			if err != nil {
-				b.Fatal(err)
-			}
-			batch := r.GetBatch().GetSeries()
-			if s := r.GetSeries(); s != nil {
-				batch = []*storepb.Series{s}
-			}
-			for _, s := range batch {
-				series++
-				for _, c := range s.Chunks {
-					bytes += len(c.GetRaw().GetData())
-				}
-			}
-		}
+		})
+		return series, bytes
 	}
 	if want, got := ssrcBenchGet(b, direct, "/api/v1/query_range", params(untouchedFrom)), ssrcBenchGet(b, viaLethe, "/api/v1/query_range", params(untouchedFrom)); got != want {
 		b.Fatalf("the untouched query through lethe differs from the store's:\n%.500s\n%.500s", got, want)
@@ -384,42 +368,26 @@ func benchStoreAPIFilter(b *testing.B, instances int, group string) {
 	// samples counts the samples of one Series call, and those of them the tombstone covers.
 	delFrom, delTo := ssrcBenchT0+30*sapiMin, ssrcBenchT0+50*sapiMin
 	samples := func(c storepb.StoreClient, req *storepb.SeriesRequest) (n, deleted int) {
-		cl, err := c.Series(context.Background(), req)
-		if err != nil {
-			b.Fatal(err)
-		}
-		for {
-			r, err := cl.Recv()
-			if errors.Is(err, io.EOF) {
-				return n, deleted
-			}
-			if err != nil {
-				b.Fatal(err)
-			}
-			batch := r.GetBatch().GetSeries()
-			if s := r.GetSeries(); s != nil {
-				batch = []*storepb.Series{s}
-			}
-			for _, s := range batch {
-				target := slices.ContainsFunc(s.Labels, func(l *labelpb.Label) bool { return l.Name == "instance" && l.Value == "i-3" })
-				for _, c := range s.Chunks {
-					chk, err := chunkenc.FromData(chunkenc.EncXOR, c.GetRaw().GetData())
-					if err != nil {
-						b.Fatal(err)
-					}
-					it := chk.Iterator(nil)
-					for it.Next() != chunkenc.ValNone {
-						n++
-						if t := it.AtT(); target && t >= delFrom && t <= delTo {
-							deleted++
-						}
-					}
-					if it.Err() != nil {
-						b.Fatal(it.Err())
+		ssrcEachSeries(b, c, req, func(s *storepb.Series) {
+			target := slices.ContainsFunc(s.Labels, func(l *labelpb.Label) bool { return l.Name == "instance" && l.Value == "i-3" })
+			for _, c := range s.Chunks {
+				chk, err := chunkenc.FromData(chunkenc.EncXOR, c.GetRaw().GetData())
+				if err != nil {
+					b.Fatal(err)
+				}
+				it := chk.Iterator(nil)
+				for it.Next() != chunkenc.ValNone {
+					n++
+					if t := it.AtT(); target && t >= delFrom && t <= delTo {
+						deleted++
 					}
 				}
+				if it.Err() != nil {
+					b.Fatal(it.Err())
+				}
 			}
-		}
+		})
+		return n, deleted
 	}
 	all, deleted := samples(storeClient, seriesReq(maskedFrom))
 	if got, left := samples(letheClient, seriesReq(maskedFrom)); got != all-deleted || left != 0 || deleted == 0 {
@@ -502,4 +470,28 @@ func ssrcCPUms(b *testing.B, p *benchProc) float64 {
 		b.Fatalf("%s: /proc stat: %v %v", p.name, err1, err2)
 	}
 	return (utime + stime) * 10
+}
+
+// ssrcEachSeries reads one Series call to its end and calls fn with each series, batched or not.
+func ssrcEachSeries(b *testing.B, c storepb.StoreClient, req *storepb.SeriesRequest, fn func(*storepb.Series)) {
+	cl, err := c.Series(context.Background(), req)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for {
+		r, err := cl.Recv()
+		if errors.Is(err, io.EOF) {
+			return
+		}
+		if err != nil {
+			b.Fatal(err)
+		}
+		batch := r.GetBatch().GetSeries()
+		if s := r.GetSeries(); s != nil {
+			batch = []*storepb.Series{s}
+		}
+		for _, s := range batch {
+			fn(s)
+		}
+	}
 }
