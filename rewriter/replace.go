@@ -122,6 +122,11 @@ func (r *Runner) children(ctx context.Context, source ulid.ULID, set *tombstones
 	if err != nil {
 		return nil, err
 	}
+	return r.childrenIn(ctx, l, source, set)
+}
+
+// childrenIn is children of the blocks of a listing already made.
+func (r *Runner) childrenIn(ctx context.Context, l *block.Listing, source ulid.ULID, set *tombstones.Set) ([]child, error) {
 	var out []child
 	for _, m := range l.Blocks {
 		if !rewrittenFrom(m, source) {
@@ -308,7 +313,11 @@ func mostApplied(cs []child) child {
 // same rule, so they never withdraw each other's. When nothing survives (repl is zero), every
 // other rewrite goes.
 func (r *Runner) withdrawSiblings(ctx context.Context, j *Job, repl ulid.ULID, set *tombstones.Set, log *slog.Logger) error {
-	cs, err := r.children(ctx, j.Block, set)
+	l, err := block.List(ctx, r.bkt)
+	if err != nil {
+		return err
+	}
+	cs, err := r.childrenIn(ctx, l, j.Block, set)
 	if err != nil {
 		return err
 	}
@@ -316,15 +325,12 @@ func (r *Runner) withdrawSiblings(ctx context.Context, j *Job, repl ulid.ULID, s
 	if i := slices.IndexFunc(cs, func(c child) bool { return c.id == repl }); i >= 0 {
 		mine = cs[i]
 	}
-	l, err := block.List(ctx, r.bkt)
-	if err != nil {
-		return err
-	}
 	for _, m := range l.Blocks {
 		if m.ULID == repl || !rewrittenFrom(m, j.Block) {
 			continue
 		}
-		// Nothing surviving the job's tombstones, every other rewrite holds data they delete.
+		// A live, whole sibling that outranks repl stays; when nothing survives the job's
+		// tombstones, none does.
 		if i := slices.IndexFunc(cs, func(c child) bool { return c.id == m.ULID }); i >= 0 && repl != (ulid.ULID{}) && mostApplied([]child{mine, cs[i]}).id != repl {
 			continue
 		}
