@@ -63,7 +63,7 @@ func NewBucketBlocks(bkt objstore.BucketReader, dir string, logger *slog.Logger,
 // bucket mode serves what the bucket held when it started, then what each Run tick finds.
 func OpenBucketBlocks(ctx context.Context, bkt objstore.BucketReader, dir string, logger *slog.Logger, reg prometheus.Registerer) (*BucketBlocks, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, errors.Wrap(err, "create the blocks' directory")
+		return nil, errors.Wrapf(err, "create the blocks' directory %s", dir)
 	}
 	s := NewBucketBlocks(bkt, dir, logger, reg)
 	if err := s.Sync(ctx); err != nil {

@@ -352,7 +352,7 @@ func (q *upstreamQuerier) apiSelect(ctx context.Context, sortSeries bool, mint, 
 	if err != nil {
 		return storage.ErrSeriesSet(err)
 	}
-	if asked != "" && downsampledWindow(asked, 0) > 0 || asked == "auto" {
+	if downsampledWindow(asked, 0) > 0 || asked == "auto" {
 		warnings = append(warnings, fmt.Sprintf("lethe-proxy evaluates queries a tombstone may meet from raw samples: max_source_resolution=%s is not applied", asked))
 	}
 	var res struct {

@@ -207,16 +207,16 @@ func (s *Store) Sync(ctx context.Context) (set *Set, err error) {
 	// bucket shows it from its first byte): it is reported in the set, and warned of once it
 	// stays so at the next sync.
 	s.mu.Lock()
-	now := map[string]bool{}
+	seen := map[string]bool{}
 	for _, b := range set.Broken {
-		now[b.Object] = true
+		seen[b.Object] = true
 		if s.brokenBefore[b.Object] {
 			s.logger.Warn("unusable tombstone object", "object", b.Object, "err", b.Err)
 		} else {
 			s.logger.Debug("tombstone object does not decode (yet); it may still be being written", "object", b.Object, "err", b.Err)
 		}
 	}
-	s.brokenBefore = now
+	s.brokenBefore = seen
 	s.mu.Unlock()
 	s.broken.Set(float64(len(set.Broken)))
 	counts := map[State]int{StatePending: 0, StateDue: 0, StateCancelled: 0, StateApplied: 0}

@@ -149,7 +149,7 @@ func serve(c *cli.Context) error {
 	} else {
 		blocks, err := proxy.OpenBucketBlocks(c.Context, bkt, c.String("data-dir"), logger, reg)
 		if err != nil {
-			return errors.Wrap(err, "--data-dir")
+			return err
 		}
 		defer func() {
 			if err := blocks.Close(); err != nil {
