@@ -108,3 +108,107 @@ func thxResultString(t *testing.T, r thxProm) string {
 	slices.Sort(out)
 	return strings.Join(out, "\n")
 }
+
+// TestStoreSourceReadsDownsampledAggregates: lethe-proxy --upstream.store=<thanos query's gRPC
+// address> keeps max_source_resolution's meaning, as Thanos Query does: each series is read as
+// the aggregate its function wants (min, max, count, sum, counter, or sum over count), from the 5m
+// blocks the real compactor made of two replicas, the replicas deduplicated. An aggregate whose
+// window a deleted range meets is cut by its windows before it is read; the truth is Thanos Query
+// asked the same over the bucket the rewriter cleaned (its 5m blocks cut the same way).
+func TestStoreSourceReadsDownsampledAggregates(t *testing.T) {
+	thxThanosPath(t)
+	b := thxNewBucket(t)
+	var series []labels.Labels
+	for u := 0; u < 8; u++ {
+		series = append(series, labels.FromStrings("__name__", "thx_load", "job", "api", "user_id", strconv.Itoa(u)))
+	}
+	for u := 0; u < 4; u++ {
+		series = append(series, labels.FromStrings("__name__", "thx_requests_total", "job", "api", "user_id", strconv.Itoa(u)))
+	}
+	resetAt := blockStart + 20*thxHour + 25*60_000
+	value := func(s int, ts int64) float64 {
+		n := (ts - blockStart) / 60_000
+		if s < 8 {
+			return float64(n%17+int64(s)) + float64(n%5)/4
+		}
+		if s == 11 && ts >= resetAt {
+			n = (ts - resetAt) / 60_000 // user 3's counter restarts.
+		}
+		return float64(n * int64(s-6))
+	}
+	for _, replica := range []string{"r0", "r1"} {
+		thxUpload(t, b, synth.Block{Series: series, MinTime: blockStart, MaxTime: blockStart + 48*thxHour, Step: 60_000, Value: value,
+			External: map[string]string{"cluster": "thx-ds", "replica": replica}})
+	}
+	thxCompact(t, b)
+	ds := 0
+	for _, m := range thxListing(t, b).Blocks {
+		if m.Resolution() == thxRes5m {
+			ds++
+		}
+	}
+	testutil.Equals(t, 2, ds, "5m blocks made by thanos compact")
+
+	// User 5's first two samples of the window [30:00, 30:05); user 2's counter over six windows.
+	thxTombstone(t, b, thxDeletion{`{user_id="5"}`, blockStart + 30*thxHour, blockStart + 30*thxHour + 60_000})
+	thxTombstone(t, b, thxDeletion{`thx_requests_total{user_id="2"}`, blockStart + 20*thxHour + 10*60_000, blockStart + 20*thxHour + 40*60_000})
+	truth := thxCopyBucket(t, b)
+	r := thxRewriterRun(t, truth)
+	testutil.Equals(t, 0, r.code, "lethe-rewriter run:\n%s", thxTail(r.stderr))
+
+	_, storeGRPC := sapiStore(t, b)
+	_, truthGRPC := sapiStore(t, truth)
+	ts := blockStart + 30*thxHour
+	direct, directGRPC := ssrcQuerier(t, storeGRPC, `count(thx_load)`, ts)
+	want, _ := ssrcQuerier(t, truthGRPC, `count(thx_load)`, ts)
+	proxy := startProxy(t, b.dir, "--upstream.store="+directGRPC, "--upstream.replica-label=replica")
+
+	at := func(h, m int64) string { return formatPromTime(blockStart + h*thxHour + m*60_000) }
+	rangeOf := func(q, from, to, step, res string) (string, url.Values) {
+		return "/api/v1/query_range", url.Values{"query": {q}, "start": {from}, "end": {to}, "step": {step}, "max_source_resolution": {res}}
+	}
+	instant := func(q, ts, res string) (string, url.Values) {
+		return "/api/v1/query", url.Values{"query": {q}, "time": {ts}, "max_source_resolution": {res}}
+	}
+	type request struct {
+		path   string
+		params url.Values
+	}
+	var requests []request
+	add := func(path string, params url.Values) { requests = append(requests, request{path, params}) }
+	add(rangeOf(`thx_load{user_id="5"}`, at(29, 0), at(31, 30), "60", "5m"))
+	add(rangeOf(`avg_over_time(thx_load{user_id="5"}[10m])`, at(29, 0), at(31, 30), "60", "5m"))
+	add(rangeOf(`max_over_time(thx_load[10m])`, at(29, 0), at(31, 30), "120", "5m"))
+	add(rangeOf(`min_over_time(thx_load{user_id="5"}[30m])`, at(28, 0), at(33, 0), "1800", "auto"))
+	add(rangeOf(`sum(thx_load)`, at(29, 30), at(30, 30), "30", "5m"))
+	add(rangeOf(`count_over_time(thx_load{user_id="5"}[15m])`, at(29, 30), at(30, 30), "60", "5m"))
+	add(rangeOf(`sum_over_time(thx_load{user_id="5"}[15m])`, at(29, 30), at(30, 30), "60", "5m"))
+	add(rangeOf(`rate(thx_requests_total[30m])`, at(19, 0), at(22, 0), "300", "5m"))
+	add(rangeOf(`increase(thx_requests_total{user_id=~"2|3"}[1h])`, at(19, 0), at(23, 0), "1800", "auto"))
+	add(rangeOf(`sum by (job) (rate(thx_requests_total[1h]))`, at(18, 0), at(24, 0), "1800", "auto"))
+	add(instant(`max_over_time(thx_load{user_id="5"}[1h])`, at(30, 30), "5m"))
+	add(instant(`thx_requests_total{user_id="2"}`, at(20, 30), "1h"))
+
+	differs := 0
+	for _, req := range requests {
+		got := thxGetAt(t, http.DefaultClient, proxy.URL, req.path, req.params)
+		truthAnswer := thxGet(t, want, req.path, req.params)
+		testutil.Equals(t, thxResultString(t, truthAnswer), thxResultString(t, got), "%s %v through lethe vs Thanos over the rewritten bucket", req.path, req.params)
+		testutil.Assert(t, len(thxResultString(t, got)) > 0, "%s %v: no data", req.path, req.params)
+		testutil.Equals(t, 0, len(got.Warnings), "%s %v: %v", req.path, req.params, got.Warnings)
+		if thxResultString(t, thxGet(t, direct, req.path, req.params)) != thxResultString(t, truthAnswer) {
+			differs++
+		}
+		raw := url.Values{}
+		for k, v := range req.params {
+			raw[k] = v
+		}
+		raw.Set("max_source_resolution", "0s")
+		if thxResultString(t, thxGet(t, want, req.path, raw)) != thxResultString(t, truthAnswer) {
+			differs += 100 // Read from aggregates: raw data answers otherwise.
+		}
+	}
+	t.Logf("of %d requests, %d answer otherwise from the querier asked directly, %d from raw data", len(requests), differs%100, differs/100)
+	testutil.Assert(t, differs%100 > 0, "no request meets a deleted sample: the test proves nothing")
+	testutil.Assert(t, differs/100 > len(requests)/2, "most requests answer as raw data does: the 5m blocks were not read")
+}

@@ -127,29 +127,6 @@ func (p *Proxy) untouched(r *http.Request, route string, snap *Snapshot, up *Ups
 	}
 }
 
-// downsampledWindow returns how long before the first sample a query reads the aggregation window
-// holding it may begin, in milliseconds, when Thanos Query answers from downsampled blocks: the
-// longest of Thanos' resolutions (5m, 1h) that the request's max_source_resolution allows. "auto",
-// and no parameter (a querier with --query.auto-downsampling), allow a fifth of the step, as Thanos
-// does; a value Thanos would refuse counts as the longest.
-func downsampledWindow(param string, step time.Duration) int64 {
-	r := step / 5
-	if param != "" && param != "auto" {
-		d, err := parseDurationParam(param)
-		if err != nil {
-			return time.Hour.Milliseconds()
-		}
-		r = d
-	}
-	switch {
-	case r >= time.Hour:
-		return time.Hour.Milliseconds()
-	case r >= 5*time.Minute:
-		return (5 * time.Minute).Milliseconds()
-	}
-	return 0
-}
-
 // parseDurationParam reads a duration parameter as Prometheus' API does: seconds as a float, or a
 // Prometheus duration (5m, 1h30m, 1d).
 func parseDurationParam(s string) (time.Duration, error) {

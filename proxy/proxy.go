@@ -248,7 +248,7 @@ func (p *Proxy) guard(route string, next http.Handler) http.Handler {
 		if !ok {
 			return
 		}
-		r = r.WithContext(withPassThrough(r.Context(), r))
+		r = r.WithContext(withResolution(withPassThrough(r.Context(), r), r, route))
 		select {
 		case p.slots <- struct{}{}:
 			defer func() { <-p.slots }()
@@ -274,8 +274,32 @@ func (p *Proxy) guard(route string, next http.Handler) http.Handler {
 				return
 			}
 		}
+		p.downsampledLookback(r)
 		next.ServeHTTP(w, r)
 	})
+}
+
+// DownsamplingSource is a Source that reads Thanos' downsampled aggregates where the request's
+// max_source_resolution allows, as Thanos Query does.
+type DownsamplingSource interface {
+	Source
+	ReadsDownsampled() bool
+}
+
+// downsampledLookback gives a query evaluated over a downsampling source the lookback Thanos
+// Query would (see dynamicLookback), unless the request sets its own.
+func (p *Proxy) downsampledLookback(r *http.Request) {
+	ds, ok := p.source.(DownsamplingSource)
+	if !ok || !ds.ReadsDownsampled() || r.Form.Get("lookback_delta") != "" {
+		return
+	}
+	res, err := SourceResolution(r.Context())
+	if err != nil || res == 0 {
+		return
+	}
+	if lb := dynamicLookback(p.cfg.LookbackDelta, res); lb != p.cfg.LookbackDelta {
+		r.Form.Set("lookback_delta", strconv.FormatFloat(lb.Seconds(), 'f', -1, 64))
+	}
 }
 
 // writeError answers in Prometheus' error envelope, byte for byte as its API does.

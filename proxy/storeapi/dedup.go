@@ -93,10 +93,12 @@ next:
 	return groups
 }
 
-// chunksIterator reads time-sorted chunks' raw samples in [mint, maxt], each chunk decoded only
-// when reached, skipping samples not after the last one read (where chunks overlap).
+// chunksIterator reads time-sorted chunks' samples in [mint, maxt], each chunk decoded only
+// when reached, skipping samples not after the last one read (where chunks overlap): their raw
+// samples, or those of the aggregates aggrs (see aggrIterator).
 type chunksIterator struct {
 	chks       []*storepb.AggrChunk
+	aggrs      []storepb.Aggr
 	mint, maxt int64
 
 	i       int
@@ -109,8 +111,8 @@ type chunksIterator struct {
 	err     error
 }
 
-func newChunksIterator(chks []*storepb.AggrChunk, mint, maxt int64) *chunksIterator {
-	return &chunksIterator{chks: chks, mint: mint, maxt: maxt, i: -1, lastT: math.MinInt64}
+func newChunksIterator(chks []*storepb.AggrChunk, aggrs []storepb.Aggr, mint, maxt int64) *chunksIterator {
+	return &chunksIterator{chks: chks, aggrs: aggrs, mint: mint, maxt: maxt, i: -1, lastT: math.MinInt64}
 }
 
 // advance moves to the first sample at or after from (and after the last one read).
@@ -136,14 +138,11 @@ func (it *chunksIterator) advance(from int64) chunkenc.ValueType {
 			if c.MinTime > it.maxt {
 				return it.finish(nil)
 			}
-			if c.Raw == nil {
-				return it.finish(errors.Newf("chunk [%d, %d] has no raw data", c.MinTime, c.MaxTime))
-			}
-			chk, err := decodeChunk(c.Raw)
+			cur, err := aggrIterator(c, it.aggrs, it.reuse)
 			if err != nil {
 				return it.finish(err)
 			}
-			it.cur = chk.Iterator(it.reuse)
+			it.cur = cur
 		}
 		typ := it.cur.Seek(from)
 		if typ == chunkenc.ValNone {
@@ -460,25 +459,31 @@ func (b *bounded) Seek(t int64) chunkenc.ValueType {
 	return typ
 }
 
-// replicaSamples reads one replica's chunks in [mint, maxt], as counters where counter is set.
-func replicaSamples(chks []*storepb.AggrChunk, mint, maxt int64, counter bool) chunkenc.Iterator {
+// replicaSamples reads one replica's chunks in [mint, maxt] (raw, or the aggregates aggrs), as
+// counters where counter is set.
+func replicaSamples(chks []*storepb.AggrChunk, mint, maxt int64, counter bool, aggrs []storepb.Aggr) chunkenc.Iterator {
 	if !counter {
-		return newChunksIterator(chks, mint, maxt)
+		return newChunksIterator(chks, aggrs, mint, maxt)
 	}
-	// Thanos makes the whole chunks monotonic first, then bounds them.
-	return &bounded{Iterator: &counterResets{it: newChunksIterator(chks, math.MinInt64, math.MaxInt64)}, mint: mint, maxt: maxt}
+	// Thanos makes the whole chunks monotonic first, then bounds them. A counter aggregate ends
+	// with its last raw value again at its last sample's time, which the resets must see.
+	var it chunkenc.Iterator = newChunksIterator(chks, nil, math.MinInt64, math.MaxInt64)
+	if len(aggrs) > 0 {
+		it = &concatIterator{chks: chks, aggrs: aggrs}
+	}
+	return &bounded{Iterator: &counterResets{it: it}, mint: mint, maxt: maxt}
 }
 
 // dedupIterator reads a series' chunks as its replicas merged; with one replica it reads them
 // as they are.
-func dedupIterator(chks []*storepb.AggrChunk, mint, maxt int64, counter bool) chunkenc.Iterator {
+func dedupIterator(chks []*storepb.AggrChunk, mint, maxt int64, counter bool, aggrs []storepb.Aggr) chunkenc.Iterator {
 	groups := splitReplicas(chks)
 	if len(groups) == 1 {
-		return replicaSamples(groups[0], mint, maxt, counter)
+		return replicaSamples(groups[0], mint, maxt, counter, aggrs)
 	}
-	var it replicaIterator = &counterReplica{Iterator: replicaSamples(groups[0], mint, maxt, counter), counter: counter}
+	var it replicaIterator = &counterReplica{Iterator: replicaSamples(groups[0], mint, maxt, counter, aggrs), counter: counter}
 	for _, g := range groups[1:] {
-		it = newPenaltyMerge(it, &counterReplica{Iterator: replicaSamples(g, mint, maxt, counter), counter: counter})
+		it = newPenaltyMerge(it, &counterReplica{Iterator: replicaSamples(g, mint, maxt, counter, aggrs), counter: counter})
 	}
 	return it
 }

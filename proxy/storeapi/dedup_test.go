@@ -65,13 +65,13 @@ func TestChunksIteratorSkipsOverlapAndBounds(t *testing.T) {
 	v := func(ts int64) float64 { return float64(ts) / 1000 }
 	first := xorChunk(t, every(0, 60_000, 15_000, v))
 	second := xorChunk(t, every(45_000, 120_000, 15_000, v))
-	got := readAll(t, newChunksIterator([]*storepb.AggrChunk{first, second}, math.MinInt64, math.MaxInt64))
+	got := readAll(t, newChunksIterator([]*storepb.AggrChunk{first, second}, nil, math.MinInt64, math.MaxInt64))
 	testutil.Equals(t, every(0, 120_000, 15_000, v), got)
 
-	got = readAll(t, newChunksIterator([]*storepb.AggrChunk{first, second}, 20_000, 100_000))
+	got = readAll(t, newChunksIterator([]*storepb.AggrChunk{first, second}, nil, 20_000, 100_000))
 	testutil.Equals(t, every(30_000, 90_000, 15_000, v), got)
 
-	it := newChunksIterator([]*storepb.AggrChunk{first, second}, math.MinInt64, math.MaxInt64)
+	it := newChunksIterator([]*storepb.AggrChunk{first, second}, nil, math.MinInt64, math.MaxInt64)
 	testutil.Equals(t, chunkenc.ValFloat, it.Seek(70_000))
 	testutil.Equals(t, int64(75_000), it.AtT())
 	testutil.Equals(t, chunkenc.ValFloat, it.Seek(10_000)) // Seek never goes back.
@@ -92,7 +92,7 @@ func TestChunksIteratorReadsNativeHistograms(t *testing.T) {
 	}
 	chk := &storepb.AggrChunk{MinTime: 0, MaxTime: 60_000, Raw: &storepb.Chunk{Type: storepb.Chunk_HISTOGRAM, Data: c.Bytes()}}
 	// Both replicas hold the same chunk: deduplicated, each sample once.
-	it := dedupIterator([]*storepb.AggrChunk{chk, chk}, math.MinInt64, math.MaxInt64, false)
+	it := dedupIterator([]*storepb.AggrChunk{chk, chk}, math.MinInt64, math.MaxInt64, false, nil)
 	var got []*histogram.Histogram
 	for it.Next() == chunkenc.ValHistogram {
 		_, h := it.AtHistogram(nil)
@@ -109,7 +109,7 @@ func TestChunksIteratorReadsNativeHistograms(t *testing.T) {
 
 func TestDedupIdenticalReplicas(t *testing.T) {
 	samples := every(0, 300_000, 15_000, func(ts int64) float64 { return float64(ts) })
-	got := readAll(t, dedupIterator([]*storepb.AggrChunk{xorChunk(t, samples), xorChunk(t, samples)}, math.MinInt64, math.MaxInt64, false))
+	got := readAll(t, dedupIterator([]*storepb.AggrChunk{xorChunk(t, samples), xorChunk(t, samples)}, math.MinInt64, math.MaxInt64, false, nil))
 	testutil.Equals(t, samples, got)
 }
 
@@ -119,7 +119,7 @@ func TestDedupPenalty(t *testing.T) {
 	v := func(ts int64) float64 { return float64(ts) / 1000 }
 	a := append(every(0, 60_000, 15_000, v), every(135_000, 300_000, 15_000, v)...)
 	b := every(5_000, 305_000, 15_000, v)
-	got := readAll(t, dedupIterator([]*storepb.AggrChunk{xorChunk(t, a), xorChunk(t, b)}, math.MinInt64, math.MaxInt64, false))
+	got := readAll(t, dedupIterator([]*storepb.AggrChunk{xorChunk(t, a), xorChunk(t, b)}, math.MinInt64, math.MaxInt64, false, nil))
 	want := append(every(0, 60_000, 15_000, v), every(95_000, 305_000, 15_000, v)...)
 	testutil.Equals(t, want, got)
 	// The merged sampling is never denser than the replicas'.
@@ -144,8 +144,8 @@ func TestDedupCounterSwitch(t *testing.T) {
 		}
 		return n
 	}
-	testutil.Equals(t, 1, drops(readAll(t, dedupIterator(chks(), math.MinInt64, math.MaxInt64, false))))
-	got := readAll(t, dedupIterator(chks(), math.MinInt64, math.MaxInt64, true))
+	testutil.Equals(t, 1, drops(readAll(t, dedupIterator(chks(), math.MinInt64, math.MaxInt64, false, nil))))
+	got := readAll(t, dedupIterator(chks(), math.MinInt64, math.MaxInt64, true, nil))
 	testutil.Equals(t, 0, drops(got))
 	// At the switch b's 95 is lifted to the last value taken from a, 160.
 	testutil.Equals(t, testSample{95_000, 160}, got[5])
@@ -155,10 +155,10 @@ func TestDedupCounterSwitch(t *testing.T) {
 // sample, as Thanos Query reads it; stale markers are left out.
 func TestCounterResets(t *testing.T) {
 	raw := []testSample{{0, 10}, {15_000, 20}, {30_000, 5}, {45_000, math.Float64frombits(0x7ff0000000000002)}, {60_000, 15}}
-	got := readAll(t, replicaSamples([]*storepb.AggrChunk{xorChunk(t, raw)}, math.MinInt64, math.MaxInt64, true))
+	got := readAll(t, replicaSamples([]*storepb.AggrChunk{xorChunk(t, raw)}, math.MinInt64, math.MaxInt64, true, nil))
 	testutil.Equals(t, []testSample{{0, 10}, {15_000, 20}, {30_000, 25}, {60_000, 35}}, got)
 
 	// Bounded after: the accumulation starts at the chunk's first sample, not at the window's.
-	got = readAll(t, replicaSamples([]*storepb.AggrChunk{xorChunk(t, raw)}, 20_000, 60_000, true))
+	got = readAll(t, replicaSamples([]*storepb.AggrChunk{xorChunk(t, raw)}, 20_000, 60_000, true, nil))
 	testutil.Equals(t, []testSample{{30_000, 25}, {60_000, 35}}, got)
 }

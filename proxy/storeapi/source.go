@@ -8,7 +8,6 @@ import (
 	"sync"
 
 	"github.com/efficientgo/core/errors"
-	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/storage"
 	"github.com/prometheus/prometheus/tsdb/chunkenc"
@@ -41,6 +40,10 @@ type Source struct {
 func NewSource(stores []Store, replicaLabels []string, partial bool) *Source {
 	return &Source{stores: stores, replicaLabels: replicaLabels, partial: partial}
 }
+
+// ReadsDownsampled says that the source reads Thanos' downsampled aggregates where a request's
+// max_source_resolution allows, as Thanos Query does.
+func (s *Source) ReadsDownsampled() bool { return true }
 
 // Querier returns a querier over [mint, maxt] masked with snap. The stores' series carry their
 // external labels, so tombstones match those as series labels.
@@ -94,8 +97,8 @@ type readOptions struct {
 	dedup         bool
 	replicaLabels []string
 	strategy      storepb.PartialResponseStrategy
-	// rawOnly is the max_source_resolution asked for that raw data answers instead.
-	rawOnly string
+	// resolution is the request's max_source_resolution in milliseconds (0: raw).
+	resolution int64
 }
 
 func (q *sourceQuerier) options(ctx context.Context) (readOptions, error) {
@@ -124,14 +127,11 @@ func (q *sourceQuerier) options(ctx context.Context) (readOptions, error) {
 	if v := pt["replicaLabels[]"]; len(v) > 0 {
 		o.replicaLabels = v
 	}
-	if v := pt.Get("max_source_resolution"); v != "" && v != "0" && v != "0s" && v != "raw" {
-		if d, err := model.ParseDuration(v); err != nil && v != "auto" {
-			return o, errors.Newf("max_source_resolution %q: want a duration, raw or auto", v)
-		} else if v == "auto" || d > 0 {
-			// Raw data is read, never downsampled aggregates: the answer is exact, and says so.
-			o.rawOnly = v
-		}
+	res, err := proxy.SourceResolution(ctx)
+	if err != nil {
+		return o, err
 	}
+	o.resolution = res.Milliseconds()
 	if !o.dedup {
 		o.replicaLabels = nil
 	}
@@ -166,22 +166,31 @@ func (q *sourceQuerier) Select(ctx context.Context, _ bool, hints *storage.Selec
 	}
 	mint, maxt := q.mint, q.maxt
 	var fn string
-	var limit int64
+	var limit, rng int64
 	if hints != nil {
-		mint, maxt, fn, limit = hints.Start, hints.End, hints.Func, int64(hints.Limit)
+		mint, maxt, fn, limit, rng = hints.Start, hints.End, hints.Func, int64(hints.Limit), hints.Range
 	}
+	o.resolution = resolutionWindow(o.resolution, rng, fn)
 	return q.read(ctx, o, q.naming, mint, maxt, fn, limit, ms)
 }
 
 // read streams the stores' series in [mint, maxt] that the matchers select; fn is the PromQL
-// function the series are read for ("series" for look-ups: no samples read).
+// function the series are read for ("series" for look-ups: no samples read). Where o allows a
+// resolution, the stores send downsampled aggregates, those Thanos Query reads for fn.
 // Tombstones of mask (nil: none) are applied to each replica's series before the merge.
 func (q *sourceQuerier) read(ctx context.Context, o readOptions, mask *proxy.Snapshot, mint, maxt int64, fn string, limit int64, ms []*labels.Matcher) storage.SeriesSet {
+	var aggrs []storepb.Aggr
+	if fn == "series" {
+		o.resolution = 0
+	} else if o.resolution > 0 {
+		aggrs = aggregatesFor(fn)
+	}
 	req := &storepb.SeriesRequest{
 		MinTime:                 mint,
 		MaxTime:                 maxt,
 		Matchers:                storeMatchers(ms),
-		MaxResolutionWindow:     0, // Raw data only.
+		MaxResolutionWindow:     o.resolution,
+		Aggregates:              requestedAggregates(aggrs),
 		PartialResponseStrategy: o.strategy,
 		SkipChunks:              fn == "series",
 		WithoutReplicaLabels:    o.replicaLabels,
@@ -189,9 +198,11 @@ func (q *sourceQuerier) read(ctx context.Context, o readOptions, mask *proxy.Sna
 	}
 	set := &sourceSeriesSet{
 		drop: o.replicaLabels, dedup: o.dedup, counter: counterFunc(fn), series: fn == "series",
-		mint: mint, maxt: maxt, partial: o.partial(),
+		mint: mint, maxt: maxt, partial: o.partial(), resolution: o.resolution, aggrs: aggrs,
 	}
-	if o.dedup && q.others.MayMatch(ms, labels.EmptyLabels(), mint, maxt) {
+	// Aggregates are cut by their windows here: the proxy's masking, after this, sees only
+	// their stamps.
+	if (o.dedup || o.resolution > 0) && q.others.MayMatch(ms, labels.EmptyLabels(), mint, maxt) {
 		set.premask = q.others
 	}
 	if mask != nil && mask.MayMatch(ms, labels.EmptyLabels(), mint, maxt) {
@@ -206,9 +217,6 @@ func (q *sourceQuerier) read(ctx context.Context, o readOptions, mask *proxy.Sna
 	q.cancels = append(q.cancels, cancel)
 	q.mu.Unlock()
 	set.cancel = cancel
-	if o.rawOnly != "" {
-		set.ws.Add(errors.Newf("lethe-proxy reads raw data through the StoreAPI: max_source_resolution=%s is answered from raw samples", o.rawOnly))
-	}
 	for _, st := range q.src.stores {
 		recv, err := openSeries(ctx, st, req)
 		if err != nil {
@@ -304,6 +312,9 @@ type sourceSeriesSet struct {
 	cancel     context.CancelFunc
 	// series is a series look-up: the series' samples are not read, only whether one is left.
 	series bool
+	// resolution is the request's max_resolution_window; aggrs the aggregates read (none: raw).
+	resolution int64
+	aggrs      []storepb.Aggr
 	// naming masks each replica's series before the merge (see sourceQuerier.naming); resort
 	// says the stores send the replicas with their replica labels, so each stream is drained and
 	// sorted without them.
@@ -398,7 +409,7 @@ func (s *sourceSeriesSet) maskReplica(series *storepb.Series) (*storepb.Series, 
 		}
 		return series, nil
 	}
-	chks, err := cutSeries(series.Chunks, ivs, 0, s.mint, s.maxt)
+	chks, err := cutSeries(series.Chunks, ivs, s.resolution, s.mint, s.maxt)
 	if err != nil || chks == nil {
 		return nil, err
 	}
@@ -470,7 +481,7 @@ func (s *sourceSeriesSet) Next() bool {
 		if s.premask != nil && len(chks) > 0 {
 			if ivs := s.premask.Intervals(lset, labels.EmptyLabels(), nil); len(ivs) > 0 {
 				var err error
-				if chks, err = cutSeries(chks, ivs, 0, s.mint, s.maxt); err != nil {
+				if chks, err = cutSeries(chks, ivs, s.resolution, s.mint, s.maxt); err != nil {
 					s.err = err
 					continue
 				}
@@ -480,7 +491,7 @@ func (s *sourceSeriesSet) Next() bool {
 			}
 		}
 		s.returned++
-		s.cur = &sourceSeries{lset: lset, chks: sortChunks(chks), mint: s.mint, maxt: s.maxt, dedup: s.dedup, counter: s.counter}
+		s.cur = &sourceSeries{lset: lset, chks: sortChunks(chks), mint: s.mint, maxt: s.maxt, dedup: s.dedup, counter: s.counter, aggrs: s.aggrs}
 		return true
 	}
 }
@@ -517,13 +528,14 @@ func (s *sourceSeriesSet) At() storage.Series                { return s.cur }
 func (s *sourceSeriesSet) Err() error                        { return s.err }
 func (s *sourceSeriesSet) Warnings() annotations.Annotations { return s.ws }
 
-// sourceSeries is one series' raw chunks, read in [mint, maxt].
+// sourceSeries is one series' chunks, read in [mint, maxt]: raw, or the aggregates aggrs.
 type sourceSeries struct {
 	lset       labels.Labels
 	chks       []*storepb.AggrChunk
 	mint, maxt int64
 	dedup      bool
 	counter    bool
+	aggrs      []storepb.Aggr
 }
 
 func (s *sourceSeries) Labels() labels.Labels { return s.lset }
@@ -533,9 +545,9 @@ func (s *sourceSeries) Iterator(chunkenc.Iterator) chunkenc.Iterator {
 		return chunkenc.NewNopIterator()
 	}
 	if !s.dedup {
-		return replicaSamples(s.chks, s.mint, s.maxt, s.counter)
+		return replicaSamples(s.chks, s.mint, s.maxt, s.counter, s.aggrs)
 	}
-	return dedupIterator(s.chks, s.mint, s.maxt, s.counter)
+	return dedupIterator(s.chks, s.mint, s.maxt, s.counter, s.aggrs)
 }
 
 // LabelValues and LabelNames answer as Thanos Query's HTTP API does: its answers keep the replica
