@@ -8,7 +8,9 @@ package e2e
 // and under a tombstone.
 // Each leaf reports the median time of each side, the median paired ratio to the querier, and
 // the peak RSS (VmHWM) of every process over the leaf. Every answer through --upstream.store is
-// first checked against the querier's (untouched) so that the timing is of correct work. All of it
+// first checked against the querier's (untouched) so that the timing is of correct work. The last
+// side, stores, is lethe-proxy reading the store gateway itself (--upstream.store=<store>, the
+// querier as fast path): the series travel one gRPC hop, as to the querier asked directly. All of it
 // on a block 1x (3,200 series a replica) and 4x the size, each its own stack.
 
 import (
@@ -197,6 +199,8 @@ func benchStoreSource(b *testing.B, instances int) {
 	viaAPI := startBenchProc(b, "lethe-proxy-api", dir, binaries.proxy, proxyArgs(dir, "--upstream.url="+querier.URL))
 	dir = b.TempDir()
 	viaBoth := startBenchProc(b, "lethe-proxy-both", dir, binaries.proxy, proxyArgs(dir, "--upstream.store="+queryGRPC, "--upstream.replica-label=replica", "--upstream.url="+querier.URL))
+	dir = b.TempDir()
+	viaStores := startBenchProc(b, "lethe-proxy-stores", dir, binaries.proxy, proxyArgs(dir, "--upstream.store="+storeGRPC, "--upstream.replica-label=replica", "--upstream.url="+querier.URL))
 
 	end := formatPromTime(ssrcBenchT0 + 2*thxHour - sapiMin)
 	start := formatPromTime(ssrcBenchT0 + sapiMin)
@@ -223,26 +227,28 @@ func benchStoreSource(b *testing.B, instances int) {
 	}
 	for _, q := range queries[:2] {
 		want := ssrcBenchGet(b, querier, "/api/v1/query_range", params(q.expr))
-		if got := ssrcBenchGet(b, viaStore, "/api/v1/query_range", params(q.expr)); got != want {
-			b.Fatalf("%s through --upstream.store differs from the querier:\n%.500s\n%.500s", q.name, got, want)
+		for _, p := range []*benchProc{viaStore, viaStores} {
+			if got := ssrcBenchGet(b, p, "/api/v1/query_range", params(q.expr)); got != want {
+				b.Fatalf("%s through %s differs from the querier:\n%.500s\n%.500s", q.name, p.name, got, want)
+			}
 		}
 	}
-	procs := []*benchProc{querier, viaStore, viaAPI, viaBoth}
+	procs := []*benchProc{querier, viaStore, viaAPI, viaBoth, viaStores}
 	for _, q := range queries {
 		b.Run(q.name, func(b *testing.B) {
 			for _, p := range procs {
 				_ = p.resetPeakRSS()
 			}
-			var tq, ts, ta, tb, rs, ra, rb []float64
+			var tq, ts, ta, tb, tg, rs, ra, rb, rg []float64
 			timed := func(p *benchProc) float64 {
 				began := time.Now()
 				ssrcBenchGet(b, p, "/api/v1/query_range", params(q.expr))
 				return float64(time.Since(began).Microseconds()) / 1000
 			}
 			for i := 0; i < b.N; i++ {
-				d, s, a, both := timed(querier), timed(viaStore), timed(viaAPI), timed(viaBoth)
-				tq, ts, ta, tb = append(tq, d), append(ts, s), append(ta, a), append(tb, both)
-				rs, ra, rb = append(rs, s/d), append(ra, a/d), append(rb, both/d)
+				d, s, a, both, g := timed(querier), timed(viaStore), timed(viaAPI), timed(viaBoth), timed(viaStores)
+				tq, ts, ta, tb, tg = append(tq, d), append(ts, s), append(ta, a), append(tb, both), append(tg, g)
+				rs, ra, rb, rg = append(rs, s/d), append(ra, a/d), append(rb, both/d), append(rg, g/d)
 			}
 			med := func(v []float64) float64 { v = slices.Clone(v); slices.Sort(v); return v[len(v)/2] }
 			b.ReportMetric(med(tq), "querier-ms")
@@ -252,6 +258,8 @@ func benchStoreSource(b *testing.B, instances int) {
 			b.ReportMetric(med(ra), "api/querier")
 			b.ReportMetric(med(tb), "both-ms")
 			b.ReportMetric(med(rb), "both/querier")
+			b.ReportMetric(med(tg), "stores-ms")
+			b.ReportMetric(med(rg), "stores/querier")
 			for _, p := range procs {
 				if mib, err := p.peakRSSMiB(); err == nil {
 					b.ReportMetric(mib, p.name+"-MiB")
