@@ -138,7 +138,8 @@ func TestStoreSourceReadsDownsampledAggregates(t *testing.T) {
 	}
 	for _, replica := range []string{"r0", "r1"} {
 		thxUpload(t, b, synth.Block{Series: series, MinTime: blockStart, MaxTime: blockStart + 48*thxHour, Step: 60_000, Value: value,
-			External: map[string]string{"cluster": "thx-ds", "replica": replica}})
+			Histograms: []labels.Labels{labels.FromStrings("__name__", "thx_latency_seconds", "job", "api", "user_id", "5")},
+			External:   map[string]string{"cluster": "thx-ds", "replica": replica}})
 	}
 	thxCompact(t, b)
 	ds := 0
@@ -188,6 +189,9 @@ func TestStoreSourceReadsDownsampledAggregates(t *testing.T) {
 	add(rangeOf(`sum by (job) (rate(thx_requests_total[1h]))`, at(18, 0), at(24, 0), "1800", "auto"))
 	add(instant(`max_over_time(thx_load{user_id="5"}[1h])`, at(30, 30), "5m"))
 	add(instant(`thx_requests_total{user_id="2"}`, at(20, 30), "1h"))
+	add(rangeOf(`thx_latency_seconds`, at(29, 0), at(31, 0), "60", "5m"))
+	add(rangeOf(`histogram_quantile(0.9, rate(thx_latency_seconds[30m]))`, at(28, 0), at(32, 0), "300", "5m"))
+	add(rangeOf(`histogram_count(sum_over_time(thx_latency_seconds[15m]))`, at(29, 0), at(31, 0), "300", "5m"))
 
 	differs := 0
 	for _, req := range requests {

@@ -34,12 +34,11 @@ func aggregatesFor(f string) []storepb.Aggr {
 }
 
 // requestedAggregates returns the aggregates to ask the stores for, to read aggrs: a counter with
-// the max too. A counter aggregate alone cannot be cut (its windows are read off another
-// aggregate, and its last raw value after a cut is the max of the last window kept; see
-// chunkcut.CutAggregates): cut, it goes whole.
+// the count too. A counter alone cannot be cut, as its windows are read off another aggregate
+// (see chunkcut.CutAggregates): cut, it would go whole. Native histograms have no max.
 func requestedAggregates(aggrs []storepb.Aggr) []storepb.Aggr {
 	if len(aggrs) == 1 && aggrs[0] == storepb.Aggr_COUNTER {
-		return []storepb.Aggr{storepb.Aggr_COUNTER, storepb.Aggr_MAX}
+		return []storepb.Aggr{storepb.Aggr_COUNTER, storepb.Aggr_COUNT}
 	}
 	return aggrs
 }
