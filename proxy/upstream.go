@@ -348,36 +348,21 @@ func (q *upstreamQuerier) apiSelect(ctx context.Context, sortSeries bool, mint, 
 	// from before that stamp.
 	asked := params.Get("max_source_resolution")
 	params.Set("max_source_resolution", "0s")
-	data, warnings, err := q.u.apiGet(ctx, "/api/v1/query", params)
+	ans, err := q.u.apiMatrix(ctx, params)
 	if err != nil {
 		return storage.ErrSeriesSet(err)
 	}
+	warnings := ans.warnings
 	if downsampledWindow(asked, 0) > 0 || asked == "auto" {
 		warnings = append(warnings, fmt.Sprintf("lethe-proxy evaluates queries a tombstone may meet from raw samples: max_source_resolution=%s is not applied", asked))
 	}
-	var res struct {
-		ResultType string       `json:"resultType"`
-		Result     model.Matrix `json:"result"`
+	if ans.histograms {
+		// Named by no label: the series may be one a tombstone covers.
+		return storage.ErrSeriesSet(errors.New("upstream returned native histograms through its query API, which loses their schema; use an upstream with remote read (--upstream.read=remote-read)"))
 	}
-	if err := json.Unmarshal(data, &res); err != nil {
-		return storage.ErrSeriesSet(errors.Wrap(err, "decode upstream samples"))
-	}
-	series := make([]storage.Series, 0, len(res.Result))
-	for _, ss := range res.Result {
-		if len(ss.Histograms) > 0 {
-			// Named by no label: the series may be one a tombstone covers.
-			return storage.ErrSeriesSet(errors.New("upstream returned native histograms through its query API, which loses their schema; use an upstream with remote read (--upstream.read=remote-read)"))
-		}
-		b := labels.NewScratchBuilder(len(ss.Metric))
-		for k, v := range ss.Metric {
-			b.Add(string(k), string(v))
-		}
-		b.Sort()
-		samples := make([]chunks.Sample, 0, len(ss.Values))
-		for _, p := range ss.Values {
-			samples = append(samples, floatSample{t: int64(p.Timestamp), f: float64(p.Value)})
-		}
-		series = append(series, storage.NewListSeries(b.Labels(), samples))
+	series := make([]storage.Series, 0, len(ans.series))
+	for _, s := range ans.series {
+		series = append(series, s)
 	}
 	if sortSeries {
 		slices.SortFunc(series, func(a, b storage.Series) int { return labels.Compare(a.Labels(), b.Labels()) })
@@ -426,6 +411,28 @@ func (u *Upstream) do(ctx context.Context, kind string, req *http.Request) (*tom
 	start := time.Now()
 	defer func() { u.latency.WithLabelValues(kind).Observe(time.Since(start).Seconds()) }()
 	return u.api.Do(ctx, req)
+}
+
+// apiMatrix asks the upstream's query endpoint for a matrix and reads its successful answer.
+func (u *Upstream) apiMatrix(ctx context.Context, params url.Values) (*apiAnswer, error) {
+	start := time.Now()
+	defer func() { u.latency.WithLabelValues("api").Observe(time.Since(start).Seconds()) }()
+	a, err := u.api.Fetch(ctx, "/api/v1/query", params)
+	if err != nil {
+		return nil, err
+	}
+	if a.Code/100 != 2 {
+		return nil, a.StatusError()
+	}
+	ans, err := parseMatrixAnswer(a.Body)
+	if err != nil {
+		return nil, err // Says where, never what: the answer names series.
+	}
+	if ans.status != "success" {
+		a.Code = http.StatusBadGateway // A success status with no success in it.
+		return nil, a.StatusError()
+	}
+	return ans, nil
 }
 
 // apiGet calls the upstream's API and returns the data of a successful answer.

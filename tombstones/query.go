@@ -134,15 +134,20 @@ func (a *Answer) StatusError() *StatusError {
 	return &StatusError{Code: a.Code, Msg: msg}
 }
 
-// Get calls an endpoint and returns the data and warnings of a successful answer.
-func (q *QueryAPI) Get(ctx context.Context, p string, params url.Values) (json.RawMessage, []string, error) {
+// Fetch calls an endpoint with GET and returns its answer, whatever its status.
+func (q *QueryAPI) Fetch(ctx context.Context, p string, params url.Values) (*Answer, error) {
 	target := q.URL(p)
 	target.RawQuery = params.Encode()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target.String(), nil)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	a, err := q.Do(ctx, req)
+	return q.Do(ctx, req)
+}
+
+// Get calls an endpoint and returns the data and warnings of a successful answer.
+func (q *QueryAPI) Get(ctx context.Context, p string, params url.Values) (json.RawMessage, []string, error) {
+	a, err := q.Fetch(ctx, p, params)
 	if err != nil {
 		return nil, nil, err
 	}

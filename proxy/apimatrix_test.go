@@ -1,0 +1,117 @@
+package proxy
+
+import (
+	"encoding/json"
+	"fmt"
+	"math"
+	"math/rand"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/efficientgo/core/testutil"
+	"github.com/prometheus/common/model"
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/tsdb/chunkenc"
+)
+
+// TestParseMatrixAnswerReadsAsEncodingJSON: random query API answers (label values with escapes
+// and non-ASCII, NaN and infinite values, fractional and negative timestamps, keys in any order,
+// whitespace) read the same as encoding/json reads them into Prometheus' model.Matrix.
+func TestParseMatrixAnswerReadsAsEncodingJSON(t *testing.T) {
+	rng := rand.New(rand.NewSource(17))
+	values := []string{"1", "-2.5", "NaN", "+Inf", "-Inf", "1e+300", "0.1", "3.0000000000000004", "-0"}
+	labelValues := []string{"web", `a"quote`, `back\slash`, "tab\there", "ünïcode", "", "new\nline", "</script>"}
+	for round := 0; round < 200; round++ {
+		var m model.Matrix
+		for s := 0; s < rng.Intn(5); s++ {
+			ss := &model.SampleStream{Metric: model.Metric{"__name__": "m", "i": model.LabelValue(strconv.Itoa(s))}}
+			if rng.Intn(2) == 0 {
+				ss.Metric["v"] = model.LabelValue(labelValues[rng.Intn(len(labelValues))])
+			}
+			ts := int64(rng.Intn(2_000_000_000_000)) - 1_000_000_000_000
+			for i := 0; i < rng.Intn(20); i++ {
+				ts += int64(rng.Intn(100_000)) + 1
+				v, _ := strconv.ParseFloat(values[rng.Intn(len(values))], 64)
+				ss.Values = append(ss.Values, model.SamplePair{Timestamp: model.Time(ts), Value: model.SampleValue(v)})
+			}
+			m = append(m, ss)
+		}
+		result, err := json.Marshal(m)
+		testutil.Ok(t, err)
+		sep := []string{"", " ", "\n  "}[rng.Intn(3)]
+		data := `{"resultType":"matrix",` + sep + `"result":` + string(result) + `}`
+		if rng.Intn(2) == 0 {
+			data = `{` + sep + `"result":` + string(result) + `,"resultType": "matrix"}`
+		}
+		body := `{"status":"success","data":` + data + `,"warnings":["w1"],"infos":["i"]}`
+		if rng.Intn(2) == 0 {
+			body = `{"warnings":["w1"]` + sep + `,"data":` + data + `,"status":"success"}`
+		}
+		got, err := parseMatrixAnswer([]byte(body))
+		testutil.Ok(t, err, body)
+		testutil.Equals(t, "success", got.status)
+		testutil.Equals(t, []string{"w1"}, got.warnings)
+		testutil.Equals(t, false, got.histograms)
+
+		var env struct {
+			Data struct {
+				Result model.Matrix `json:"result"`
+			} `json:"data"`
+		}
+		testutil.Ok(t, json.Unmarshal([]byte(body), &env))
+		testutil.Equals(t, len(env.Data.Result), len(got.series))
+		for i, want := range env.Data.Result {
+			testutil.Equals(t, labels.FromMap(metricMap(want.Metric)), got.series[i].lset)
+			it := got.series[i].Iterator(nil)
+			for _, p := range want.Values {
+				testutil.Equals(t, chunkenc.ValFloat, it.Next())
+				ts, v := it.At()
+				testutil.Equals(t, int64(p.Timestamp), ts)
+				testutil.Assert(t, v == float64(p.Value) || (math.IsNaN(v) && math.IsNaN(float64(p.Value))), "%v vs %v", v, p.Value)
+			}
+			testutil.Equals(t, chunkenc.ValNone, it.Next())
+		}
+	}
+}
+
+func metricMap(m model.Metric) map[string]string {
+	out := map[string]string{}
+	for k, v := range m {
+		out[string(k)] = string(v)
+	}
+	return out
+}
+
+func TestParseMatrixAnswerRefusesWhatIsNotAMatrix(t *testing.T) {
+	ok := `{"status":"success","data":{"resultType":"matrix","result":[{"metric":{"a":"b"},"values":[[1.5,"2"]]}]}}`
+	got, err := parseMatrixAnswer([]byte(ok))
+	testutil.Ok(t, err)
+	testutil.Equals(t, 1, len(got.series))
+	it := got.series[0].Iterator(nil)
+	testutil.Equals(t, chunkenc.ValFloat, it.Next())
+	ts, v := it.At()
+	testutil.Equals(t, int64(1500), ts)
+	testutil.Equals(t, 2.0, v)
+
+	withHistograms := `{"status":"success","data":{"resultType":"matrix","result":[{"metric":{"a":"b"},"histograms":[[1,{"count":"1","sum":"1","buckets":[[0,"0.5","1","1"]]}]]}]}}`
+	got, err = parseMatrixAnswer([]byte(withHistograms))
+	testutil.Ok(t, err)
+	testutil.Assert(t, got.histograms, "native histograms not noticed")
+
+	for _, bad := range []string{
+		ok[:len(ok)-1],
+		ok[:60],
+		strings.Replace(ok, `"matrix"`, `"vector"`, 1),
+		strings.Replace(ok, `"2"`, `2`, 1),
+		strings.Replace(ok, `"2"`, `"two"`, 1),
+		strings.Replace(ok, `1.5`, `"1.5"`, 1),
+		strings.Replace(ok, `"b"`, `"b`, 1),
+		ok + "x",
+		"",
+	} {
+		_, err := parseMatrixAnswer([]byte(bad))
+		testutil.NotOk(t, err, "%q", bad)
+		testutil.Assert(t, !strings.Contains(fmt.Sprint(err), `"a"`), "the error names a label: %v", err)
+	}
+}
