@@ -7,6 +7,9 @@ package e2e
 
 import (
 	"context"
+	"io"
+	"net/http"
+	"strings"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -76,6 +79,28 @@ func TestReplicaTombstonesInFrontOfThanosQuery(t *testing.T) {
 
 	// Without lethe the masked stack answers otherwise: the battery sees the deletions.
 	direct, _ := ssrcQuerier(t, maskedStore, `count(temperature)`, sapiT0+thxHour)
+	t.Run("upstream.url", func(t *testing.T) {
+		// Thanos Query's answers are deduplicated: lethe told the replica label fails what a
+		// tombstone on it may meet, and answers the rest as the truth.
+		viaLethe := startProxy(t, masked.dir, "--upstream.url="+direct.URL, "--upstream.replica-label=replica")
+		failed := 0
+		for _, r := range requests {
+			resp, err := http.Get(viaLethe.URL + r.path + "?" + r.params.Encode())
+			testutil.Ok(t, err)
+			body, err := io.ReadAll(resp.Body)
+			testutil.Ok(t, resp.Body.Close())
+			testutil.Ok(t, err)
+			if resp.StatusCode != http.StatusOK {
+				testutil.Assert(t, strings.Contains(string(body), "names a replica label (replica)") && strings.Contains(string(body), "--upstream.store"),
+					"%s %v: %d %s", r.path, r.params, resp.StatusCode, body)
+				failed++
+				continue
+			}
+			testutil.Equals(t, sapiAnswer(t, want, r.path, r.params), normalizeAnswer(t, resp.StatusCode, body, nil), "%s %v", r.path, r.params)
+		}
+		t.Logf("%d of %d requests through lethe-proxy --upstream.url --upstream.replica-label fail; the others equal the ground truth", failed, len(requests))
+		testutil.Assert(t, failed > 0, "no request met a tombstone on the replica label")
+	})
 	differ := 0
 	for _, r := range requests {
 		if sapiAnswer(t, direct, r.path, r.params) != sapiAnswer(t, want, r.path, r.params) {

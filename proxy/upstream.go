@@ -66,6 +66,10 @@ type UpstreamConfig struct {
 	// ChunkedReadLimit bounds one frame of a streamed remote-read answer; zero is Prometheus'
 	// default, 50 MB.
 	ChunkedReadLimit uint64
+	// ReplicaLabels are the labels that tell replicas apart in the upstream's data when it
+	// deduplicates them (Thanos Query's --query.replica-label): its answers carry none, so a
+	// tombstone naming one cannot be applied to them, and what it may meet fails instead.
+	ReplicaLabels []string
 }
 
 // DefaultMaxResponseBytes bounds the body of an upstream answer when
@@ -82,6 +86,7 @@ type Upstream struct {
 	remoteRead bool
 	frameLimit uint64
 	ext        labels.Labels
+	replicas   []string
 	lookback   time.Duration
 	logger     *slog.Logger
 	latency    *prometheus.HistogramVec
@@ -105,7 +110,7 @@ func NewUpstream(ctx context.Context, cfg UpstreamConfig, logger *slog.Logger, r
 	if len(cfg.Headers) > 0 {
 		client.Transport = &headerTransport{next: client.Transport, headers: cfg.Headers}
 	}
-	u := &Upstream{api: tombstones.NewQueryAPI(cfg.URL, client, cfg.Timeout, cfg.MaxResponseBytes), logger: logger, frameLimit: cfg.ChunkedReadLimit,
+	u := &Upstream{api: tombstones.NewQueryAPI(cfg.URL, client, cfg.Timeout, cfg.MaxResponseBytes), logger: logger, frameLimit: cfg.ChunkedReadLimit, replicas: cfg.ReplicaLabels,
 		latency: promauto.With(reg).NewHistogramVec(prometheus.HistogramOpts{
 			Name: "lethe_proxy_upstream_request_duration_seconds", Help: "Latency of requests to the upstream by kind: remote_read, api, forward (the fast path).",
 			Buckets: prometheus.DefBuckets,
@@ -213,19 +218,38 @@ func (u *Upstream) ExternalLabels() labels.Labels { return u.ext }
 
 // Querier returns a masked querier over the upstream.
 func (u *Upstream) Querier(snap *Snapshot, mint, maxt int64) (storage.Querier, error) {
-	return newMaskedQuerier(&upstreamQuerier{u: u, snap: snap, mint: mint, maxt: maxt}, snap, u.ext, mint, maxt), nil
+	naming, _, err := snap.SplitNaming(u.replicas)
+	if err != nil {
+		return nil, err
+	}
+	return newMaskedQuerier(&upstreamQuerier{u: u, snap: snap, naming: naming, mint: mint, maxt: maxt}, snap, u.ext, mint, maxt), nil
 }
 
 // upstreamQuerier reads from the upstream for the masked querier over it; snap only decides
 // whether the upstream's own error messages may be shown.
 type upstreamQuerier struct {
-	u          *Upstream
-	snap       *Snapshot
+	u    *Upstream
+	snap *Snapshot
+	// naming are the live tombstones that name a replica label (nil: none).
+	naming     *Snapshot
 	mint, maxt int64
+}
+
+// replicaNamed fails a read that a tombstone naming a replica label may meet: the upstream's
+// answers are deduplicated, so one replica's samples cannot be told from the other's.
+func (q *upstreamQuerier) replicaNamed(ms []*labels.Matcher) error {
+	if q.naming == nil || !q.naming.MayMatch(ms, q.u.ext, q.mint, q.maxt) {
+		return nil
+	}
+	return errors.Newf("a live tombstone names a replica label (%s): through --upstream.url alone, the upstream's deduplicated answer cannot lose one replica's samples; read through its StoreAPI instead (--upstream.store=<Thanos Query's gRPC address>, --upstream.url beside it for what no tombstone can touch)",
+		strings.Join(q.u.replicas, ", "))
 }
 
 func (q *upstreamQuerier) Select(ctx context.Context, sortSeries bool, hints *storage.SelectHints, ms ...*labels.Matcher) storage.SeriesSet {
 	orderAsTSDB(ms)
+	if err := q.replicaNamed(ms); err != nil {
+		return storage.ErrSeriesSet(err)
+	}
 	mint, maxt := q.mint, q.maxt
 	if hints != nil {
 		mint, maxt = hints.Start, hints.End
@@ -379,6 +403,9 @@ func (q *upstreamQuerier) LabelNames(ctx context.Context, hints *storage.LabelHi
 }
 
 func (q *upstreamQuerier) labels(ctx context.Context, p string, hints *storage.LabelHints, ms []*labels.Matcher) ([]string, annotations.Annotations, error) {
+	if err := q.replicaNamed(ms); err != nil {
+		return nil, nil, err
+	}
 	params := passThrough(ctx)
 	params.Set("start", formatTime(q.mint))
 	params.Set("end", formatTime(q.maxt))

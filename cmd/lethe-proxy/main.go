@@ -46,7 +46,7 @@ func main() {
 			&cli.StringFlag{Name: "grpc-address", Value: ":10901", Usage: "Where to serve Thanos' gRPC StoreAPI when --store.endpoint is given."},
 			&cli.StringFlag{Name: "upstream.url", Usage: "Prometheus-compatible server to answer in front of (Prometheus, Thanos Query, Mimir, VictoriaMetrics), e.g. http://prometheus:9090 or http://mimir/prometheus. Without it, the bucket's blocks are served."},
 			&cli.StringSliceFlag{Name: "upstream.store", Usage: "Thanos StoreAPI (HOST:PORT, plain gRPC; repeatable) to read raw series from: Thanos Query's own gRPC address, or store gateways, sidecars and receivers directly. Native histograms included, streamed. With --upstream.url (the same querier's HTTP API) beside it, requests no tombstone can touch are answered by that API untouched, and its rules, alerts, exemplars and metadata are served filtered."},
-			&cli.StringSliceFlag{Name: "upstream.replica-label", Usage: "Label that tells replicas apart (repeatable), as Thanos Query's --query.replica-label: replicas read through --upstream.store (or --store.endpoint) are deduplicated as Thanos does."},
+			&cli.StringSliceFlag{Name: "upstream.replica-label", Usage: "Label that tells replicas apart (repeatable), as Thanos Query's --query.replica-label: replicas read through --upstream.store (or --store.endpoint) are deduplicated as Thanos does. With --upstream.url alone (Thanos Query deduplicates), a query or look-up that a tombstone naming one of them may meet fails: the deduplicated answer cannot lose one replica's samples."},
 			&cli.StringFlag{Name: "upstream.read", Value: proxy.ReadAuto, Usage: "How to read raw series from the upstream: auto (remote read where offered, else the query API), remote-read or query-api."},
 			&cli.StringFlag{Name: "upstream.external-labels", Usage: "The upstream's external labels as name=value,... ('' for none). By default they are read from the upstream's /api/v1/status/config."},
 			&cli.StringFlag{Name: "upstream.http-config-file", Usage: "Prometheus HTTP client configuration (tls_config, basic_auth, authorization, oauth2, ...) for requests to the upstream."},
@@ -264,6 +264,10 @@ func upstreamConfig(c *cli.Context, raw string) (proxy.UpstreamConfig, error) {
 	cfg := proxy.UpstreamConfig{URL: u, Read: c.String("upstream.read"), Timeout: c.Duration("upstream.timeout"), HTTP: config_util.DefaultHTTPClientConfig,
 		MaxResponseBytes: c.Int64("upstream.max-response-size"), ChunkedReadLimit: c.Uint64("upstream.remote-read-frame-limit"),
 		LookbackDelta: c.Duration("upstream.lookback-delta")}
+	if len(c.StringSlice("upstream.store")) == 0 && len(c.StringSlice("store.endpoint")) == 0 {
+		// The upstream is the source: it cannot apply tombstones that name a replica label.
+		cfg.ReplicaLabels = c.StringSlice("upstream.replica-label")
+	}
 	if cfg.MaxResponseBytes <= 0 || cfg.ChunkedReadLimit == 0 {
 		return cfg, errors.New("--upstream.max-response-size and --upstream.remote-read-frame-limit must be positive")
 	}
