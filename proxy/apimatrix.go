@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"encoding/json"
+	"io"
 	"math"
 	"sort"
 	"strconv"
@@ -17,7 +18,8 @@ import (
 
 // The raw samples read through a query API come as one JSON matrix per selector: millions of
 // [timestamp, "value"] pairs. encoding/json takes each pair through reflection and each sample
-// into its own allocation; the answer is read here instead in one pass over its bytes, each
+// into its own allocation, from the whole answer held in memory; the answer is read here instead
+// in one pass as it streams in, through a buffer that holds only the value being read, each
 // series' samples into one slice. What it accepts is what Prometheus' API writes (and Thanos',
 // Mimir's, VictoriaMetrics'): a timestamp in decimal seconds, a value as a quoted float.
 
@@ -30,12 +32,15 @@ type apiAnswer struct {
 	histograms bool
 }
 
-// parseMatrixAnswer reads a whole answer of the query endpoint whose data is a matrix.
-func parseMatrixAnswer(b []byte) (*apiAnswer, error) {
-	p := &jsonScanner{b: b}
+// streamMatrixAnswer reads an answer of the query endpoint whose data is a matrix from r.
+func streamMatrixAnswer(r io.Reader) (*apiAnswer, error) {
+	return readMatrixAnswer(&jsonScanner{r: r, b: make([]byte, 0, 64<<10), mark: -1})
+}
+
+func readMatrixAnswer(p *jsonScanner) (*apiAnswer, error) {
 	a := &apiAnswer{}
-	err := p.object(func(key []byte) error {
-		switch string(key) {
+	err := p.object(func(key string) error {
+		switch key {
 		case "status":
 			s, err := p.str()
 			a.status = s
@@ -55,16 +60,19 @@ func parseMatrixAnswer(b []byte) (*apiAnswer, error) {
 	if err != nil {
 		return nil, err
 	}
-	if p.ws(); p.i != len(p.b) {
+	if p.ws(); p.avail() {
 		return nil, p.fail("trailing bytes")
+	}
+	if p.err != nil {
+		return nil, p.err
 	}
 	return a, nil
 }
 
 // matrixData reads {"resultType": "matrix", "result": [...]}.
 func (p *jsonScanner) matrixData(a *apiAnswer) error {
-	return p.object(func(key []byte) error {
-		switch string(key) {
+	return p.object(func(key string) error {
+		switch key {
 		case "resultType":
 			t, err := p.str()
 			if err == nil && t != "matrix" {
@@ -89,12 +97,12 @@ func (p *jsonScanner) matrixData(a *apiAnswer) error {
 func (p *jsonScanner) matrixSeries(a *apiAnswer) (*sampleSeries, error) {
 	s := &sampleSeries{}
 	var b labels.ScratchBuilder
-	err := p.object(func(key []byte) error {
-		switch string(key) {
+	err := p.object(func(key string) error {
+		switch key {
 		case "metric":
-			return p.object(func(name []byte) error {
+			return p.object(func(name string) error {
 				v, err := p.str()
-				b.Add(string(name), v)
+				b.Add(name, v)
 				return err
 			})
 		case "values":
@@ -124,11 +132,12 @@ func (p *jsonScanner) samplePair() (int64, float64, error) {
 		return 0, 0, err
 	}
 	p.ws()
-	start := p.i
-	for p.i < len(p.b) && (p.b[p.i] == '-' || p.b[p.i] == '+' || p.b[p.i] == '.' || p.b[p.i] == 'e' || p.b[p.i] == 'E' || (p.b[p.i] >= '0' && p.b[p.i] <= '9')) {
+	p.mark = p.i
+	for p.avail() && (p.b[p.i] == '-' || p.b[p.i] == '+' || p.b[p.i] == '.' || p.b[p.i] == 'e' || p.b[p.i] == 'E' || (p.b[p.i] >= '0' && p.b[p.i] <= '9')) {
 		p.i++
 	}
-	t, err := parseAPITimestamp(p.b[start:p.i])
+	t, err := parseAPITimestamp(p.b[p.mark:p.i])
+	p.mark = -1
 	if err != nil {
 		return 0, 0, p.fail(err.Error())
 	}
@@ -188,46 +197,99 @@ func parseAPITimestamp(b []byte) (int64, error) {
 	return t, nil
 }
 
-// jsonScanner reads JSON values off b from i on.
+// jsonScanner reads JSON values off b from i on; with r set, b is a window of r's bytes that
+// moves on as they are read, keeping those from mark on (-1: none).
 type jsonScanner struct {
-	b []byte
-	i int
+	b    []byte
+	i    int
+	r    io.Reader
+	mark int
+	// read is how many bytes of r were dropped from b's front.
+	read int
+	err  error
+}
+
+// avail reports whether b holds a byte at i, reading more of r when it does not.
+func (p *jsonScanner) avail() bool {
+	for p.i >= len(p.b) {
+		if p.r == nil || p.err != nil {
+			return false
+		}
+		keep := p.i
+		if p.mark >= 0 {
+			keep = p.mark
+		}
+		n := copy(p.b, p.b[keep:])
+		p.b, p.i, p.read = p.b[:n], p.i-keep, p.read+keep
+		if p.mark >= 0 {
+			p.mark = 0
+		}
+		if len(p.b) == cap(p.b) {
+			p.b = append(make([]byte, 0, 2*cap(p.b)), p.b...)
+		}
+		m, err := p.r.Read(p.b[len(p.b):cap(p.b)])
+		p.b = p.b[:len(p.b)+m]
+		if err != nil {
+			if p.err = err; errors.Is(err, io.EOF) {
+				p.err = nil
+				p.r = nil
+			}
+		}
+	}
+	return true
 }
 
 func (p *jsonScanner) fail(what string) error {
-	return errors.Newf("decode upstream samples: %s at byte %d", what, p.i)
+	if p.err != nil {
+		return errors.Wrap(p.err, "read upstream samples")
+	}
+	return errors.Newf("decode upstream samples: %s at byte %d", what, p.read+p.i)
 }
 
 func (p *jsonScanner) ws() {
-	for p.i < len(p.b) && (p.b[p.i] == ' ' || p.b[p.i] == '\n' || p.b[p.i] == '\r' || p.b[p.i] == '\t') {
+	for p.avail() && (p.b[p.i] == ' ' || p.b[p.i] == '\n' || p.b[p.i] == '\r' || p.b[p.i] == '\t') {
 		p.i++
 	}
 }
 
 func (p *jsonScanner) expect(c byte) error {
 	p.ws()
-	if p.i >= len(p.b) || p.b[p.i] != c {
+	if !p.avail() || p.b[p.i] != c {
 		return p.fail("want " + strconv.QuoteRune(rune(c)))
 	}
 	p.i++
 	return nil
 }
 
+// null steps over a null, reporting whether there was one.
+func (p *jsonScanner) null() bool {
+	p.ws()
+	p.mark = p.i
+	defer func() { p.mark = -1 }()
+	for n := 0; n < 4; n++ {
+		if p.i = p.mark + n; !p.avail() || p.b[p.i] != "null"[n] {
+			p.i = p.mark
+			return false
+		}
+	}
+	p.i = p.mark + 4
+	return true
+}
+
 // object reads an object, calling field with each key and the scanner at its value.
-func (p *jsonScanner) object(field func(key []byte) error) error {
-	if p.ws(); p.i+4 <= len(p.b) && string(p.b[p.i:p.i+4]) == "null" {
-		p.i += 4
+func (p *jsonScanner) object(field func(key string) error) error {
+	if p.null() {
 		return nil
 	}
 	if err := p.expect('{'); err != nil {
 		return err
 	}
-	if p.ws(); p.i < len(p.b) && p.b[p.i] == '}' {
+	if p.ws(); p.avail() && p.b[p.i] == '}' {
 		p.i++
 		return nil
 	}
 	for {
-		key, err := p.strBytes()
+		key, err := p.str()
 		if err != nil {
 			return err
 		}
@@ -238,7 +300,7 @@ func (p *jsonScanner) object(field func(key []byte) error) error {
 			return err
 		}
 		p.ws()
-		if p.i < len(p.b) && p.b[p.i] == ',' {
+		if p.avail() && p.b[p.i] == ',' {
 			p.i++
 			continue
 		}
@@ -248,14 +310,13 @@ func (p *jsonScanner) object(field func(key []byte) error) error {
 
 // array reads an array, calling elem with the scanner at each element.
 func (p *jsonScanner) array(elem func() error) error {
-	if p.ws(); p.i+4 <= len(p.b) && string(p.b[p.i:p.i+4]) == "null" {
-		p.i += 4
+	if p.null() {
 		return nil
 	}
 	if err := p.expect('['); err != nil {
 		return err
 	}
-	if p.ws(); p.i < len(p.b) && p.b[p.i] == ']' {
+	if p.ws(); p.avail() && p.b[p.i] == ']' {
 		p.i++
 		return nil
 	}
@@ -264,7 +325,7 @@ func (p *jsonScanner) array(elem func() error) error {
 			return err
 		}
 		p.ws()
-		if p.i < len(p.b) && p.b[p.i] == ',' {
+		if p.avail() && p.b[p.i] == ',' {
 			p.i++
 			continue
 		}
@@ -277,23 +338,26 @@ func (p *jsonScanner) str() (string, error) {
 	return string(b), err
 }
 
-// strBytes reads a string; one without escapes is returned as a slice of b.
+// strBytes reads a string; one without escapes is returned as a slice of b, valid until the
+// next read.
 func (p *jsonScanner) strBytes() ([]byte, error) {
 	if err := p.expect('"'); err != nil {
 		return nil, err
 	}
-	start := p.i
-	for p.i < len(p.b) {
+	p.mark = p.i - 1 // The quote: an escaped string is read again from there.
+	defer func() { p.mark = -1 }()
+	for p.avail() {
 		switch c := p.b[p.i]; {
 		case c == '"':
 			p.i++
-			if !utf8.Valid(p.b[start : p.i-1]) {
+			str := p.b[p.mark+1 : p.i-1]
+			if !utf8.Valid(str) {
 				return nil, p.fail("invalid UTF-8")
 			}
-			return p.b[start : p.i-1], nil
+			return str, nil
 		case c == '\\':
 			// Escapes: the string is read by encoding/json.
-			p.i = start - 1
+			p.i = p.mark
 			raw, err := p.skip()
 			if err != nil {
 				return nil, err
@@ -311,49 +375,51 @@ func (p *jsonScanner) strBytes() ([]byte, error) {
 	return nil, p.fail("unterminated string")
 }
 
-// skip steps over one value and returns its bytes.
+// skip steps over one value and returns its bytes, valid until the next read.
 func (p *jsonScanner) skip() ([]byte, error) {
 	p.ws()
-	start, depth := p.i, 0
-	for p.i < len(p.b) {
+	p.mark = p.i
+	defer func() { p.mark = -1 }()
+	depth := 0
+	for p.avail() {
 		switch c := p.b[p.i]; {
 		case c == '"':
-			for p.i++; p.i < len(p.b) && p.b[p.i] != '"'; p.i++ {
+			for p.i++; p.avail() && p.b[p.i] != '"'; p.i++ {
 				if p.b[p.i] == '\\' {
 					p.i++
 				}
 			}
-			if p.i >= len(p.b) {
+			if !p.avail() {
 				return nil, p.fail("unterminated string")
 			}
 			p.i++
 			if depth == 0 {
-				return p.value(start)
+				return p.value()
 			}
 		case c == '{' || c == '[':
 			depth++
 			p.i++
 		case c == '}' || c == ']':
 			if depth == 0 {
-				return p.value(start)
+				return p.value()
 			}
 			depth--
 			p.i++
 			if depth == 0 {
-				return p.value(start)
+				return p.value()
 			}
 		case (c == ',' || c == ':') && depth == 0:
-			return p.value(start)
+			return p.value()
 		default:
 			p.i++
 		}
 	}
-	return p.value(start)
+	return p.value()
 }
 
-// value checks that b[start:i] is one JSON value and returns it.
-func (p *jsonScanner) value(start int) ([]byte, error) {
-	raw := bytes.TrimSpace(p.b[start:p.i])
+// value checks that b[mark:i] is one JSON value and returns it.
+func (p *jsonScanner) value() ([]byte, error) {
+	raw := bytes.TrimSpace(p.b[p.mark:p.i])
 	if len(raw) == 0 || !json.Valid(raw) {
 		return nil, p.fail("value")
 	}

@@ -2,6 +2,9 @@ package proxy
 
 import (
 	"encoding/json"
+	"errors"
+	"io"
+	"testing/iotest"
 	"fmt"
 	"math"
 	"math/rand"
@@ -50,6 +53,19 @@ func TestParseMatrixAnswerReadsAsEncodingJSON(t *testing.T) {
 		}
 		got, err := parseMatrixAnswer([]byte(body))
 		testutil.Ok(t, err, body)
+		// Streamed in, a byte or a few at a time, it reads the same.
+		streamed, err := streamMatrixAnswer(iotest.OneByteReader(strings.NewReader(body)))
+		testutil.Ok(t, err, body)
+		testutil.Equals(t, len(got.series), len(streamed.series))
+		for i := range got.series {
+			testutil.Equals(t, got.series[i].lset, streamed.series[i].lset)
+			testutil.Equals(t, len(got.series[i].samples), len(streamed.series[i].samples))
+			for j, s := range got.series[i].samples {
+				o := streamed.series[i].samples[j]
+				testutil.Assert(t, s.t == o.t && (s.f == o.f || (math.IsNaN(s.f) && math.IsNaN(o.f))), "sample %d of series %d", j, i)
+			}
+		}
+		testutil.Equals(t, got.warnings, streamed.warnings)
 		testutil.Equals(t, "success", got.status)
 		testutil.Equals(t, []string{"w1"}, got.warnings)
 		testutil.Equals(t, false, got.histograms)
@@ -73,6 +89,11 @@ func TestParseMatrixAnswerReadsAsEncodingJSON(t *testing.T) {
 			testutil.Equals(t, chunkenc.ValNone, it.Next())
 		}
 	}
+}
+
+// parseMatrixAnswer reads a whole answer held in memory.
+func parseMatrixAnswer(b []byte) (*apiAnswer, error) {
+	return readMatrixAnswer(&jsonScanner{b: b, mark: -1})
 }
 
 func metricMap(m model.Metric) map[string]string {
@@ -113,5 +134,11 @@ func TestParseMatrixAnswerRefusesWhatIsNotAMatrix(t *testing.T) {
 		_, err := parseMatrixAnswer([]byte(bad))
 		testutil.NotOk(t, err, "%q", bad)
 		testutil.Assert(t, !strings.Contains(fmt.Sprint(err), `"a"`), "the error names a label: %v", err)
+		_, err = streamMatrixAnswer(iotest.HalfReader(strings.NewReader(bad)))
+		testutil.NotOk(t, err, "streamed %q", bad)
 	}
+	// A stream that fails part way is an error, whatever was read before.
+	_, err = streamMatrixAnswer(io.MultiReader(strings.NewReader(ok[:70]), iotest.ErrReader(errors.New("connection reset"))))
+	testutil.NotOk(t, err)
+	testutil.Assert(t, strings.Contains(err.Error(), "connection reset"), "%v", err)
 }

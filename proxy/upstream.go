@@ -440,24 +440,21 @@ func (u *Upstream) do(ctx context.Context, kind string, req *http.Request) (*tom
 	return u.api.Do(ctx, req)
 }
 
-// apiMatrix asks the upstream's query endpoint for a matrix and reads its successful answer.
+// apiMatrix asks the upstream's query endpoint for a matrix and reads its successful answer as
+// it streams in.
 func (u *Upstream) apiMatrix(ctx context.Context, params url.Values) (*apiAnswer, error) {
 	start := time.Now()
 	defer func() { u.latency.WithLabelValues("api").Observe(time.Since(start).Seconds()) }()
-	a, err := u.api.Fetch(ctx, "/api/v1/query", params)
+	var ans *apiAnswer
+	err := u.api.Stream(ctx, "/api/v1/query", params, func(body io.Reader) (err error) {
+		ans, err = streamMatrixAnswer(body) // Errors say where, never what: the answer names series.
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}
-	if a.Code/100 != 2 {
-		return nil, a.StatusError()
-	}
-	ans, err := parseMatrixAnswer(a.Body)
-	if err != nil {
-		return nil, err // Says where, never what: the answer names series.
-	}
 	if ans.status != "success" {
-		a.Code = http.StatusBadGateway // A success status with no success in it.
-		return nil, a.StatusError()
+		return nil, &tombstones.StatusError{Code: http.StatusBadGateway, Msg: fmt.Sprintf("answer status %q", ans.status)}
 	}
 	return ans, nil
 }

@@ -145,6 +145,65 @@ func (q *QueryAPI) Fetch(ctx context.Context, p string, params url.Values) (*Ans
 	return q.Do(ctx, req)
 }
 
+// Stream calls an endpoint with GET and hands the body of a successful answer to read as it
+// arrives, within the deadline and the size bound. An answer that is not a success is read whole
+// and returned as its StatusError.
+func (q *QueryAPI) Stream(ctx context.Context, p string, params url.Values, read func(io.Reader) error) (err error) {
+	ctx, cancel := context.WithTimeoutCause(ctx, q.timeout, TimeoutError(q.timeout))
+	defer cancel()
+	target := q.URL(p)
+	target.RawQuery = params.Encode()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target.String(), nil)
+	if err != nil {
+		return err
+	}
+	resp, err := q.client.Do(req)
+	if err != nil {
+		return callError(ctx, err, "server unreachable")
+	}
+	defer errcapture.Do(&err, resp.Body.Close, "close answer")
+	body := &boundedReader{r: resp.Body, left: q.maxBytes}
+	if resp.StatusCode/100 != 2 {
+		b, err := io.ReadAll(body)
+		if err != nil {
+			return callError(ctx, err, "read answer")
+		}
+		return (&Answer{Code: resp.StatusCode, Header: resp.Header, Body: b}).StatusError()
+	}
+	if err := read(body); err != nil {
+		if body.over {
+			return TooLargeError(q.maxBytes)
+		}
+		return callError(ctx, err, "read answer")
+	}
+	return nil
+}
+
+// boundedReader fails a read past left bytes.
+type boundedReader struct {
+	r    io.Reader
+	left int64
+	over bool
+}
+
+func (b *boundedReader) Read(p []byte) (int, error) {
+	if b.left <= 0 {
+		// One byte more tells a body of exactly the bound from a longer one.
+		var one [1]byte
+		if n, _ := b.r.Read(one[:]); n > 0 {
+			b.over = true
+			return 0, errors.New("answer larger than the bound")
+		}
+		return 0, io.EOF
+	}
+	if int64(len(p)) > b.left {
+		p = p[:b.left]
+	}
+	n, err := b.r.Read(p)
+	b.left -= int64(n)
+	return n, err
+}
+
 // Get calls an endpoint and returns the data and warnings of a successful answer.
 func (q *QueryAPI) Get(ctx context.Context, p string, params url.Values) (json.RawMessage, []string, error) {
 	a, err := q.Fetch(ctx, p, params)

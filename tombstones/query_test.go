@@ -2,6 +2,7 @@ package tombstones
 
 import (
 	"context"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -70,6 +71,28 @@ func TestQueryAPIBoundsEveryCall(t *testing.T) {
 	_, err = series("refused")
 	testutil.Assert(t, errors.As(err, &se) && se.Code == http.StatusBadRequest && se.Type == "bad_data" && se.Msg == "1:2: parse error", "%v", err)
 	_, err = series("cut")
+	testutil.Assert(t, errors.As(err, &se) && se.Code == http.StatusBadGateway, "%v", err)
+
+	// Streamed: the same bounds, the body read as it comes.
+	stream := func(job string) (string, error) {
+		var got []byte
+		err := api.Stream(context.Background(), "/api/v1/series", url.Values{"match[]": {`{job="` + job + `"}`}}, func(r io.Reader) error {
+			var err error
+			got, err = io.ReadAll(r)
+			return err
+		})
+		return string(got), err
+	}
+	body, err := stream("api")
+	testutil.Ok(t, err)
+	testutil.Equals(t, `{"status":"success","data":[{"__name__":"up","job":"api"}]}`, body)
+	_, err = stream("stall")
+	testutil.Assert(t, errors.As(err, &to), "%v", err)
+	_, err = stream("big")
+	testutil.Assert(t, errors.As(err, &tl), "%v", err)
+	_, err = stream("refused")
+	testutil.Assert(t, errors.As(err, &se) && se.Code == http.StatusBadRequest && se.Type == "bad_data", "%v", err)
+	_, err = stream("down")
 	testutil.Assert(t, errors.As(err, &se) && se.Code == http.StatusBadGateway, "%v", err)
 
 	_, err = CountSeriesByQuery(context.Background(), "ftp://host", nil, 0, 1)
