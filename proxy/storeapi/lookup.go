@@ -135,17 +135,44 @@ func (q *storesQuerier) ask(ctx context.Context, method string, hints *storage.L
 // in label order, with their raw chunks (none for a series look-up). Series of equal labels from
 // several stores come as one series each: each is read on its own chunks.
 func (q *storesQuerier) Select(ctx context.Context, _ bool, hints *storage.SelectHints, ms ...*labels.Matcher) storage.SeriesSet {
+	return q.selectSeries(ctx, hints, ms)
+}
+
+// AnySeries reports whether a store holds a series the matchers select in the window, by a
+// Series call without chunks that ends at the first series (proxy.SeriesExistence).
+func (q *storesQuerier) AnySeries(ctx context.Context, ms []*labels.Matcher) (bool, error) {
+	set := q.selectSeries(ctx, &storage.SelectHints{Start: q.mint, End: q.maxt, Func: "series", Limit: 1}, ms)
+	defer set.cancel()
+	if !set.Next() {
+		return false, set.Err()
+	}
+	// The stores end their streams at the limit: read them to their end, so that no stream is
+	// cancelled (which counts and logs as a store's error). A store that sends more is cut short.
+	for range maxExistenceDrain {
+		if !set.Next() {
+			break
+		}
+	}
+	return true, nil
+}
+
+// maxExistenceDrain is how many series past the first AnySeries reads before it cancels the
+// stores' streams: one more from each store that holds one.
+const maxExistenceDrain = 64
+
+func (q *storesQuerier) selectSeries(ctx context.Context, hints *storage.SelectHints, ms []*labels.Matcher) *storesSeriesSet {
 	mint, maxt := q.mint, q.maxt
 	skipChunks := false
+	var limit int64
 	if hints != nil {
-		mint, maxt, skipChunks = hints.Start, hints.End, hints.Func == "series"
+		mint, maxt, skipChunks, limit = hints.Start, hints.End, hints.Func == "series", int64(hints.Limit)
 	}
 	if !slices.ContainsFunc(ms, func(m *labels.Matcher) bool { return m.Name == labels.MetricName }) {
 		// A store gateway selects no series by external labels alone; every series has a name.
 		ms = append(slices.Clone(ms), labels.MustNewMatcher(labels.MatchRegexp, labels.MetricName, ".+"))
 	}
 	req := &storepb.SeriesRequest{
-		MinTime: mint, MaxTime: maxt, Matchers: storeMatchers(ms), SkipChunks: skipChunks,
+		MinTime: mint, MaxTime: maxt, Matchers: storeMatchers(ms), SkipChunks: skipChunks, Limit: limit,
 		// The raw samples tell exactly which survive.
 		MaxResolutionWindow:     0,
 		PartialResponseDisabled: q.prDisabled, PartialResponseStrategy: q.strategy,
@@ -174,6 +201,9 @@ func (q *storesQuerier) Select(ctx context.Context, _ bool, hints *storage.Selec
 			}
 		}
 		set.err = q.s.merge(ctx, req, q.partial(), true, pass, func(f frame) error {
+			if err := ctx.Err(); err != nil {
+				return err // Closed: what comes after, a cancelled store's warning included, is no one's.
+			}
 			if f.series != nil {
 				return one(f.series)
 			}
@@ -295,3 +325,5 @@ func (s *Server) maskedLookup(ctx context.Context, snap *proxy.Snapshot, mint, m
 	sort.Strings(warnings)
 	return vals, warnings, nil
 }
+
+var _ proxy.SeriesExistence = (*storesQuerier)(nil)

@@ -60,7 +60,11 @@ func (s *testStore) Series(req *storepb.SeriesRequest, srv storepb.Store_SeriesS
 	if err != nil {
 		return err
 	}
-	for _, ls := range s.selected(ms) {
+	selected := s.selected(ms)
+	if req.Limit > 0 && int64(len(selected)) > req.Limit {
+		selected = selected[:req.Limit]
+	}
+	for _, ls := range selected {
 		out := &storepb.Series{}
 		ls.Range(func(l labels.Label) { out.Labels = append(out.Labels, &labelpb.Label{Name: l.Name, Value: l.Value}) })
 		if !req.SkipChunks {
