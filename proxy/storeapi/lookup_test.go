@@ -9,6 +9,7 @@ import (
 	"github.com/efficientgo/core/testutil"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/promql/parser"
+	"github.com/prometheus/prometheus/tsdb/chunkenc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -177,4 +178,35 @@ func TestMaskedLabelLookUpsPartialResponse(t *testing.T) {
 	testutil.Equals(t, codes.ResourceExhausted, status.Code(err), "%v", err)
 	_, err = f.client.LabelNames(ctx, &storepb.LabelNamesRequest{Start: t0, End: t0 + 3_600_000, PartialResponseDisabled: true})
 	testutil.Equals(t, codes.ResourceExhausted, status.Code(err), "%v", err)
+}
+
+// A store serving overlapping blocks sends a series' chunks overlapping: the look-up's reads see
+// every sample of them, in time order, each once.
+func TestChunkSeriesReadsOverlappingChunks(t *testing.T) {
+	chunk := func(ts ...int64) *storepb.AggrChunk {
+		c := chunkenc.NewXORChunk()
+		app, err := c.Appender()
+		testutil.Ok(t, err)
+		for _, t := range ts {
+			app.Append(0, t, float64(t))
+		}
+		return &storepb.AggrChunk{MinTime: ts[0], MaxTime: ts[len(ts)-1], Raw: &storepb.Chunk{Type: storepb.Chunk_XOR, Data: c.Bytes()}}
+	}
+	read := func(s *chunkSeries) []int64 {
+		var out []int64
+		it := s.Iterator(nil)
+		for it.Next() != chunkenc.ValNone {
+			out = append(out, it.AtT())
+		}
+		testutil.Ok(t, it.Err())
+		return out
+	}
+	overlapping := &chunkSeries{chks: sortChunks([]*storepb.AggrChunk{chunk(10, 200), chunk(50, 60), chunk(60, 300)}), mint: 0, maxt: 250}
+	testutil.Equals(t, []int64{10, 50, 60, 200}, read(overlapping))
+	it := overlapping.Iterator(nil)
+	testutil.Equals(t, chunkenc.ValFloat, it.Seek(21))
+	testutil.Equals(t, int64(50), it.AtT(), "a seek past the first chunk's first sample finds the other chunk's")
+
+	apart := &chunkSeries{chks: []*storepb.AggrChunk{chunk(10, 20), chunk(30, 40)}, mint: 15, maxt: 35}
+	testutil.Equals(t, []int64{20, 30}, read(apart))
 }
