@@ -7,6 +7,14 @@ package e2e
 //	                                      block of 100,000 node-exporter-like series (a sample
 //	                                      every 15s), over the block's 2h, vs that Prometheus
 //	lookups1-<request>/bucket-vs-direct   lethe-proxy serving the same block from the bucket
+//	lookups1-<request>/thanos-api-vs-query     lethe-proxy --upstream.url=<Thanos Query> vs that
+//	                                           querier, which reads `thanos store` over the same
+//	                                           FILESYSTEM bucket
+//	lookups1-<request>/thanos-store-vs-query   lethe-proxy --upstream.store=<the querier's gRPC>
+//	lookups1-<request>/thanos-filter-vs-query  a Thanos Query whose --endpoint is lethe-proxy's
+//	                                           StoreAPI mode (--store.endpoint=<the store>) vs
+//	                                           the querier over the store (lethe's peak RSS is
+//	                                           lethe-proxy's own, not its querier's)
 //	lookups12-<request>/...               the same over 12 such blocks (a day, a sample every
 //	                                      60s, to keep writing them short), over the day
 //
@@ -38,6 +46,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -220,13 +229,22 @@ func lookupNormalize(body []byte) (string, error) {
 	return string(out), err
 }
 
-// lookupBenchSet is one data set: the upstream Prometheus and the two proxies over it.
+// lookupBenchSet is one data set: the upstream Prometheus and the two proxies over it, and the
+// Thanos stack over the same bucket with lethe in its three places.
 type lookupBenchSet struct {
-	name          string
-	upstream      *benchProc
-	proxy, bucket *benchProc
-	requests      []lookupBenchRequest
-	blocks        int64
+	name     string
+	upstream *benchProc
+	requests []lookupBenchRequest
+	blocks   int64
+	sides    []lookupSide
+}
+
+// lookupSide is one comparison: a look-up asked of proc (through lethe) beside base, which is
+// asked the same without lethe. rss is lethe-proxy's process (proc where nil) and upstream what
+// both read from, whose peak RSS is reported with theirs.
+type lookupSide struct {
+	name                      string // the leaf: <lethe>-vs-<baseline>
+	proc, base, rss, upstream *benchProc
 }
 
 func BenchmarkLookups(b *testing.B) {
@@ -246,12 +264,9 @@ func BenchmarkLookups(b *testing.B) {
 		b.Run(c.name, func(b *testing.B) {
 			set := newLookupBenchSet(b, promBin, client, c.name, series, c.blocks, c.step)
 			for _, r := range set.requests {
-				for _, side := range []struct {
-					name string
-					proc *benchProc
-				}{{"proxy", set.proxy}, {"bucket", set.bucket}} {
-					b.Run(set.name+"-"+r.name+"/"+side.name+"-vs-direct", func(b *testing.B) {
-						lookupCompare(b, client, side.proc, set.upstream, r)
+				for _, side := range set.sides {
+					b.Run(set.name+"-"+r.name+"/"+side.name, func(b *testing.B) {
+						lookupCompare(b, client, side, r)
 					})
 				}
 			}
@@ -260,8 +275,8 @@ func BenchmarkLookups(b *testing.B) {
 }
 
 // newLookupBenchSet writes the blocks, starts the upstream Prometheus on them and two proxies
-// (in front of it, and over a bucket holding the blocks) with the tombstones, and checks every
-// answer through the proxies once.
+// (in front of it, and over a bucket holding the blocks) with the tombstones, and the Thanos
+// stack (startLookupThanos), and checks every answer through lethe once.
 func newLookupBenchSet(b *testing.B, promBin string, client *http.Client, name string, series []labels.Labels, blocks, step int64) *lookupBenchSet {
 	b.Helper()
 	began := time.Now()
@@ -314,12 +329,17 @@ func newLookupBenchSet(b *testing.B, promBin string, client *http.Client, name s
 			b.Fatal(err)
 		}
 	}
-	set.proxy = startBenchProxy(b, name+"-lethe-proxy", filepath.Join(tmp, "proxy"), bucketDir, set.upstream.URL, 2+lookupBenchOther)
-	set.bucket = startLookupBucketProxy(b, name+"-lethe-proxy-bucket", filepath.Join(tmp, "proxy-bucket"), bucketDir, int(blocks), 2+lookupBenchOther)
+	proxy := startBenchProxy(b, name+"-lethe-proxy", filepath.Join(tmp, "proxy"), bucketDir, set.upstream.URL, 2+lookupBenchOther)
+	bucket := startLookupBucketProxy(b, name+"-lethe-proxy-bucket", filepath.Join(tmp, "proxy-bucket"), bucketDir, int(blocks), 2+lookupBenchOther)
+	set.sides = append([]lookupSide{
+		{name: "proxy-vs-direct", proc: proxy, base: set.upstream, upstream: set.upstream},
+		{name: "bucket-vs-direct", proc: bucket, base: set.upstream, upstream: set.upstream},
+	}, startLookupThanos(b, name, filepath.Join(tmp, "thanos"), bucketDir, end, 2+lookupBenchOther)...)
 
 	for _, r := range set.requests {
-		for _, p := range []*benchProc{set.proxy, set.bucket} {
-			body, err := lookupGet(client, p, r)
+		var bases []*benchProc
+		for _, side := range set.sides {
+			body, err := lookupGet(client, side.proc, r)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -328,20 +348,76 @@ func newLookupBenchSet(b *testing.B, promBin string, client *http.Client, name s
 				b.Fatal(err)
 			}
 			if got != r.want {
-				b.Fatalf("%s %s: answer differs from what the deletions leave:\n%s\n%s", p.name, r.name, dashClip(got), dashClip(r.want))
+				b.Fatalf("%s %s: answer differs from what the deletions leave:\n%s\n%s", side.proc.name, r.name, dashClip(got), dashClip(r.want))
+			}
+			if !slices.Contains(bases, side.base) {
+				bases = append(bases, side.base)
 			}
 		}
-		body, err := lookupGet(client, set.upstream, r)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if got, _ := lookupNormalize(body); got == r.want {
-			b.Fatalf("%s: the deletions change nothing in the upstream's answer", r.name)
+		for _, base := range bases {
+			body, err := lookupGet(client, base, r)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if got, _ := lookupNormalize(body); got == r.want {
+				b.Fatalf("%s %s: the deletions change nothing in the baseline's answer", base.name, r.name)
+			}
 		}
 	}
 	b.Logf("%s: %d blocks of %d series (a sample every %ds) written in %v, set up and checked in %v",
 		name, blocks, len(series), step/1000, written.Round(time.Millisecond), time.Since(began).Round(time.Millisecond))
 	return set
+}
+
+// startLookupThanos starts the Thanos stack over the bucket: `thanos store`, a `thanos query` over
+// it (the baseline), lethe-proxy in front of the querier by its query API (--upstream.url) and by
+// its StoreAPI (--upstream.store), and lethe-proxy's StoreAPI mode in front of the store with a
+// second querier over it. It waits until every one answers with data at end and the proxies hold
+// the tombstones, and returns the three comparisons.
+func startLookupThanos(b *testing.B, name, dir, bucketDir string, end int64, wantTombstones int) []lookupSide {
+	b.Helper()
+	thanos := toolPath(b, "thanos", "LETHE_THANOS")
+	conf := "--objstore.config=type: FILESYSTEM\nconfig: {directory: " + strconv.Quote(bucketDir) + "}"
+	storeGRPC := ssrcBenchPort(b)
+	store := startBenchProc(b, name+"-thanos-store", filepath.Join(dir, "store"), thanos, func(addr string) []string {
+		return []string{"store", conf, "--data-dir=" + filepath.Join(dir, "store", "data"), "--http-address=" + addr, "--grpc-address=" + storeGRPC,
+			"--http-grace-period=0s", "--grpc-grace-period=0s", "--log.level=warn"}
+	})
+	querier := func(qname, endpoint string) (*benchProc, string) {
+		grpcAddr := ssrcBenchPort(b)
+		q := startBenchProc(b, qname, filepath.Join(dir, qname), thanos, func(addr string) []string {
+			return []string{"query", "--http-address=" + addr, "--grpc-address=" + grpcAddr, "--endpoint=" + endpoint,
+				"--http-grace-period=0s", "--grpc-grace-period=0s", "--log.level=warn"}
+		})
+		return q, grpcAddr
+	}
+	query, queryGRPC := querier(name+"-thanos-query", storeGRPC)
+	viaAPI := startBenchProxy(b, name+"-lethe-proxy-thanos-api", filepath.Join(dir, "api"), bucketDir, query.URL, wantTombstones)
+	viaStore := startBucketProxy(b, name+"-lethe-proxy-thanos-store", filepath.Join(dir, "store-source"), bucketDir, "--upstream.store="+queryGRPC)
+	letheGRPC := ssrcBenchPort(b)
+	filter := startBucketProxy(b, name+"-lethe-proxy-storeapi", filepath.Join(dir, "filter"), bucketDir, "--store.endpoint="+storeGRPC, "--grpc-address="+letheGRPC)
+	for _, p := range []*benchProc{viaStore, filter} {
+		p.waitGauges(b, dashProxyReadyTimeout, gauge{"lethe_proxy_tombstones_loaded", wantTombstones})
+	}
+	viaFilter, _ := querier(name+"-thanos-query-lethe", letheGRPC)
+
+	// The store loads the blocks' index headers after it is ready, and a querier learns its
+	// endpoint's time range a while after it starts: wait until every one answers at end.
+	params := url.Values{"query": {`count(node_load1)`}, "time": {formatPromTime(end)}}
+	for _, p := range []*benchProc{query, viaAPI, viaStore, viaFilter} {
+		deadline := time.Now().Add(2 * thxQueryTimeout)
+		for !strings.Contains(ssrcBenchGet(b, p, "/api/v1/query", params), `"value"`) {
+			if time.Now().After(deadline) {
+				b.Fatalf("%s serves no data after %v; log:\n%s", p.name, 2*thxQueryTimeout, p.logTail())
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	return []lookupSide{
+		{name: "thanos-api-vs-query", proc: viaAPI, base: query, upstream: store},
+		{name: "thanos-store-vs-query", proc: viaStore, base: query, upstream: store},
+		{name: "thanos-filter-vs-query", proc: viaFilter, base: query, rss: filter, upstream: store},
+	}
 }
 
 // startLookupBucketProxy runs lethe-proxy in bucket mode and waits until it serves the blocks and
@@ -371,8 +447,12 @@ func lookupGet(client *http.Client, p *benchProc, r lookupBenchRequest) ([]byte,
 
 // lookupCompare times the look-up on both sides, alternately, and reports as
 // dashFixture.compare does.
-func lookupCompare(b *testing.B, client *http.Client, lethe, base *benchProc, r lookupBenchRequest) {
-	for _, p := range []*benchProc{lethe, base} {
+func lookupCompare(b *testing.B, client *http.Client, side lookupSide, r lookupBenchRequest) {
+	lethe, base, rss := side.proc, side.base, side.rss
+	if rss == nil {
+		rss = lethe
+	}
+	for _, p := range []*benchProc{lethe, base, rss, side.upstream} {
 		if err := p.resetPeakRSS(); err != nil {
 			b.Logf("peak RSS of %s is its peak so far: %v", p.name, err)
 		}
@@ -403,7 +483,7 @@ func lookupCompare(b *testing.B, client *http.Client, lethe, base *benchProc, r 
 	for _, m := range []struct {
 		unit string
 		proc *benchProc
-	}{{"lethe-peak-RSS-MiB", lethe}, {"baseline-peak-RSS-MiB", base}, {"upstream-peak-RSS-MiB", base}} {
+	}{{"lethe-peak-RSS-MiB", rss}, {"baseline-peak-RSS-MiB", base}, {"upstream-peak-RSS-MiB", side.upstream}} {
 		if mib, err := m.proc.peakRSSMiB(); err == nil {
 			b.ReportMetric(mib, m.unit)
 		}

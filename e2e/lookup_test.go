@@ -161,7 +161,32 @@ func TestLookupUpstreamMode(t *testing.T) { lookupMode(t, true) }
 // tombstones meeting one look-up, and a redacted one.
 func TestLookupQueryAPIMode(t *testing.T) { lookupMode(t, true, "--upstream.read=query-api") }
 
+// TestLookupStoreAPIMode runs it against a Thanos Query whose --endpoint is lethe-proxy's StoreAPI
+// mode in front of `thanos store` over the bucket: the StoreAPI server's LabelNames/LabelValues.
+func TestLookupStoreAPIMode(t *testing.T) { lookupThanos(t, lookupStoreAPI) }
+
+// TestLookupInFrontOfThanosQuery runs it against lethe-proxy --upstream.url=<Thanos Query> over
+// `thanos store` over the bucket.
+func TestLookupInFrontOfThanosQuery(t *testing.T) { lookupThanos(t, lookupThanosAPI) }
+
+// The places of lethe in a Thanos stack that the look-up battery runs in.
+const (
+	lookupStoreAPI  = "storeapi"
+	lookupThanosAPI = "thanos-api"
+)
+
 func lookupMode(t *testing.T, upstream bool, flags ...string) {
+	lookupBattery(t, upstream, "", flags...)
+}
+
+func lookupThanos(t *testing.T, thanos string) {
+	thxThanosPath(t) // fail early without the binary
+	lookupBattery(t, false, thanos)
+}
+
+// lookupBattery is the battery through lethe-proxy in front of the Prometheus (upstream), over
+// the bucket, or (thanos) in a Thanos stack over the bucket.
+func lookupBattery(t *testing.T, upstream bool, thanos string, flags ...string) {
 	matchSets := [][]string{nil, {`node_load1`}, {`{instance="i-2"}`}, {`{tenant="t-del"}`}, {`node_cpu_seconds_total`}, {`{__name__=~"node_.*",mode!="idle"}`}}
 	windows := lookupWindows()
 	dels := slices.Clone(lookupDeletions)
@@ -202,11 +227,37 @@ func lookupMode(t *testing.T, upstream bool, flags ...string) {
 
 	untouched := startPrometheus(t, dirs)
 	var proxy *proxyProc
-	if upstream {
+	// asked is what the look-ups are asked of: the proxy, or the querier in front of it.
+	var asked string
+	switch {
+	case thanos != "":
+		_, storeGRPC := sapiStore(t, thxBucketAt(bucketDir))
+		ready := func(q *benchProc) *benchProc {
+			deadline := time.Now().Add(thxQueryTimeout)
+			for len(thxGet(t, q, "/api/v1/query", url.Values{"query": {`count(node_load1)`}, "time": {formatPromTime(lt(time.Hour))}}).Data.Result) == 0 {
+				if time.Now().After(deadline) {
+					t.Fatalf("%s serves no data after %v; log:\n%s", q.name, thxQueryTimeout, q.logTail())
+				}
+				time.Sleep(200 * time.Millisecond)
+			}
+			return q
+		}
+		if thanos == lookupStoreAPI {
+			grpcAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+			proxy = startProxy(t, bucketDir, "--tombstones.refresh-interval=100ms", "--store.endpoint="+storeGRPC, "--grpc-address="+grpcAddr)
+			asked = ready(lookupQuerier(t, grpcAddr)).URL
+		} else {
+			q := ready(lookupQuerier(t, storeGRPC))
+			proxy = startProxy(t, bucketDir, "--tombstones.refresh-interval=100ms", "--upstream.url="+q.URL)
+		}
+	case upstream:
 		proxy = startProxy(t, bucketDir, append([]string{"--tombstones.refresh-interval=100ms", "--upstream.url=" + untouched.URL}, flags...)...)
-	} else {
+	default:
 		proxy = startProxy(t, bucketDir, "--tombstones.refresh-interval=100ms")
 		proxy.waitMetric(t, "lethe_proxy_blocks_loaded", lookupBlocks)
+	}
+	if asked == "" {
+		asked = proxy.URL
 	}
 
 	// The deletions, and tombstones on instances that have no series (the proxy must rule them
@@ -238,7 +289,7 @@ func lookupMode(t *testing.T, upstream bool, flags ...string) {
 		if unmasked != want {
 			discriminating++
 		}
-		status, body, err := cl.do(proxy.URL, c, i%2 == 1 && c.kind != "label_values")
+		status, body, err := cl.do(asked, c, i%2 == 1 && c.kind != "label_values")
 		if got := normalizeAnswer(t, status, body, err); got != want {
 			mismatches++
 			if mismatches <= 20 {
@@ -273,7 +324,7 @@ func lookupMode(t *testing.T, upstream bool, flags ...string) {
 		_, tb, _ := strings.Cut(truthOf(t, cl, oracle.URL, bc).expected(t, bc), " ")
 		testutil.Ok(t, json.Unmarshal([]byte(tb), &truth))
 		params.Set("limit", fmt.Sprint(c.lim))
-		status, body, err := cl.do(proxy.URL, bc, false)
+		status, body, err := cl.do(asked, bc, false)
 		testutil.Ok(t, err)
 		testutil.Equals(t, http.StatusOK, status, string(body))
 		var got struct{ Data []string }
@@ -283,4 +334,13 @@ func lookupMode(t *testing.T, upstream bool, flags ...string) {
 			testutil.Assert(t, slices.Contains(truth.Data, v), "%s limit %d: %q is not in %v", c.path, c.lim, v, truth.Data)
 		}
 	}
+}
+
+// lookupQuerier starts a Thanos Query over the StoreAPI endpoint.
+func lookupQuerier(t *testing.T, endpoint string) *benchProc {
+	t.Helper()
+	return startBenchProc(t, "thanos-query", t.TempDir(), thxThanosPath(t), func(addr string) []string {
+		return []string{"query", "--http-address=" + addr, "--grpc-address=" + fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+			"--endpoint=" + endpoint, "--http-grace-period=0s", "--grpc-grace-period=0s", "--log.level=warn"}
+	})
 }

@@ -489,12 +489,24 @@ func (q *maskedQuerier) askComplement(ctx context.Context, ix labelIndex, ask as
 	return askUnion(ctx, ask, combos, only)
 }
 
+// SeriesExistence is implemented by an inner querier of MaskQuerier that can tell whether any
+// series matches in its window at the cost of finding the first (a StoreAPI Series call with
+// limit 1): a masked look-up of label names then asks per name whether a series outside the
+// tombstones carries it, instead of asking the names of all those series, which a store that
+// reads every selected series to answer (Thanos' store gateway) pays for each one.
+type SeriesExistence interface {
+	AnySeries(ctx context.Context, ms []*labels.Matcher) (bool, error)
+}
+
 // seriesExistence returns how to ask whether any series matches, at the cost of finding the
 // first: over a block's index a series set is read lazily; an upstream answers its series
 // endpoint with limit=1. Nil where there is no such way.
 func (q *maskedQuerier) seriesExistence() func(ctx context.Context, ms []*labels.Matcher) (bool, error) {
 	if up, ok := q.inner.(*upstreamQuerier); ok {
 		return up.anySeries
+	}
+	if e, ok := q.inner.(SeriesExistence); ok {
+		return e.AnySeries
 	}
 	if q.chunks == nil {
 		return nil

@@ -17,6 +17,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/storage"
+	"github.com/prometheus/prometheus/util/annotations"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -313,9 +315,9 @@ func (f seriesFilter) filter(series []byte, lset labels.Labels) ([]byte, error) 
 	return out, nil
 }
 
-// LabelNames answers the stores' label names. When a tombstone may meet the request, the names
-// come from the series that keep a sample in the range instead: a name carried only by deleted
-// samples never appears.
+// LabelNames answers the stores' label names. When a tombstone may meet the request, the
+// proxy's masked look-up runs over the stores (see lookup.go): a name carried only by deleted
+// samples never appears, and the replica labels the request leaves out are left out after it.
 func (s *Server) LabelNames(ctx context.Context, req *storepb.LabelNamesRequest) (*storepb.LabelNamesResponse, error) {
 	snap, err := s.mask.Current()
 	if err != nil {
@@ -328,18 +330,22 @@ func (s *Server) LabelNames(ctx context.Context, req *storepb.LabelNamesRequest)
 	if !snap.MayMatch(matchers, labels.EmptyLabels(), req.Start, req.End) {
 		return s.passLabelNames(ctx, req)
 	}
-	names := map[string]struct{}{}
-	warnings, err := s.survivingSeries(ctx, snap, req.Start, req.End, req.Matchers, req.PartialResponseDisabled, req.PartialResponseStrategy, func(lset labels.Labels) {
-		lset.Range(func(l labels.Label) {
-			if !slices.Contains(req.WithoutReplicaLabels, l.Name) {
-				names[l.Name] = struct{}{}
-			}
-		})
+	hints := &storage.LabelHints{}
+	if req.Limit > 0 {
+		// The replica labels are taken out after the masking's limit: room for them.
+		hints.Limit = int(req.Limit) + len(req.WithoutReplicaLabels)
+	}
+	names, warnings, err := s.maskedLookup(ctx, snap, req.Start, req.End, req.PartialResponseDisabled, req.PartialResponseStrategy, func(q storage.Querier) ([]string, annotations.Annotations, error) {
+		return q.LabelNames(ctx, hints, matchers...)
 	})
 	if err != nil {
 		return nil, err
 	}
-	return &storepb.LabelNamesResponse{Names: sortedLimit(names, req.Limit), Warnings: warnings}, nil
+	names = slices.DeleteFunc(names, func(n string) bool { return slices.Contains(req.WithoutReplicaLabels, n) })
+	if req.Limit > 0 && int64(len(names)) > req.Limit {
+		names = names[:req.Limit]
+	}
+	return &storepb.LabelNamesResponse{Names: names, Warnings: warnings}, nil
 }
 
 // LabelValues answers the stores' values of a label, as LabelNames does its names.
@@ -361,135 +367,14 @@ func (s *Server) LabelValues(ctx context.Context, req *storepb.LabelValuesReques
 	if slices.Contains(req.WithoutReplicaLabels, req.Label) {
 		return &storepb.LabelValuesResponse{}, nil // As Thanos' stores answer.
 	}
-	values := map[string]struct{}{}
-	warnings, err := s.survivingSeries(ctx, snap, req.Start, req.End, req.Matchers, req.PartialResponseDisabled, req.PartialResponseStrategy, func(lset labels.Labels) {
-		if v := lset.Get(req.Label); v != "" {
-			values[v] = struct{}{}
-		}
+	hints := &storage.LabelHints{Limit: int(req.Limit)}
+	values, warnings, err := s.maskedLookup(ctx, snap, req.Start, req.End, req.PartialResponseDisabled, req.PartialResponseStrategy, func(q storage.Querier) ([]string, annotations.Annotations, error) {
+		return q.LabelValues(ctx, req.Label, hints, matchers...)
 	})
 	if err != nil {
 		return nil, err
 	}
-	return &storepb.LabelValuesResponse{Values: sortedLimit(values, req.Limit), Warnings: warnings}, nil
-}
-
-// maxExactLookups bounds the series that survivingSeries checks one request each.
-const maxExactLookups = 64
-
-// survivingSeries calls fn with the labels of every series selected by matchers that keeps a
-// sample in [mint, maxt], and returns the stores' warnings. It lists the series without chunks
-// first; only those a tombstone covers in part need their chunks read, one exact look-up each
-// (or, for more than maxExactLookups of them, one look-up with chunks of all that matchers select).
-func (s *Server) survivingSeries(ctx context.Context, snap *proxy.Snapshot, mint, maxt int64, ms []*storepb.LabelMatcher, prDisabled bool, pr storepb.PartialResponseStrategy, fn func(labels.Labels)) ([]string, error) {
-	if len(ms) == 0 {
-		// Stores want a matcher; every series has a name.
-		ms = []*storepb.LabelMatcher{{Type: storepb.LabelMatcher_RE, Name: labels.MetricName, Value: ".+"}}
-	}
-	if _, err := promMatchers(ms); err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
-	}
-	partial := partialResponse(prDisabled, pr)
-	req := &storepb.SeriesRequest{
-		MinTime: mint, MaxTime: maxt, Matchers: ms, SkipChunks: true,
-		// Aggregates summarise the raw samples; the raw ones tell which survive exactly.
-		MaxResolutionWindow:     0,
-		PartialResponseDisabled: prDisabled, PartialResponseStrategy: pr,
-	}
-	var (
-		warnings []string
-		suspects = map[string]labels.Labels{}
-		found    = map[string]struct{}{}
-		builder  labels.ScratchBuilder
-	)
-	// The filters run in one goroutine per store and only read; what they let through is
-	// handled here, in the merge's goroutine.
-	pass := func(series []byte, _ labels.Labels) ([]byte, error) { return series, nil }
-	each := func(f frame, do func(labels.Labels)) error {
-		one := func(series []byte) error {
-			if _, err := wireSeriesLabels(series, &builder); err != nil {
-				return err
-			}
-			builder.Sort()
-			do(builder.Labels())
-			return nil
-		}
-		if f.series != nil {
-			return one(f.series)
-		}
-		// A store's message passed on whole: series, a batch of them, or a warning.
-		w, err := eachWireSeries(f.other.bytes(), one)
-		if w != "" {
-			warnings = append(warnings, w)
-		}
-		return err
-	}
-	// Pass 1: every series, no chunks.
-	err := s.merge(ctx, req, partial, true, pass, func(f frame) error {
-		return each(f, func(lset labels.Labels) {
-			if len(snap.Intervals(lset, labels.EmptyLabels(), nil)) == 0 {
-				fn(lset)
-				return
-			}
-			suspects[lset.String()] = lset
-		})
-	})
-	if err != nil || len(suspects) == 0 {
-		return warnings, err
-	}
-
-	// Pass 2: the chunks of the series a tombstone meets; a series that keeps a sample in the
-	// window gets through.
-	withChunks := proto.CloneOf(req)
-	withChunks.SkipChunks = false
-	keep := func(series []byte, lset labels.Labels) ([]byte, error) {
-		if _, ok := suspects[lset.String()]; !ok {
-			return nil, nil
-		}
-		var dec storepb.Series
-		if err := proto.Unmarshal(series, &dec); err != nil {
-			return nil, err
-		}
-		ok, err := survives(dec.Chunks, snap.Intervals(lset, labels.EmptyLabels(), nil), mint, maxt, 0)
-		if err != nil || !ok {
-			return nil, errors.Wrapf(err, "series %s", redacted(lset))
-		}
-		return wireLabelsOnly(series)
-	}
-	collect := func(f frame) error {
-		return each(f, func(lset labels.Labels) {
-			if key := lset.String(); !contains(found, key) {
-				found[key] = struct{}{}
-				fn(lset)
-			}
-		})
-	}
-	if len(suspects) > maxExactLookups {
-		err := s.merge(ctx, withChunks, partial, true, keep, collect)
-		s.seriesDropped.Add(float64(len(suspects) - len(found)))
-		return warnings, err
-	}
-	keys := make([]string, 0, len(suspects))
-	for k := range suspects {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		exact := proto.CloneOf(withChunks)
-		exact.Matchers = nil
-		suspects[k].Range(func(l labels.Label) {
-			exact.Matchers = append(exact.Matchers, &storepb.LabelMatcher{Type: storepb.LabelMatcher_EQ, Name: l.Name, Value: l.Value})
-		})
-		if err := s.merge(ctx, exact, partial, true, keep, collect); err != nil {
-			return warnings, err
-		}
-	}
-	s.seriesDropped.Add(float64(len(suspects) - len(found)))
-	return warnings, nil
-}
-
-func contains(set map[string]struct{}, k string) bool {
-	_, ok := set[k]
-	return ok
+	return &storepb.LabelValuesResponse{Values: values, Warnings: warnings}, nil
 }
 
 func (s *Server) passLabelNames(ctx context.Context, req *storepb.LabelNamesRequest) (*storepb.LabelNamesResponse, error) {
