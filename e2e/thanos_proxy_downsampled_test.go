@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/efficientgo/core/testutil"
 	"github.com/prometheus/prometheus/model/labels"
@@ -114,7 +115,9 @@ func thxResultString(t *testing.T, r thxProm) string {
 // the aggregate its function wants (min, max, count, sum, counter, or sum over count), from the 5m
 // blocks the real compactor made of two replicas, the replicas deduplicated. An aggregate whose
 // window a deleted range meets is cut by its windows before it is read; the truth is Thanos Query
-// asked the same over the bucket the rewriter cleaned (its 5m blocks cut the same way).
+// asked the same over the bucket the rewriter cleaned (its 5m blocks cut the same way). Thanos
+// Query over lethe's StoreAPI filter answers the same: a counter it asks for alone is cut by the
+// count's windows, which lethe asks the store for beside it.
 func TestStoreSourceReadsDownsampledAggregates(t *testing.T) {
 	thxThanosPath(t)
 	b := thxNewBucket(t)
@@ -163,6 +166,7 @@ func TestStoreSourceReadsDownsampledAggregates(t *testing.T) {
 	direct, directGRPC := ssrcQuerier(t, storeGRPC, `count(thx_load)`, ts)
 	want, _ := ssrcQuerier(t, truthGRPC, `count(thx_load)`, ts)
 	proxy := startProxy(t, b.dir, "--upstream.store="+directGRPC, "--upstream.replica-label=replica")
+	filtered, _ := ssrcQuerier(t, sapiFilter(t, b, &sapiClock{now: time.Now()}, storeGRPC), `count(thx_load)`, ts)
 
 	at := func(h, m int64) string { return formatPromTime(blockStart + h*thxHour + m*60_000) }
 	rangeOf := func(q, from, to, step, res string) (string, url.Values) {
@@ -200,6 +204,7 @@ func TestStoreSourceReadsDownsampledAggregates(t *testing.T) {
 		testutil.Equals(t, thxResultString(t, truthAnswer), thxResultString(t, got), "%s %v through lethe vs Thanos over the rewritten bucket", req.path, req.params)
 		testutil.Assert(t, len(thxResultString(t, got)) > 0, "%s %v: no data", req.path, req.params)
 		testutil.Equals(t, 0, len(got.Warnings), "%s %v: %v", req.path, req.params, got.Warnings)
+		testutil.Equals(t, thxResultString(t, truthAnswer), thxResultString(t, thxGet(t, filtered, req.path, req.params)), "%s %v through Thanos Query over lethe's StoreAPI filter", req.path, req.params)
 		if thxResultString(t, thxGet(t, direct, req.path, req.params)) != thxResultString(t, truthAnswer) {
 			differs++
 		}

@@ -206,6 +206,11 @@ func (s *Server) series(ctx context.Context, snap *proxy.Snapshot, req *storepb.
 		// Whether a series keeps a sample in the range is told by its chunks.
 		up.SkipChunks = false
 	}
+	if masked && up.MaxResolutionWindow > 0 {
+		// A counter aggregate is cut by the windows of another: Thanos Query reads the counter
+		// and leaves the count it did not ask for.
+		up.Aggregates = requestedAggregates(up.Aggregates)
+	}
 	filter := seriesFilter{server: s, snap: snap, req: req, masked: masked}
 	out := &batcher{send: send, size: int(req.ResponseBatchSize), limit: req.Limit}
 	err := s.merge(ctx, up, partialResponse(req.PartialResponseDisabled, req.PartialResponseStrategy), masked, filter.filter, out.add)
