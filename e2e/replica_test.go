@@ -8,11 +8,11 @@ package e2e
 import (
 	"context"
 	"io"
-	"net/http"
-	"strings"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 

@@ -3,14 +3,14 @@ package proxy
 import (
 	"encoding/json"
 	"errors"
-	"io"
-	"testing/iotest"
 	"fmt"
+	"io"
 	"math"
 	"math/rand"
 	"strconv"
 	"strings"
 	"testing"
+	"testing/iotest"
 
 	"github.com/efficientgo/core/testutil"
 	"github.com/prometheus/common/model"

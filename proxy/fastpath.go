@@ -43,6 +43,21 @@ func (p *Proxy) lookbackDelta(r *http.Request) (time.Duration, error) {
 	return d, nil
 }
 
+// queryLookback is lookbackDelta, or, where the request names no lookback_delta and asks for a
+// resolution, the longer one Thanos Query takes for that resolution (see dynamicLookback): what
+// the fast path judges a query with and forwards it with, and what lethe's engine takes over a
+// downsampling source.
+func (p *Proxy) queryLookback(r *http.Request) (time.Duration, error) {
+	lb, err := p.lookbackDelta(r)
+	if err != nil || r.Form.Get("lookback_delta") != "" {
+		return lb, err
+	}
+	if res, err := SourceResolution(r.Context()); err == nil && res > 0 {
+		lb = dynamicLookback(lb, res)
+	}
+	return lb, nil
+}
+
 // untouched reports whether no selector of the request can meet a live tombstone, by matchers and
 // time, so that the upstream's own answer is the masked answer. The time a selector reaches back
 // is judged with the longer of the request's lookback and the upstream's own default (an upstream
@@ -57,7 +72,7 @@ func (p *Proxy) untouched(r *http.Request, route string, snap *Snapshot, up *Ups
 		if err != nil {
 			return false
 		}
-		lookback, err := p.lookbackDelta(r)
+		lookback, err := p.queryLookback(r)
 		if err != nil {
 			return false
 		}

@@ -266,7 +266,7 @@ func (p *Proxy) guard(route string, next http.Handler) http.Handler {
 				target = "/api/v1/label/" + name + "/values"
 			}
 			if p.untouched(r, route, snap, up) {
-				lookback, _ := p.lookbackDelta(r) // untouched parsed it.
+				lookback, _ := p.queryLookback(r) // untouched parsed it.
 				p.fastPath.Inc()
 				if err := up.forward(w, r, target, lookback); err != nil {
 					p.logger.Warn("fast path", "route", route, "err", err)
@@ -293,11 +293,7 @@ func (p *Proxy) downsampledLookback(r *http.Request) {
 	if !ok || !ds.ReadsDownsampled() || r.Form.Get("lookback_delta") != "" {
 		return
 	}
-	res, err := SourceResolution(r.Context())
-	if err != nil || res == 0 {
-		return
-	}
-	if lb := dynamicLookback(p.cfg.LookbackDelta, res); lb != p.cfg.LookbackDelta {
+	if lb, err := p.queryLookback(r); err == nil && lb != p.cfg.LookbackDelta {
 		r.Form.Set("lookback_delta", strconv.FormatFloat(lb.Seconds(), 'f', -1, 64))
 	}
 }

@@ -517,22 +517,27 @@ func TestUpstreamDownsampledAggregatesNeverMeetATombstone(t *testing.T) {
 	// upstream's, before 00:50).
 	l.tombstone(t, `http_requests_total{user_id="1"}`, t0, t0+1_800_000)
 	start, end := t0+3_000_000, t0+6_600_000
+	rate := `sum(rate(http_requests_total[5m]))`
 	for _, c := range []struct {
 		resolution, step string
 		fastPath         bool
+		query            string
 	}{
-		{"", "60", true},
-		{"0s", "60", true},
-		{"5m", "60", true}, // A 5m window that holds 00:40 begins after 00:30.
-		{"1h", "60", false},
-		{"auto", "60", true},     // A fifth of a minute: raw.
-		{"auto", "21600", false}, // A fifth of 6h: 1h windows.
-		{"", "21600", false},     // A querier may auto-downsample without the parameter.
+		// Thanos looks back 1h above a resolution longer than the upstream's 10m lookback.
+		{"15m", "60", false, `http_requests_total{user_id="1"}`},
+		{"5m", "60", true, `http_requests_total{user_id="1"}`},
+		{"", "60", true, rate},
+		{"0s", "60", true, rate},
+		{"5m", "60", true, rate}, // A 5m window that holds 00:40 begins after 00:30.
+		{"1h", "60", false, rate},
+		{"auto", "60", true, rate},     // A fifth of a minute: raw.
+		{"auto", "21600", false, rate}, // A fifth of 6h: 1h windows.
+		{"", "21600", false, rate},     // A querier may auto-downsample without the parameter.
 	} {
 		mu.Lock()
 		seen = nil
 		mu.Unlock()
-		form := url.Values{"query": {`sum(rate(http_requests_total[5m]))`}, "start": {formatTime(start)}, "end": {formatTime(end)}, "step": {c.step}}
+		form := url.Values{"query": {c.query}, "start": {formatTime(start)}, "end": {formatTime(end)}, "step": {c.step}}
 		if c.resolution != "" {
 			form.Set("max_source_resolution", c.resolution)
 		}
