@@ -439,14 +439,7 @@ func TestStoreAPIFilterDownsampled(t *testing.T) {
 	}
 	masked, truth := sapiBuckets(t, blk, dels)
 	for _, b := range []cliBucket{masked, truth} {
-		thxCompact(t, b)
-		n := 0
-		for _, m := range thxListing(t, b).Blocks {
-			if m.Resolution() == thxRes5m {
-				n++
-			}
-		}
-		testutil.Equals(t, 2, n, "5m blocks thanos compact made, one per replica")
+		thxCompactTo5m(t, b, 2) // One per replica.
 	}
 
 	clock := &sapiClock{now: time.Now()}

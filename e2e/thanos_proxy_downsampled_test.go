@@ -32,14 +32,7 @@ func TestProxyInFrontOfThanosQueryAtMaxSourceResolution(t *testing.T) {
 	}
 	thxUpload(t, b, synth.Block{Series: series, MinTime: blockStart, MaxTime: blockStart + 48*thxHour, Step: 60_000,
 		External: map[string]string{"cluster": "thx-ds"}})
-	thxCompact(t, b)
-	ds := 0
-	for _, m := range thxListing(t, b).Blocks {
-		if m.Resolution() == thxRes5m {
-			ds++
-		}
-	}
-	testutil.Equals(t, 1, ds, "5m blocks made by thanos compact")
+	thxCompactTo5m(t, b, 1)
 
 	// 30:00 and 30:01 of user 5, the first two samples of the 5m window [30:00, 30:05).
 	del := thxDeletion{`{user_id="5"}`, blockStart + 30*thxHour, blockStart + 30*thxHour + 60_000}
@@ -99,6 +92,19 @@ func TestProxyInFrontOfThanosQueryAtMaxSourceResolution(t *testing.T) {
 	}
 }
 
+// thxCompactTo5m runs the real compactor over the bucket and checks that it made want 5m blocks.
+func thxCompactTo5m(t *testing.T, b cliBucket, want int) {
+	t.Helper()
+	thxCompact(t, b)
+	n := 0
+	for _, m := range thxListing(t, b).Blocks {
+		if m.Resolution() == thxRes5m {
+			n++
+		}
+	}
+	testutil.Equals(t, want, n, "5m blocks made by thanos compact")
+}
+
 // thxResultString is an answer's result, series sorted by labels, for comparison.
 func thxResultString(t *testing.T, r thxProm) string {
 	t.Helper()
@@ -144,14 +150,7 @@ func TestStoreSourceReadsDownsampledAggregates(t *testing.T) {
 			Histograms: []labels.Labels{labels.FromStrings("__name__", "thx_latency_seconds", "job", "api", "user_id", "5")},
 			External:   map[string]string{"cluster": "thx-ds", "replica": replica}})
 	}
-	thxCompact(t, b)
-	ds := 0
-	for _, m := range thxListing(t, b).Blocks {
-		if m.Resolution() == thxRes5m {
-			ds++
-		}
-	}
-	testutil.Equals(t, 2, ds, "5m blocks made by thanos compact")
+	thxCompactTo5m(t, b, 2)
 
 	// User 5's first two samples of the window [30:00, 30:05); user 2's counter over six windows.
 	thxTombstone(t, b, thxDeletion{`{user_id="5"}`, blockStart + 30*thxHour, blockStart + 30*thxHour + 60_000})

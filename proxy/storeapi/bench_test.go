@@ -61,16 +61,7 @@ func BenchmarkSeries(b *testing.B) {
 // of another metric) and masked (a tombstone of one instance's 20 minutes, which the replicas'
 // chunks are cut by before the merge).
 func BenchmarkSource(b *testing.B) {
-	var stores []*testStore
-	for _, r := range []string{"r0", "r1"} {
-		var series []labels.Labels
-		for i := range 3_200 {
-			series = append(series, labels.FromStrings("__name__", "node_cpu_seconds_total", "cpu", strconv.Itoa(i%8), "instance", "i-"+strconv.Itoa(i/32),
-				"job", "node", "mode", strconv.Itoa(i/8%4), "replica", r))
-		}
-		slices.SortFunc(series, labels.Compare)
-		stores = append(stores, &testStore{series: series})
-	}
+	stores := replicaBenchStores()
 	for _, c := range []struct {
 		name string
 		del  deletion
@@ -87,4 +78,19 @@ func BenchmarkSource(b *testing.B) {
 			}
 		})
 	}
+}
+
+// replicaBenchStores are two replicas' stores of 3,200 node-exporter-like series each.
+func replicaBenchStores() []*testStore {
+	var stores []*testStore
+	for _, r := range []string{"r0", "r1"} {
+		var series []labels.Labels
+		for i := range 3_200 {
+			series = append(series, labels.FromStrings("__name__", "node_cpu_seconds_total", "cpu", strconv.Itoa(i%8), "instance", "i-"+strconv.Itoa(i/32),
+				"job", "node", "mode", strconv.Itoa(i/8%4), "replica", r))
+		}
+		slices.SortFunc(series, labels.Compare)
+		stores = append(stores, &testStore{series: series})
+	}
+	return stores
 }

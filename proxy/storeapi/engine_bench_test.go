@@ -3,13 +3,10 @@ package storeapi
 import (
 	"context"
 	"math"
-	"slices"
-	"strconv"
 	"testing"
 	"time"
 
 	"github.com/efficientgo/core/testutil"
-	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/promql"
 	"github.com/prometheus/prometheus/storage"
 )
@@ -18,16 +15,7 @@ import (
 // with Prometheus' engine over the Source of BenchmarkSource (3,200 series of two replicas),
 // untouched and masked: lethe-proxy --upstream.store's work for a query, the HTTP API aside.
 func BenchmarkSourceQuery(b *testing.B) {
-	var stores []*testStore
-	for _, r := range []string{"r0", "r1"} {
-		var series []labels.Labels
-		for i := range 3_200 {
-			series = append(series, labels.FromStrings("__name__", "node_cpu_seconds_total", "cpu", strconv.Itoa(i%8), "instance", "i-"+strconv.Itoa(i/32),
-				"job", "node", "mode", strconv.Itoa(i/8%4), "replica", r))
-		}
-		slices.SortFunc(series, labels.Compare)
-		stores = append(stores, &testStore{series: series})
-	}
+	stores := replicaBenchStores()
 	engine := promql.NewEngine(promql.EngineOpts{MaxSamples: math.MaxInt32, Timeout: time.Minute, LookbackDelta: 5 * time.Minute})
 	for _, c := range []struct {
 		name string
