@@ -67,7 +67,7 @@ demo: build
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./tombstones/ ./block/ ./rewriter/ ./proxy/storeapi/
 	LETHE_PROMETHEUS=$$(tools/build.sh prometheus) $(GO) test -run '^$$' -bench Dashboard -benchtime $(DASHBOARD_RUNS)x -timeout 20m ./e2e/ | tee bench.out | $(GO) run ./tools/benchtable
-	LETHE_PROMETHEUS=$$(tools/build.sh prometheus) $(GO) test -run '^$$' -bench Lookups -benchtime 10x -timeout 30m ./e2e/ | tee bench-lookup.out | $(GO) run ./tools/benchtable
+	LETHE_PROMETHEUS=$$(tools/build.sh prometheus) LETHE_THANOS=$$(tools/build.sh thanos) $(GO) test -run '^$$' -bench Lookups -benchtime 10x -timeout 60m ./e2e/ | tee bench-lookup.out | $(GO) run ./tools/benchtable
 	LETHE_THANOS=$$(tools/build.sh thanos) $(GO) test -run '^$$' -bench 'StoreSource|StoreAPIFilter' -benchtime 8x -timeout 30m ./e2e/ | tee bench-store.out | $(GO) run ./tools/benchtable
 	LETHE_THANOS=$$(tools/build.sh thanos) $(GO) test -run '^$$' -bench Rewrite -benchtime $(REWRITE_RUNS)x -timeout 20m ./e2e/ | tee bench-rewrite.out | $(GO) run ./tools/benchtable
 

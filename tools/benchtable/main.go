@@ -67,6 +67,47 @@ var rewriteTargets = map[string]struct {
 		target{bound: 4.4, le: true}, target{bound: 1.25, le: true}},
 }
 
+// storeSourceSides are BenchmarkStoreSource's lethe-proxy sides, each timed beside Thanos Query
+// asked directly (querier-ms): its metric prefix and how lethe-proxy reads.
+var storeSourceSides = []struct{ side, how string }{
+	{"store", "--upstream.store=querier"},
+	{"both", "--upstream.store=querier --upstream.url"},
+	{"stores", "--upstream.store=store gateway --upstream.url"},
+	{"api", "--upstream.url"},
+}
+
+// storeSourceRows turns one BenchmarkStoreSource leaf, which times every side in one run, into a
+// comparison per side.
+func storeSourceRows(name string, metrics map[string]float64) []*row {
+	parts := strings.Split(name, "/")
+	group := strings.Join(parts[1:], "/")
+	var rows []*row
+	for _, s := range storeSourceSides {
+		ratio, ok := metrics[s.side+"/querier"]
+		if !ok {
+			continue
+		}
+		m := map[string][]float64{
+			"lethe-ms": {metrics[s.side+"-ms"]}, "baseline-ms": {metrics["querier-ms"]}, "lethe/baseline": {ratio},
+			"lethe-peak-RSS-MiB": {metrics["lethe-proxy-"+s.side+"-MiB"]}, "baseline-peak-RSS-MiB": {metrics["thanos-query-MiB"]},
+		}
+		rows = append(rows, &row{bench: parts[0], group: group, lethe: "lethe " + s.how, base: "Thanos Query", metrics: m})
+	}
+	return rows
+}
+
+// storeSourceTarget is issue 13's bound on a BenchmarkStoreSource comparison: untouched 1.05x,
+// masked 1.5x of Thanos Query alone.
+func storeSourceTarget(group string) (target, bool) {
+	switch q := group[strings.LastIndex(group, "/")+1:]; {
+	case strings.HasPrefix(q, "untouched"):
+		return target{"untouched, in front of Thanos Query", 1.05, true}, true
+	case strings.HasPrefix(q, "masked"):
+		return target{"masked, in front of Thanos Query", 1.5, true}, true
+	}
+	return target{}, false
+}
+
 // row is one comparison: its metrics, one value per run.
 type row struct {
 	bench, group, lethe, base string
@@ -120,6 +161,10 @@ func parse(r io.Reader) (rows []*row, header []string, failed bool, err error) {
 					continue
 				}
 				metrics[f[i+1]] = v
+			}
+			if _, ok := metrics["querier-ms"]; ok {
+				rows = append(rows, storeSourceRows(name, metrics)...)
+				continue
 			}
 			if _, ok := metrics["lethe/baseline"]; !ok {
 				continue
@@ -176,7 +221,11 @@ func printTable(w io.Writer, rows []*row) {
 	for _, r := range rows {
 		ratio := median(r.metrics["lethe/baseline"])
 		what, target, met := r.group, "-", "-"
-		if t, ok := targets[r.group]; ok {
+		t, ok := targets[r.group]
+		if r.bench == "StoreSource" {
+			t, ok = storeSourceTarget(r.group)
+		}
+		if ok {
 			what = t.what + " (`" + r.group + "`)"
 			op, ok := "<", ratio < t.bound
 			if t.le {
