@@ -14,8 +14,10 @@ import (
 
 	"github.com/efficientgo/core/testutil"
 	"github.com/prometheus/common/model"
+	"github.com/prometheus/prometheus/model/histogram"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/tsdb/chunkenc"
+	"github.com/prometheus/prometheus/tsdb/chunks"
 )
 
 // TestParseMatrixAnswerReadsAsEncodingJSON: random query API answers (label values with escapes
@@ -142,3 +144,17 @@ func TestParseMatrixAnswerRefusesWhatIsNotAMatrix(t *testing.T) {
 	testutil.NotOk(t, err)
 	testutil.Assert(t, strings.Contains(err.Error(), "connection reset"), "%v", err)
 }
+
+// floatSample is one float sample as a chunks.Sample, for the tests' list series.
+type floatSample struct {
+	t int64
+	f float64
+}
+
+func (s floatSample) T() int64                    { return s.t }
+func (floatSample) ST() int64                     { return 0 }
+func (s floatSample) F() float64                  { return s.f }
+func (floatSample) H() *histogram.Histogram       { return nil }
+func (floatSample) FH() *histogram.FloatHistogram { return nil }
+func (floatSample) Type() chunkenc.ValueType      { return chunkenc.ValFloat }
+func (s floatSample) Copy() chunks.Sample         { return s }
