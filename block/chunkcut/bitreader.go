@@ -1,0 +1,77 @@
+package chunkcut
+
+import (
+	"encoding/binary"
+
+	"github.com/efficientgo/core/errors"
+)
+
+// bitReader reads a bit stream, most significant bit first.
+type bitReader struct {
+	b   []byte
+	pos int // in bits
+	err error
+}
+
+func (r *bitReader) bit() uint64 {
+	if r.pos >= 8*len(r.b) {
+		return r.bits(1) // Sets the error.
+	}
+	v := uint64(r.b[r.pos>>3]>>(7-r.pos&7)) & 1
+	r.pos++
+	return v
+}
+
+// bits reads n <= 64 bits.
+func (r *bitReader) bits(n int) uint64 {
+	if r.err != nil || r.pos+n > 8*len(r.b) {
+		if r.err == nil {
+			r.err = errors.New("stream ends early")
+		}
+		return 0
+	}
+	if i := r.pos >> 3; n <= 56 && i+8 <= len(r.b) {
+		// The 8 bytes from the current one hold at least 57 bits from the position on.
+		v := binary.BigEndian.Uint64(r.b[i:]) << (r.pos & 7) >> (64 - n)
+		r.pos += n
+		return v
+	}
+	var v uint64
+	for n > 0 {
+		off := r.pos % 8
+		take := min(8-off, n)
+		v = v<<take | uint64(r.b[r.pos/8]>>(8-off-take))&(1<<take-1)
+		r.pos += take
+		n -= take
+	}
+	return v
+}
+
+// ReadByte reads 8 bits, for the varints of the stream, which are not byte-aligned.
+func (r *bitReader) ReadByte() (byte, error) {
+	v := r.bits(8)
+	return byte(v), r.err
+}
+
+// dod reads a delta of delta of timestamps: 0, or 10, 110, 1110 or 1111 and a signed number of
+// 14, 17, 20 or 64 bits.
+func (r *bitReader) dod() int64 {
+	size := 0
+	for _, s := range []int{14, 17, 20, 64} {
+		if r.bit() == 0 {
+			break
+		}
+		size = s
+	}
+	switch size {
+	case 0:
+		return 0
+	case 64:
+		return int64(r.bits(64))
+	}
+	v := r.bits(size)
+	if v > 1<<(size-1) {
+		v -= 1 << size // Negative.
+	}
+	return int64(v)
+}
