@@ -14,27 +14,38 @@ type bitReader struct {
 }
 
 func (r *bitReader) bit() uint64 {
-	if r.pos >= 8*len(r.b) {
-		return r.bits(1) // Sets the error.
+	if i := r.pos >> 3; i < len(r.b) {
+		v := uint64(r.b[i]>>(7-r.pos&7)) & 1
+		r.pos++
+		return v
 	}
-	v := uint64(r.b[r.pos>>3]>>(7-r.pos&7)) & 1
-	r.pos++
-	return v
+	r.ends()
+	return 0
+}
+
+// ends records that the stream ended early, unless an error came first.
+func (r *bitReader) ends() {
+	if r.err == nil {
+		r.err = errors.New("stream ends early")
+	}
 }
 
 // bits reads n <= 64 bits.
 func (r *bitReader) bits(n int) uint64 {
-	if r.err != nil || r.pos+n > 8*len(r.b) {
-		if r.err == nil {
-			r.err = errors.New("stream ends early")
-		}
-		return 0
-	}
-	if i := r.pos >> 3; n <= 56 && i+8 <= len(r.b) {
+	if i := r.pos >> 3; n <= 56 && i+8 <= len(r.b) && r.err == nil {
 		// The 8 bytes from the current one hold at least 57 bits from the position on.
 		v := binary.BigEndian.Uint64(r.b[i:]) << (r.pos & 7) >> (64 - n)
 		r.pos += n
 		return v
+	}
+	return r.slowBits(n)
+}
+
+// slowBits is bits near the end of the stream, or of more than 56 bits.
+func (r *bitReader) slowBits(n int) uint64 {
+	if r.err != nil || r.pos+n > 8*len(r.b) {
+		r.ends()
+		return 0
 	}
 	var v uint64
 	for n > 0 {

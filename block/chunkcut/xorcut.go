@@ -162,39 +162,57 @@ type bitWriter struct {
 
 // writeBits writes the n <= 64 low bits of v.
 func (w *bitWriter) writeBits(v uint64, n int) {
-	for n > 0 {
-		if w.n%8 == 0 {
-			w.b = append(w.b, 0)
+	if n <= 0 {
+		return
+	}
+	v <<= 64 - n // The bits to write first are the top ones; those after them are zero.
+	if off := w.n % 8; off != 0 {
+		// The last byte's low 8-off bits are free.
+		free := 8 - off
+		w.b[len(w.b)-1] |= byte(v >> (56 + off))
+		if n <= free {
+			w.n += n
+			return
 		}
-		free := 8 - w.n%8
-		take := min(free, n)
-		w.b[len(w.b)-1] |= byte(v>>(n-take)) & (1<<take - 1) << (free - take)
-		w.n += take
-		n -= take
+		v <<= free
+		n -= free
+		w.n += free
+	}
+	for ; n >= 8; n -= 8 {
+		w.b = append(w.b, byte(v>>56))
+		v <<= 8
+		w.n += 8
+	}
+	if n > 0 {
+		w.b = append(w.b, byte(v>>56))
+		w.n += n
 	}
 }
 
 // copyBits writes the bits [from, to) of src.
 func (w *bitWriter) copyBits(src []byte, from, to int) {
-	if from%8 == w.n%8 {
-		// Aligned alike: whole bytes are copied as they are.
-		if head := (8 - from%8) % 8; head > 0 && to-from >= head {
-			w.writeBits(uint64(src[from/8]), head)
-			from += head
-		}
-		if from%8 == 0 && to-from >= 8 {
-			k := (to - from) / 8
-			w.b = append(w.b, src[from/8:from/8+k]...)
-			w.n += 8 * k
-			from += 8 * k
-		}
-	}
 	r := bitReader{b: src, pos: from}
-	for from < to {
-		k := min(56, to-from)
+	if head := (8 - w.n%8) % 8; head > 0 {
+		// Up to the writer's next byte boundary.
+		k := min(head, to-from)
 		w.writeBits(r.bits(k), k)
 		from += k
 	}
+	if k := (to - from) / 8; k > 0 {
+		// Whole bytes: as they are when aligned alike, else each from two of src.
+		i, sh := from/8, from%8
+		if sh == 0 {
+			w.b = append(w.b, src[i:i+k]...)
+		} else {
+			for j := i; j < i+k; j++ {
+				w.b = append(w.b, src[j]<<sh|src[j+1]>>(8-sh))
+			}
+		}
+		w.n += 8 * k
+		from += 8 * k
+	}
+	r.pos = from
+	w.writeBits(r.bits(to-from), to-from)
 }
 
 // writeSample writes the sample (t, v) after the state s, as Prometheus' XOR appender does, and
