@@ -58,8 +58,10 @@ type Job struct {
 
 	meta *block.Meta
 	// index, when set, is a local copy of the block's index that the planner downloaded whole;
-	// the rewrite takes it rather than downloading it again.
+	// the rewrite takes it rather than downloading it again, and with it found, when set: pass
+	// 1's result, which the planner could decide from chunk metadata.
 	index string
+	found *pass1
 }
 
 // Plan is what a run would do.
@@ -186,7 +188,7 @@ func (j *Job) dropIndex(logger *slog.Logger) {
 	if err := os.Remove(j.index); err != nil {
 		logger.Warn("remove the planner's copy of the index", "block", j.Block.String(), "err", err)
 	}
-	j.index = ""
+	j.index, j.found = "", nil
 }
 
 // appliedTo returns the tombstones lethe applied to the block or to the blocks it was rewritten
@@ -367,7 +369,13 @@ func (p *Planner) planBlock(ctx context.Context, meta *block.Meta, cands []*tomb
 		deleted float64
 		hit     = map[ulid.ULID]struct{}{}
 		job     = &Job{Block: meta.ULID, MinTime: meta.MinTime, MaxTime: meta.MaxTime, Resolution: meta.Resolution(), Series: meta.Stats.NumSeries, meta: meta}
+		// found is pass 1's result for the job, while chunk metadata decides it: in a raw block
+		// whose index is local, so that the job takes it with the index.
+		found *pass1
 	)
+	if local != "" && meta.Resolution() == 0 {
+		found = &pass1{dropped: map[storage.SeriesRef]struct{}{}, affected: &affectedSeries{}}
+	}
 	for postings.Next() {
 		if err := ir.Series(storage.SeriesRef(postings.At()), &builder, &chks); err != nil {
 			return nil, errors.Wrapf(err, "block %s: series", meta.ULID)
@@ -383,6 +391,16 @@ func (p *Planner) planBlock(ctx context.Context, meta *block.Meta, cands []*tomb
 		}
 		job.SeriesAffected++
 		deleted += share * perChunk
+		if found != nil {
+			switch survives, decided := survivesByMeta(chks, ivs); {
+			case !decided:
+				found = nil
+			case survives:
+				found.affected.add(postings.At(), ivs)
+			default:
+				found.dropped[postings.At()] = struct{}{}
+			}
+		}
 		ix.Matching(lset, ext, func(t *tombstones.Tombstone) {
 			if t.Overlaps(meta.MinTime, meta.MaxTime-1) {
 				hit[t.ID] = struct{}{}
@@ -398,9 +416,14 @@ func (p *Planner) planBlock(ctx context.Context, meta *block.Meta, cands []*tomb
 		}
 		return nil, nil
 	}
-	job.index = local
+	job.index, job.found = local, found
 	for id := range hit {
 		job.Tombstones = append(job.Tombstones, id)
+		if !slices.ContainsFunc(cands, func(t *tombstones.Tombstone) bool { return t.ID == id }) {
+			// A tombstone the candidates' postings did not look for (one applied before): pass 1
+			// visits series the planner did not.
+			found = nil
+		}
 	}
 	slices.SortFunc(job.Tombstones, func(a, b ulid.ULID) int { return a.Compare(b) })
 	if meta.Stats.NumSamples > 0 {

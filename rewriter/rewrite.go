@@ -93,6 +93,8 @@ type deleter struct {
 	ext     labels.Labels
 	// resolution of a downsampled block: its aggregates summarise windows before their timestamps.
 	resolution int64
+	// found, when set, is pass 1's result as the planner found it, from chunk metadata.
+	found *pass1
 	// progress is called after every batch with the series done so far.
 	progress func(done int, bytes int64)
 	// checkpointEvery, when set, has the deleter hand a checkpoint to save at the first batch
@@ -241,8 +243,13 @@ func (d *deleter) rewriteFrom(ctx context.Context, srcBlock blockSource, dst str
 	defer errcapture.Do(&err, cr.Close, "close chunks")
 
 	// Pass 1: which series lose every sample, and the deleted ranges of those that keep some.
-	dropped, affected, err := d.droppedSeries(ctx, ir, random)
-	if err != nil {
+	var (
+		dropped  map[storage.SeriesRef]struct{}
+		affected *affectedSeries
+	)
+	if d.found != nil {
+		dropped, affected = d.found.dropped, d.found.affected
+	} else if dropped, affected, err = d.droppedSeries(ctx, ir, random); err != nil {
 		return st, nil, err
 	}
 	if err := random.Close(); err != nil {
@@ -642,6 +649,30 @@ func (a *affectedSeries) intervals(ref storage.SeriesRef, cursor *int) tombstone
 		start = a.ends[i-1]
 	}
 	return a.ivs[start:a.ends[i]:a.ends[i]]
+}
+
+// pass1 is what pass 1 finds: the series that keep no sample, and the deleted ranges of the
+// others a tombstone meets.
+type pass1 struct {
+	dropped  map[storage.SeriesRef]struct{}
+	affected *affectedSeries
+}
+
+// survivesByMeta decides from the chunk metadata of a raw block's series whether it keeps a
+// sample: it does if the first or last sample of a chunk is outside every deleted range, it does
+// not if every chunk's time range is deleted; otherwise (decided is false) a chunk must be read.
+func survivesByMeta(chks []chunks.Meta, ivs tombstones.Intervals) (survives, decided bool) {
+	decided = true
+	for _, c := range chks {
+		switch {
+		case ivs.CoversRange(c.MinTime, c.MaxTime):
+		case !ivs.Covers(c.MinTime) || !ivs.Covers(c.MaxTime):
+			return true, true
+		default:
+			decided = false
+		}
+	}
+	return false, decided
 }
 
 // droppedSeries returns the series that keep no sample, and the deleted ranges of the others

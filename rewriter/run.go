@@ -466,13 +466,15 @@ func (r *Runner) rewriteJob(ctx context.Context, j *Job, childID ulid.ULID, log 
 		return stats{}, nil, dst, err
 	}
 	index := filepath.Join(work, j.Block.String()+"-"+block.IndexFilename)
-	// The planner's copy, when it downloaded the index whole: blocks do not change.
-	if j.index == "" || os.Rename(j.index, index) != nil {
-		if err := block.DownloadIndex(ctx, r.bkt, j.Block, index); err != nil {
-			return stats{}, nil, dst, err
-		}
+	// The planner's copy, when it downloaded the index whole: blocks do not change. Pass 1's
+	// result comes with it when the planner could decide it.
+	var found *pass1
+	if j.index != "" && os.Rename(j.index, index) == nil {
+		found = j.found
+	} else if err := block.DownloadIndex(ctx, r.bkt, j.Block, index); err != nil {
+		return stats{}, nil, dst, err
 	}
-	j.index = ""
+	j.index, j.found = "", nil
 	src := bucketSource(ctx, r.bkt, index, segments)
 	r.atPhase("download")
 	log.Debug("downloaded", "seconds", time.Since(phase).Seconds())
@@ -503,7 +505,7 @@ func (r *Runner) rewriteJob(ctx context.Context, j *Job, childID ulid.ULID, log 
 		return stats{}, nil, dst, err
 	}
 	d := &deleter{logger: log, limits: r.cfg.Limits, ix: ix, applied: applied, ext: j.meta.ExternalLabels(), resolution: j.Resolution,
-		checkpointEvery: r.cfg.CheckpointEvery}
+		checkpointEvery: r.cfg.CheckpointEvery, found: found}
 	prev := resume
 	save := func(ctx context.Context, cp *checkpoint) error {
 		cp.Source, cp.Block, cp.Tombstones = j.Block, childID, j.Tombstones
