@@ -13,20 +13,25 @@ type bitReader struct {
 	err error
 }
 
+// errStreamEnds is the error of a read past the end of the stream.
+var errStreamEnds = errors.New("stream ends early")
+
+// bit reads one bit. It is small enough to be inlined: it is read once or twice a sample.
 func (r *bitReader) bit() uint64 {
 	if i := r.pos >> 3; i < len(r.b) {
-		v := uint64(r.b[i]>>(7-r.pos&7)) & 1
 		r.pos++
-		return v
+		return uint64(r.b[i]>>(8-r.pos+i<<3)) & 1
 	}
-	r.ends()
+	if r.err == nil {
+		r.err = errStreamEnds
+	}
 	return 0
 }
 
 // ends records that the stream ended early, unless an error came first.
 func (r *bitReader) ends() {
 	if r.err == nil {
-		r.err = errors.New("stream ends early")
+		r.err = errStreamEnds
 	}
 }
 
@@ -67,16 +72,17 @@ func (r *bitReader) ReadByte() (byte, error) {
 // dod reads a delta of delta of timestamps: 0, or 10, 110, 1110 or 1111 and a signed number of
 // 14, 17, 20 or 64 bits.
 func (r *bitReader) dod() int64 {
-	size := 0
-	for _, s := range []int{14, 17, 20, 64} {
+	if r.bit() == 0 {
+		return 0 // The commonest: samples at a regular interval.
+	}
+	size := 14
+	for _, s := range []int{17, 20, 64} {
 		if r.bit() == 0 {
 			break
 		}
 		size = s
 	}
 	switch size {
-	case 0:
-		return 0
 	case 64:
 		return int64(r.bits(64))
 	}

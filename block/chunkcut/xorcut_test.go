@@ -29,13 +29,18 @@ func xorTestSeries(rng *rand.Rand) map[string][2][]float64 {
 		},
 		"gauge": func(int, float64) float64 { return float64(rng.IntN(4)) * 0.25 },
 	}
+	regular := map[string]bool{"counter": true}
 	gaps := []int64{15_000, 15_000, 15_001, 14_000, 16_000, 50_000, 15_000 + 70_000, 15_000, 1 << 40, 15_000, 15_000 - 500_000 + 600_000}
 	out := map[string][2][]float64{}
 	for name, f := range value {
 		var ts, vs []float64
 		tm, v := int64(1_000_000), 0.0
 		for i := 0; i < 120; i++ {
-			tm += gaps[rng.IntN(len(gaps))]
+			if regular[name] {
+				tm += 15_000 // Scraped at a regular interval, as most series are.
+			} else {
+				tm += gaps[rng.IntN(len(gaps))]
+			}
 			v = f(i, v)
 			ts, vs = append(ts, float64(tm)), append(vs, v)
 		}
