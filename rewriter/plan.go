@@ -342,6 +342,10 @@ func (p *Planner) planBlock(ctx context.Context, meta *block.Meta, cands []*tomb
 		if err != nil {
 			return nil, errors.Wrapf(err, "block %s: postings", meta.ULID)
 		}
+		if ir.Err() != nil {
+			// Checked before the ranged reader goes: a failed read decodes as zeros.
+			return nil, errors.Wrapf(ir.Err(), "block %s", meta.ULID)
+		}
 		postings = index.NewListPostings(refs)
 		if wholeIndexPays(len(refs), meta.Stats.NumSeries) {
 			// The series are read from a local copy, which the rewrite then takes: plan and
