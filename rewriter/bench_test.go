@@ -4,12 +4,16 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
+	"runtime/pprof"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/efficientgo/core/testutil"
 	"github.com/prometheus/prometheus/model/labels"
+	"github.com/thanos-io/objstore/providers/filesystem"
 
 	"github.com/lethe-project/lethe/internal/synth"
 	"github.com/lethe-project/lethe/tombstones"
@@ -44,6 +48,41 @@ func BenchmarkDeleter(b *testing.B) {
 		testutil.Ok(b, err)
 		if st.seriesOut != 9_500 {
 			b.Fatalf("series out %d", st.seriesOut)
+		}
+	}
+}
+
+// BenchmarkRun runs a whole job in process, as `lethe-rewriter run --threshold=0
+// --batch.series=10000` does, on a fresh copy (not timed) of the FILESYSTEM bucket in the
+// directory LETHE_REWRITER_BENCH_BUCKET, such as a template the e2e BenchmarkRewrite keeps under
+// LETHE_REWRITE_BENCH_CACHE: the way to profile the rewriter on issue 16's blocks with -cpuprofile
+// (the run's samples carry the label phase=run, for pprof's -tagfocus, which leaves the copies
+// out). Without the variable it is skipped.
+func BenchmarkRun(b *testing.B) {
+	tmpl := os.Getenv("LETHE_REWRITER_BENCH_BUCKET")
+	if tmpl == "" {
+		b.Skip("LETHE_REWRITER_BENCH_BUCKET is not set")
+	}
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		dir := b.TempDir()
+		testutil.Ok(b, os.CopyFS(filepath.Join(dir, "bucket"), os.DirFS(tmpl)))
+		testutil.Ok(b, os.Mkdir(filepath.Join(dir, "tmp"), 0o755))
+		syscall.Sync()
+		bkt, err := filesystem.NewBucket(filepath.Join(dir, "bucket"))
+		testutil.Ok(b, err)
+		r := NewRunner(bkt, tombstones.NewStore(bkt, nil), slog.New(slog.DiscardHandler), nil, Config{
+			Limits: Limits{BatchSeries: 10_000}, TmpDir: filepath.Join(dir, "tmp"), Owner: "bench", LeaseTTL: 10 * time.Minute,
+			CheckpointEvery: 5 * time.Minute, DeleteDelay: 48 * time.Hour,
+		})
+		b.StartTimer()
+		var rep *Report
+		pprof.Do(context.Background(), pprof.Labels("phase", "run"), func(ctx context.Context) {
+			rep, err = r.Run(ctx)
+		})
+		testutil.Ok(b, err)
+		if len(rep.Rewritten) != 1 {
+			b.Fatalf("rewrote %d blocks, want 1", len(rep.Rewritten))
 		}
 	}
 }

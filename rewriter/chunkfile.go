@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/efficientgo/core/errors"
 	"github.com/oklog/ulid/v2"
@@ -143,14 +144,19 @@ func openObjectChunks(ctx context.Context, bkt objstore.BucketReader, names []st
 	c := &chunkFiles{pool: pool, sequential: sequential}
 	for _, n := range names {
 		s := &segment{name: n, open: func(off int64) (io.ReadCloser, error) {
-			rc, err := bkt.GetRange(ctx, n, off, -1)
+			if !sequential {
+				rc, err := bkt.GetRange(ctx, n, off, -1)
+				return rc, errors.Wrapf(err, "get %s", n)
+			}
+			// The read-ahead's stream has its own context: closing the read-ahead cancels the
+			// read in flight rather than waiting for it.
+			sctx, cancel := context.WithCancel(ctx)
+			rc, err := bkt.GetRange(sctx, n, off, -1)
 			if err != nil {
+				cancel()
 				return nil, errors.Wrapf(err, "get %s", n)
 			}
-			if !sequential {
-				return rc, nil
-			}
-			return newReadAhead(rc), nil
+			return newReadAhead(rc, cancel), nil
 		}}
 		if sequential {
 			s.skipThrough = objectSkipThrough
@@ -282,6 +288,8 @@ type readAhead struct {
 	full chan []byte // Read buffers, in order; closed after the last.
 	free chan []byte
 	done chan struct{}
+	// cancel cancels the stream's context, and with it a read in flight.
+	cancel context.CancelFunc
 	// ended receives the reading goroutine's error once it has stopped: nil at the stream's end.
 	ended chan error
 	buf   []byte // The buffer cur is in.
@@ -290,16 +298,24 @@ type readAhead struct {
 	// stopped is the error ended gave, once it has.
 	stopped bool
 	endErr  error
+	closed  bool
 }
 
 const (
 	readAheadBuffer = 1 << 20
 	readAheadDepth  = 3
+	// readAheadCloseWait is how long Close waits for a read in flight to end once cancelled: a
+	// stream that ignores its context's cancellation is left to end in the background.
+	readAheadCloseWait = time.Second
 )
 
-func newReadAhead(rc io.ReadCloser) *readAhead {
+// newReadAhead reads rc ahead; cancel, which may be nil, cancels the context rc reads under.
+func newReadAhead(rc io.ReadCloser, cancel context.CancelFunc) *readAhead {
+	if cancel == nil {
+		cancel = func() {}
+	}
 	a := &readAhead{full: make(chan []byte, readAheadDepth), free: make(chan []byte, readAheadDepth+1),
-		done: make(chan struct{}), ended: make(chan error, 1)}
+		done: make(chan struct{}), ended: make(chan error, 1), cancel: cancel}
 	for range readAheadDepth + 1 {
 		a.free <- make([]byte, readAheadBuffer)
 	}
@@ -406,10 +422,28 @@ func (a *readAhead) next() error {
 	return nil
 }
 
-// Close stops the reading and closes the stream.
+// Close stops the reading, cancels the read in flight and closes the stream. It waits for the
+// read in flight at most readAheadCloseWait. The stream's error is returned unless it is the
+// cancellation: the bytes not read are not wanted.
 func (a *readAhead) Close() error {
-	close(a.done)
-	for range a.full {
+	if a.closed {
+		return nil
 	}
-	return a.stop()
+	a.closed = true
+	close(a.done)
+	a.cancel()
+	if !a.stopped {
+		t := time.NewTimer(readAheadCloseWait)
+		defer t.Stop()
+		select {
+		case a.endErr = <-a.ended:
+			a.stopped = true
+		case <-t.C:
+			return nil
+		}
+	}
+	if errors.Is(a.endErr, context.Canceled) {
+		return nil
+	}
+	return a.endErr
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	stderrors "errors"
+	"fmt"
 	"hash"
 	"hash/crc32"
 	"io"
@@ -77,20 +78,30 @@ func newSource(ix *block.Index) (*source, error) {
 	return &source{ix: ix, bs: bs, toc: toc, symbols: syms, count: count}, nil
 }
 
-// series decodes a series entry: its labels into builder, its chunks into chks and the symbol
+// series decodes a series entry: its labels into builder (unless it is nil: most series are
+// written without their label strings being looked up), its chunks into chks and the symbol
 // numbers of its label names and values, in label order, into refs.
 func (s *source) series(id storage.SeriesRef, builder *labels.ScratchBuilder, chks *[]chunks.Meta, refs *[]uint32) error {
 	d := encoding.NewDecbufUvarintAt(s.bs, int(id)*16, castagnoli)
 	if d.Err() != nil {
 		return errors.Wrapf(d.Err(), "series %d", id)
 	}
-	builder.Reset()
+	if builder != nil {
+		builder.Reset()
+	}
 	*chks, *refs = (*chks)[:0], (*refs)[:0]
 	k := d.Uvarint()
 	for i := 0; i < k; i++ {
 		nr, vr := uint32(d.Uvarint()), uint32(d.Uvarint())
 		if d.Err() != nil {
 			return errors.Wrapf(d.Err(), "series %d: labels", id)
+		}
+		if builder == nil {
+			if nr >= uint32(s.count) || vr >= uint32(s.count) {
+				return errors.Newf("series %d: symbol %d or %d outside the table of %d", id, nr, vr, s.count)
+			}
+			*refs = append(*refs, nr, vr)
+			continue
 		}
 		if len(s.names) <= i {
 			s.names, s.values = append(s.names, cachedSymbol{}), append(s.values, cachedSymbol{})
@@ -120,7 +131,25 @@ func (s *source) series(id storage.SeriesRef, builder *labels.ScratchBuilder, ch
 		ref += d.Varint64()
 		*chks = append(*chks, chunks.Meta{Ref: chunks.ChunkRef(ref), MinTime: mint, MaxTime: maxt})
 	}
-	return errors.Wrapf(d.Err(), "series %d: chunks", id)
+	if d.Err() != nil {
+		// Checked first: the arguments of a wrap that returns nil cost an allocation per series.
+		return errors.Wrapf(d.Err(), "series %d: chunks", id)
+	}
+	return nil
+}
+
+// name names the series id in errors by its metric name only (redactedLabels), or by its number
+// if its entry does not decode.
+func (s *source) name(id storage.SeriesRef) string {
+	var (
+		builder labels.ScratchBuilder
+		chks    []chunks.Meta
+		refs    []uint32
+	)
+	if err := s.series(id, &builder, &chks, &refs); err != nil {
+		return fmt.Sprintf("number %d", id)
+	}
+	return redactedLabels(builder.Labels())
 }
 
 func (s *source) lookup(c *cachedSymbol, ref uint32) (string, error) {

@@ -7,8 +7,11 @@ package rewriter
 import (
 	"context"
 	"encoding/json"
+	stderrors "errors"
 	"log/slog"
 	"math"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 
@@ -54,6 +57,11 @@ type Job struct {
 	Reason   string `json:"reason"`
 
 	meta *block.Meta
+	// index, when set, is a local copy of the block's index that the planner downloaded whole;
+	// the rewrite takes it rather than downloading it again, and with it found, when set: pass
+	// 1's result, which the planner could decide from chunk metadata.
+	index string
+	found *pass1
 }
 
 // Plan is what a run would do.
@@ -74,6 +82,9 @@ type Planner struct {
 	logger    *slog.Logger
 	threshold float64
 	key       *tombstones.RedactionKey
+	// indexDir, when set, is where the planner downloads whole the indexes of the blocks whose
+	// tombstones select many series (wholeIndexPays), for their jobs to reuse.
+	indexDir string
 }
 
 // NewPlanner returns a planner; threshold is the deleted share from which a block is rewritten
@@ -161,9 +172,23 @@ func (p *Planner) plan(ctx context.Context, set *tombstones.Set, keep func(*bloc
 		default:
 			job.Decision, job.Reason = DecisionSkip, "deleted share below the threshold and no deadline passed"
 		}
+		if job.Decision == DecisionSkip {
+			job.dropIndex(p.logger)
+		}
 		plan.Jobs = append(plan.Jobs, job)
 	}
 	return plan, nil
+}
+
+// dropIndex removes the job's local copy of its index, if it has one.
+func (j *Job) dropIndex(logger *slog.Logger) {
+	if j.index == "" {
+		return
+	}
+	if err := os.Remove(j.index); err != nil {
+		logger.Warn("remove the planner's copy of the index", "block", j.Block.String(), "err", err)
+	}
+	j.index, j.found = "", nil
 }
 
 // appliedTo returns the tombstones lethe applied to the block or to the blocks it was rewritten
@@ -267,12 +292,35 @@ func selectPostings(ctx context.Context, ir tsdb.IndexReader, cands []*tombstone
 	return index.Merge(ctx, its...), nil
 }
 
+// wholeIndexPays reports whether the series the tombstones select are enough of the block's for
+// the planner to download its index whole: a page of a ranged read holds about a thousand series
+// entries, so from one selected series in a few hundred on, ranged reads fetch nearly every page
+// of the series, in as many requests, where one download fetches them all, and the rewrite needs
+// the whole index anyway.
+func wholeIndexPays(selected int, series uint64) bool {
+	return selected > 0 && uint64(selected)*256 >= series
+}
+
+// downloadIndex downloads a block's index into indexDir and opens it.
+func (p *Planner) downloadIndex(ctx context.Context, id ulid.ULID) (*block.Index, string, error) {
+	path := filepath.Join(p.indexDir, id.String()+"-"+block.IndexFilename)
+	if err := block.DownloadIndex(ctx, p.bkt, id, path); err != nil {
+		return nil, "", err
+	}
+	ir, err := block.OpenIndexFile(path, 1<<20)
+	if err != nil {
+		return nil, "", stderrors.Join(err, os.Remove(path))
+	}
+	return ir, path, nil
+}
+
 func (p *Planner) planBlock(ctx context.Context, meta *block.Meta, cands []*tombstones.Tombstone, ix *tombstones.Index) (_ *Job, err error) {
 	ir, err := block.OpenIndex(ctx, p.bkt, meta.ULID)
 	if err != nil {
 		return nil, err
 	}
-	defer errcapture.Do(&err, ir.Close, "close index of %s", meta.ULID)
+	var local string
+	defer func() { errcapture.Do(&err, ir.Close, "close index of %s", meta.ULID) }()
 	defer func() {
 		if r := recover(); r != nil {
 			err = errors.Newf("block %s: corrupt index: %v", meta.ULID, r)
@@ -280,11 +328,39 @@ func (p *Planner) planBlock(ctx context.Context, meta *block.Meta, cands []*tomb
 		if ir.Err() != nil {
 			err = errors.Wrapf(ir.Err(), "block %s", meta.ULID)
 		}
+		if err != nil && local != "" {
+			_ = os.Remove(local)
+		}
 	}()
 	ext := meta.ExternalLabels()
 	postings, err := selectPostings(ctx, ir.Reader, cands, ext)
 	if err != nil {
 		return nil, errors.Wrapf(err, "block %s: postings", meta.ULID)
+	}
+	if p.indexDir != "" {
+		refs, err := index.ExpandPostings(postings)
+		if err != nil {
+			return nil, errors.Wrapf(err, "block %s: postings", meta.ULID)
+		}
+		if ir.Err() != nil {
+			// Checked before the ranged reader goes: a failed read decodes as zeros.
+			return nil, errors.Wrapf(ir.Err(), "block %s", meta.ULID)
+		}
+		postings = index.NewListPostings(refs)
+		if wholeIndexPays(len(refs), meta.Stats.NumSeries) {
+			// The series are read from a local copy, which the rewrite then takes: plan and
+			// rewrite share one download of the index.
+			whole, path, derr := p.downloadIndex(ctx, meta.ULID)
+			switch {
+			case derr != nil:
+				p.logger.Warn("cannot download the index whole; reading it by ranges", "block", meta.ULID.String(), "err", derr)
+			default:
+				if cerr := ir.Close(); cerr != nil {
+					p.logger.Warn("close index", "block", meta.ULID.String(), "err", cerr)
+				}
+				ir, local = whole, path
+			}
+		}
 	}
 	perChunk := 0.0
 	if meta.Stats.NumChunks > 0 {
@@ -297,7 +373,13 @@ func (p *Planner) planBlock(ctx context.Context, meta *block.Meta, cands []*tomb
 		deleted float64
 		hit     = map[ulid.ULID]struct{}{}
 		job     = &Job{Block: meta.ULID, MinTime: meta.MinTime, MaxTime: meta.MaxTime, Resolution: meta.Resolution(), Series: meta.Stats.NumSeries, meta: meta}
+		// found is pass 1's result for the job, while chunk metadata decides it: in a raw block
+		// whose index is local, so that the job takes it with the index.
+		found *pass1
 	)
+	if local != "" && meta.Resolution() == 0 {
+		found = &pass1{dropped: map[storage.SeriesRef]struct{}{}, affected: &affectedSeries{}}
+	}
 	for postings.Next() {
 		if err := ir.Series(storage.SeriesRef(postings.At()), &builder, &chks); err != nil {
 			return nil, errors.Wrapf(err, "block %s: series", meta.ULID)
@@ -313,6 +395,16 @@ func (p *Planner) planBlock(ctx context.Context, meta *block.Meta, cands []*tomb
 		}
 		job.SeriesAffected++
 		deleted += share * perChunk
+		if found != nil {
+			switch survives, decided := survivesByMeta(chks, ivs); {
+			case !decided:
+				found = nil
+			case survives:
+				found.affected.add(postings.At(), ivs)
+			default:
+				found.dropped[postings.At()] = struct{}{}
+			}
+		}
 		ix.Matching(lset, ext, func(t *tombstones.Tombstone) {
 			if t.Overlaps(meta.MinTime, meta.MaxTime-1) {
 				hit[t.ID] = struct{}{}
@@ -323,10 +415,19 @@ func (p *Planner) planBlock(ctx context.Context, meta *block.Meta, cands []*tomb
 		return nil, errors.Wrapf(err, "block %s: postings", meta.ULID)
 	}
 	if job.SeriesAffected == 0 {
+		if local != "" {
+			return nil, os.Remove(local)
+		}
 		return nil, nil
 	}
+	job.index, job.found = local, found
 	for id := range hit {
 		job.Tombstones = append(job.Tombstones, id)
+		if !slices.ContainsFunc(cands, func(t *tombstones.Tombstone) bool { return t.ID == id }) {
+			// A tombstone the candidates' postings did not look for (one applied before): pass 1
+			// visits series the planner did not.
+			found = nil
+		}
 	}
 	slices.SortFunc(job.Tombstones, func(a, b ulid.ULID) int { return a.Compare(b) })
 	if meta.Stats.NumSamples > 0 {

@@ -93,6 +93,8 @@ type deleter struct {
 	ext     labels.Labels
 	// resolution of a downsampled block: its aggregates summarise windows before their timestamps.
 	resolution int64
+	// found, when set, is pass 1's result as the planner found it, from chunk metadata.
+	found *pass1
 	// progress is called after every batch with the series done so far.
 	progress func(done int, bytes int64)
 	// checkpointEvery, when set, has the deleter hand a checkpoint to save at the first batch
@@ -240,9 +242,14 @@ func (d *deleter) rewriteFrom(ctx context.Context, srcBlock blockSource, dst str
 	}
 	defer errcapture.Do(&err, cr.Close, "close chunks")
 
-	// Pass 1: which series lose every sample.
-	dropped, err := d.droppedSeries(ctx, ir, random)
-	if err != nil {
+	// Pass 1: which series lose every sample, and the deleted ranges of those that keep some.
+	var (
+		dropped  map[storage.SeriesRef]struct{}
+		affected *affectedSeries
+	)
+	if d.found != nil {
+		dropped, affected = d.found.dropped, d.found.affected
+	} else if dropped, affected, err = d.droppedSeries(ctx, ir, random); err != nil {
 		return st, nil, err
 	}
 	if err := random.Close(); err != nil {
@@ -313,7 +320,7 @@ func (d *deleter) rewriteFrom(ctx context.Context, srcBlock blockSource, dst str
 	}
 	// The series are read and their chunks cut in one goroutine, and written in this one, in
 	// the source's order: the output is the same as one goroutine's.
-	p := d.startSeriesReader(ctx, all, skip, dropped, src, cr)
+	p := d.startSeriesReader(ctx, all, skip, dropped, affected, src, cr)
 	defer p.stop()
 	for b := range p.batches {
 		if b.err != nil {
@@ -472,8 +479,8 @@ type seriesReader struct {
 }
 
 // startSeriesReader starts reading the series of all from the skip-th on: the dropped ones are
-// only counted; the others' chunks are read from cr and cut by the deletions.
-func (d *deleter) startSeriesReader(ctx context.Context, all index.Postings, skip int, dropped map[storage.SeriesRef]struct{}, src *source, cr *chunkFiles) *seriesReader {
+// only counted; the others' chunks are read from cr and cut by their deleted ranges in affected.
+func (d *deleter) startSeriesReader(ctx context.Context, all index.Postings, skip int, dropped map[storage.SeriesRef]struct{}, affected *affectedSeries, src *source, cr *chunkFiles) *seriesReader {
 	const depth = 4
 	p := &seriesReader{batches: make(chan *seriesBatch, depth), free: make(chan *seriesBatch, depth+2),
 		quit: make(chan struct{}), exited: make(chan struct{})}
@@ -484,12 +491,11 @@ func (d *deleter) startSeriesReader(ctx context.Context, all index.Postings, ski
 		defer close(p.exited)
 		defer close(p.batches)
 		var (
-			builder labels.ScratchBuilder
-			lset    labels.Labels
-			chks    []chunks.Meta
-			refs    []uint32
-			ivs     tombstones.Intervals
-			b       *seriesBatch
+			chks   []chunks.Meta
+			refs   []uint32
+			ivs    tombstones.Intervals
+			b      *seriesBatch
+			cursor int
 		)
 		send := func() bool {
 			// The chunks read keep the arena they were read into.
@@ -530,22 +536,22 @@ func (d *deleter) startSeriesReader(ctx context.Context, all index.Postings, ski
 			if _, gone := dropped[all.At()]; gone {
 				it.dropped = true
 			} else {
-				if err := src.series(all.At(), &builder, &chks, &refs); err != nil {
+				// The series' labels are not looked up: its label symbols are copied as numbers,
+				// and its deleted ranges are pass 1's.
+				if err := src.series(all.At(), nil, &chks, &refs); err != nil {
 					fail(errors.Wrap(err, "read series"))
 					return
 				}
-				// The labels are not kept past the series: their memory is reused.
-				builder.Overwrite(&lset)
-				ivs = d.ix.Intervals(lset, d.ext, ivs[:0])
+				ivs = affected.intervals(all.At(), &cursor)
 				n := len(b.chunks)
 				var err error
 				if b.chunks, err = d.rewriteChunks(cr, chks, ivs, b.chunks, &it.st); err != nil {
-					fail(errors.Wrapf(err, "series %s", redactedLabels(lset)))
+					fail(errors.Wrapf(err, "series %s", src.name(all.At())))
 					return
 				}
 				if len(b.chunks) == n {
 					// Pass 1 found a sample; a chunk that decodes to none contradicts it.
-					fail(errors.Newf("series %s lost every sample in pass 2 only", redactedLabels(lset)))
+					fail(errors.Newf("series %s lost every sample in pass 2 only", src.name(all.At())))
 					return
 				}
 				r, v := len(b.refs), len(b.ivs)
@@ -613,22 +619,86 @@ func (d *deleter) pace(ctx context.Context, st, base stats, started time.Time) e
 	}
 }
 
-// droppedSeries returns the series that keep no sample. Only series a tombstone covers are looked
-// at, and only their chunks that a deleted range meets without covering are decoded.
-func (d *deleter) droppedSeries(ctx context.Context, ir *index.Reader, cr *chunkFiles) (map[storage.SeriesRef]struct{}, error) {
+// affectedSeries are the series that a deleted range meets and that keep a sample, ascending,
+// with their deleted ranges: the ranges of refs[i] are ivs[ends[i-1]:ends[i]].
+type affectedSeries struct {
+	refs []storage.SeriesRef
+	ends []int
+	ivs  []tombstones.Interval
+}
+
+func (a *affectedSeries) add(ref storage.SeriesRef, ivs tombstones.Intervals) {
+	a.refs = append(a.refs, ref)
+	a.ivs = append(a.ivs, ivs...)
+	a.ends = append(a.ends, len(a.ivs))
+}
+
+// intervals returns the deleted ranges of the series ref, none if it is not affected. Asked in
+// ascending order of ref, it walks the series once from cursor, which starts at 0.
+func (a *affectedSeries) intervals(ref storage.SeriesRef, cursor *int) tombstones.Intervals {
+	i := *cursor
+	for i < len(a.refs) && a.refs[i] < ref {
+		i++
+	}
+	*cursor = i
+	if i == len(a.refs) || a.refs[i] != ref {
+		return nil
+	}
+	start := 0
+	if i > 0 {
+		start = a.ends[i-1]
+	}
+	return a.ivs[start:a.ends[i]:a.ends[i]]
+}
+
+// pass1 is what pass 1 finds: the series that keep no sample, and the deleted ranges of the
+// others a tombstone meets.
+type pass1 struct {
+	dropped  map[storage.SeriesRef]struct{}
+	affected *affectedSeries
+}
+
+// survivesByMeta decides from the chunk metadata of a raw block's series whether it keeps a
+// sample: it does if the first or last sample of a chunk is outside every deleted range, it does
+// not if every chunk's time range is deleted; otherwise (decided is false) a chunk must be read.
+func survivesByMeta(chks []chunks.Meta, ivs tombstones.Intervals) (survives, decided bool) {
+	decided = true
+	for _, c := range chks {
+		switch {
+		case ivs.CoversRange(c.MinTime, c.MaxTime):
+		case !ivs.Covers(c.MinTime) || !ivs.Covers(c.MaxTime):
+			return true, true
+		default:
+			decided = false
+		}
+	}
+	return false, decided
+}
+
+// droppedSeries returns the series that keep no sample, and the deleted ranges of the others
+// that a tombstone covers. Only series a tombstone's selectors may match are looked at (every
+// other series keeps all its samples), and only their chunks that a deleted range meets without
+// covering are decoded.
+func (d *deleter) droppedSeries(ctx context.Context, ir *index.Reader, cr *chunkFiles) (map[storage.SeriesRef]struct{}, *affectedSeries, error) {
 	dropped := map[storage.SeriesRef]struct{}{}
+	affected := &affectedSeries{}
 	all, err := selectPostings(ctx, ir, d.applied, d.ext)
 	if err != nil {
-		return nil, errors.Wrap(err, "postings")
+		return nil, nil, errors.Wrap(err, "postings")
 	}
 	var (
 		builder labels.ScratchBuilder
 		chks    []chunks.Meta
 		ivs     tombstones.Intervals
 	)
-	for all.Next() {
+	last := storage.SeriesRef(0)
+	for i := 0; all.Next(); i++ {
+		if i > 0 && all.At() <= last {
+			return nil, nil, errors.Newf("postings out of order: series %d after %d", all.At(), last)
+		}
+		last = all.At()
 		if err := ir.Series(all.At(), &builder, &chks); err != nil {
-			return nil, errors.Wrap(err, "read series")
+			return nil, nil, errors.Wrap(err, "read series")
 		}
 		ivs = d.ix.Intervals(builder.Labels(), d.ext, ivs[:0])
 		if len(ivs) == 0 {
@@ -652,13 +722,13 @@ func (d *deleter) droppedSeries(ctx context.Context, ir *index.Reader, cr *chunk
 			}
 			chk, _, err := cr.chunk(c)
 			if err != nil {
-				return nil, errors.Wrap(err, "read chunk")
+				return nil, nil, errors.Wrap(err, "read chunk")
 			}
 			switch {
 			case isRaw(chk):
 				m, err := d.cutRaw(chk, ivs)
 				if err != nil {
-					return nil, err
+					return nil, nil, err
 				}
 				survives = m != nil
 			case !ivs.Covers(c.MinTime) || !ivs.Covers(c.MaxTime):
@@ -671,12 +741,14 @@ func (d *deleter) droppedSeries(ctx context.Context, ir *index.Reader, cr *chunk
 				break
 			}
 		}
-		if !survives {
+		if survives {
+			affected.add(all.At(), ivs)
+		} else {
 			dropped[all.At()] = struct{}{}
 		}
 		cr.reset()
 	}
-	return dropped, all.Err()
+	return dropped, affected, all.Err()
 }
 
 // removableSymbols returns the strings that only dropped series use: a leaked label value leaves

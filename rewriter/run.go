@@ -151,6 +151,9 @@ func (r *Runner) PlanOnly(ctx context.Context) (*Plan, error) {
 	return NewPlanner(r.bkt, r.logger, r.cfg.Threshold, r.store.RedactionKey()).Plan(ctx, set)
 }
 
+// planIndexBudget bounds the bytes of the planner's copies of indexes that wait for their jobs.
+const planIndexBudget = 1 << 30
+
 // Run plans, rewrites the blocks the plan decides to rewrite, and records what it applied.
 func (r *Runner) Run(ctx context.Context) (*Report, error) {
 	set, err := r.store.Sync(ctx)
@@ -170,12 +173,30 @@ func (r *Runner) Run(ctx context.Context) (*Report, error) {
 			return nil, err
 		}
 	}
-	plan, err := NewPlanner(r.bkt, r.logger, r.cfg.Threshold, r.store.RedactionKey()).Plan(ctx, set)
+	planner := NewPlanner(r.bkt, r.logger, r.cfg.Threshold, r.store.RedactionKey())
+	if !r.cfg.DryRun {
+		// The planner's downloads of whole indexes are kept here for the jobs; what a job does
+		// not take goes at the end of the run. Without it, the planner reads indexes by ranges.
+		if dir, err := os.MkdirTemp(r.cfg.TmpDir, "lethe-plan-"); err != nil {
+			r.logger.Warn("cannot create the plan's dir in the tmp dir; the planner reads indexes by ranges", "err", err)
+		} else {
+			defer func() {
+				if err := os.RemoveAll(dir); err != nil {
+					r.logger.Warn("remove the plan's dir", "err", err)
+				}
+			}()
+			planner.indexDir = dir
+		}
+	}
+	plan, err := planner.Plan(ctx, set)
 	if err != nil {
 		return nil, err
 	}
 	rep := &Report{Plan: plan, Rewritten: []Rewritten{}, Bad: slices.Clone(plan.Problems), Applied: []ulid.ULID{}, Deleted: []ulid.ULID{}}
-	var todo []*Job
+	var (
+		todo []*Job
+		kept int64
+	)
 	counts := map[string]int{DecisionRewrite: 0, DecisionSkip: 0}
 	for _, j := range plan.Jobs {
 		if j.Decision == DecisionRewrite && unadopted(j, plan) {
@@ -184,9 +205,22 @@ func (r *Runner) Run(ctx context.Context) (*Report, error) {
 			j.Decision, j.Reason = DecisionSkip, "a new block whose source is still live"
 		}
 		counts[j.Decision]++
-		if j.Decision == DecisionRewrite && r.mine(j.Block) {
-			todo = append(todo, j)
+		if j.Decision != DecisionRewrite || !r.mine(j.Block) {
+			j.dropIndex(r.logger)
+			continue
 		}
+		// The jobs keep the planner's copies of their indexes, in their order, while the copies
+		// waiting for their jobs take at most planIndexBudget of the tmp dir (the first
+		// Concurrency jobs keep theirs in any case); the others download theirs when they start.
+		if j.index != "" {
+			info, err := os.Stat(j.index)
+			if err == nil && (len(todo) < r.cfg.Concurrency || kept+info.Size() <= planIndexBudget) {
+				kept += info.Size()
+			} else {
+				j.dropIndex(r.logger)
+			}
+		}
+		todo = append(todo, j)
 	}
 	for d, n := range counts {
 		r.jobsPlanned.WithLabelValues(d).Set(float64(n))
@@ -432,9 +466,15 @@ func (r *Runner) rewriteJob(ctx context.Context, j *Job, childID ulid.ULID, log 
 		return stats{}, nil, dst, err
 	}
 	index := filepath.Join(work, j.Block.String()+"-"+block.IndexFilename)
-	if err := block.DownloadIndex(ctx, r.bkt, j.Block, index); err != nil {
+	// The planner's copy, when it downloaded the index whole: blocks do not change. Pass 1's
+	// result comes with it when the planner could decide it.
+	var found *pass1
+	if j.index != "" && os.Rename(j.index, index) == nil {
+		found = j.found
+	} else if err := block.DownloadIndex(ctx, r.bkt, j.Block, index); err != nil {
 		return stats{}, nil, dst, err
 	}
+	j.index, j.found = "", nil
 	src := bucketSource(ctx, r.bkt, index, segments)
 	r.atPhase("download")
 	log.Debug("downloaded", "seconds", time.Since(phase).Seconds())
@@ -465,7 +505,7 @@ func (r *Runner) rewriteJob(ctx context.Context, j *Job, childID ulid.ULID, log 
 		return stats{}, nil, dst, err
 	}
 	d := &deleter{logger: log, limits: r.cfg.Limits, ix: ix, applied: applied, ext: j.meta.ExternalLabels(), resolution: j.Resolution,
-		checkpointEvery: r.cfg.CheckpointEvery}
+		checkpointEvery: r.cfg.CheckpointEvery, found: found}
 	prev := resume
 	save := func(ctx context.Context, cp *checkpoint) error {
 		cp.Source, cp.Block, cp.Tombstones = j.Block, childID, j.Tombstones

@@ -146,7 +146,7 @@ func TestReadAhead(t *testing.T) {
 		n   int
 		err error
 	}{{0, io.EOF}, {5, io.EOF}, {3*readAheadBuffer + 17, io.EOF}, {2*readAheadBuffer + 1, io.ErrClosedPipe}} {
-		a := newReadAhead(&failingReader{n: tc.n, err: tc.err})
+		a := newReadAhead(&failingReader{n: tc.n, err: tc.err}, nil)
 		b, err := io.ReadAll(a)
 		testutil.Equals(t, tc.n, len(b))
 		if tc.err == io.EOF {
@@ -157,7 +157,7 @@ func TestReadAhead(t *testing.T) {
 			testutil.Equals(t, tc.err, a.Close())
 		}
 	}
-	a := newReadAhead(&failingReader{n: 100 * readAheadBuffer, err: io.EOF})
+	a := newReadAhead(&failingReader{n: 100 * readAheadBuffer, err: io.EOF}, nil)
 	_, err := io.ReadFull(a, make([]byte, 10))
 	testutil.Ok(t, err)
 	testutil.Ok(t, a.Close())
@@ -167,7 +167,7 @@ func TestReadAhead(t *testing.T) {
 	for i := range data {
 		data[i] = byte(i * 7 / 5)
 	}
-	a = newReadAhead(io.NopCloser(bytes.NewReader(data)))
+	a = newReadAhead(io.NopCloser(bytes.NewReader(data)), nil)
 	pos := 0
 	for _, skip := range []int{0, 3, readAheadBuffer - 4, 1, readAheadBuffer + 17} {
 		n, err := a.Discard(skip)
@@ -183,6 +183,76 @@ func TestReadAhead(t *testing.T) {
 	testutil.Equals(t, io.EOF, err)
 	testutil.Equals(t, len(data)-pos, n)
 	testutil.Ok(t, a.Close())
+}
+
+// stallingBucket's range reads give n bytes, then stall: until the read's context is cancelled,
+// or, when ignoreCancel is set, until release is closed. stalled gets a value at each stall.
+type stallingBucket struct {
+	objstore.Bucket
+	n            int
+	ignoreCancel bool
+	stalled      chan struct{}
+	release      chan struct{}
+}
+
+func (b *stallingBucket) GetRange(ctx context.Context, _ string, _, _ int64) (io.ReadCloser, error) {
+	return &stallingReader{ctx: ctx, left: b.n, b: b}, nil
+}
+
+type stallingReader struct {
+	ctx  context.Context
+	left int
+	b    *stallingBucket
+}
+
+func (r *stallingReader) Read(p []byte) (int, error) {
+	if r.left > 0 {
+		n := min(len(p), r.left)
+		clear(p[:n])
+		r.left -= n
+		return n, nil
+	}
+	r.b.stalled <- struct{}{}
+	cancelled := r.ctx.Done()
+	if r.b.ignoreCancel {
+		cancelled = nil
+	}
+	select {
+	case <-cancelled:
+		return 0, r.ctx.Err()
+	case <-r.b.release:
+		return 0, io.EOF
+	case <-time.After(time.Minute):
+		return 0, errors.New("a stalled read was never cancelled")
+	}
+}
+
+func (r *stallingReader) Close() error { return nil }
+
+// Closing a segment whose read-ahead waits on a stalled bucket read cancels that read and
+// returns at once, without its cancellation as an error; a read that ignores the cancellation
+// holds Close no longer than readAheadCloseWait.
+func TestReadAheadCloseCancelsAStalledRead(t *testing.T) {
+	for _, ignore := range []bool{false, true} {
+		bkt := &stallingBucket{Bucket: objstore.NewInMemBucket(), n: 10, ignoreCancel: ignore,
+			stalled: make(chan struct{}, 1), release: make(chan struct{})}
+		c := openObjectChunks(context.Background(), bkt, []string{"b/chunks/000001"}, rawPool{chunkenc.NewPool()}, true)
+		testutil.Ok(t, c.segs[0].seek(0, chunkReadBuffer))
+		select {
+		case <-bkt.stalled:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the read-ahead never read")
+		}
+		start := time.Now()
+		testutil.Ok(t, c.Close())
+		took := time.Since(start)
+		if ignore {
+			testutil.Assert(t, took >= readAheadCloseWait && took < readAheadCloseWait+5*time.Second, "Close took %v", took)
+			close(bkt.release)
+			continue
+		}
+		testutil.Assert(t, took < readAheadCloseWait/2, "Close took %v with the read cancelled", took)
+	}
 }
 
 // failingWriter takes n bytes, then fails.

@@ -29,11 +29,9 @@ func WindowStart(t, resolution int64) int64 {
 // Raw writes the samples of a chunk that no interval covers into new chunks of the same
 // encoding.
 func Raw(chk chunkenc.Chunk, ivs tombstones.Intervals) ([]chunks.Meta, error) {
-	// A float chunk whose end is deleted keeps its first bits: nothing to encode.
-	if m, ok, err := xorKeptPrefix(chk, ivs); err != nil {
-		return nil, err
-	} else if ok {
-		return []chunks.Meta{m}, nil
+	// A float chunk keeps the bits of most of its kept samples (xorCut).
+	if out, ok, err := xorCut(chk, ivs); err != nil || ok {
+		return out, err
 	}
 	it := tombstones.NewIterator(chk.Iterator(nil), ivs)
 	var (
