@@ -2,7 +2,6 @@ package rewriter
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -13,12 +12,10 @@ import (
 	"time"
 
 	"github.com/efficientgo/core/testutil"
-	"github.com/prometheus/prometheus/model/labels"
 	"github.com/thanos-io/objstore"
 	"github.com/thanos-io/objstore/providers/filesystem"
 
 	"github.com/lethe-project/lethe/block"
-	"github.com/lethe-project/lethe/internal/synth"
 	"github.com/lethe-project/lethe/tombstones"
 )
 
@@ -99,16 +96,8 @@ func TestWholeIndexPays(t *testing.T) {
 // the same bytes as one that finds it itself. A series whose chunk has both ends deleted but not
 // its middle needs a chunk read, and leaves pass 1 to the rewrite.
 func TestPlannersPass1IsPass1(t *testing.T) {
-	var series []labels.Labels
-	for i := range 3000 {
-		series = append(series, labels.FromStrings("__name__", "http_requests_total", "instance", fmt.Sprintf("i-%d", i%30),
-			"user_id", fmt.Sprint(i/30), "status", fmt.Sprint(200+i%7)))
-	}
 	ctx := context.Background()
-	meta, src, err := synth.Write(ctx, t.TempDir(), synth.Block{Series: series, MinTime: t0, MaxTime: t0 + 7_200_000, Step: 15_000})
-	testutil.Ok(t, err)
-	bkt := objstore.NewInMemBucket()
-	testutil.Ok(t, block.Upload(ctx, bkt, src, meta))
+	meta, _, bkt := uploadedRequestsBlock(t)
 	store := tombstones.NewStore(nil, nil, tombstones.WithClock(func() time.Time { return time.UnixMilli(t0) }))
 	build := func(sel string, start, end int64) *tombstones.Tombstone {
 		tb, err := store.Build(tombstones.Spec{Selectors: []string{sel}, Start: &start, End: &end})

@@ -28,16 +28,8 @@ import (
 // as the same block rewritten from a local copy: with the default read-ahead and gap streaming,
 // and with a new request at every gap (the chunks of a dropped series), and from a checkpoint.
 func TestRewriteFromBucketIsRewriteFromDir(t *testing.T) {
-	var series []labels.Labels
-	for i := range 3000 {
-		series = append(series, labels.FromStrings("__name__", "http_requests_total", "instance", fmt.Sprintf("i-%d", i%30),
-			"user_id", fmt.Sprint(i/30), "status", fmt.Sprint(200+i%7)))
-	}
 	ctx := context.Background()
-	meta, src, err := synth.Write(ctx, t.TempDir(), synth.Block{Series: series, MinTime: t0, MaxTime: t0 + 7_200_000, Step: 15_000})
-	testutil.Ok(t, err)
-	bkt := objstore.NewInMemBucket()
-	testutil.Ok(t, block.Upload(ctx, bkt, src, meta))
+	meta, src, bkt := uploadedRequestsBlock(t)
 
 	store := tombstones.NewStore(nil, nil, tombstones.WithClock(func() time.Time { return time.UnixMilli(t0) }))
 	s1, e1 := int64(tombstones.BeginningOfTime), t0+7_200_000
@@ -338,4 +330,20 @@ func TestWriteRecordIsWriteChunk(t *testing.T) {
 	got, err := os.ReadFile(filepath.Join(copied, "000001"))
 	testutil.Ok(t, err)
 	testutil.Assert(t, bytes.Equal(want, got), "segments differ")
+}
+
+// uploadedRequestsBlock writes a 2h block of 3,000 http_requests_total series (30 instances, 100
+// users, 7 statuses, every 15s) and uploads it to a new in-memory bucket.
+func uploadedRequestsBlock(t *testing.T) (*block.Meta, string, objstore.Bucket) {
+	t.Helper()
+	var series []labels.Labels
+	for i := range 3000 {
+		series = append(series, labels.FromStrings("__name__", "http_requests_total", "instance", fmt.Sprintf("i-%d", i%30),
+			"user_id", fmt.Sprint(i/30), "status", fmt.Sprint(200+i%7)))
+	}
+	meta, src, err := synth.Write(context.Background(), t.TempDir(), synth.Block{Series: series, MinTime: t0, MaxTime: t0 + 7_200_000, Step: 15_000})
+	testutil.Ok(t, err)
+	bkt := objstore.NewInMemBucket()
+	testutil.Ok(t, block.Upload(context.Background(), bkt, src, meta))
+	return meta, src, bkt
 }
