@@ -275,8 +275,13 @@ func TestLookupAgreesWithSamples(t *testing.T) {
 	for round := 0; round < 12; round++ {
 		var series []lookupSeries
 		seen := map[string]bool{}
+		// Every other round, more instances than a look-up over Thanos asks one by one.
+		instN := 4
+		if round%2 == 1 {
+			instN = 12
+		}
 		for i := 0; i < 40; i++ {
-			kv := []string{"__name__", pick("a", "b", "c"), "job", pick("x", "y"), "inst", fmt.Sprint(rng.Intn(4))}
+			kv := []string{"__name__", pick("a", "b", "c"), "job", pick("x", "y"), "inst", fmt.Sprint(rng.Intn(instN))}
 			if rng.Intn(3) == 0 {
 				kv = append(kv, "extra", pick("e1", "e2"))
 			}
@@ -354,9 +359,14 @@ func TestLookupAgreesWithSamples(t *testing.T) {
 				lim = 1 + rng.Intn(3)
 			}
 			strict, sampled := lookupBounds(series, snap, ext, ms, name, mint, maxt)
-			for _, mode := range []string{"chunks", "cached", "cached-again", "samples", "query-api"} {
+			for _, mode := range []string{"chunks", "cached", "cached-again", "samples", "query-api", "store-like"} {
 				var q *maskedQuerier
 				switch mode {
+				case "store-like":
+					inner, err := tsdb.NewBlockQuerier(b, mint, maxt)
+					testutil.Ok(t, err)
+					q = newMaskedQuerier(&storeLikeQuerier{Querier: inner}, snap, ext, mint, maxt)
+					t.Cleanup(func() { testutil.Ok(t, q.Close()) })
 				case "query-api":
 					uq, err := up.Querier(snap, mint, maxt)
 					testutil.Ok(t, err)
@@ -369,7 +379,7 @@ func TestLookupAgreesWithSamples(t *testing.T) {
 				}
 				got := lookup(t, q, name, lim, ms...)
 				msg, args := "round %d: %q of %v over [%d, %d] limit %d mode %s; tombstones %s", []any{round, name, ms, mint, maxt, lim, mode, describeSpecs(specs)}
-				if mode != "samples" && mode != "query-api" {
+				if mode != "samples" && mode != "query-api" && mode != "store-like" {
 					between(t, got, strict, strict, lim, msg, args...)
 					continue
 				}
