@@ -343,9 +343,9 @@ type askFunc func(ctx context.Context, hints *storage.LabelHints, extra ...[]*la
 // The label names (candidates: the whole answer, they are few) are not narrowed.
 func (q *maskedQuerier) droppedValues(ctx context.Context, ix labelIndex, ms []*labels.Matcher, sels []lookupSelector, ask askFunc, candidates []string) (map[string]struct{}, error) {
 	sels = relax(sels)
-	// Not label names: a names look-up with matchers reads every series they select, and a
-	// selector taken by its key matcher alone selects many more.
-	// Over Thanos label names too: witnesses ask no look-up with matchers of them.
+	// Not label names, except over Thanos: a names look-up with matchers reads every series they
+	// select, and a selector taken by its key matcher alone selects many more; witnesses (see
+	// witnessed) ask no names look-up.
 	if candidates != nil && q.chunks == nil && (ix.narrow || q.seriesListing() != nil) {
 		return q.droppedOutside(ctx, ix, ms, sels, ask, candidates)
 	}
