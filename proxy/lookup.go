@@ -346,7 +346,7 @@ func (q *maskedQuerier) droppedValues(ctx context.Context, ix labelIndex, ms []*
 	// Not label names, except over Thanos: a names look-up with matchers reads every series they
 	// select, and a selector taken by its key matcher alone selects many more; witnesses (see
 	// witnessed) ask no names look-up.
-	if candidates != nil && q.chunks == nil && (ix.narrow || q.seriesListing() != nil) {
+	if candidates != nil && q.chunks == nil && (ix.narrow || q.seriesListing() != nil && !q.postingsLookups()) {
 		return q.droppedOutside(ctx, ix, ms, sels, ask, candidates)
 	}
 	var whole, rest []lookupSelector
@@ -865,7 +865,7 @@ func (q *maskedQuerier) droppedOutside(ctx context.Context, ix labelIndex, ms []
 		}
 		relaxed = append(relaxed, r)
 	}
-	// Over Thanos each question is asked of witnesses (see witnessed).
+	// Where series can be listed, each question is asked of witnesses (see witnessed).
 	list := q.seriesListing()
 	outsideSets := complement(append(slices.Clone(whole), relaxed...))
 	var outside map[string]struct{}
@@ -1024,17 +1024,22 @@ const maxWitnessRounds = 4
 // at the cost of its first series.
 const minWitnessed = 8
 
+// postingsLookups reports whether the inner querier answers a label look-up with matchers from
+// its postings (a Prometheus read by remote read), at a cost that does not grow with the series
+// the matchers select: there, witnesses that cluster on a few values give way to that look-up.
+func (q *maskedQuerier) postingsLookups() bool {
+	up, ok := q.inner.(*upstreamQuerier)
+	return ok && up.u.remoteRead
+}
+
 // seriesListing returns how to list up to n series that matchers select in the querier's window,
-// where the inner querier is Thanos (its query API, or a StoreAPI); nil elsewhere: a Prometheus
-// answers look-ups with matchers from its postings, and a block is read from its index.
+// where the inner querier lists them at the cost of the series listed (an upstream's series
+// endpoint with limit, a StoreAPI); nil elsewhere: a block is read from its index.
 func (q *maskedQuerier) seriesListing() func(ctx context.Context, ms []*labels.Matcher, n int) ([]labels.Labels, error) {
 	if q.chunks != nil {
 		return nil
 	}
 	if up, ok := q.inner.(*upstreamQuerier); ok {
-		if up.u.remoteRead {
-			return nil
-		}
 		return up.listSeries
 	}
 	if _, ok := q.inner.(SeriesExistence); !ok {
@@ -1063,10 +1068,10 @@ func (q *maskedQuerier) witnessed(ctx context.Context, ix labelIndex, ask askFun
 		if len(pending) == 0 {
 			break
 		}
-		exhausted := false
+		exhausted, clustered := false, false
 		if len(pending) >= minWitnessed {
 			var err error
-			if exhausted, err = witnessIn(ctx, ix, ask, list, limit, ms, set, pending, found); err != nil {
+			if exhausted, clustered, err = witnessIn(ctx, ix, ask, list, limit, !q.postingsLookups(), ms, set, pending, found); err != nil {
 				return nil, err
 			}
 		}
@@ -1076,11 +1081,15 @@ func (q *maskedQuerier) witnessed(ctx context.Context, ix labelIndex, ask askFun
 		combo := [][]*labels.Matcher{set}
 		var kept map[string]struct{}
 		var err error
-		if ix.narrow {
+		switch {
+		case clustered:
+			// Not narrowed: over a long window the question is asked of its parts at once.
+			kept, err = q.carriedOutside(ctx, ix, ask, ms, combo, sortedKeys(pending), false)
+		case ix.narrow:
 			kept, err = withSeries(ctx, q.seriesExistence(), sortedKeys(pending), combo, 4, func(v string, c []*labels.Matcher) []*labels.Matcher {
 				return selectable(append(append(slices.Clone(ms), ix.restrict([]string{v})[0]...), c...))
 			})
-		} else {
+		default:
 			kept, err = namesOutside(ctx, q.seriesExistence(), ms, combo, pending)
 		}
 		if err != nil {
@@ -1102,12 +1111,13 @@ func (q *maskedQuerier) witnessed(ctx context.Context, ix labelIndex, ask askFun
 // A store lists series in label order, so a round may find the same few values many times over
 // (the series of one metric name, for the metric names): when a round proves less than a quarter
 // of what is pending, the values are asked once of the series that share the first witness' value
-// of the label the witnesses vary most in (one instance's series, which carry most metric names).
-func witnessIn(ctx context.Context, ix labelIndex, ask askFunc, list func(context.Context, []*labels.Matcher, int) ([]labels.Labels, error), limit int, ms, set []*labels.Matcher, pending, found map[string]struct{}) (bool, error) {
+// of the label the witnesses vary most in (one instance's series, which carry most metric names);
+// without pivot, witnessIn reports the witnesses clustered instead, and leaves the rest.
+func witnessIn(ctx context.Context, ix labelIndex, ask askFunc, list func(context.Context, []*labels.Matcher, int) ([]labels.Labels, error), limit int, pivot bool, ms, set []*labels.Matcher, pending, found map[string]struct{}) (exhausted, clustered bool, err error) {
 	pivoted := false
 	for range maxWitnessRounds {
 		if len(pending) == 0 {
-			return true, nil
+			return true, false, nil
 		}
 		var narrow []*labels.Matcher
 		if ix.narrow {
@@ -1116,7 +1126,7 @@ func witnessIn(ctx context.Context, ix labelIndex, ask askFunc, list func(contex
 		sel := selectable(append(append(slices.Clone(ms), set...), narrow...))
 		series, err := list(ctx, sel, limit)
 		if err != nil {
-			return false, err
+			return false, false, err
 		}
 		before := len(pending)
 		for _, ls := range series {
@@ -1128,13 +1138,16 @@ func witnessIn(ctx context.Context, ix labelIndex, ask askFunc, list func(contex
 			})
 		}
 		if len(series) < limit {
-			return true, nil
+			return true, false, nil
 		}
 		if !ix.narrow {
-			return false, nil
+			return false, false, nil
 		}
 		if pivoted || len(pending) == 0 || (before-len(pending))*4 >= before {
 			continue
+		}
+		if !pivot {
+			return false, true, nil
 		}
 		pivoted = true
 		pivot := pivotMatcher(ix, series)
@@ -1143,7 +1156,7 @@ func witnessIn(ctx context.Context, ix labelIndex, ask askFunc, list func(contex
 		}
 		vals, err := ask(ctx, nil, set, narrow, []*labels.Matcher{pivot})
 		if err != nil {
-			return false, err
+			return false, false, err
 		}
 		for _, v := range vals {
 			if _, ok := pending[v]; ok {
@@ -1152,7 +1165,7 @@ func witnessIn(ctx context.Context, ix labelIndex, ask askFunc, list func(contex
 			}
 		}
 	}
-	return false, nil
+	return false, false, nil
 }
 
 // pendingMatcher returns the matcher that selects the series carrying a pending value: the values

@@ -822,3 +822,39 @@ func TestWitnessRounds(t *testing.T) {
 	testutil.Equals(t, 1, lookups, "the pivot")
 	testutil.Equals(t, 10, listed)
 }
+
+// TestWitnessRoundsWithoutPivot checks that where label look-ups with matchers come from
+// postings (a Prometheus by remote read), witnesses that cluster on one metric give way after one
+// round: the rest is left to one look-up of the set's series.
+func TestWitnessRoundsWithoutPivot(t *testing.T) {
+	var series []lookupSeries
+	for i := range 12 {
+		for m := range 20 {
+			series = append(series, lookupSeries{labels.FromStrings("__name__", fmt.Sprintf("m%02d", m), "instance", fmt.Sprintf("i%02d", i)), span(0, 100, 10)})
+		}
+	}
+	b := openLookupBlock(t, series)
+	inner, err := tsdb.NewBlockQuerier(b, 0, 100)
+	testutil.Ok(t, err)
+	sl := &storeLikeQuerier{Querier: inner}
+	q := newMaskedQuerier(sl, lookupSnapshot(t, tombstones.NewStore(nil, nil), nil), labels.EmptyLabels(), 0, 100)
+	t.Cleanup(func() { testutil.Ok(t, q.Close()) })
+	ix := valuesIndex(sl, "__name__")
+	pending, found := map[string]struct{}{}, map[string]struct{}{}
+	for m := range 20 {
+		pending[fmt.Sprintf("m%02d", m)] = struct{}{}
+	}
+	noAsk := func(context.Context, *storage.LabelHints, ...[]*labels.Matcher) ([]string, error) {
+		t.Fatal("no look-up is asked without pivot")
+		return nil, nil
+	}
+	set := []*labels.Matcher{labels.MustNewMatcher(labels.MatchNotEqual, "instance", "i00")}
+	exhausted, clustered, err := witnessIn(context.Background(), ix, noAsk, q.seriesListing(), 10, false, nil, set, pending, found)
+	testutil.Ok(t, err)
+	testutil.Equals(t, false, exhausted)
+	testutil.Equals(t, true, clustered)
+	testutil.Equals(t, []string{"m00"}, sortedKeys(found))
+	testutil.Equals(t, 19, len(pending))
+	_, listed, _ := sl.reset()
+	testutil.Equals(t, 10, listed, "one round")
+}
