@@ -1068,10 +1068,13 @@ func (q *maskedQuerier) witnessed(ctx context.Context, ix labelIndex, ask askFun
 		if len(pending) == 0 {
 			break
 		}
-		exhausted, clustered := false, false
-		if len(pending) >= minWitnessed {
+		// Series are listed in label order, the metric name first: without pivot, witnesses of
+		// metric names would cluster on the first few.
+		pivot := !q.postingsLookups()
+		exhausted, clustered := false, !pivot && ix.label == model.MetricNameLabel
+		if len(pending) >= minWitnessed && !clustered {
 			var err error
-			if exhausted, clustered, err = witnessIn(ctx, ix, ask, list, limit, !q.postingsLookups(), ms, set, pending, found); err != nil {
+			if exhausted, clustered, err = witnessIn(ctx, ix, ask, list, limit, pivot, ms, set, pending, found); err != nil {
 				return nil, err
 			}
 		}
