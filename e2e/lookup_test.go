@@ -39,13 +39,14 @@ const (
 	lookupAbsent = 40
 )
 
-// lookupSeries returns node-exporter-like series: six instances, i-4 and i-5 of the tenant t-del
-// (deleted whole, with a metric and a label only they carry), the others of t-a.
+// lookupSeries returns node-exporter-like series: ten instances (more than a look-up through
+// Thanos asks one by one), i-4 and i-5 of the tenant t-del (deleted whole, with a metric and a
+// label only they carry), the others of t-a.
 func lookupSeriesSet() []labels.Labels {
 	var out []labels.Labels
-	for i := 0; i < 6; i++ {
+	for i := 0; i < 10; i++ {
 		inst, tenant := fmt.Sprintf("i-%d", i), "t-a"
-		if i >= 4 {
+		if i == 4 || i == 5 {
 			tenant = "t-del"
 		}
 		base := []string{"instance", inst, "job", "node", "tenant", tenant}
@@ -169,10 +170,15 @@ func TestLookupStoreAPIMode(t *testing.T) { lookupThanos(t, lookupStoreAPI) }
 // `thanos store` over the bucket.
 func TestLookupInFrontOfThanosQuery(t *testing.T) { lookupThanos(t, lookupThanosAPI) }
 
+// TestLookupThroughThanosQueryStoreAPI runs it against lethe-proxy --upstream.store=<Thanos
+// Query's gRPC> over `thanos store` over the bucket.
+func TestLookupThroughThanosQueryStoreAPI(t *testing.T) { lookupThanos(t, lookupThanosStore) }
+
 // The places of lethe in a Thanos stack that the look-up battery runs in.
 const (
-	lookupStoreAPI  = "storeapi"
-	lookupThanosAPI = "thanos-api"
+	lookupStoreAPI    = "storeapi"
+	lookupThanosAPI   = "thanos-api"
+	lookupThanosStore = "thanos-store"
 )
 
 func lookupMode(t *testing.T, upstream bool, flags ...string) {
@@ -191,7 +197,9 @@ func lookupBattery(t *testing.T, upstream bool, thanos string, flags ...string) 
 	windows := lookupWindows()
 	dels := slices.Clone(lookupDeletions)
 	redacted := make([]bool, len(dels))
-	if slices.Contains(flags, "--upstream.read=query-api") {
+	// The extra deletions wherever the proxy cannot read the upstream's samples by remote read:
+	// their selectors are relaxed or sent inexactly to an index it cannot see.
+	if slices.Contains(flags, "--upstream.read=query-api") || thanos != "" {
 		matchSets = append(matchSets, []string{`{instance="i-0"}`}, []string{`{instance="i-3"}`}, []string{`node_disk_io_time_seconds_total`})
 		windows = append(windows, lookupManyWindows()...)
 		dels = append(dels, lookupManyDeletions...)
@@ -245,10 +253,16 @@ func lookupBattery(t *testing.T, upstream bool, thanos string, flags ...string) 
 		if thanos == lookupStoreAPI {
 			grpcAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 			proxy = startProxy(t, bucketDir, "--tombstones.refresh-interval=100ms", "--store.endpoint="+storeGRPC, "--grpc-address="+grpcAddr)
-			asked = ready(lookupQuerier(t, grpcAddr)).URL
+			q, _ := lookupQuerier(t, grpcAddr)
+			asked = ready(q).URL
 		} else {
-			q := ready(lookupQuerier(t, storeGRPC))
-			proxy = startProxy(t, bucketDir, "--tombstones.refresh-interval=100ms", "--upstream.url="+q.URL)
+			q, queryGRPC := lookupQuerier(t, storeGRPC)
+			ready(q)
+			if thanos == lookupThanosStore {
+				proxy = startProxy(t, bucketDir, "--tombstones.refresh-interval=100ms", "--upstream.store="+queryGRPC)
+			} else {
+				proxy = startProxy(t, bucketDir, "--tombstones.refresh-interval=100ms", "--upstream.url="+q.URL)
+			}
 		}
 	case upstream:
 		proxy = startProxy(t, bucketDir, append([]string{"--tombstones.refresh-interval=100ms", "--upstream.url=" + untouched.URL}, flags...)...)
@@ -336,11 +350,13 @@ func lookupBattery(t *testing.T, upstream bool, thanos string, flags ...string) 
 	}
 }
 
-// lookupQuerier starts a Thanos Query over the StoreAPI endpoint.
-func lookupQuerier(t *testing.T, endpoint string) *benchProc {
+// lookupQuerier starts a Thanos Query over the StoreAPI endpoint and returns it and its gRPC
+// address.
+func lookupQuerier(t *testing.T, endpoint string) (*benchProc, string) {
 	t.Helper()
+	grpcAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	return startBenchProc(t, "thanos-query", t.TempDir(), thxThanosPath(t), func(addr string) []string {
-		return []string{"query", "--http-address=" + addr, "--grpc-address=" + fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		return []string{"query", "--http-address=" + addr, "--grpc-address=" + grpcAddr,
 			"--endpoint=" + endpoint, "--http-grace-period=0s", "--grpc-grace-period=0s", "--log.level=warn"}
-	})
+	}), grpcAddr
 }

@@ -135,6 +135,8 @@ func newLookupSelector(r selectorRef, ext labels.Labels) lookupSelector {
 type labelIndex struct {
 	// name names the look-up: the label whose values it asks, or none for the label names.
 	name string
+	// label is the label whose values it asks; empty for the label names.
+	label string
 	// ask asks the inner querier's index.
 	ask func(ctx context.Context, hints *storage.LabelHints, ms []*labels.Matcher) ([]string, annotations.Annotations, error)
 	// carried calls fn with what a series' labels contribute to the answer.
@@ -153,7 +155,8 @@ type labelIndex struct {
 
 func valuesIndex(q storage.LabelQuerier, name string) labelIndex {
 	return labelIndex{
-		name: "values of " + name,
+		name:  "values of " + name,
+		label: name,
 		ask: func(ctx context.Context, hints *storage.LabelHints, ms []*labels.Matcher) ([]string, annotations.Annotations, error) {
 			return q.LabelValues(ctx, name, hints, ms...)
 		},
@@ -340,9 +343,10 @@ type askFunc func(ctx context.Context, hints *storage.LabelHints, extra ...[]*la
 // The label names (candidates: the whole answer, they are few) are not narrowed.
 func (q *maskedQuerier) droppedValues(ctx context.Context, ix labelIndex, ms []*labels.Matcher, sels []lookupSelector, ask askFunc, candidates []string) (map[string]struct{}, error) {
 	sels = relax(sels)
-	// Not label names: a names look-up with matchers reads every series they select, and a
-	// selector taken by its key matcher alone selects many more.
-	if ix.narrow && candidates != nil && q.chunks == nil {
+	// Not label names, except over Thanos: a names look-up with matchers reads every series they
+	// select, and a selector taken by its key matcher alone selects many more; witnesses (see
+	// witnessed) ask no names look-up.
+	if candidates != nil && q.chunks == nil && (ix.narrow || q.seriesListing() != nil && !q.postingsLookups()) {
 		return q.droppedOutside(ctx, ix, ms, sels, ask, candidates)
 	}
 	var whole, rest []lookupSelector
@@ -861,7 +865,16 @@ func (q *maskedQuerier) droppedOutside(ctx context.Context, ix labelIndex, ms []
 		}
 		relaxed = append(relaxed, r)
 	}
-	outside, err := q.carriedOutside(ctx, ix, ask, ms, complement(append(slices.Clone(whole), relaxed...)), candidates, false)
+	// Where series can be listed, each question is asked of witnesses (see witnessed).
+	list := q.seriesListing()
+	outsideSets := complement(append(slices.Clone(whole), relaxed...))
+	var outside map[string]struct{}
+	var err error
+	if list != nil {
+		outside, err = q.witnessed(ctx, ix, ask, list, witnessLimit, ms, outsideSets, candidates)
+	} else {
+		outside, err = q.carriedOutside(ctx, ix, ask, ms, outsideSets, candidates, false)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -892,7 +905,12 @@ func (q *maskedQuerier) droppedOutside(ctx context.Context, ix labelIndex, ms []
 	for _, r := range relaxed {
 		sets = append(sets, append(slices.Clone(r.send), exclude...))
 	}
-	carried, err := askUnion(ctx, ask, sets, only(remaining))
+	var carried map[string]struct{}
+	if list != nil {
+		carried, err = q.witnessed(ctx, ix, ask, list, witnessLimit, ms, sets, remaining)
+	} else {
+		carried, err = askUnion(ctx, ask, sets, only(remaining))
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -907,7 +925,12 @@ func (q *maskedQuerier) droppedOutside(ctx context.Context, ix labelIndex, ms []
 	if len(doubt) == 0 {
 		return dropped, nil
 	}
-	kept, err := q.carriedOutside(ctx, ix, ask, ms, complement(sels), doubt, true)
+	var kept map[string]struct{}
+	if list != nil {
+		kept, err = q.witnessed(ctx, ix, ask, list, witnessLimit, ms, complement(sels), doubt)
+	} else {
+		kept, err = q.carriedOutside(ctx, ix, ask, ms, complement(sels), doubt, true)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -980,4 +1003,208 @@ func askUnion(ctx context.Context, ask askFunc, sets [][]*labels.Matcher, only [
 		}
 	}
 	return out, nil
+}
+
+// Thanos' store gateway answers a label look-up with matchers by reading every series they select,
+// so over Thanos a question about the series outside the tombstones (most of the series) costs
+// what reading them costs, while a series look-up with a limit stops at the limit. There, what the
+// series outside the tombstones carry is learnt from witnesses instead: series listed a few hundred
+// at a time, each proving the values it carries, narrowed at every round to the values still
+// unproven, so that a round that finds fewer series than its limit proves that no other series
+// carries the rest.
+
+// witnessLimit is how many series one round of witnesses lists.
+const witnessLimit = 256
+
+// maxWitnessRounds bounds the rounds of witnesses per matcher set; what they leave unproven is
+// asked per value.
+const maxWitnessRounds = 4
+
+// minWitnessed is how many values make witnesses worth listing: fewer are asked one by one, each
+// at the cost of its first series.
+const minWitnessed = 8
+
+// postingsLookups reports whether the inner querier answers a label look-up with matchers from
+// its postings (a Prometheus read by remote read), at a cost that does not grow with the series
+// the matchers select: there, witnesses that cluster on a few values give way to that look-up.
+func (q *maskedQuerier) postingsLookups() bool {
+	up, ok := q.inner.(*upstreamQuerier)
+	return ok && up.u.remoteRead
+}
+
+// seriesListing returns how to list up to n series that matchers select in the querier's window,
+// where the inner querier lists them at the cost of the series listed (an upstream's series
+// endpoint with limit, a StoreAPI); nil elsewhere: a block is read from its index.
+func (q *maskedQuerier) seriesListing() func(ctx context.Context, ms []*labels.Matcher, n int) ([]labels.Labels, error) {
+	if q.chunks != nil {
+		return nil
+	}
+	if up, ok := q.inner.(*upstreamQuerier); ok {
+		return up.listSeries
+	}
+	if _, ok := q.inner.(SeriesExistence); !ok {
+		return nil
+	}
+	return func(ctx context.Context, ms []*labels.Matcher, n int) ([]labels.Labels, error) {
+		ss := q.inner.Select(ctx, false, &storage.SelectHints{Start: q.mint, End: q.maxt, Func: "series", Limit: n}, ms...)
+		var out []labels.Labels
+		for ss.Next() {
+			out = append(out, ss.At().Labels())
+		}
+		return out, ss.Err()
+	}
+}
+
+// witnessed returns what of vals a series selected by ms and one of the matcher sets carries,
+// from witnesses (see witnessIn); what the rounds leave unproven in a set, or fewer than
+// minWitnessed values, is asked per value.
+func (q *maskedQuerier) witnessed(ctx context.Context, ix labelIndex, ask askFunc, list func(context.Context, []*labels.Matcher, int) ([]labels.Labels, error), limit int, ms []*labels.Matcher, sets [][]*labels.Matcher, vals []string) (map[string]struct{}, error) {
+	found := map[string]struct{}{}
+	pending := map[string]struct{}{}
+	for _, v := range vals {
+		pending[v] = struct{}{}
+	}
+	for _, set := range sets {
+		if len(pending) == 0 {
+			break
+		}
+		// Series are listed in label order, the metric name first: without pivot, witnesses of
+		// metric names would cluster on the first few.
+		pivot := !q.postingsLookups()
+		exhausted, clustered := false, !pivot && ix.label == model.MetricNameLabel
+		if len(pending) >= minWitnessed && !clustered {
+			var err error
+			if exhausted, clustered, err = witnessIn(ctx, ix, ask, list, limit, pivot, ms, set, pending, found); err != nil {
+				return nil, err
+			}
+		}
+		if exhausted || len(pending) == 0 {
+			continue
+		}
+		combo := [][]*labels.Matcher{set}
+		var kept map[string]struct{}
+		var err error
+		switch {
+		case clustered:
+			// Not narrowed: over a long window the question is asked of its parts at once.
+			kept, err = q.carriedOutside(ctx, ix, ask, ms, combo, sortedKeys(pending), false)
+		case ix.narrow:
+			kept, err = withSeries(ctx, q.seriesExistence(), sortedKeys(pending), combo, 4, func(v string, c []*labels.Matcher) []*labels.Matcher {
+				return selectable(append(append(slices.Clone(ms), ix.restrict([]string{v})[0]...), c...))
+			})
+		default:
+			kept, err = namesOutside(ctx, q.seriesExistence(), ms, combo, pending)
+		}
+		if err != nil {
+			return nil, err
+		}
+		for v := range kept {
+			delete(pending, v)
+			found[v] = struct{}{}
+		}
+	}
+	return found, nil
+}
+
+// witnessIn moves from pending to found what the series selected by ms and set carry, listing
+// them in rounds narrowed to what is still pending, and reports whether a round listed them all
+// (then no series of the set carries what is left), limit series a round. Label names are not
+// narrowed: one round.
+//
+// A store lists series in label order, so a round may find the same few values many times over
+// (the series of one metric name, for the metric names): when a round proves less than a quarter
+// of what is pending, the values are asked once of the series that share the first witness' value
+// of the label the witnesses vary most in (one instance's series, which carry most metric names);
+// without pivot, witnessIn reports the witnesses clustered instead, and leaves the rest.
+func witnessIn(ctx context.Context, ix labelIndex, ask askFunc, list func(context.Context, []*labels.Matcher, int) ([]labels.Labels, error), limit int, pivot bool, ms, set []*labels.Matcher, pending, found map[string]struct{}) (exhausted, clustered bool, err error) {
+	pivoted := false
+	for range maxWitnessRounds {
+		if len(pending) == 0 {
+			return true, false, nil
+		}
+		var narrow []*labels.Matcher
+		if ix.narrow {
+			narrow = pendingMatcher(ix, pending)
+		}
+		sel := selectable(append(append(slices.Clone(ms), set...), narrow...))
+		series, err := list(ctx, sel, limit)
+		if err != nil {
+			return false, false, err
+		}
+		before := len(pending)
+		for _, ls := range series {
+			ix.carried(ls, func(v string) {
+				if _, ok := pending[v]; ok {
+					delete(pending, v)
+					found[v] = struct{}{}
+				}
+			})
+		}
+		if len(series) < limit {
+			return true, false, nil
+		}
+		if !ix.narrow {
+			return false, false, nil
+		}
+		if pivoted || len(pending) == 0 || (before-len(pending))*4 >= before {
+			continue
+		}
+		if !pivot {
+			return false, true, nil
+		}
+		pivoted = true
+		pivot := pivotMatcher(ix, series)
+		if pivot == nil {
+			continue
+		}
+		vals, err := ask(ctx, nil, set, narrow, []*labels.Matcher{pivot})
+		if err != nil {
+			return false, false, err
+		}
+		for _, v := range vals {
+			if _, ok := pending[v]; ok {
+				delete(pending, v)
+				found[v] = struct{}{}
+			}
+		}
+	}
+	return false, false, nil
+}
+
+// pendingMatcher returns the matcher that selects the series carrying a pending value: the values
+// themselves where they are few enough to name, else the label being set.
+func pendingMatcher(ix labelIndex, pending map[string]struct{}) []*labels.Matcher {
+	if len(pending) <= maxNarrowValues {
+		return ix.restrict(sortedKeys(pending))[0]
+	}
+	return []*labels.Matcher{labels.MustNewMatcher(labels.MatchNotEqual, ix.label, "")}
+}
+
+// pivotMatcher returns an equality matcher on the first witness' value of the label (other than
+// the look-up's) that takes the most values among the witnesses; nil where none takes two.
+func pivotMatcher(ix labelIndex, series []labels.Labels) *labels.Matcher {
+	distinct := map[string]map[string]struct{}{}
+	series[0].Range(func(l labels.Label) {
+		distinct[l.Name] = map[string]struct{}{}
+	})
+	for _, ls := range series {
+		ls.Range(func(l labels.Label) {
+			if d, ok := distinct[l.Name]; ok {
+				d[l.Value] = struct{}{}
+			}
+		})
+	}
+	best, most := "", 1
+	for _, name := range slices.Sorted(maps.Keys(distinct)) {
+		if name == ix.label {
+			continue
+		}
+		if n := len(distinct[name]); n > most {
+			best, most = name, n
+		}
+	}
+	if best == "" {
+		return nil
+	}
+	return labels.MustNewMatcher(labels.MatchEqual, best, series[0].Get(best))
 }

@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -22,6 +23,7 @@ import (
 	"github.com/prometheus/prometheus/tsdb"
 	"github.com/prometheus/prometheus/tsdb/chunkenc"
 	"github.com/prometheus/prometheus/tsdb/chunks"
+	"github.com/prometheus/prometheus/util/annotations"
 	"github.com/thanos-io/objstore"
 
 	"github.com/lethe-project/lethe/tombstones"
@@ -273,8 +275,13 @@ func TestLookupAgreesWithSamples(t *testing.T) {
 	for round := 0; round < 12; round++ {
 		var series []lookupSeries
 		seen := map[string]bool{}
+		// Every other round, more instances than a look-up over Thanos asks one by one.
+		instN := 4
+		if round%2 == 1 {
+			instN = 12
+		}
 		for i := 0; i < 40; i++ {
-			kv := []string{"__name__", pick("a", "b", "c"), "job", pick("x", "y"), "inst", fmt.Sprint(rng.Intn(4))}
+			kv := []string{"__name__", pick("a", "b", "c"), "job", pick("x", "y"), "inst", fmt.Sprint(rng.Intn(instN))}
 			if rng.Intn(3) == 0 {
 				kv = append(kv, "extra", pick("e1", "e2"))
 			}
@@ -352,9 +359,14 @@ func TestLookupAgreesWithSamples(t *testing.T) {
 				lim = 1 + rng.Intn(3)
 			}
 			strict, sampled := lookupBounds(series, snap, ext, ms, name, mint, maxt)
-			for _, mode := range []string{"chunks", "cached", "cached-again", "samples", "query-api"} {
+			for _, mode := range []string{"chunks", "cached", "cached-again", "samples", "query-api", "store-like"} {
 				var q *maskedQuerier
 				switch mode {
+				case "store-like":
+					inner, err := tsdb.NewBlockQuerier(b, mint, maxt)
+					testutil.Ok(t, err)
+					q = newMaskedQuerier(&storeLikeQuerier{Querier: inner}, snap, ext, mint, maxt)
+					t.Cleanup(func() { testutil.Ok(t, q.Close()) })
 				case "query-api":
 					uq, err := up.Querier(snap, mint, maxt)
 					testutil.Ok(t, err)
@@ -367,7 +379,7 @@ func TestLookupAgreesWithSamples(t *testing.T) {
 				}
 				got := lookup(t, q, name, lim, ms...)
 				msg, args := "round %d: %q of %v over [%d, %d] limit %d mode %s; tombstones %s", []any{round, name, ms, mint, maxt, lim, mode, describeSpecs(specs)}
-				if mode != "samples" && mode != "query-api" {
+				if mode != "samples" && mode != "query-api" && mode != "store-like" {
 					between(t, got, strict, strict, lim, msg, args...)
 					continue
 				}
@@ -613,4 +625,236 @@ func TestLookupCacheForgetsTheOldest(t *testing.T) {
 	v, _ := c.get("1")
 	testutil.Equals(t, []string{"1"}, v)
 	testutil.Equals(t, maxCachedLookups, len(c.entries))
+}
+
+// storeLikeQuerier is an inner querier as Thanos is one to the masking, over a block: it tells
+// whether a series exists (SeriesExistence) and lists series up to a limit, and it counts what it
+// is asked: label look-ups with matchers (which Thanos' store answers by reading every series
+// they select), series listed without samples, and series read with their samples.
+type storeLikeQuerier struct {
+	storage.Querier
+	mu                                   sync.Mutex
+	lookupsWithMatchers, listed, sampled int
+}
+
+func (s *storeLikeQuerier) Select(ctx context.Context, sortSeries bool, hints *storage.SelectHints, ms ...*labels.Matcher) storage.SeriesSet {
+	set := &limitedSeriesSet{SeriesSet: s.Querier.Select(ctx, sortSeries, hints, ms...), q: s}
+	if hints != nil && hints.Func == "series" {
+		set.limit, set.listing = hints.Limit, true
+	}
+	return set
+}
+
+func (s *storeLikeQuerier) AnySeries(ctx context.Context, ms []*labels.Matcher) (bool, error) {
+	set := s.Select(ctx, false, &storage.SelectHints{Start: math.MinInt64, End: math.MaxInt64, Func: "series", Limit: 1}, ms...)
+	found := set.Next()
+	return found, set.Err()
+}
+
+func (s *storeLikeQuerier) LabelValues(ctx context.Context, name string, hints *storage.LabelHints, ms ...*labels.Matcher) ([]string, annotations.Annotations, error) {
+	s.count(len(ms))
+	return s.Querier.LabelValues(ctx, name, hints, ms...)
+}
+
+func (s *storeLikeQuerier) LabelNames(ctx context.Context, hints *storage.LabelHints, ms ...*labels.Matcher) ([]string, annotations.Annotations, error) {
+	s.count(len(ms))
+	return s.Querier.LabelNames(ctx, hints, ms...)
+}
+
+func (s *storeLikeQuerier) count(matchers int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if matchers > 0 {
+		s.lookupsWithMatchers++
+	}
+}
+
+func (s *storeLikeQuerier) reset() (lookups, listed, sampled int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	lookups, listed, sampled = s.lookupsWithMatchers, s.listed, s.sampled
+	s.lookupsWithMatchers, s.listed, s.sampled = 0, 0, 0
+	return lookups, listed, sampled
+}
+
+// limitedSeriesSet ends a series set at its limit (0: none), as a store does, counting the series.
+type limitedSeriesSet struct {
+	storage.SeriesSet
+	q       *storeLikeQuerier
+	limit   int
+	listing bool
+	n       int
+}
+
+func (s *limitedSeriesSet) Next() bool {
+	if s.limit > 0 && s.n >= s.limit || !s.SeriesSet.Next() {
+		return false
+	}
+	s.n++
+	s.q.mu.Lock()
+	defer s.q.mu.Unlock()
+	if s.listing {
+		s.q.listed++
+	} else {
+		s.q.sampled++
+	}
+	return true
+}
+
+var _ SeriesExistence = (*storeLikeQuerier)(nil)
+
+// TestLookupThroughThanosAsksWitnesses checks the look-ups over an inner querier like Thanos: the
+// answers are the samples' (in windows where a tombstone's deleted and surviving samples meet, to
+// the millisecond), and they are learnt from a few rounds of listed series and existence checks,
+// not from label look-ups with matchers (which Thanos' store pays for with every series they
+// select) nor from reading samples beyond the partly deleted series.
+func TestLookupThroughThanosAsksWitnesses(t *testing.T) {
+	const instances, deleted, metrics = 30, 10, 100
+	var series []lookupSeries
+	for i := range instances {
+		tenant := "t-live"
+		if i < deleted {
+			tenant = "t-del"
+		}
+		inst := fmt.Sprintf("i%02d", i)
+		for m := range metrics {
+			series = append(series, lookupSeries{labels.FromStrings("__name__", fmt.Sprintf("m%03d", m), "instance", inst, "tenant", tenant), span(0, 990, 10)})
+		}
+		for _, mode := range []string{"idle", "steal"} {
+			series = append(series, lookupSeries{labels.FromStrings("__name__", "cpu", "instance", inst, "mode", mode, "tenant", tenant), span(0, 990, 10)})
+		}
+		if tenant == "t-del" {
+			series = append(series, lookupSeries{labels.FromStrings("__name__", "billing", "customer", "c"+inst, "instance", inst, "tenant", tenant), span(0, 990, 10)})
+		}
+	}
+	// One instance's steal series only: deleted over [300, 699], the rest of its steal and
+	// idle series elsewhere.
+	series = append(series, lookupSeries{labels.FromStrings("__name__", "cpu", "instance", "steal-only", "mode", "steal", "zone", "z1"), span(0, 990, 10)})
+	b := openLookupBlock(t, series)
+	store := tombstones.NewStore(nil, nil, tombstones.WithClock(func() time.Time { return time.UnixMilli(1000) }))
+	snap := lookupSnapshot(t, store, []tombstones.Spec{
+		{Selectors: []string{`{tenant="t-del"}`}, Start: ptr(math.MinInt64), End: ptr(10_000)},
+		{Selectors: []string{`cpu{mode="steal"}`}, Start: ptr(300), End: ptr(699)},
+	})
+	windows := [][2]int64{
+		{0, 990},
+		{300, 699}, // The steal series deleted over the whole window.
+		{301, 698},
+		{290, 300}, // Their last surviving sample, and the first deleted.
+		{699, 700}, // The last deleted, and the first surviving after.
+		{691, 699},
+	}
+	for _, w := range windows {
+		for _, name := range []string{"instance", "__name__", "zone", "customer", "mode", ""} {
+			inner, err := tsdb.NewBlockQuerier(b, w[0], w[1])
+			testutil.Ok(t, err)
+			sl := &storeLikeQuerier{Querier: inner}
+			q := newMaskedQuerier(sl, snap, labels.EmptyLabels(), w[0], w[1])
+			testutil.Assert(t, q.seriesListing() != nil, "a querier telling series existence is asked witnesses")
+			got := lookup(t, q, name, 0)
+			testutil.Ok(t, q.Close())
+			testutil.Equals(t, wantLookup(series, snap, labels.EmptyLabels(), nil, name, w[0], w[1]), got, "%q over %v", name, w)
+			lookups, listed, sampled := sl.reset()
+			// The metric names: one look-up of the series that share an instance, where the
+			// witnesses of the first round are one metric's.
+			testutil.Assert(t, lookups <= 1, "%q over %v: %d label look-ups with matchers", name, w, lookups)
+			testutil.Assert(t, listed <= 3*witnessLimit, "%q over %v: %d series listed of %d", name, w, listed, len(series))
+			// The steal series are read with their samples, outside the tombstone's interval.
+			testutil.Assert(t, sampled <= 2*(instances-deleted+1), "%q over %v: %d series read with samples", name, w, sampled)
+		}
+	}
+}
+
+// TestWitnessRounds checks the rounds of witnesses on their own, with a limit small enough that a
+// round cannot list every series: each round is narrowed to what is still unproven, a round that
+// lists fewer series than its limit proves that nothing else is carried, and the pivot asks the
+// series of one instance once when the witnesses are one metric's.
+func TestWitnessRounds(t *testing.T) {
+	var series []lookupSeries
+	for i := range 12 {
+		for m := range 20 {
+			series = append(series, lookupSeries{labels.FromStrings("__name__", fmt.Sprintf("m%02d", m), "instance", fmt.Sprintf("i%02d", i), "job", "node"), span(0, 100, 10)})
+		}
+	}
+	b := openLookupBlock(t, series)
+	inner, err := tsdb.NewBlockQuerier(b, 0, 100)
+	testutil.Ok(t, err)
+	sl := &storeLikeQuerier{Querier: inner}
+	q := newMaskedQuerier(sl, lookupSnapshot(t, tombstones.NewStore(nil, nil), nil), labels.EmptyLabels(), 0, 100)
+	t.Cleanup(func() { testutil.Ok(t, q.Close()) })
+	ask := func(ix labelIndex) askFunc {
+		return func(ctx context.Context, hints *storage.LabelHints, extra ...[]*labels.Matcher) ([]string, error) {
+			var all []*labels.Matcher
+			for _, e := range extra {
+				all = append(all, e...)
+			}
+			vals, _, err := ix.ask(ctx, hints, selectable(all))
+			return vals, err
+		}
+	}
+	list := q.seriesListing()
+	ctx := context.Background()
+	notI00 := [][]*labels.Matcher{{labels.MustNewMatcher(labels.MatchNotEqual, "instance", "i00")}}
+
+	// Instances: the first 10 series (m00 of i01..i10: i00 is left out) prove 10 of the 13 asked;
+	// the next round, narrowed to i11 and the absent value, lists i11's first 10 series; the
+	// third, narrowed to the absent value, lists none: fewer than the limit, so none carries it.
+	ix := valuesIndex(sl, "instance")
+	vals := []string{"absent", "i00", "i01", "i02", "i03", "i04", "i05", "i06", "i07", "i08", "i09", "i10", "i11"}
+	found, err := q.witnessed(ctx, ix, ask(ix), list, 10, nil, notI00, vals)
+	testutil.Ok(t, err)
+	testutil.Equals(t, []string{"i01", "i02", "i03", "i04", "i05", "i06", "i07", "i08", "i09", "i10", "i11"}, sortedKeys(found))
+	lookups, listed, _ := sl.reset()
+	testutil.Equals(t, 0, lookups)
+	testutil.Equals(t, 10+10+0, listed)
+
+	// Metric names: the first round's 10 series are all m00's (one proven of 21): the pivot asks
+	// the names of i01's series once; the round after lists none of the absent name's.
+	ix = valuesIndex(sl, "__name__")
+	vals = []string{"absent"}
+	for m := range 20 {
+		vals = append(vals, fmt.Sprintf("m%02d", m))
+	}
+	found, err = q.witnessed(ctx, ix, ask(ix), list, 10, nil, notI00, vals)
+	testutil.Ok(t, err)
+	testutil.Equals(t, vals[1:], sortedKeys(found))
+	lookups, listed, _ = sl.reset()
+	testutil.Equals(t, 1, lookups, "the pivot")
+	testutil.Equals(t, 10, listed)
+}
+
+// TestWitnessRoundsWithoutPivot checks that where label look-ups with matchers come from
+// postings (a Prometheus by remote read), witnesses that cluster on one metric give way after one
+// round: the rest is left to one look-up of the set's series.
+func TestWitnessRoundsWithoutPivot(t *testing.T) {
+	var series []lookupSeries
+	for i := range 12 {
+		for m := range 20 {
+			series = append(series, lookupSeries{labels.FromStrings("__name__", fmt.Sprintf("m%02d", m), "instance", fmt.Sprintf("i%02d", i)), span(0, 100, 10)})
+		}
+	}
+	b := openLookupBlock(t, series)
+	inner, err := tsdb.NewBlockQuerier(b, 0, 100)
+	testutil.Ok(t, err)
+	sl := &storeLikeQuerier{Querier: inner}
+	q := newMaskedQuerier(sl, lookupSnapshot(t, tombstones.NewStore(nil, nil), nil), labels.EmptyLabels(), 0, 100)
+	t.Cleanup(func() { testutil.Ok(t, q.Close()) })
+	ix := valuesIndex(sl, "__name__")
+	pending, found := map[string]struct{}{}, map[string]struct{}{}
+	for m := range 20 {
+		pending[fmt.Sprintf("m%02d", m)] = struct{}{}
+	}
+	noAsk := func(context.Context, *storage.LabelHints, ...[]*labels.Matcher) ([]string, error) {
+		t.Fatal("no look-up is asked without pivot")
+		return nil, nil
+	}
+	set := []*labels.Matcher{labels.MustNewMatcher(labels.MatchNotEqual, "instance", "i00")}
+	exhausted, clustered, err := witnessIn(context.Background(), ix, noAsk, q.seriesListing(), 10, false, nil, set, pending, found)
+	testutil.Ok(t, err)
+	testutil.Equals(t, false, exhausted)
+	testutil.Equals(t, true, clustered)
+	testutil.Equals(t, []string{"m00"}, sortedKeys(found))
+	testutil.Equals(t, 19, len(pending))
+	_, listed, _ := sl.reset()
+	testutil.Equals(t, 10, listed, "one round")
 }

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"encoding/json"
+	"strconv"
 
 	"github.com/efficientgo/core/errors"
 	"github.com/prometheus/prometheus/model/labels"
@@ -71,4 +72,27 @@ func (q *upstreamQuerier) windowParts() []storage.LabelQuerier {
 		return nil
 	}
 	return out
+}
+
+// listSeries returns up to limit series that the matchers select in the querier's window, by the
+// series endpoint with limit (Thanos Query and Prometheus 3 stop at the limit).
+func (q *upstreamQuerier) listSeries(ctx context.Context, ms []*labels.Matcher, limit int) ([]labels.Labels, error) {
+	params := passThrough(ctx)
+	params.Set("match[]", (&parser.VectorSelector{LabelMatchers: ms}).String())
+	params.Set("start", formatTime(q.mint))
+	params.Set("end", formatTime(q.maxt))
+	params.Set("limit", strconv.Itoa(limit))
+	data, _, err := q.u.apiGet(ctx, "/api/v1/series", params)
+	if err != nil {
+		return nil, err
+	}
+	var series []map[string]string
+	if err := json.Unmarshal(data, &series); err != nil {
+		return nil, errors.Wrap(err, "decode upstream series")
+	}
+	out := make([]labels.Labels, len(series))
+	for i, s := range series {
+		out[i] = labels.FromMap(s)
+	}
+	return out, nil
 }

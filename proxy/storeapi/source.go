@@ -660,3 +660,21 @@ func (q *sourceQuerier) Close() error {
 	}
 	return nil
 }
+
+// AnySeries reports whether the stores hold a series the matchers select in the window, by a
+// series read without samples that the stores end at the first (proxy.SeriesExistence).
+func (q *sourceQuerier) AnySeries(ctx context.Context, ms []*labels.Matcher) (bool, error) {
+	set := q.Select(ctx, false, &storage.SelectHints{Start: q.mint, End: q.maxt, Func: "series", Limit: 1}, ms...)
+	found := false
+	// The stores end their streams at the limit: read them to their end, so that none is
+	// cancelled; one that sends more is cut short when the querier closes.
+	for range maxExistenceDrain {
+		if !set.Next() {
+			break
+		}
+		found = true
+	}
+	return found, set.Err()
+}
+
+var _ proxy.SeriesExistence = (*sourceQuerier)(nil)
