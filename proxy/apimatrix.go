@@ -139,7 +139,7 @@ func (p *jsonScanner) samplePair() (int64, float64, error) {
 	t, err := parseAPITimestamp(p.b[p.mark:p.i])
 	p.mark = -1
 	if err != nil {
-		return 0, 0, p.fail(err.Error())
+		return 0, 0, p.fail("timestamp")
 	}
 	if err := p.expect(','); err != nil {
 		return 0, 0, err
@@ -150,7 +150,7 @@ func (p *jsonScanner) samplePair() (int64, float64, error) {
 	}
 	v, err := strconv.ParseFloat(string(vs), 64)
 	if err != nil {
-		return 0, 0, p.fail("sample value " + strconv.Quote(string(vs)))
+		return 0, 0, p.fail("sample value") // Not quoted: it may be a deleted sample's.
 	}
 	return t, v, p.expect(']')
 }

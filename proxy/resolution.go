@@ -44,12 +44,14 @@ func sourceResolution(param string, step time.Duration, auto bool) (time.Duratio
 // downsampledWindow returns how long before the first sample a query reads the aggregation window
 // holding it may begin, in milliseconds, when Thanos Query answers from downsampled blocks: the
 // longest of Thanos' resolutions (5m, 1h) that the request's max_source_resolution allows. No
-// parameter counts as "auto" (the querier may run with --query.auto-downsampling); a value Thanos
-// would refuse counts as the longest.
+// parameter counts as "auto" (the querier may run with --query.auto-downsampling); "auto" on an
+// instant query (step 0) takes the querier's --query.instant.default.max_source_resolution,
+// which lethe cannot see, so it counts as the longest, as a value Thanos would refuse does.
 func downsampledWindow(param string, step time.Duration) int64 {
 	r, err := sourceResolution(param, step, true)
+	instantAuto := step == 0 && (param == "" || param == "auto")
 	switch {
-	case err != nil || r >= resolution1h:
+	case err != nil || instantAuto || r >= resolution1h:
 		return resolution1h.Milliseconds()
 	case r >= resolution5m:
 		return resolution5m.Milliseconds()

@@ -41,6 +41,10 @@ func TestSourceResolutionReadsAsThanosQuery(t *testing.T) {
 	testutil.Equals(t, int64(300_000), downsampledWindow("10m", 0))
 	testutil.Equals(t, int64(3_600_000), downsampledWindow("2h", 0))
 	testutil.Equals(t, int64(3_600_000), downsampledWindow("raw", 0))
+	// An instant query at auto (or none) reads what the querier's hidden instant default says.
+	testutil.Equals(t, int64(3_600_000), downsampledWindow("auto", 0))
+	testutil.Equals(t, int64(3_600_000), downsampledWindow("", 0))
+	testutil.Equals(t, int64(0), downsampledWindow("0s", 0))
 }
 
 func TestDynamicLookbackFollowsThanosQuery(t *testing.T) {

@@ -233,8 +233,12 @@ type upstreamQuerier struct {
 }
 
 // replicaNamed fails a read that a tombstone naming a replica label may meet: the upstream's
-// answers are deduplicated, so one replica's samples cannot be told from the other's.
-func (q *upstreamQuerier) replicaNamed(ms []*labels.Matcher) error {
+// answers are deduplicated, so one replica's samples cannot be told from the other's. A request
+// naming other replica labels fails too (see ReplicaLabelsAllowed).
+func (q *upstreamQuerier) replicaNamed(ctx context.Context, ms []*labels.Matcher) error {
+	if err := ReplicaLabelsAllowed(ctx, q.u.replicas); err != nil {
+		return err
+	}
 	if q.naming == nil || !q.naming.MayMatch(ms, q.u.ext, q.mint, q.maxt) {
 		return nil
 	}
@@ -244,7 +248,7 @@ func (q *upstreamQuerier) replicaNamed(ms []*labels.Matcher) error {
 
 func (q *upstreamQuerier) Select(ctx context.Context, sortSeries bool, hints *storage.SelectHints, ms ...*labels.Matcher) storage.SeriesSet {
 	orderAsTSDB(ms)
-	if err := q.replicaNamed(ms); err != nil {
+	if err := q.replicaNamed(ctx, ms); err != nil {
 		return storage.ErrSeriesSet(err)
 	}
 	mint, maxt := q.mint, q.maxt
@@ -374,7 +378,7 @@ func (q *upstreamQuerier) apiSelect(ctx context.Context, sortSeries bool, mint, 
 		return storage.ErrSeriesSet(err)
 	}
 	warnings := ans.warnings
-	if downsampledWindow(asked, 0) > 0 || asked == "auto" {
+	if r, err := sourceResolution(asked, time.Hour, false); err != nil || r > 0 {
 		warnings = append(warnings, fmt.Sprintf("lethe-proxy evaluates queries a tombstone may meet from raw samples: max_source_resolution=%s is not applied", asked))
 	}
 	if ans.histograms {
@@ -400,7 +404,7 @@ func (q *upstreamQuerier) LabelNames(ctx context.Context, hints *storage.LabelHi
 }
 
 func (q *upstreamQuerier) labels(ctx context.Context, p string, hints *storage.LabelHints, ms []*labels.Matcher) ([]string, annotations.Annotations, error) {
-	if err := q.replicaNamed(ms); err != nil {
+	if err := q.replicaNamed(ctx, ms); err != nil {
 		return nil, nil, err
 	}
 	params := passThrough(ctx)
@@ -565,13 +569,18 @@ var passThroughParams = []string{"dedup", "partial_response", "max_source_resolu
 type passThroughKey struct{}
 
 func withPassThrough(ctx context.Context, r *http.Request) context.Context {
+	return context.WithValue(ctx, passThroughKey{}, passThroughOf(r))
+}
+
+// passThroughOf returns the parameters of r's form that pass through to the upstream.
+func passThroughOf(r *http.Request) url.Values {
 	v := url.Values{}
 	for _, k := range passThroughParams {
 		if vals, ok := r.Form[k]; ok {
 			v[k] = vals
 		}
 	}
-	return context.WithValue(ctx, passThroughKey{}, v)
+	return v
 }
 
 func passThrough(ctx context.Context) url.Values {

@@ -1,12 +1,14 @@
 package storeapi
 
 import (
+	"math"
 	"strings"
 
 	"github.com/efficientgo/core/errors"
 	"github.com/prometheus/prometheus/model/histogram"
 	"github.com/prometheus/prometheus/tsdb/chunkenc"
 
+	"github.com/lethe-project/lethe/block/chunkcut"
 	"github.com/lethe-project/lethe/internal/storepb"
 )
 
@@ -57,6 +59,18 @@ func resolutionWindow(res, rng int64, f string) int64 {
 		return min(res, rng/2)
 	}
 	return res
+}
+
+// readFrom returns the first time whose samples a read from mint at max_resolution_window res
+// may return: an aggregate stamped at or after mint holds the samples of its whole window.
+func readFrom(mint, res int64) int64 {
+	switch {
+	case res <= 0 || mint == math.MinInt64:
+		return mint
+	case res >= resolution1h:
+		return chunkcut.WindowStart(mint, resolution1h)
+	}
+	return chunkcut.WindowStart(mint, resolution5m)
 }
 
 // aggrIterator returns an iterator over a chunk's raw samples, or over the aggregates aggrs of a

@@ -125,6 +125,9 @@ func (q *sourceQuerier) options(ctx context.Context) (readOptions, error) {
 		}
 	}
 	if v := pt["replicaLabels[]"]; len(v) > 0 {
+		if err := proxy.ReplicaLabelsAllowed(ctx, q.src.replicaLabels); err != nil {
+			return o, err
+		}
 		o.replicaLabels = v
 	}
 	res, err := proxy.SourceResolution(ctx)
@@ -201,11 +204,12 @@ func (q *sourceQuerier) read(ctx context.Context, o readOptions, mask *proxy.Sna
 		mint: mint, maxt: maxt, partial: o.partial(), resolution: o.resolution, aggrs: aggrs,
 	}
 	// Aggregates are cut by their windows here: the proxy's masking, after this, sees only
-	// their stamps.
-	if (o.dedup || o.resolution > 0) && q.others.MayMatch(ms, labels.EmptyLabels(), mint, maxt) {
+	// their stamps. One stamped in [mint, maxt] holds samples from its window's start on.
+	from := readFrom(mint, o.resolution)
+	if (o.dedup || o.resolution > 0) && q.others.MayMatch(ms, labels.EmptyLabels(), from, maxt) {
 		set.premask = q.others
 	}
-	if mask != nil && mask.MayMatch(ms, labels.EmptyLabels(), mint, maxt) {
+	if mask != nil && mask.MayMatch(ms, labels.EmptyLabels(), from, maxt) {
 		// Each replica is masked with its replica labels, so the stores must send them; the
 		// limit counts series after the merge, so it is applied here.
 		set.naming, set.limit = mask, limit

@@ -201,7 +201,8 @@ func (s *Server) series(ctx context.Context, snap *proxy.Snapshot, req *storepb.
 	up := proto.CloneOf(req)
 	// The replica labels are needed to match tombstones; Thanos Query drops them itself.
 	up.WithoutReplicaLabels = nil
-	masked := snap.MayMatch(matchers, labels.EmptyLabels(), req.MinTime, req.MaxTime)
+	// A downsampled aggregate stamped in the range holds samples from its window's start on.
+	masked := snap.MayMatch(matchers, labels.EmptyLabels(), readFrom(req.MinTime, req.MaxResolutionWindow), req.MaxTime)
 	if masked && req.SkipChunks {
 		// Whether a series keeps a sample in the range is told by its chunks.
 		up.SkipChunks = false

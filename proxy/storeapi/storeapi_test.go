@@ -42,6 +42,8 @@ type testStore struct {
 	err    error
 	// sent counts the series Series has sent.
 	sent atomic.Int64
+	// downsampled, when set, is the chunk every series has instead (a downsampled block's).
+	downsampled *storepb.AggrChunk
 }
 
 func (s *testStore) Series(req *storepb.SeriesRequest, srv storepb.Store_SeriesServer) error {
@@ -67,7 +69,11 @@ func (s *testStore) Series(req *storepb.SeriesRequest, srv storepb.Store_SeriesS
 	for _, ls := range selected {
 		out := &storepb.Series{}
 		ls.Range(func(l labels.Label) { out.Labels = append(out.Labels, &labelpb.Label{Name: l.Name, Value: l.Value}) })
-		if !req.SkipChunks {
+		switch {
+		case req.SkipChunks:
+		case s.downsampled != nil:
+			out.Chunks = []*storepb.AggrChunk{s.downsampled}
+		default:
 			out.Chunks = []*storepb.AggrChunk{{MinTime: t0, MaxTime: t0 + 3_540_000, Raw: &storepb.Chunk{Type: storepb.Chunk_XOR, Data: c.Bytes()}}}
 		}
 		if err := srv.Send(&storepb.SeriesResponse{Result: &storepb.SeriesResponse_Series{Series: out}}); err != nil {
