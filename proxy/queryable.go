@@ -48,6 +48,9 @@ func (q *maskedQuerier) Select(ctx context.Context, sortSeries bool, hints *stor
 	// Series lookups carry no samples, so a series' survival must be decided on its samples.
 	var inner storage.SeriesSet
 	if hints != nil && hints.Func == "series" {
+		if set, ok := q.seriesLookup(ctx, hints, mint, maxt, ms); ok {
+			return set
+		}
 		h := *hints
 		h.Func = ""
 		h.Start, h.End = clampWindow(h.Start, h.End)
@@ -56,6 +59,48 @@ func (q *maskedQuerier) Select(ctx context.Context, sortSeries bool, hints *stor
 		inner = q.inner.Select(ctx, sortSeries, hints, ms...)
 	}
 	return &maskedSeriesSet{SeriesSet: inner, q: q, mint: mint, maxt: maxt}
+}
+
+// maxSeriesLookupSelects bounds the selects a series look-up is split into.
+const maxSeriesLookupSelects = 16
+
+// seriesLookup answers a series look-up that a tombstone may meet in parts, as the label look-ups
+// do: the series none of the meeting tombstones' selectors select come from the inner querier's
+// own look-up (labels only); only those a selector selects are read, with their samples, and kept
+// if a sample outside the tombstones is left; those of a selector whose tombstone covers the
+// whole window are not read at all. false when the selectors would take too many selects.
+func (q *maskedQuerier) seriesLookup(ctx context.Context, hints *storage.SelectHints, mint, maxt int64, ms []*labels.Matcher) (storage.SeriesSet, bool) {
+	sels, err := q.meetingSelectors(ctx, ms, ms)
+	if err != nil {
+		return storage.ErrSeriesSet(err), true
+	}
+	sels = relax(sels)
+	outside := complement(sels)
+	var read []lookupSelector
+	for _, s := range sels {
+		if !s.exact || !s.wholeWindow(mint, maxt) {
+			read = append(read, s)
+		}
+	}
+	if len(outside)+len(read) > maxSeriesLookupSelects {
+		return nil, false
+	}
+	sets := make([]storage.SeriesSet, 0, len(outside)+len(read))
+	for _, c := range outside {
+		sets = append(sets, q.inner.Select(ctx, true, hints, selectable(append(slices.Clone(ms), c...))...))
+	}
+	h := *hints
+	// The limit counts the series left: a read part is not cut short before its series are judged.
+	h.Func, h.Limit = "", 0
+	h.Start, h.End = clampWindow(h.Start, h.End)
+	for _, s := range read {
+		inner := q.inner.Select(ctx, true, &h, selectable(append(slices.Clone(ms), s.send...))...)
+		sets = append(sets, &maskedSeriesSet{SeriesSet: inner, q: q, mint: mint, maxt: maxt})
+	}
+	if len(sets) == 0 {
+		return storage.EmptySeriesSet(), true
+	}
+	return storage.NewMergeSeriesSet(sets, 0, storage.ChainedSeriesMerge), true
 }
 
 // LabelValues answers from the inner querier's index, leaving out the values that only series

@@ -256,9 +256,13 @@ func (q *upstreamQuerier) Select(ctx context.Context, sortSeries bool, hints *st
 		mint, maxt = hints.Start, hints.End
 	}
 	var ss storage.SeriesSet
-	if q.u.remoteRead {
+	switch {
+	case q.u.remoteRead:
 		ss = q.remoteSelect(ctx, sortSeries, hints, mint, maxt, ms)
-	} else {
+	case hints != nil && hints.Func == "series":
+		// A series look-up wants labels only: the series endpoint's, as the upstream's index has them.
+		ss = q.seriesSelect(ctx, hints.Limit, ms)
+	default:
 		ss = q.apiSelect(ctx, sortSeries, mint, maxt, ms)
 	}
 	if err := ss.Err(); err != nil {
@@ -392,6 +396,32 @@ func (q *upstreamQuerier) apiSelect(ctx context.Context, sortSeries bool, mint, 
 	if sortSeries {
 		slices.SortFunc(series, func(a, b storage.Series) int { return labels.Compare(a.Labels(), b.Labels()) })
 	}
+	return &listSeriesSet{series: series, i: -1, ws: toAnnotations(warnings)}
+}
+
+// seriesSelect lists the series the matchers select in the querier's window, by the upstream's
+// series endpoint: their labels, no samples.
+func (q *upstreamQuerier) seriesSelect(ctx context.Context, limit int, ms []*labels.Matcher) storage.SeriesSet {
+	params := passThrough(ctx)
+	params.Set("match[]", (&parser.VectorSelector{LabelMatchers: ms}).String())
+	params.Set("start", formatTime(q.mint))
+	params.Set("end", formatTime(q.maxt))
+	if limit > 0 {
+		params.Set("limit", strconv.Itoa(limit))
+	}
+	data, warnings, err := q.u.apiGet(ctx, "/api/v1/series", params)
+	if err != nil {
+		return storage.ErrSeriesSet(err)
+	}
+	var maps []map[string]string
+	if err := json.Unmarshal(data, &maps); err != nil {
+		return storage.ErrSeriesSet(errors.Wrap(err, "decode upstream series"))
+	}
+	series := make([]storage.Series, 0, len(maps))
+	for _, m := range maps {
+		series = append(series, storage.NewListSeries(labels.FromMap(m), nil))
+	}
+	slices.SortFunc(series, func(a, b storage.Series) int { return labels.Compare(a.Labels(), b.Labels()) })
 	return &listSeriesSet{series: series, i: -1, ws: toAnnotations(warnings)}
 }
 
