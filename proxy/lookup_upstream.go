@@ -15,20 +15,8 @@ import (
 // window, by its series endpoint with limit=1 (Prometheus 3 stops at the first; a server that
 // ignores the limit answers the same, only more slowly).
 func (q *upstreamQuerier) anySeries(ctx context.Context, ms []*labels.Matcher) (bool, error) {
-	params := passThrough(ctx)
-	params.Set("match[]", (&parser.VectorSelector{LabelMatchers: ms}).String())
-	params.Set("start", formatTime(q.mint))
-	params.Set("end", formatTime(q.maxt))
-	params.Set("limit", "1")
-	data, _, err := q.u.apiGet(ctx, "/api/v1/series", params)
-	if err != nil {
-		return false, err
-	}
-	var series []json.RawMessage
-	if err := json.Unmarshal(data, &series); err != nil {
-		return false, errors.Wrap(err, "decode upstream series")
-	}
-	return len(series) > 0, nil
+	series, _, err := q.seriesEndpoint(ctx, ms, 1)
+	return len(series) > 0, err
 }
 
 // A Prometheus answers a look-up over a window one block after the other, in one goroutine: the
@@ -77,22 +65,31 @@ func (q *upstreamQuerier) windowParts() []storage.LabelQuerier {
 // listSeries returns up to limit series that the matchers select in the querier's window, by the
 // series endpoint with limit (Thanos Query and Prometheus 3 stop at the limit).
 func (q *upstreamQuerier) listSeries(ctx context.Context, ms []*labels.Matcher, limit int) ([]labels.Labels, error) {
+	series, _, err := q.seriesEndpoint(ctx, ms, limit)
+	return series, err
+}
+
+// seriesEndpoint asks the upstream's series endpoint for the series the matchers select in the
+// querier's window, at most limit of them (0: all), and returns them with its warnings.
+func (q *upstreamQuerier) seriesEndpoint(ctx context.Context, ms []*labels.Matcher, limit int) ([]labels.Labels, []string, error) {
 	params := passThrough(ctx)
 	params.Set("match[]", (&parser.VectorSelector{LabelMatchers: ms}).String())
 	params.Set("start", formatTime(q.mint))
 	params.Set("end", formatTime(q.maxt))
-	params.Set("limit", strconv.Itoa(limit))
-	data, _, err := q.u.apiGet(ctx, "/api/v1/series", params)
+	if limit > 0 {
+		params.Set("limit", strconv.Itoa(limit))
+	}
+	data, warnings, err := q.u.apiGet(ctx, "/api/v1/series", params)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var series []map[string]string
 	if err := json.Unmarshal(data, &series); err != nil {
-		return nil, errors.Wrap(err, "decode upstream series")
+		return nil, nil, errors.Wrap(err, "decode upstream series")
 	}
 	out := make([]labels.Labels, len(series))
 	for i, s := range series {
 		out[i] = labels.FromMap(s)
 	}
-	return out, nil
+	return out, warnings, nil
 }

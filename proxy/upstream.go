@@ -402,24 +402,13 @@ func (q *upstreamQuerier) apiSelect(ctx context.Context, sortSeries bool, mint, 
 // seriesSelect lists the series the matchers select in the querier's window, by the upstream's
 // series endpoint: their labels, no samples.
 func (q *upstreamQuerier) seriesSelect(ctx context.Context, limit int, ms []*labels.Matcher) storage.SeriesSet {
-	params := passThrough(ctx)
-	params.Set("match[]", (&parser.VectorSelector{LabelMatchers: ms}).String())
-	params.Set("start", formatTime(q.mint))
-	params.Set("end", formatTime(q.maxt))
-	if limit > 0 {
-		params.Set("limit", strconv.Itoa(limit))
-	}
-	data, warnings, err := q.u.apiGet(ctx, "/api/v1/series", params)
+	found, warnings, err := q.seriesEndpoint(ctx, ms, limit)
 	if err != nil {
 		return storage.ErrSeriesSet(err)
 	}
-	var maps []map[string]string
-	if err := json.Unmarshal(data, &maps); err != nil {
-		return storage.ErrSeriesSet(errors.Wrap(err, "decode upstream series"))
-	}
-	series := make([]storage.Series, 0, len(maps))
-	for _, m := range maps {
-		series = append(series, storage.NewListSeries(labels.FromMap(m), nil))
+	series := make([]storage.Series, 0, len(found))
+	for _, ls := range found {
+		series = append(series, storage.NewListSeries(ls, nil))
 	}
 	slices.SortFunc(series, func(a, b storage.Series) int { return labels.Compare(a.Labels(), b.Labels()) })
 	return &listSeriesSet{series: series, i: -1, ws: toAnnotations(warnings)}
